@@ -1,0 +1,1 @@
+"""FastAPI adapters for /sdapi/v1 (later issues)."""

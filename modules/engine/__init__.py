@@ -1,0 +1,1 @@
+"""Requests -> images: worker, denoising loop, conditioning (later issues)."""

@@ -1,0 +1,1 @@
+"""Extension discovery and loading (later issues)."""

@@ -1,0 +1,1 @@
+"""Everything that owns weights: registry, family detection, offline loaders, ModelManager."""

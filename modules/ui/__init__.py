@@ -1,0 +1,1 @@
+"""Gradio adapters (later issues)."""
