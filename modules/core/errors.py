@@ -1,0 +1,55 @@
+"""Typed errors. A `UserError` is the user's to fix: adapters turn it into HTTP 4xx (A1111's error
+shape) or `gr.Error`; anything else is a bug or an environment failure."""
+
+from __future__ import annotations
+
+
+class SdWebuiError(Exception):
+    """Base class of every error this project raises on purpose."""
+
+
+class UserError(SdWebuiError):
+    """Bad input from a user or client. `status_code` is what the HTTP adapter answers."""
+
+    status_code: int = 400
+
+    def __init__(self, message: str, *, status_code: int | None = None) -> None:
+        super().__init__(message)
+        if status_code is not None:
+            self.status_code = status_code
+
+    @property
+    def message(self) -> str:
+        return str(self.args[0]) if self.args else ""
+
+
+class NotFoundError(UserError):
+    """A named thing (checkpoint, VAE, sampler, option) does not exist."""
+
+    status_code = 404
+
+
+class ValidationError(UserError):
+    """A value is out of range or of the wrong type."""
+
+    status_code = 422
+
+
+class SettingsError(UserError):
+    """A command-line flag, environment variable or settings file is invalid."""
+
+
+class ModelFileError(UserError):
+    """A model file cannot be read: corrupt, truncated, not a model, or refused as unsafe."""
+
+
+class UnsafeModelFileError(ModelFileError):
+    """A pickle-based file asked for something outside the allow-list; nothing of it was executed."""
+
+
+class UnknownModelError(ModelFileError):
+    """The tensors in a file match no known model family."""
+
+
+class ModelLoadError(SdWebuiError):
+    """Loading a model failed; the previously loaded model stays active."""
