@@ -1,0 +1,29 @@
+#!/usr/bin/env bash
+# Runs the test suite: ./test.sh [pytest args...]   (default args come from pyproject.toml)
+#
+# Prepares the same venv as webui.sh, through the same install logic (scripts/prepare_env.sh),
+# plus the "test" extra of pyproject.toml. venv_dir, python_cmd and TORCH_COMMAND are read from
+# webui-user.sh when present, so the tests run in the app's own environment. Works as root (it is
+# not the server). Exit code = pytest's.
+
+SDW_ROOT="$(cd -- "$(dirname -- "${BASH_SOURCE[0]}")" && pwd)" || exit 1
+export SDW_ROOT
+cd -- "$SDW_ROOT" || exit 1
+
+if [[ -f "$SDW_ROOT/webui-user.sh" ]]; then
+    # shellcheck source=/dev/null
+    source "$SDW_ROOT/webui-user.sh"
+fi
+# The suite builds its own server command lines; the user's launch flags must not leak in.
+unset COMMANDLINE_ARGS
+
+# shellcheck source=scripts/prepare_env.sh
+source "$SDW_ROOT/scripts/prepare_env.sh"
+sdw_defaults
+sdw_prepare_env --with-test-deps || exit 1
+
+export HF_HUB_OFFLINE=1
+export TRANSFORMERS_OFFLINE=1
+export HF_HUB_DISABLE_TELEMETRY=1
+
+exec "$python" -m pytest "$@"
