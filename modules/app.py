@@ -1,0 +1,172 @@
+"""Composition root: builds Settings, Options, the model registry and ModelManager, the FastAPI
+app, and serves it. The only module that wires things together; nothing runs at import time."""
+
+from __future__ import annotations
+
+import html
+import logging
+import threading
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from fastapi import FastAPI
+from fastapi.responses import HTMLResponse
+
+from modules.core.errors import SdWebuiError, SettingsError
+from modules.core.hashes import HashCache
+from modules.core.options import Options, default_option_infos
+from modules.core.paths import Paths
+from modules.core.settings import Settings, parse_settings
+from modules.models.devices import DevicePolicy, policy_from_settings
+from modules.models.manager import ModelManager
+from modules.models.registry import CheckpointInfo, ModelRegistry
+
+log = logging.getLogger(__name__)
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+EXIT_RESTART = 3
+
+
+@dataclass
+class Services:
+    """Everything the adapters (API, UI) are handed."""
+
+    settings: Settings
+    paths: Paths
+    options: Options
+    registry: ModelRegistry
+    policy: DevicePolicy
+    models: ModelManager
+
+
+def build_services(
+    settings: Settings, repo_root: Path = REPO_ROOT, environ: Mapping[str, str] | None = None
+) -> Services:
+    paths = Paths.from_settings(settings, repo_root, environ)
+    paths.ensure_dirs()
+    options = Options(default_option_infos(), paths.config_file)
+    for warning in options.load():
+        log.warning("%s", warning)
+    registry = ModelRegistry(
+        paths.checkpoint_dirs,
+        paths.vae_dirs,
+        HashCache(paths.cache_file),
+        extra_checkpoints=(settings.ckpt,) if settings.ckpt else (),
+        hashing=not settings.no_hashing,
+    )
+    policy = policy_from_settings(settings)
+    models = ModelManager(
+        registry,
+        policy.placement,
+        cache_bytes=lambda: int(options.get("sd_checkpoint_cache_bytes")),  # type: ignore[call-overload]
+        default_sd2_prediction=lambda: str(options.get("sd2_default_prediction")),
+        forced_vae=settings.vae_path,
+    )
+    _wire_options(options, models)
+    return Services(settings, paths, options, registry, policy, models)
+
+
+def _wire_options(options: Options, models: ModelManager) -> None:
+    """Setting `sd_model_checkpoint` / `sd_vae` switches models; loads report back their title and hash."""
+
+    def on_checkpoint(_key: str, value: object) -> None:
+        if value:
+            models.load(str(value))
+
+    def on_vae(_key: str, value: object) -> None:
+        models.set_vae(str(value))
+
+    def on_loaded(info: CheckpointInfo) -> None:
+        options.set_readonly("sd_model_checkpoint", info.title)
+        options.set_readonly("sd_checkpoint_hash", info.sha256 or "")
+
+    options.on_change("sd_model_checkpoint", on_checkpoint)
+    options.on_change("sd_vae", on_vae)
+    models.on_loaded.append(on_loaded)
+    models.on_hash.append(on_loaded)
+
+
+def create_app(services: Services) -> FastAPI:
+    app = FastAPI(title="sd-webui", docs_url="/docs" if services.settings.api_enabled else None)
+
+    @app.get("/internal/ping")
+    def ping() -> dict[str, Any]:
+        return {}
+
+    @app.get("/health")
+    def health() -> dict[str, Any]:
+        status = services.models.status()
+        return {
+            "status": "ok",
+            "model": {
+                "checkpoint": status.checkpoint.title if status.checkpoint else None,
+                "loading": status.loading,
+                "error": status.last_error,
+                "cached": list(status.cached),
+            },
+            "device": str(services.policy.placement.device),
+        }
+
+    @app.get("/", response_class=HTMLResponse)
+    def index() -> str:
+        status = services.models.status()
+        rows = "".join(
+            f"<li>{html.escape(c.title)}</li>" for c in services.registry.checkpoints()
+        ) or "<li>none: put checkpoints in models/Stable-diffusion</li>"
+        current = html.escape(status.checkpoint.title) if status.checkpoint else "none"
+        error = f"<p class='error'>{html.escape(status.last_error)}</p>" if status.last_error else ""
+        return (
+            "<!doctype html><html><head><meta charset='utf-8'><title>sd-webui</title></head><body>"
+            f"<h1>sd-webui</h1><p>Active checkpoint: {current}</p>{error}"
+            f"<h2>Checkpoints</h2><ul>{rows}</ul></body></html>"
+        )
+
+    return app
+
+
+def _load_initial_model(services: Services) -> None:
+    wanted = str(services.options.get("sd_model_checkpoint") or "") or None
+    try:
+        services.models.load(wanted)
+    except SdWebuiError as exc:
+        if wanted:
+            log.warning("could not load %s (%s); trying the first checkpoint found", wanted, exc)
+            try:
+                services.models.load(services.registry.checkpoints()[0] if services.registry.checkpoints() else None)
+                return
+            except SdWebuiError as again:
+                exc = again
+        log.warning("no model loaded at start: %s", exc)
+
+
+def main(argv: Sequence[str], environ: Mapping[str, str]) -> int:
+    try:
+        settings = parse_settings(argv, environ)
+    except SettingsError as exc:
+        print(f"error: {exc}")
+        return 2
+    logging.basicConfig(level=settings.loglevel or "INFO", format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    for warning in settings.warnings:
+        log.warning("%s", warning)
+    services = build_services(settings, REPO_ROOT, environ)
+    services.registry.refresh()
+    app = create_app(services)
+    if not settings.skip_load_model_at_start:
+        threading.Thread(target=_load_initial_model, args=(services,), name="initial model load", daemon=True).start()
+
+    import uvicorn
+
+    log.info("serving on http://%s:%d", settings.bind_host, settings.effective_port)
+    uvicorn.run(
+        app,
+        host=settings.bind_host,
+        port=settings.effective_port,
+        timeout_keep_alive=settings.timeout_keep_alive,
+        ssl_keyfile=str(settings.tls_keyfile) if settings.tls_keyfile else None,
+        ssl_certfile=str(settings.tls_certfile) if settings.tls_certfile else None,
+        root_path=settings.subpath or "",
+        log_level=(settings.loglevel or "info").lower(),
+    )
+    return 0

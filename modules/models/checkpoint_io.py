@@ -1,0 +1,146 @@
+"""Reading tensors from model files without trusting them.
+
+- `.safetensors`: the header is checked by `core.safetensors_header` (bounded size, valid JSON,
+  offsets inside the file) before safetensors memory-maps the file.
+- `.ckpt` / `.pt` / `.pth` / `.bin` (pickles): never plain pickle. Zip archives must hold only the
+  members `torch.save` writes; the pickle goes through `torch.load(weights_only=True)` with a small
+  allow-list of what real SD checkpoints contain (a PyTorch Lightning `ModelCheckpoint` callback
+  and numpy scalars). Anything else is refused before any of it runs, naming the forbidden globals.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import re
+import zipfile
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from safetensors.torch import load_file
+
+from modules.core.errors import ModelFileError, UnsafeModelFileError
+from modules.core.safetensors_header import read_safetensors_header
+
+log = logging.getLogger(__name__)
+
+SAFETENSORS_SUFFIXES = (".safetensors",)
+PICKLE_SUFFIXES = (".ckpt", ".pt", ".pth", ".bin")
+MODEL_SUFFIXES = SAFETENSORS_SUFFIXES + PICKLE_SUFFIXES
+
+_ZIP_MEMBER = re.compile(
+    r"^[^/]+/(data\.pkl|version|byteorder|\.format_version|\.storage_alignment|"
+    r"\.data/serialization_id|data/\d+)$"
+)
+
+
+class ModelCheckpoint:
+    """Stand-in for `pytorch_lightning.callbacks.model_checkpoint.ModelCheckpoint`, which many SD
+    1.x `.ckpt` files carry in their `callbacks`. Its state is kept as plain data and ignored."""
+
+    def __setstate__(self, state: Any) -> None:
+        self.state = state
+
+
+ModelCheckpoint.__module__ = "pytorch_lightning.callbacks.model_checkpoint"
+
+
+def _allowed_globals() -> list[Any]:
+    allowed: list[Any] = [ModelCheckpoint, np.dtype, np.ndarray]
+    multiarray = getattr(np, "_core", None)
+    core_multiarray = getattr(multiarray, "multiarray", None)
+    if core_multiarray is not None:
+        allowed += [core_multiarray.scalar, core_multiarray._reconstruct]
+    allowed += [type(np.dtype(t)) for t in ("float64", "float32", "float16", "int64", "int32")]
+    import codecs
+
+    allowed.append(codecs.encode)
+    return allowed
+
+
+def tensor_shapes(path: Path) -> dict[str, tuple[int, ...]]:
+    """Tensor names and shapes of a model file. Cheap for safetensors (header only)."""
+    if path.suffix.lower() in SAFETENSORS_SUFFIXES:
+        return {name: tuple(info.shape) for name, info in read_safetensors_header(path).tensors.items()}
+    return {k: tuple(v.shape) for k, v in read_state_dict(path).items()}
+
+
+def read_state_dict(path: Path) -> dict[str, torch.Tensor]:
+    """All tensors of a model file, memory-mapped where the format allows. Nested
+    `state_dict` / `model` wrappers of pickled checkpoints are unwrapped."""
+    suffix = path.suffix.lower()
+    if not path.is_file():
+        raise ModelFileError(f"{path}: no such file")
+    if suffix in SAFETENSORS_SUFFIXES:
+        read_safetensors_header(path)  # validates before safetensors trusts the header
+        try:
+            return load_file(str(path), device="cpu")
+        except Exception as exc:  # safetensors raises its own error types
+            raise ModelFileError(f"{path}: cannot read safetensors file: {exc}") from exc
+    if suffix in PICKLE_SUFFIXES:
+        return _tensors_only(_load_pickle(path), path)
+    raise ModelFileError(f"{path}: unsupported model file type {path.suffix!r}")
+
+
+def _load_pickle(path: Path) -> Any:
+    is_zip = zipfile.is_zipfile(path)
+    if is_zip:
+        _check_zip_members(path)
+    try:
+        with torch.serialization.safe_globals(_allowed_globals()):
+            obj = torch.load(path, map_location="cpu", weights_only=True, mmap=is_zip)
+    except Exception as exc:
+        forbidden = _forbidden_globals(path) if is_zip else []
+        if forbidden or "weights_only" in str(exc) or "Unsupported global" in str(exc):
+            detail = f" (forbidden: {', '.join(forbidden)})" if forbidden else ""
+            raise UnsafeModelFileError(
+                f"{path}: refused to load: the pickle asks for code outside the allow-list{detail}. "
+                "Nothing from it was run. Convert the file to .safetensors with a trusted tool."
+            ) from exc
+        raise ModelFileError(f"{path}: cannot read checkpoint: {exc}") from exc
+    log.info("loaded pickle checkpoint %s (sha256 %s)", path, _sha256_prefix(path))
+    return obj
+
+
+def _check_zip_members(path: Path) -> None:
+    with zipfile.ZipFile(path) as zf:
+        names = zf.namelist()
+    bad = [n for n in names if not _ZIP_MEMBER.match(n)]
+    pickles = [n for n in names if n.endswith("/data.pkl")]
+    if bad or len(pickles) != 1:
+        shown = ", ".join(bad[:5]) or f"{len(pickles)} data.pkl members"
+        raise UnsafeModelFileError(f"{path}: refused to load: unexpected archive members ({shown})")
+
+
+def _forbidden_globals(path: Path) -> list[str]:
+    try:
+        unsafe = torch.serialization.get_unsafe_globals_in_checkpoint(path)
+    except Exception:  # a corrupt archive: the caller reports the original error
+        return []
+    allowed = {f"{g.__module__}.{g.__qualname__}" for g in _allowed_globals()}
+    return [g for g in unsafe if g not in allowed]
+
+
+def _sha256_prefix(path: Path, limit: int = 1 << 20) -> str:
+    """Hash of the first MiB: enough to identify the file in logs without reading gigabytes."""
+    with path.open("rb") as fh:
+        return hashlib.sha256(fh.read(limit)).hexdigest()[:16] + "(first MiB)"
+
+
+def _tensors_only(obj: Any, path: Path) -> dict[str, torch.Tensor]:
+    for _ in range(3):
+        if isinstance(obj, Mapping) and "state_dict" in obj and isinstance(obj["state_dict"], Mapping):
+            obj = obj["state_dict"]
+        elif isinstance(obj, Mapping) and "model" in obj and isinstance(obj["model"], Mapping):
+            obj = obj["model"]
+        else:
+            break
+    if not isinstance(obj, Mapping):
+        raise ModelFileError(f"{path}: not a state dict (found {type(obj).__name__})")
+    tensors = {str(k): v for k, v in obj.items() if isinstance(v, torch.Tensor)}
+    if not tensors:
+        raise ModelFileError(f"{path}: contains no tensors")
+    return tensors

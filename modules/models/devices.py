@@ -1,0 +1,83 @@
+"""Device, precision and memory mode from the command-line flags.
+
+A1111's meanings: `--use-cpu all|sd` runs Stable Diffusion on the CPU; `--device-id N` picks the
+CUDA device; `--precision full` or `--no-half` keeps fp32 weights; `--no-half-vae` keeps the VAE in
+fp32; `--upcast-sampling` keeps fp16 weights but computes sampling in fp32. On a CPU everything is
+fp32 (half precision there is slow and partly unsupported). `--medvram`, `--medvram-sdxl` and
+`--lowvram` keep components off the GPU between stages.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from typing import Literal
+
+import torch
+
+from modules.core.settings import Settings
+from modules.models.loader import Placement
+
+log = logging.getLogger(__name__)
+
+MemoryMode = Literal["normal", "medvram", "medvram-sdxl", "lowvram"]
+
+
+@dataclass(frozen=True)
+class DevicePolicy:
+    placement: Placement
+    memory_mode: MemoryMode
+    upcast_sampling: bool
+    attention: str  # "sdp" (PyTorch scaled_dot_product_attention), "xformers"
+
+    def offload_for(self, is_sdxl: bool) -> bool:
+        """Whether components should go back to the CPU between stages for this model."""
+        if self.placement.device.type == "cpu":
+            return False
+        return self.memory_mode in ("medvram", "lowvram") or (self.memory_mode == "medvram-sdxl" and is_sdxl)
+
+
+def select_device(settings: Settings) -> torch.device:
+    if settings.cpu_for("sd"):
+        return torch.device("cpu")
+    if torch.cuda.is_available():
+        index = settings.device_id if settings.device_id is not None else torch.cuda.current_device()
+        if index >= torch.cuda.device_count():
+            from modules.core.errors import SettingsError
+
+            raise SettingsError(f"--device-id {index}: only {torch.cuda.device_count()} CUDA device(s) present")
+        return torch.device("cuda", index)
+    if getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available():
+        return torch.device("mps")
+    return torch.device("cpu")
+
+
+def policy_from_settings(settings: Settings, device: torch.device | None = None) -> DevicePolicy:
+    device = device or select_device(settings)
+    full = settings.no_half or settings.precision == "full" or device.type == "cpu"
+    dtype = torch.float32 if full else torch.float16
+    vae_dtype = torch.float32 if (full or settings.no_half_vae) else torch.float16
+    if settings.lowvram:
+        mode: MemoryMode = "lowvram"
+    elif settings.medvram:
+        mode = "medvram"
+    elif settings.medvram_sdxl:
+        mode = "medvram-sdxl"
+    else:
+        mode = "normal"
+    attention = "sdp"
+    if settings.xformers or settings.force_enable_xformers:
+        try:
+            import xformers  # noqa: F401
+        except ImportError:
+            log.warning("--xformers given but xformers is not installed; using PyTorch SDPA attention")
+        else:
+            attention = "xformers"
+    if settings.disable_safe_unpickle:
+        log.warning("--disable-safe-unpickle is ignored: pickled checkpoints always load through an allow-list")
+    return DevicePolicy(
+        placement=Placement(device=device, dtype=dtype, vae_dtype=vae_dtype, text_encoder_dtype=dtype),
+        memory_mode=mode,
+        upcast_sampling=settings.upcast_sampling and dtype == torch.float16,
+        attention=attention,
+    )
