@@ -53,3 +53,9 @@ class UnknownModelError(ModelFileError):
 
 class ModelLoadError(SdWebuiError):
     """Loading a model failed; the previously loaded model stays active."""
+
+
+class ForbiddenError(UserError):
+    """The request is understood but not allowed (e.g. a restricted setting through the API)."""
+
+    status_code = 403
