@@ -49,16 +49,26 @@ ModelCheckpoint.__module__ = "pytorch_lightning.callbacks.model_checkpoint"
 
 
 def _allowed_globals() -> list[Any]:
-    allowed: list[Any] = [ModelCheckpoint, np.dtype, np.ndarray]
-    multiarray = getattr(np, "_core", None)
-    core_multiarray = getattr(multiarray, "multiarray", None)
-    if core_multiarray is not None:
-        allowed += [core_multiarray.scalar, core_multiarray._reconstruct]
-    allowed += [type(np.dtype(t)) for t in ("float64", "float32", "float16", "int64", "int32")]
+    """What real SD checkpoints pickle besides tensors. Old files name numpy's scalar helpers
+    under `numpy.core.multiarray` (numpy 2 moved them to `numpy._core`), so both names map to the
+    same functions."""
     import codecs
 
-    allowed.append(codecs.encode)
+    from numpy._core import multiarray
+
+    allowed: list[Any] = [ModelCheckpoint, np.dtype, np.ndarray, codecs.encode]
+    for name in ("scalar", "_reconstruct"):
+        func = getattr(multiarray, name)
+        allowed += [func, (func, f"numpy.core.multiarray.{name}")]
+    allowed += [type(np.dtype(t)) for t in ("float64", "float32", "float16", "int64", "int32")]
     return allowed
+
+
+def _allowed_names() -> set[str]:
+    names = set()
+    for entry in _allowed_globals():
+        names.add(entry[1] if isinstance(entry, tuple) else f"{entry.__module__}.{entry.__qualname__}")
+    return names
 
 
 def tensor_shapes(path: Path) -> dict[str, tuple[int, ...]]:
@@ -120,7 +130,7 @@ def _forbidden_globals(path: Path) -> list[str]:
         unsafe = torch.serialization.get_unsafe_globals_in_checkpoint(path)
     except Exception:  # a corrupt archive: the caller reports the original error
         return []
-    allowed = {f"{g.__module__}.{g.__qualname__}" for g in _allowed_globals()}
+    allowed = _allowed_names()
     return [g for g in unsafe if g not in allowed]
 
 

@@ -109,11 +109,13 @@ class StableDiffusionModel:
     def device(self) -> torch.device:
         return next(self.unet.parameters()).device
 
-    def to(self, placement: Placement) -> None:
-        self.unet.to(device=placement.device, dtype=placement.dtype)
-        self.vae.to(device=placement.device, dtype=placement.vae_dtype)
+    def to_device(self, device: torch.device) -> None:
+        """Move every active component to `device` (dtypes were fixed when the model was built).
+        A baked VAE that a separate VAE replaces waits on the CPU."""
+        self.unet.to(device=device)
+        self.vae.to(device=device)
         for encoder in self.text_encoders:
-            encoder.to(device=placement.device, dtype=placement.text_encoder_dtype)
+            encoder.to(device=device)
         if self.baked_vae is not None:
             self.baked_vae.to(device="cpu")
 
@@ -152,7 +154,7 @@ def load_single_file(
     timings.build = time.perf_counter() - t0
 
     t0 = time.perf_counter()
-    model.to(placement)
+    model.to_device(placement.device)
     timings.move = time.perf_counter() - t0
     model.timings = timings
     return model
@@ -384,7 +386,7 @@ def load_diffusers_folder(path: Path, placement: Placement) -> StableDiffusionMo
         module.eval()
         module.requires_grad_(False)
     t0 = time.perf_counter()
-    model.to(placement)
+    model.to_device(placement.device)
     timings.move = time.perf_counter() - t0
     model.timings = timings
     return model

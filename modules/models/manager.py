@@ -147,11 +147,11 @@ class ModelManager:
             try:
                 self._apply_vae(model, info)
                 if model.device != self.placement.device:
-                    model.to(self.placement)
+                    model.to_device(self.placement.device)
             except BaseException:
                 if previous is not None:
                     self._ram.pop(str(previous.info.filename), None)
-                    previous.model.to(self.placement)
+                    previous.model.to_device(self.placement.device)
                     self._active = previous
                 raise
             self._active = ActiveModel(info, model)
@@ -198,14 +198,7 @@ class ModelManager:
         budget = self._budget()
         if budget > 0 and active.model.nbytes() <= budget:
             if self.placement.device.type != "cpu":
-                active.model.to(
-                    Placement(
-                        device=torch.device("cpu"),
-                        dtype=self.placement.dtype,
-                        vae_dtype=self.placement.vae_dtype,
-                        text_encoder_dtype=self.placement.text_encoder_dtype,
-                    )
-                )
+                active.model.to_device(torch.device("cpu"))
             self._ram[str(active.info.filename)] = active.model
         self._free_memory()
 

@@ -1,0 +1,47 @@
+"""Test-session setup: no model hub, an empty HF cache, tiny checkpoints built once."""
+
+from __future__ import annotations
+
+import os
+import socket
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+# Before anything imports huggingface_hub: the app must never need the hub, and an empty HF_HOME
+# proves no cached config is quietly used.
+os.environ["HF_HUB_OFFLINE"] = "1"
+os.environ["TRANSFORMERS_OFFLINE"] = "1"
+os.environ["HF_HUB_DISABLE_TELEMETRY"] = "1"
+os.environ["HF_HOME"] = tempfile.mkdtemp(prefix="sdwebui-empty-hf-home-")
+
+
+class NetworkAttempt(AssertionError):
+    pass
+
+
+@pytest.fixture()
+def no_network(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
+    """Fail the test on any outgoing connection except to this machine (servers under test)."""
+    real_connect = socket.socket.connect
+
+    def guarded(self: socket.socket, address: Any) -> Any:
+        host = address[0] if isinstance(address, tuple) else address
+        if self.family == socket.AF_UNIX or host in ("127.0.0.1", "::1", "localhost"):
+            return real_connect(self, address)
+        raise NetworkAttempt(f"network access attempted: {address!r}")
+
+    monkeypatch.setattr(socket.socket, "connect", guarded)
+    assert not any(Path(os.environ["HF_HOME"]).iterdir())
+    yield
+
+
+@pytest.fixture(scope="session")
+def tiny_models(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    """Every tiny model family in real on-disk layouts (see tests/fixtures/ldm_checkpoints.py)."""
+    from tests.fixtures.ldm_checkpoints import build_fixture_set
+
+    return build_fixture_set(tmp_path_factory.mktemp("models"))
