@@ -112,9 +112,10 @@ def create_app(services: Services) -> FastAPI:
     @app.get("/", response_class=HTMLResponse)
     def index() -> str:
         status = services.models.status()
-        rows = "".join(
-            f"<li>{html.escape(c.title)}</li>" for c in services.registry.checkpoints()
-        ) or "<li>none: put checkpoints in models/Stable-diffusion</li>"
+        rows = (
+            "".join(f"<li>{html.escape(c.title)}</li>" for c in services.registry.checkpoints())
+            or "<li>none: put checkpoints in models/Stable-diffusion</li>"
+        )
         current = html.escape(status.checkpoint.title) if status.checkpoint else "none"
         error = f"<p class='error'>{html.escape(status.last_error)}</p>" if status.last_error else ""
         return (

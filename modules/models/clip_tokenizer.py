@@ -37,9 +37,7 @@ def _bytes_to_unicode() -> list[str]:
     The printable bytes come first (mapped to themselves), then the other bytes mapped to 256+n.
     """
     order = (
-        list(range(ord("!"), ord("~") + 1))
-        + list(range(ord("¡"), ord("¬") + 1))
-        + list(range(ord("®"), ord("ÿ") + 1))
+        list(range(ord("!"), ord("~") + 1)) + list(range(ord("¡"), ord("¬") + 1)) + list(range(ord("®"), ord("ÿ") + 1))
     )
     codes = order[:]
     extra = 0

@@ -46,7 +46,9 @@ def write_config_folder(arch: Architecture, dest: Path) -> Path:
         index[name] = ["transformers", cls]
         tok = name.replace("text_encoder", "tokenizer")
         index[tok] = ["transformers", "CLIPTokenizer"]
-        _write_json(dest / name / "config.json", {"architectures": [cls], "model_type": "clip_text_model", **spec.config})
+        _write_json(
+            dest / name / "config.json", {"architectures": [cls], "model_type": "clip_text_model", **spec.config}
+        )
         write_tokenizer_files(dest / tok, spec.pad_token)
     if not is_xl:
         index.update(safety_checker=[None, None], feature_extractor=[None, None], requires_safety_checker=False)

@@ -77,7 +77,9 @@ def _check_tensors(model: StableDiffusionModel, sd: dict[str, torch.Tensor]) -> 
     for prefix, encoder in zip(prefixes, model.text_encoders, strict=True):
         tm = _text_model(encoder)
         if prefix.endswith("text_model."):
-            assert torch.equal(sd[prefix + "encoder.layers.0.self_attn.q_proj.weight"], tm.encoder.layers[0].self_attn.q_proj.weight)
+            assert torch.equal(
+                sd[prefix + "encoder.layers.0.self_attn.q_proj.weight"], tm.encoder.layers[0].self_attn.q_proj.weight
+            )
             assert torch.equal(sd[prefix + "final_layer_norm.weight"], tm.final_layer_norm.weight)
         else:
             width = tm.config.hidden_size
