@@ -46,7 +46,10 @@ def _rss_mb() -> float:
 
 
 def checkpoint_path(family: str, dtype: str) -> Path:
-    return OUT / f"{family}-full-{dtype}.safetensors"
+    """`sd1` -> the seed-0 file; `sd1:2` -> a second, different file of the same family."""
+    name, _, seed = family.partition(":")
+    suffix = f"-seed{seed}" if seed else ""
+    return OUT / f"{name}{suffix}-full-{dtype}.safetensors"
 
 
 def ensure_checkpoint(family: str, dtype: str) -> Path:
@@ -56,9 +59,10 @@ def ensure_checkpoint(family: str, dtype: str) -> Path:
 
         from tests.fixtures.ldm_checkpoints import write_checkpoint
 
+        name, _, seed = family.partition(":")
         print(f"writing {path.name} ...", flush=True)
         started = time.perf_counter()
-        write_checkpoint(path, family, size="full", dtype=getattr(torch, DTYPES[dtype]))
+        write_checkpoint(path, name, size="full", dtype=getattr(torch, DTYPES[dtype]), seed=int(seed or 0))
         print(f"  {path.stat().st_size / 2**30:.2f} GiB in {time.perf_counter() - started:.0f}s", flush=True)
     return path
 
@@ -173,10 +177,14 @@ def _config_dir(path: Path, tmp: Path) -> Path:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--families", nargs="+", default=["sd1", "sdxl"])
+    parser.add_argument(
+        "--families", nargs="+", default=["sd1", "sdxl"], help="family ids; `sd1:2` = a second sd1 file (seed 2)"
+    )
+    parser.add_argument("--load-dtype", choices=sorted(DTYPES), help="dtype to load into (default: the file's)")
     parser.add_argument("--dtype", choices=sorted(DTYPES), default="fp16")
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--switches", type=int, default=20)
+    parser.add_argument("--skip-cold", action="store_true", help="only the switching measurements")
     parser.add_argument("--child", nargs="+", help=argparse.SUPPRESS)
     args = parser.parse_args()
 
@@ -194,7 +202,7 @@ def main() -> None:
     paths = [ensure_checkpoint(f, args.dtype) for f in args.families]
     print(f"\nload benchmark, dtype {args.dtype}, {args.repeats} repeats, CPU, {os.cpu_count()} cores\n")
     with tempfile.TemporaryDirectory() as tmp:
-        for path in paths:
+        for path in [] if args.skip_cold else paths:
             config_dir = _config_dir(path, Path(tmp))
             subprocess.run(["cat", str(path)], stdout=subprocess.DEVNULL, check=True)  # same page cache for both
             ours, theirs = [], []
@@ -212,12 +220,12 @@ def main() -> None:
                 f"   diffusers {max(float(r['peak_rss_mb']) for r in theirs):7.0f} MiB"  # type: ignore[arg-type]
             )
     if len(paths) >= 2:
-        sw = _child("switch", args.dtype, str(args.switches), *map(str, paths))
+        sw = _child("switch", args.load_dtype or args.dtype, str(args.switches), *map(str, paths))
         warm = sw["warm_switch_ms"]
         cold = sw["cold_switch_s"]
         after = sw["rss_after_each_mb"]
         assert isinstance(warm, list) and isinstance(cold, list) and isinstance(after, list)
-        print(f"\nswitching between {', '.join(p.name for p in paths)}")
+        print(f"\nswitching between {', '.join(p.name for p in paths)}, loaded as {args.load_dtype or args.dtype}")
         print(
             f"  warm switch (RAM cache) median {statistics.median(warm):.2f} ms, max {max(warm):.2f} ms"
             f" over {len(warm)} switches"
@@ -229,6 +237,7 @@ def main() -> None:
             f" max {max(after):.0f} MiB, last {after[-1]:.0f} MiB; growth first->last pair"
             f" {after[-1] - after[1]:+.0f} MiB"
         )
+        print("  RSS after each cold switch (MiB): " + " ".join(f"{float(x):.0f}" for x in after))
         print(f"  peak RSS of the switch run {float(sw['peak_rss_mb']):.0f} MiB")  # type: ignore[arg-type]
 
 

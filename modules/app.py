@@ -79,8 +79,13 @@ def _wire_options(options: Options, models: ModelManager) -> None:
         models.set_vae(str(value))
 
     def on_loaded(info: CheckpointInfo) -> None:
-        options.set_readonly("sd_model_checkpoint", info.title)
-        options.set_readonly("sd_checkpoint_hash", info.sha256 or "")
+        changed = options.set_readonly("sd_model_checkpoint", info.title)
+        changed = options.set_readonly("sd_checkpoint_hash", info.sha256 or "") or changed
+        if changed and options.path is not None:
+            try:
+                options.save()  # the next start comes back to this checkpoint
+            except OSError as exc:
+                log.warning("could not save %s: %s", options.path, exc)
 
     options.on_change("sd_model_checkpoint", on_checkpoint)
     options.on_change("sd_vae", on_vae)

@@ -15,6 +15,9 @@
 
 from __future__ import annotations
 
+import ctypes
+import ctypes.util
+import functools
 import gc
 import logging
 import threading
@@ -39,6 +42,26 @@ from modules.models.loader import (
 from modules.models.registry import CheckpointInfo, ModelRegistry
 
 log = logging.getLogger(__name__)
+
+
+@functools.cache
+def _malloc_trim() -> Callable[[int], int] | None:
+    try:
+        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
+        trim: Callable[[int], int] = libc.malloc_trim
+    except (OSError, AttributeError):  # not glibc (musl, macOS, Windows)
+        return None
+    return trim
+
+
+def release_freed_heap() -> None:
+    """Hand freed heap memory back to the OS. glibc keeps freed blocks under its (growing) mmap
+    threshold in its arenas, so without this a dropped model's weights stay in RSS and every
+    switch can look like a leak; with tcmalloc preloaded (webui.sh does when it finds it) this
+    is a harmless no-op on glibc's own, empty, heap."""
+    trim = _malloc_trim()
+    if trim is not None:
+        trim(0)
 
 VAE_AUTOMATIC = "Automatic"
 VAE_NONE = "None"
@@ -83,6 +106,7 @@ class ModelManager:
         self._lock = threading.RLock()
         self._active: ActiveModel | None = None
         self._ram: OrderedDict[str, StableDiffusionModel] = OrderedDict()
+        self._ram_sizes: dict[str, int] = {}
         self._vae_cache: OrderedDict[tuple[Path, str], torch.nn.Module] = OrderedDict()
         self._vae_choice = VAE_AUTOMATIC
         self._loading: str | None = None
@@ -106,7 +130,7 @@ class ModelManager:
             loading=self._loading,
             last_error=self.last_error,
             cached=tuple(name for name, _ in ram),
-            cache_bytes_used=sum(m.nbytes() for _, m in ram),
+            cache_bytes_used=sum(self._ram_sizes.get(name, 0) for name, _ in ram),
         )
 
     # -- checkpoints -----------------------------------------------------------------------
@@ -136,25 +160,29 @@ class ModelManager:
 
     def _switch_to(self, info: CheckpointInfo) -> None:
         key = str(info.filename)
-        cached = self._ram.pop(key, None)
+        cached = self._take_from_cache(key)
         self._loading = info.name
         started = time.perf_counter()
+        dropped = False
         try:
             model = cached if cached is not None else self._load_from_disk(info)
             previous = self._active
-            if previous is not None:
-                self._park(previous)
+            kept = previous is None or self._park(previous)
             try:
                 self._apply_vae(model, info)
                 if model.device != self.placement.device:
                     model.to_device(self.placement.device)
             except BaseException:
-                if previous is not None:
-                    self._ram.pop(str(previous.info.filename), None)
+                if previous is not None:  # put the previous model back where it was
+                    self._take_from_cache(str(previous.info.filename))
                     previous.model.to_device(self.placement.device)
                     self._active = previous
+                if cached is not None:
+                    self._cache(key, cached)
                 raise
             self._active = ActiveModel(info, model)
+            dropped = not kept
+            previous = None  # the last reference to a dropped model: free it below
             self.last_error = None
         except SdWebuiError as exc:
             self.last_error = f"loading {info.name} failed: {exc}"
@@ -166,6 +194,8 @@ class ModelManager:
             raise ModelLoadError(self.last_error) from exc
         finally:
             self._loading = None
+        if dropped:
+            self._collect()
         self._evict()
         how = "from RAM cache" if cached is not None else f"from disk ({model.timings})"
         log.info("switched to %s [%s] %s in %.3fs", info.name, model.family.label, how, time.perf_counter() - started)
@@ -192,15 +222,22 @@ class ModelManager:
         log.info("loaded %s from disk: %s", info.name, model.timings)
         return model
 
-    def _park(self, active: ActiveModel) -> None:
-        """Move the outgoing model to the RAM cache (or drop it if the budget is too small)."""
+    def _park(self, active: ActiveModel) -> bool:
+        """Move the outgoing model to the RAM cache; False if it does not fit the budget (the
+        caller then drops its last reference and collects)."""
         self._active = None
-        budget = self._budget()
-        if budget > 0 and active.model.nbytes() <= budget:
-            if self.placement.device.type != "cpu":
-                active.model.to_device(torch.device("cpu"))
-            self._ram[str(active.info.filename)] = active.model
-        self._free_memory()
+        size = active.model.nbytes()
+        if not 0 < size <= self._budget():
+            return False
+        if self.placement.device.type != "cpu":
+            active.model.to_device(torch.device("cpu"))
+            self._empty_device_cache()
+        self._cache(str(active.info.filename), active.model, size)
+        return True
+
+    def _cache(self, key: str, model: StableDiffusionModel, size: int | None = None) -> None:
+        self._ram[key] = model
+        self._ram_sizes[key] = model.nbytes() if size is None else size
 
     def _budget(self) -> int:
         value = self._cache_bytes() if callable(self._cache_bytes) else self._cache_bytes
@@ -208,13 +245,28 @@ class ModelManager:
 
     def _evict(self) -> None:
         budget = self._budget()
-        while self._ram and sum(m.nbytes() for m in self._ram.values()) > budget:
+        dropped = False
+        while self._ram and sum(self._ram_sizes.values()) > budget:
             name, _ = self._ram.popitem(last=False)
+            self._ram_sizes.pop(name, None)
+            dropped = True
             log.info("dropped %s from the RAM cache", name)
-        self._free_memory()
+        if dropped:
+            self._collect()
 
-    def _free_memory(self) -> None:
+    def _take_from_cache(self, key: str) -> StableDiffusionModel | None:
+        self._ram_sizes.pop(key, None)
+        return self._ram.pop(key, None)
+
+    def _collect(self) -> None:
+        """Free what dropped models held. Only called when something was dropped: a full
+        garbage collection costs hundreds of milliseconds with large models alive."""
         gc.collect()
+        release_freed_heap()
+        self._empty_device_cache()
+
+    @staticmethod
+    def _empty_device_cache() -> None:
         if torch.cuda.is_available():
             torch.cuda.empty_cache()
 
@@ -222,8 +274,8 @@ class ModelManager:
         """Drop the active model from the device (A1111's unload-checkpoint); it stays in the RAM
         cache when it fits, so `reload()` is quick."""
         with self._lock:
-            if self._active is not None:
-                self._park(self._active)
+            if self._active is not None and not self._park(self._active):
+                self._collect()
 
     def reload(self) -> CheckpointInfo | None:
         """Load the most recently used checkpoint again (A1111's reload-checkpoint)."""
@@ -235,7 +287,7 @@ class ModelManager:
             key = next(reversed(self._ram))
             info = next((c for c in self.registry.checkpoints() if str(c.filename) == key), None)
             if info is None:
-                self._ram.pop(key)
+                self._take_from_cache(key)
                 return None
             self._switch_to(info)
             return info
@@ -243,8 +295,9 @@ class ModelManager:
     def clear_cache(self) -> None:
         with self._lock:
             self._ram.clear()
+            self._ram_sizes.clear()
             self._vae_cache.clear()
-            self._free_memory()
+            self._collect()
 
     @contextmanager
     def lease(self, checkpoint: str | CheckpointInfo | None = None) -> Iterator[StableDiffusionModel]:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import shutil
 from pathlib import Path
 
@@ -44,6 +45,8 @@ def test_setting_the_checkpoint_option_switches_and_reports_title_and_hash(data_
     assert info.sha256
     assert services.options.get("sd_model_checkpoint") == f"two.safetensors [{info.sha256[:10]}]"
     assert services.options.get("sd_checkpoint_hash") == info.sha256
+    saved = json.loads((data_dir / "config.json").read_text())
+    assert saved["sd_model_checkpoint"] == f"two.safetensors [{info.sha256[:10]}]"
 
 
 def test_initial_model_falls_back_when_the_saved_one_is_gone(data_dir: Path) -> None:

@@ -54,7 +54,7 @@ if args[:2] == ["-m", "pip"]:
 if args[:1] == ["webui.py"] or args[:2] == ["-m", "pytest"]:
     env = {{k: os.environ.get(k) for k in (
         "COMMANDLINE_ARGS", "HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE", "HF_HUB_DISABLE_TELEMETRY",
-        "LD_PRELOAD", "VIRTUAL_ENV")}}
+        "LD_PRELOAD", "VIRTUAL_ENV", "MALLOC_MMAP_THRESHOLD_")}}
     log("webui" if args[0] == "webui.py" else "pytest", exe=sys.argv[0], cwd=os.getcwd(), env=env)
     codes_file = os.environ.get("FAKE_EXIT_CODES")
     code = 0
@@ -291,6 +291,16 @@ def test_tcmalloc_preloaded_when_found(sb: Sandbox) -> None:
     assert sb.calls("webui")[0]["env"]["LD_PRELOAD"] is None
     ok(sb.run("webui.sh"))
     assert sb.calls("webui")[0]["env"]["LD_PRELOAD"] is None
+
+
+def test_fixed_malloc_mmap_threshold_without_tcmalloc(sb: Sandbox) -> None:
+    ok(sb.run("webui.sh"))
+    assert sb.calls("webui")[0]["env"]["MALLOC_MMAP_THRESHOLD_"] == "1048576"
+    ok(sb.run("webui.sh", MALLOC_MMAP_THRESHOLD_="4096"))
+    assert sb.calls("webui")[0]["env"]["MALLOC_MMAP_THRESHOLD_"] == "4096"
+    line = "\\tlibtcmalloc_minimal.so.4 (libc6,x86-64) => /usr/lib/libtcmalloc_minimal.so.4\\n"
+    ok(sb.run("webui.sh", FAKE_LDCONFIG=line))
+    assert sb.calls("webui")[0]["env"]["MALLOC_MMAP_THRESHOLD_"] is None
 
 
 # --- exit codes ----------------------------------------------------------------------------
