@@ -133,7 +133,11 @@ def create_app(services: Services) -> FastAPI:
 
 
 def _load_initial_model(services: Services) -> None:
-    wanted = str(services.options.get("sd_model_checkpoint") or "") or None
+    """A1111's order: the `--ckpt` file, else the saved `sd_model_checkpoint`, else the first found."""
+    if services.settings.ckpt is not None:
+        wanted: str | None = str(services.settings.ckpt)
+    else:
+        wanted = str(services.options.get("sd_model_checkpoint") or "") or None
     try:
         services.models.load(wanted)
     except SdWebuiError as exc:

@@ -56,6 +56,15 @@ def test_initial_model_falls_back_when_the_saved_one_is_gone(data_dir: Path) -> 
     assert services.models.active.info.name == "one.safetensors"  # type: ignore[union-attr]
 
 
+def test_ckpt_flag_adds_and_loads_a_checkpoint_from_anywhere(data_dir: Path, tiny_models: dict[str, Path]) -> None:
+    (data_dir / "config.json").write_text('{"sd_model_checkpoint": "one.safetensors"}')
+    settings = parse_settings(["--data-dir", str(data_dir), "--ckpt", str(tiny_models["sdxl"])], {})
+    services = build_services(settings, data_dir, {})
+    assert tiny_models["sdxl"].name in [c.name for c in services.registry.checkpoints()]
+    _load_initial_model(services)
+    assert services.models.active.model.family.id == "sdxl"  # type: ignore[union-attr]
+
+
 def test_minimal_server_routes(data_dir: Path) -> None:
     services = build_services(parse_settings(["--data-dir", str(data_dir)], {}), data_dir, {})
     services.models.load("one")
