@@ -107,6 +107,7 @@ class ModelManager:
         self._active: ActiveModel | None = None
         self._ram: OrderedDict[str, StableDiffusionModel] = OrderedDict()
         self._ram_sizes: dict[str, int] = {}
+        self._ram_snapshot: tuple[tuple[str, ...], int] = ((), 0)  # replaced whole, read lock-free
         self._vae_cache: OrderedDict[tuple[Path, str], torch.nn.Module] = OrderedDict()
         self._vae_choice = VAE_AUTOMATIC
         self._loading: str | None = None
@@ -123,14 +124,14 @@ class ModelManager:
 
     def status(self) -> ManagerStatus:
         active = self._active
-        ram = list(self._ram.items())
+        cached, cached_bytes = self._ram_snapshot
         return ManagerStatus(
             checkpoint=active.info if active else None,
             vae=active.model.vae_source if active else None,
             loading=self._loading,
             last_error=self.last_error,
-            cached=tuple(name for name, _ in ram),
-            cache_bytes_used=sum(self._ram_sizes.get(name, 0) for name, _ in ram),
+            cached=cached,
+            cache_bytes_used=cached_bytes,
         )
 
     # -- checkpoints -----------------------------------------------------------------------
@@ -238,6 +239,10 @@ class ModelManager:
     def _cache(self, key: str, model: StableDiffusionModel, size: int | None = None) -> None:
         self._ram[key] = model
         self._ram_sizes[key] = model.nbytes() if size is None else size
+        self._publish_cache()
+
+    def _publish_cache(self) -> None:
+        self._ram_snapshot = (tuple(self._ram), sum(self._ram_sizes.values()))
 
     def _budget(self) -> int:
         value = self._cache_bytes() if callable(self._cache_bytes) else self._cache_bytes
@@ -249,6 +254,7 @@ class ModelManager:
         while self._ram and sum(self._ram_sizes.values()) > budget:
             name, _ = self._ram.popitem(last=False)
             self._ram_sizes.pop(name, None)
+            self._publish_cache()
             dropped = True
             log.info("dropped %s from the RAM cache", name)
         if dropped:
@@ -256,7 +262,9 @@ class ModelManager:
 
     def _take_from_cache(self, key: str) -> StableDiffusionModel | None:
         self._ram_sizes.pop(key, None)
-        return self._ram.pop(key, None)
+        model = self._ram.pop(key, None)
+        self._publish_cache()
+        return model
 
     def _collect(self) -> None:
         """Free what dropped models held. Only called when something was dropped: a full
@@ -296,6 +304,7 @@ class ModelManager:
         with self._lock:
             self._ram.clear()
             self._ram_sizes.clear()
+            self._publish_cache()
             self._vae_cache.clear()
             self._collect()
 
