@@ -172,12 +172,6 @@ def _attention_facts(shapes: Shapes) -> tuple[int, bool]:
     raise UnknownModelError("UNet has no cross-attention weights")
 
 
-def sdxl_num_time_ids(unet: Mapping[str, Any], pooled_dim: int) -> int:
-    """How many micro-conditioning numbers the UNet expects (6 for base, 5 for the refiner)."""
-    adm_in = int(unet["projection_class_embeddings_input_dim"])
-    return (adm_in - pooled_dim) // SDXL_TIME_EMBED_DIM
-
-
 # ------------------------------------------------------------------------------------------ VAE
 
 
