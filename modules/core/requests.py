@@ -1,0 +1,173 @@
+"""The one request type for generation, with A1111's field names and API defaults.
+
+The UI builds these from its components, the API from its JSON body, scripts from either, each
+through one converter. `validate_request` checks what can be checked without a model and returns
+the request with sizes rounded down to multiples of 8 plus the warnings to report.
+Images are opaque here (PIL images at run time): core imports no imaging library.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from modules.core.errors import ValidationError
+
+# img2img resize modes (A1111 numbering)
+RESIZE_JUST = 0
+RESIZE_CROP = 1
+RESIZE_FILL = 2
+RESIZE_LATENT = 3
+# inpainting_fill
+FILL_FILL = 0
+FILL_ORIGINAL = 1
+FILL_LATENT_NOISE = 2
+FILL_LATENT_NOTHING = 3
+
+
+@dataclass(frozen=True, kw_only=True)
+class GenerationRequest:
+    """Fields shared by txt2img and img2img (A1111 `/sdapi/v1` names and API defaults)."""
+
+    prompt: str = ""
+    negative_prompt: str = ""
+    styles: tuple[str, ...] = ()
+    seed: int = -1
+    subseed: int = -1
+    subseed_strength: float = 0.0
+    seed_resize_from_h: int = -1
+    seed_resize_from_w: int = -1
+    sampler_name: str | None = None
+    sampler_index: str = "Euler"  # legacy: used when sampler_name is empty
+    scheduler: str | None = None
+    batch_size: int = 1
+    n_iter: int = 1
+    steps: int = 50
+    cfg_scale: float = 7.0
+    width: int = 512
+    height: int = 512
+    restore_faces: bool | None = None
+    tiling: bool | None = None
+    do_not_save_samples: bool = False
+    do_not_save_grid: bool = False
+    eta: float | None = None
+    denoising_strength: float | None = None
+    s_min_uncond: float | None = None
+    s_churn: float | None = None
+    s_tmax: float | None = None
+    s_tmin: float | None = None
+    s_noise: float | None = None
+    override_settings: Mapping[str, Any] = field(default_factory=dict)
+    override_settings_restore_afterwards: bool = True
+    refiner_checkpoint: str | None = None
+    refiner_switch_at: float | None = None
+    disable_extra_networks: bool = False
+    comments: Mapping[str, Any] | None = None
+    force_task_id: str | None = None
+
+    @property
+    def effective_sampler(self) -> str:
+        return self.sampler_name or self.sampler_index or "Euler"
+
+    def replace(self, **changes: Any) -> GenerationRequest:
+        return dataclasses.replace(self, **changes)
+
+
+@dataclass(frozen=True, kw_only=True)
+class Txt2ImgRequest(GenerationRequest):
+    denoising_strength: float | None = 0.75  # used by hires fix
+    enable_hr: bool = False
+    firstphase_width: int = 0
+    firstphase_height: int = 0
+    hr_scale: float = 2.0
+    hr_upscaler: str | None = None  # None -> "Latent"
+    hr_second_pass_steps: int = 0
+    hr_resize_x: int = 0
+    hr_resize_y: int = 0
+    hr_checkpoint_name: str | None = None
+    hr_sampler_name: str | None = None
+    hr_scheduler: str | None = None
+    hr_prompt: str = ""
+    hr_negative_prompt: str = ""
+
+
+@dataclass(frozen=True, kw_only=True)
+class Img2ImgRequest(GenerationRequest):
+    init_images: tuple[Any, ...] = ()
+    resize_mode: int = RESIZE_JUST
+    denoising_strength: float | None = 0.75
+    image_cfg_scale: float | None = None
+    mask: Any | None = None
+    mask_blur: int | None = None
+    mask_blur_x: int = 4
+    mask_blur_y: int = 4
+    mask_round: bool = True
+    inpainting_fill: int = FILL_FILL
+    inpaint_full_res: bool = True
+    inpaint_full_res_padding: int = 0
+    inpainting_mask_invert: int = 0
+    initial_noise_multiplier: float | None = None
+    latent_mask: Any | None = None
+    include_init_images: bool = False
+
+    @property
+    def blur_xy(self) -> tuple[int, int]:
+        if self.mask_blur is not None:
+            return self.mask_blur, self.mask_blur
+        return self.mask_blur_x, self.mask_blur_y
+
+
+@dataclass(frozen=True)
+class Limits:
+    """Caps from settings; the defaults are generous for one GPU and refuse absurd requests."""
+
+    max_pixels_times_batch: int = 2048 * 2048 * 8
+    max_side: int = 8192
+    max_steps: int = 1000
+    max_batch_size: int = 64
+    max_n_iter: int = 1000
+
+
+def _require(ok: bool, message: str) -> None:
+    if not ok:
+        raise ValidationError(message)
+
+
+def validate_request(request: GenerationRequest, limits: Limits = Limits()) -> tuple[GenerationRequest, list[str]]:
+    """Check a request; sizes are rounded down to multiples of 8 (A1111 does the same, silently;
+    we report it). Raises `ValidationError` with a message naming the field."""
+    warnings: list[str] = []
+    _require(request.steps >= 1, f"steps must be at least 1 (got {request.steps})")
+    _require(request.steps <= limits.max_steps, f"steps must be at most {limits.max_steps} (got {request.steps})")
+    _require(1 <= request.batch_size <= limits.max_batch_size, f"batch_size must be 1..{limits.max_batch_size}")
+    _require(1 <= request.n_iter <= limits.max_n_iter, f"n_iter must be 1..{limits.max_n_iter}")
+    _require(request.cfg_scale == request.cfg_scale, "cfg_scale must be a number")
+    _require(0.0 <= request.subseed_strength <= 1.0, "subseed_strength must be within 0..1")
+    width, height = request.width, request.height
+    _require(8 <= width <= limits.max_side, f"width must be 8..{limits.max_side} (got {width})")
+    _require(8 <= height <= limits.max_side, f"height must be 8..{limits.max_side} (got {height})")
+    if width % 8 or height % 8:
+        warnings.append(f"size {width}x{height} rounded down to {width // 8 * 8}x{height // 8 * 8}")
+        request = request.replace(width=width // 8 * 8, height=height // 8 * 8)
+    pixels = request.width * request.height * request.batch_size
+    _require(
+        pixels <= limits.max_pixels_times_batch,
+        f"width x height x batch_size = {pixels} exceeds the limit of {limits.max_pixels_times_batch} pixels",
+    )
+    if request.denoising_strength is not None:
+        _require(0.0 <= request.denoising_strength <= 1.0, "denoising_strength must be within 0..1")
+    if isinstance(request, Txt2ImgRequest) and request.enable_hr:
+        _require(request.hr_scale > 0 or (request.hr_resize_x > 0 or request.hr_resize_y > 0), "hr_scale must be > 0")
+        _require(request.hr_second_pass_steps >= 0, "hr_second_pass_steps must be >= 0")
+    if isinstance(request, Img2ImgRequest):
+        _require(len(request.init_images) > 0, "init_images: at least one image is required")
+        _require(request.resize_mode in (0, 1, 2, 3), f"resize_mode must be 0..3 (got {request.resize_mode})")
+        _require(
+            request.inpainting_fill in (0, 1, 2, 3), f"inpainting_fill must be 0..3 (got {request.inpainting_fill})"
+        )
+        _require(request.inpaint_full_res_padding >= 0, "inpaint_full_res_padding must be >= 0")
+        blur_x, blur_y = request.blur_xy
+        _require(blur_x >= 0 and blur_y >= 0, "mask_blur must be >= 0")
+    return request, warnings

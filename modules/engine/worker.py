@@ -1,0 +1,291 @@
+"""The one generation worker: a single thread runs jobs from a bounded FIFO queue.
+
+UI and API submit a function and get a `concurrent.futures.Future`; the API awaits it with
+`asyncio.wrap_future`, so the event loop stays free. Progress, ETA, the live preview, interrupt,
+skip and stop-after-this-image live on the running job's `JobContext` and are readable at any
+time without waiting for the worker (A1111's `/progress` semantics and idle shape).
+"""
+
+from __future__ import annotations
+
+import itertools
+import logging
+import queue
+import threading
+import time
+import uuid
+from collections import deque
+from collections.abc import Callable
+from concurrent.futures import Future
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any, Generic, TypeVar
+
+from modules.core.errors import UserError
+
+log = logging.getLogger(__name__)
+
+T = TypeVar("T")
+
+
+class QueueFullError(UserError):
+    status_code = 429
+
+
+class JobInterrupted(Exception):
+    """Raised inside a job's loop to stop the whole job (partial results are kept by the job)."""
+
+
+class ImageSkipped(Exception):
+    """Raised inside a job's loop to abandon the current image and go on with the next."""
+
+
+@dataclass
+class JobContext:
+    """What a running job reports and what it must obey. Written by the worker thread; read by
+    anyone (single attribute reads and writes are atomic under the GIL)."""
+
+    id: str
+    description: str = ""
+    job_count: int = -1  # -1 until the job knows how many images it will make
+    job_no: int = 0
+    sampling_step: int = 0
+    sampling_steps: int = 0
+    interrupted: bool = False
+    skipped: bool = False
+    stopping_generation: bool = False
+    started: float = field(default_factory=time.time)
+    job_timestamp: str = field(default_factory=lambda: datetime.now().strftime("%Y%m%d%H%M%S"))
+    textinfo: str | None = None
+    preview_every: int = 0  # 0 = no previews
+    _preview_source: Any = None  # e.g. a latent tensor; decoded lazily by `preview_decoder`
+    preview_decoder: Callable[[Any], Any] | None = None
+    _preview_cache: tuple[int, Any] | None = None
+    _preview_version: int = 0
+
+    # -- called by the job -------------------------------------------------------------------
+
+    def begin_image(self, job_no: int, job_count: int | None = None) -> None:
+        self.job_no = job_no
+        if job_count is not None:
+            self.job_count = job_count
+        self.sampling_step = 0
+        self.skipped = False
+
+    def begin_pass(self, steps: int) -> None:
+        self.sampling_steps = steps
+        self.sampling_step = 0
+
+    def step(self, step: int, preview_source: Any = None) -> None:
+        """Report progress; raises `JobInterrupted` / `ImageSkipped` when asked to stop."""
+        self.sampling_step = step
+        if preview_source is not None and self.preview_every and step % self.preview_every == 0:
+            self.set_preview(preview_source)
+        self.check()
+
+    def check(self) -> None:
+        if self.interrupted:
+            raise JobInterrupted()
+        if self.skipped:
+            raise ImageSkipped()
+
+    def set_preview(self, source: Any) -> None:
+        self._preview_source = source
+        self._preview_version += 1
+
+    # -- read by anyone ----------------------------------------------------------------------
+
+    def preview(self) -> Any:
+        """The live preview image, decoded from the latest source only when asked for."""
+        source, version, decoder = self._preview_source, self._preview_version, self.preview_decoder
+        if source is None or decoder is None:
+            return None
+        cached = self._preview_cache
+        if cached is not None and cached[0] == version:
+            return cached[1]
+        image = decoder(source)
+        self._preview_cache = (version, image)
+        return image
+
+    def progress(self) -> float:
+        if self.job_count == 0:
+            return 0.0
+        count = max(self.job_count, 1)
+        value = 0.01 + self.job_no / count
+        if self.sampling_steps > 0:
+            value += self.sampling_step / self.sampling_steps / count
+        return min(value, 1.0)
+
+    def eta(self) -> float:
+        progress = self.progress()
+        elapsed = time.time() - self.started
+        return elapsed / progress - elapsed if progress > 0 else 0.0
+
+
+@dataclass
+class Job(Generic[T]):
+    context: JobContext
+    fn: Callable[[JobContext], T]
+    future: Future[T] = field(default_factory=Future)
+    queued_at: float = field(default_factory=time.time)
+
+
+IDLE_STATE: dict[str, Any] = {
+    "skipped": False,
+    "interrupted": False,
+    "stopping_generation": False,
+    "job": "",
+    "job_count": 0,
+    "job_timestamp": "0",
+    "job_no": 0,
+    "sampling_step": 0,
+    "sampling_steps": 0,
+}
+
+
+class Worker:
+    """Runs submitted jobs one at a time on its own thread."""
+
+    def __init__(self, max_queue: int = 64, *, name: str = "generation worker") -> None:
+        self.max_queue = max_queue
+        self._queue: queue.Queue[Job[Any] | None] = queue.Queue()
+        self._pending: deque[Job[Any]] = deque()
+        self._lock = threading.Lock()
+        self._current: Job[Any] | None = None
+        self._completed: deque[str] = deque(maxlen=256)
+        self._thread = threading.Thread(target=self._run, name=name, daemon=True)
+        self._started = False
+        self._ids = itertools.count(1)
+
+    def start(self) -> None:
+        if not self._started:
+            self._started = True
+            self._thread.start()
+
+    def shutdown(self, timeout: float | None = 10) -> None:
+        """Interrupt the running job, cancel queued ones and stop the thread."""
+        with self._lock:
+            pending = list(self._pending)
+            self._pending.clear()
+        for job in pending:
+            job.future.cancel()
+        self.interrupt()
+        self._queue.put(None)
+        if self._started:
+            self._thread.join(timeout)
+
+    # -- submitting --------------------------------------------------------------------------
+
+    def submit(self, fn: Callable[[JobContext], T], *, task_id: str | None = None, description: str = "") -> Job[T]:
+        with self._lock:
+            if len(self._pending) >= self.max_queue:
+                raise QueueFullError(f"the queue is full ({self.max_queue} jobs waiting); try again later")
+            context = JobContext(id=task_id or f"task({uuid.uuid4().hex[:15]})", description=description)
+            job: Job[T] = Job(context=context, fn=fn)
+            self._pending.append(job)
+        self._queue.put(job)
+        self.start()
+        return job
+
+    def _run(self) -> None:
+        while True:
+            job = self._queue.get()
+            if job is None:
+                return
+            with self._lock:
+                if job in self._pending:
+                    self._pending.remove(job)
+                if job.future.cancelled() or not job.future.set_running_or_notify_cancel():
+                    continue
+                self._current = job
+            try:
+                result = job.fn(job.context)
+            except BaseException as exc:  # the worker must survive every job
+                if not isinstance(exc, UserError | JobInterrupted):
+                    log.exception("job %s failed", job.context.id)
+                job.future.set_exception(exc)
+            else:
+                job.future.set_result(result)
+            finally:
+                with self._lock:
+                    self._current = None
+                    self._completed.append(job.context.id)
+
+    # -- control -----------------------------------------------------------------------------
+
+    def _targets(self, task_id: str | None) -> JobContext | None:
+        current = self._current
+        if current is None:
+            return None
+        if task_id is not None and current.context.id != task_id:
+            return None
+        return current.context
+
+    def interrupt(self, task_id: str | None = None) -> None:
+        """Stop the running job at its current step (it returns what it has); with a task id,
+        only that job, and queued jobs with that id are cancelled too. A no-op when idle."""
+        context = self._targets(task_id)
+        if context is not None:
+            context.interrupted = True
+        if task_id is not None:
+            with self._lock:
+                for job in [j for j in self._pending if j.context.id == task_id]:
+                    self._pending.remove(job)
+                    job.future.cancel()
+
+    def skip(self, task_id: str | None = None) -> None:
+        context = self._targets(task_id)
+        if context is not None:
+            context.skipped = True
+
+    def stop_generating(self, task_id: str | None = None) -> None:
+        """Finish the current image, then stop."""
+        context = self._targets(task_id)
+        if context is not None:
+            context.stopping_generation = True
+
+    # -- reading -----------------------------------------------------------------------------
+
+    @property
+    def current(self) -> JobContext | None:
+        job = self._current
+        return job.context if job else None
+
+    def queue_status(self, task_id: str) -> tuple[bool, bool, bool, int]:
+        """(active, queued, completed, position in queue) for `/internal/progress`."""
+        with self._lock:
+            current = self._current
+            pending = [j.context.id for j in self._pending]
+            completed = task_id in self._completed
+        active = current is not None and current.context.id == task_id
+        position = pending.index(task_id) + 1 if task_id in pending else 0
+        return active, position > 0, completed, position
+
+    def progress(self, *, with_preview: bool = True) -> dict[str, Any]:
+        """A1111's `/sdapi/v1/progress` body (without base64 encoding of the preview)."""
+        context = self.current
+        if context is None:
+            return {
+                "progress": 0.0,
+                "eta_relative": 0.0,
+                "state": dict(IDLE_STATE),
+                "current_image": None,
+                "textinfo": None,
+            }
+        return {
+            "progress": context.progress(),
+            "eta_relative": context.eta(),
+            "state": {
+                "skipped": context.skipped,
+                "interrupted": context.interrupted,
+                "stopping_generation": context.stopping_generation,
+                "job": context.description or context.id,
+                "job_count": context.job_count,
+                "job_timestamp": context.job_timestamp,
+                "job_no": context.job_no,
+                "sampling_step": context.sampling_step,
+                "sampling_steps": context.sampling_steps,
+            },
+            "current_image": context.preview() if with_preview else None,
+            "textinfo": context.textinfo,
+        }
