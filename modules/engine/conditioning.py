@@ -1,0 +1,220 @@
+"""Text conditioning with A1111's prompt semantics (a1111.md section 4).
+
+positive prompt -> AND split -> per part a prompt-editing schedule -> each scheduled text ->
+emphasis parse + BREAK + 75-token chunks -> each chunk [BOS] + 75 + [EOS] through every text
+encoder (clip skip; emphasis multipliers with mean restore) -> chunks concatenated on the token
+axis; SDXL concatenates both encoders on the channel axis and takes the pooled output of the
+second encoder's first chunk. The negative prompt takes the same path without AND.
+Each distinct text is encoded once per job.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Literal
+
+import torch
+
+from modules.core import prompt_syntax as ps
+from modules.engine.sampling import StepConds, TextCond
+from modules.models.loader import StableDiffusionModel
+
+CHUNK = 75
+EmphasisName = Literal["Original", "No norm", "Ignore", "None"]
+
+
+@dataclass
+class ConditioningSettings:
+    clip_skip: int = 1  # CLIP_stop_at_last_layers
+    emphasis: EmphasisName = "Original"
+    comma_padding_backtrack: int = 20
+    use_old_scheduling: bool = False
+
+
+def _chunk_ids(tokenizer: object, text: str, settings: ConditioningSettings) -> list[tuple[list[int], list[float]]]:
+    """[(77 token ids, 77 multipliers)] for one text and one tokenizer."""
+    tok = tokenizer
+    bos, eos = tok.bos_token_id, tok.eos_token_id  # type: ignore[attr-defined]
+    pad = tok.pad_token_id  # type: ignore[attr-defined]
+    if settings.emphasis == "None":
+        parsed = [(text, 1.0)]
+    else:
+        parsed = ps.parse_emphasis(text)
+        if settings.emphasis == "Ignore":
+            parsed = [(t, 1.0 if w != -1.0 else w) for t, w in parsed]
+
+    def tokenize(texts: list[str]) -> list[list[int]]:
+        return tok(texts, add_special_tokens=False, truncation=False).input_ids  # type: ignore[operator]
+
+    comma = tok.convert_tokens_to_ids(",</w>")  # type: ignore[attr-defined]
+    chunks = ps.chunk_prompt(
+        parsed,
+        tokenize,
+        chunk_length=CHUNK,
+        comma_token=comma,
+        comma_padding_backtrack=settings.comma_padding_backtrack,
+    )
+    out: list[tuple[list[int], list[float]]] = []
+    for chunk in chunks:
+        tokens = list(chunk.tokens)[:CHUNK]
+        mults = list(chunk.multipliers)[:CHUNK]
+        used = getattr(chunk, "length", None)
+        if used is not None:  # the chunker padded: re-pad with this encoder's end token
+            tokens, mults = tokens[:used], mults[:used]
+        tokens += [eos] * (CHUNK - len(tokens))
+        mults += [1.0] * (CHUNK - len(mults))
+        ids = [bos, *tokens, eos]
+        if pad != eos:  # OpenCLIP: everything after the first end token is the pad token
+            first_end = ids.index(eos)
+            ids = ids[: first_end + 1] + [pad] * (len(ids) - first_end - 1)
+        out.append((ids, [1.0, *mults, 1.0]))
+    return out
+
+
+def _apply_emphasis(z: torch.Tensor, mults: torch.Tensor, mode: EmphasisName) -> torch.Tensor:
+    if mode in ("Ignore", "None"):
+        return z
+    if mode == "No norm":
+        return z * mults[..., None]
+    original_mean = z.mean()
+    z = z * mults[..., None]
+    return z * (original_mean / z.mean())
+
+
+@dataclass
+class Encoder:
+    """Encodes texts with one checkpoint's text encoders; caches per distinct text."""
+
+    model: StableDiffusionModel
+    settings: ConditioningSettings = field(default_factory=ConditioningSettings)
+    _cache: dict[str, TextCond] = field(default_factory=dict)
+
+    @property
+    def device(self) -> torch.device:
+        return self.model.device
+
+    def encode(self, text: str, *, is_negative: bool = False) -> TextCond:
+        cached = self._cache.get(("-" if is_negative else "+") + text)
+        if cached is not None:
+            return cached
+        cond = self._encode(text, is_negative)
+        self._cache[("-" if is_negative else "+") + text] = cond
+        return cond
+
+    def _encode(self, text: str, is_negative: bool) -> TextCond:
+        family = self.model.family
+        if family.is_sdxl and is_negative and text == "":
+            zero = self._encode(text, False)  # shape donor
+            pooled = None if zero.pooled is None else torch.zeros_like(zero.pooled)
+            return TextCond(torch.zeros_like(zero.hidden), pooled)
+        hidden_parts: list[torch.Tensor] = []
+        pooled: torch.Tensor | None = None
+        chunk_counts = set()
+        per_encoder = []
+        for tokenizer, encoder in zip(self.model.tokenizers, self.model.text_encoders, strict=True):
+            chunks = _chunk_ids(tokenizer, text, self.settings)
+            chunk_counts.add(len(chunks))
+            per_encoder.append((encoder, chunks))
+        if len(chunk_counts) != 1:  # same BPE, so this cannot happen; guard anyway
+            raise RuntimeError("text encoders disagree on chunk count")
+        for encoder, chunks in per_encoder:
+            zs = []
+            for index, (ids, mults) in enumerate(chunks):
+                z, p = self._run_encoder(encoder, ids)
+                zs.append(
+                    _apply_emphasis(z, torch.tensor([mults], dtype=z.dtype, device=z.device), self.settings.emphasis)
+                )
+                if index == 0 and p is not None:
+                    pooled = p
+            hidden_parts.append(torch.cat(zs, dim=1))
+        hidden = torch.cat(hidden_parts, dim=-1) if len(hidden_parts) > 1 else hidden_parts[0]
+        return TextCond(hidden, pooled if family.is_sdxl else None)
+
+    def _run_encoder(self, encoder: torch.nn.Module, ids: list[int]) -> tuple[torch.Tensor, torch.Tensor | None]:
+        tokens = torch.tensor([ids], device=self.device)
+        skip = max(1, self.settings.clip_skip)
+        with torch.no_grad():
+            out = encoder(tokens, output_hidden_states=True)
+        if self.model.family.is_sdxl:
+            # SGM: penultimate layer without the final norm; clip skip moves further back.
+            z = out.hidden_states[-(skip + 1)]
+            pooled = getattr(out, "text_embeds", None)
+            return z, pooled
+        if skip == 1:
+            return out.last_hidden_state, None
+        text_model = getattr(encoder, "text_model", encoder)
+        z = text_model.final_layer_norm(out.hidden_states[-skip])
+        return z, None
+
+
+@dataclass
+class PromptPlan:
+    """The conditioning of one batch of B images over `steps` steps."""
+
+    positive: list[list[tuple[list[tuple[int, str]], float]]]  # per image: [(schedule, AND weight)]
+    negative: list[list[tuple[int, str]]]  # per image: schedule
+
+    @classmethod
+    def build(
+        cls,
+        prompts: Sequence[str],
+        negative_prompts: Sequence[str],
+        steps: int,
+        *,
+        hires_steps: int | None = None,
+        use_old_scheduling: bool = False,
+    ) -> PromptPlan:
+        positive = []
+        for prompt in prompts:
+            parts = ps.split_and(prompt)
+            texts = [text for text, _ in parts]
+            schedules = ps.prompt_schedules(
+                texts, steps, hires_steps=hires_steps, use_old_scheduling=use_old_scheduling
+            )
+            positive.append([(sched, weight) for sched, (_, weight) in zip(schedules, parts, strict=True)])
+        negative = ps.prompt_schedules(
+            list(negative_prompts), steps, hires_steps=hires_steps, use_old_scheduling=use_old_scheduling
+        )
+        return cls(positive, negative)
+
+    @property
+    def changes_every_step(self) -> bool:
+        return any(len(s) > 1 for per in self.positive for s, _ in per) or any(len(s) > 1 for s in self.negative)
+
+
+def _at(schedule: list[tuple[int, str]], step: int) -> str:
+    """A1111: the first entry whose end step is >= the current (0-based) step."""
+    for end, text in schedule:
+        if step <= end:
+            return text
+    return schedule[-1][1]
+
+
+def _stack(conds: list[TextCond]) -> TextCond:
+    longest = max(c.hidden.shape[1] for c in conds)
+    hidden = []
+    for c in conds:
+        h = c.hidden
+        if h.shape[1] < longest:  # pad with repeats of the last vector (A1111's default)
+            h = torch.cat([h, h[:, -1:].expand(-1, longest - h.shape[1], -1)], dim=1)
+        hidden.append(h)
+    pooled = None if conds[0].pooled is None else torch.cat([c.pooled for c in conds])  # type: ignore[misc]
+    return TextCond(torch.cat(hidden), pooled)
+
+
+def step_conds(encoder: Encoder, plan: PromptPlan, step: int) -> StepConds:
+    rows: list[TextCond] = []
+    index: dict[str, int] = {}
+    weights: list[list[tuple[int, float]]] = []
+    for per_image in plan.positive:
+        mine = []
+        for schedule, weight in per_image:
+            text = _at(schedule, step)
+            if text not in index:
+                index[text] = len(rows)
+                rows.append(encoder.encode(text))
+            mine.append((index[text], weight))
+        weights.append(mine)
+    uncond = _stack([encoder.encode(_at(s, step), is_negative=True) for s in plan.negative])
+    return StepConds(cond=_stack(rows), weights=weights, uncond=uncond)

@@ -1,0 +1,154 @@
+"""Pixel-space helpers for img2img and inpainting (PIL + numpy + torch; A1111 semantics)."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import torch
+from PIL import Image, ImageFilter, ImageOps
+
+from modules.core.requests import RESIZE_CROP, RESIZE_FILL
+
+
+def to_tensor(images: list[Image.Image], device: torch.device, dtype: torch.dtype) -> torch.Tensor:
+    """RGB images -> (B, 3, H, W) in [-1, 1]."""
+    arrays = [np.asarray(im.convert("RGB"), dtype=np.float32) / 127.5 - 1.0 for im in images]
+    return torch.from_numpy(np.stack(arrays)).permute(0, 3, 1, 2).to(device=device, dtype=dtype)
+
+
+def to_images(pixels: torch.Tensor) -> list[Image.Image]:
+    """(B, 3, H, W) in [-1, 1] -> RGB images."""
+    arr = ((pixels.float().clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8).permute(0, 2, 3, 1).cpu().numpy()
+    return [Image.fromarray(a) for a in arr]
+
+
+def resize_image(mode: int, image: Image.Image, width: int, height: int) -> Image.Image:
+    """A1111 resize modes: 0 just resize, 1 crop and resize (fill the box, crop the overflow
+    centred), 2 resize and fill (fit inside, fill the borders by stretching the edge pixels),
+    3 just resize (the latent variant is handled on latents by the caller)."""
+    image = image.convert("RGB") if image.mode not in ("RGB", "RGBA", "L") else image
+    if mode == RESIZE_CROP:
+        ratio = max(width / image.width, height / image.height)
+        w, h = max(1, round(image.width * ratio)), max(1, round(image.height * ratio))
+        resized = image.resize((w, h), Image.Resampling.LANCZOS)
+        left, top = (w - width) // 2, (h - height) // 2
+        return resized.crop((left, top, left + width, top + height))
+    if mode == RESIZE_FILL:
+        ratio = min(width / image.width, height / image.height)
+        w, h = max(1, round(image.width * ratio)), max(1, round(image.height * ratio))
+        resized = image.resize((w, h), Image.Resampling.LANCZOS)
+        out = Image.new(resized.mode, (width, height))
+        out.paste(resized, ((width - w) // 2, (height - h) // 2))
+        if w < width:  # stretch the edge columns into the borders
+            left = (width - w) // 2
+            out.paste(resized.resize((left, h), box=(0, 0, 1, h)), (0, (height - h) // 2))
+            right = width - w - left
+            out.paste(resized.resize((right, h), box=(w - 1, 0, w, h)), (left + w, (height - h) // 2))
+        if h < height:
+            top = (height - h) // 2
+            out.paste(out.resize((width, top), box=(0, top, width, top + 1)), (0, 0))
+            bottom = height - h - top
+            out.paste(out.resize((width, bottom), box=(0, top + h - 1, width, top + h)), (0, top + h))
+        return out
+    return image.resize((width, height), Image.Resampling.LANCZOS)
+
+
+def gaussian_kernel_blur(mask: Image.Image, blur_x: int, blur_y: int) -> Image.Image:
+    """A1111's mask blur: Gaussian with kernel size 2*int(2.5*sigma+0.5)+1 per axis."""
+    if blur_x <= 0 and blur_y <= 0:
+        return mask
+    arr = np.asarray(mask.convert("L"), dtype=np.float32)
+    out = torch.from_numpy(arr)[None, None]
+    for sigma, dim in ((blur_x, 3), (blur_y, 2)):
+        if sigma <= 0:
+            continue
+        size = 2 * int(2.5 * sigma + 0.5) + 1
+        x = torch.arange(size, dtype=torch.float32) - size // 2
+        kernel = torch.exp(-(x**2) / (2 * sigma**2))
+        kernel = kernel / kernel.sum()
+        shape = [1, 1, 1, 1]
+        shape[dim] = size
+        pad = [0, 0, 0, 0]
+        pad[0 if dim == 3 else 2] = pad[1 if dim == 3 else 3] = size // 2
+        out = torch.nn.functional.conv2d(torch.nn.functional.pad(out, pad, mode="reflect"), kernel.view(shape))
+    return Image.fromarray(out[0, 0].clamp(0, 255).round().to(torch.uint8).numpy(), mode="L")
+
+
+def prepare_mask(mask: Image.Image, *, invert: bool, blur_x: int, blur_y: int, round_mask: bool) -> Image.Image:
+    """White = repaint. Alpha masks (sketch) use their alpha channel."""
+    if mask.mode in ("RGBA", "LA"):
+        mask = mask.getchannel("A")
+    mask = mask.convert("L")
+    if invert:
+        mask = ImageOps.invert(mask)
+    if round_mask:
+        mask = mask.point(lambda v: 255 if v >= 128 else 0)
+    return gaussian_kernel_blur(mask, blur_x, blur_y)
+
+
+def masked_region(mask: Image.Image, padding: int) -> tuple[int, int, int, int] | None:
+    """Bounding box of the mask grown by `padding`, clamped to the image; None if empty."""
+    box = mask.point(lambda v: 255 if v > 0 else 0).getbbox()
+    if box is None:
+        return None
+    x1, y1, x2, y2 = box
+    return max(0, x1 - padding), max(0, y1 - padding), min(mask.width, x2 + padding), min(mask.height, y2 + padding)
+
+
+def expand_to_ratio(
+    box: tuple[int, int, int, int], width: int, height: int, bounds: tuple[int, int]
+) -> tuple[int, int, int, int]:
+    """Grow `box` so it has the aspect ratio width:height (as A1111 does before upscaling the
+    crop), staying inside `bounds` (image width, height)."""
+    x1, y1, x2, y2 = box
+    bw, bh = x2 - x1, y2 - y1
+    ratio = width / height
+    if bw / bh < ratio:
+        target = min(bounds[0], math.ceil(bh * ratio))
+        grow = target - bw
+        x1 -= grow // 2
+        x2 += grow - grow // 2
+    else:
+        target = min(bounds[1], math.ceil(bw / ratio))
+        grow = target - bh
+        y1 -= grow // 2
+        y2 += grow - grow // 2
+    if x1 < 0:
+        x2, x1 = x2 - x1, 0
+    if y1 < 0:
+        y2, y1 = y2 - y1, 0
+    if x2 > bounds[0]:
+        x1, x2 = max(0, x1 - (x2 - bounds[0])), bounds[0]
+    if y2 > bounds[1]:
+        y1, y2 = max(0, y1 - (y2 - bounds[1])), bounds[1]
+    return x1, y1, x2, y2
+
+
+def fill_masked(image: Image.Image, mask: Image.Image) -> Image.Image:
+    """ "fill" masked content: replace the masked area with colours spread in from around it
+    (progressively blurred copies of the unmasked image, coarse to fine)."""
+    image = image.convert("RGB")
+    keep = ImageOps.invert(mask.convert("L")).point(lambda v: 255 if v > 127 else 0)
+    base = Image.new("RGB", image.size)
+    base.paste(image, mask=keep)
+    result = Image.new("RGB", image.size)
+    for radius in (256, 64, 16, 4, 1, 0):
+        blurred = base.filter(ImageFilter.GaussianBlur(radius)) if radius else base
+        weights = keep.filter(ImageFilter.GaussianBlur(radius)) if radius else keep
+        arr = np.asarray(blurred, dtype=np.float32)
+        w = np.asarray(weights, dtype=np.float32)[..., None] / 255.0
+        normalised = np.where(w > 1e-3, arr / np.maximum(w, 1e-3), 0).clip(0, 255).astype(np.uint8)
+        layer = Image.fromarray(normalised)
+        result.paste(layer, mask=weights.point(lambda v: 255 if v > 0 else 0))
+    result.paste(image, mask=keep)
+    return result
+
+
+def latent_mask(mask: Image.Image, width: int, height: int, *, round_mask: bool) -> torch.Tensor:
+    """The mask at latent resolution (1, 1, h/8, w/8), 1 = repaint."""
+    small = mask.convert("L").resize((width // 8, height // 8), Image.Resampling.LANCZOS)
+    arr = np.asarray(small, dtype=np.float32) / 255.0
+    if round_mask:
+        arr = np.around(arr)
+    return torch.from_numpy(arr)[None, None]

@@ -1,0 +1,229 @@
+"""The engine's front door: UI, API and scripts submit requests here.
+
+`submit(request)` validates before anything is queued (bad sampler or size = user error right
+away), then queues a job on the single worker. The job applies `override_settings` (checkpoint,
+VAE, clip skip, ...; restored afterwards when asked), leases the model, runs the processor,
+builds A1111 infotexts and saves outputs. The future resolves to a `Result`.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Mapping
+from typing import Any
+
+from modules import __version__
+from modules.core.errors import ValidationError
+from modules.core.filenames import FilenameContext
+from modules.core.infotext import build_infotext, order_params
+from modules.core.options import Options
+from modules.core.requests import GenerationRequest, Img2ImgRequest, Limits, Txt2ImgRequest, validate_request
+from modules.engine import samplers as smp
+from modules.engine.outputs import ImageSaver
+from modules.engine.processing import (
+    Processor,
+    Result,
+    options_to_settings,
+    run_img2img,
+    run_txt2img,
+)
+from modules.engine.worker import Job, JobContext, Worker
+from modules.models.manager import ModelManager
+
+log = logging.getLogger(__name__)
+
+MODEL_OVERRIDES = ("sd_model_checkpoint", "sd_vae")
+VERSION = f"sd-webui-{__version__}"
+
+Saver = Callable[[Result, GenerationRequest], None]
+
+
+def image_saver_for(saver: ImageSaver, models: ModelManager) -> Saver:
+    """Save every image of a result (and the grid, and params.txt) with A1111's rules."""
+
+    def save(result: Result, request: GenerationRequest) -> None:
+        kind = "img2img" if isinstance(request, Img2ImgRequest) else "txt2img"
+        active = models.active
+        info = active.info if active is not None else None
+        for i, image in enumerate(result.images):
+            params = result.params[i] if i < len(result.params) else {}
+            ctx = FilenameContext(
+                seed=result.seeds[i],
+                seed_first=result.seeds[0],
+                seed_last=result.seeds[-1],
+                steps=request.steps,
+                cfg=request.cfg_scale,
+                width=image.width,
+                height=image.height,
+                styles=request.styles,
+                sampler=str(params.get("Sampler", "")),
+                scheduler=str(params.get("Schedule type", "")),
+                model_hash=info.shorthash if info else None,
+                model_name=info.model_name if info else None,
+                prompt=result.prompts[i],
+                prompt_no_styles=request.prompt,
+                negative_prompt=result.negative_prompts[i],
+                batch_number=i % request.batch_size,
+                batch_size=request.batch_size,
+                generation_number=i,
+                n_iter=request.n_iter,
+                clip_skip=int(params.get("Clip skip", 1)),
+                denoising=request.denoising_strength,
+                job_timestamp=result.job_timestamp,
+            )
+            saved = saver.save_sample(image, kind, ctx, infotext=result.infotexts[i])
+            result.paths.append(saved.path)
+        if result.infotexts:
+            saver.write_params(result.infotexts[0])
+        if len(result.images) > 1 and not request.do_not_save_grid and saver.should_save_grid(len(result.images)):
+            grid = saver.grid(result.images, request.batch_size)
+            ctx = FilenameContext(seed=result.seeds[0], prompt=result.prompts[0], job_timestamp=result.job_timestamp)
+            result.grid = grid
+            result.grid_path = saver.save_grid(grid, kind, ctx, infotext=result.infotexts[0]).path
+
+    return save
+
+
+def _fmt(value: float) -> str:
+    return f"{value:g}"
+
+
+class EngineService:
+    def __init__(self, models: ModelManager, options: Options, worker: Worker, *, saver: Saver | None = None) -> None:
+        self.models = models
+        self.options = options
+        self.worker = worker
+        self.saver = saver
+
+    # -- submitting --------------------------------------------------------------------------
+
+    def submit(self, request: GenerationRequest) -> Job[Result]:
+        request, warnings = validate_request(request, Limits())
+        smp.resolve_sampler(request.effective_sampler, request.scheduler)  # 404 before queueing
+        hires = isinstance(request, Txt2ImgRequest) and request.enable_hr
+        if hires and request.hr_sampler_name and request.hr_sampler_name != "Use same sampler":  # type: ignore[attr-defined]
+            smp.resolve_sampler(request.hr_sampler_name, request.hr_scheduler)  # type: ignore[attr-defined]
+        for key in request.override_settings:
+            if key not in self.options:
+                raise ValidationError(f"override_settings: unknown setting {key!r}")
+        kind = "img2img" if isinstance(request, Img2ImgRequest) else "txt2img"
+
+        def run(ctx: JobContext) -> Result:
+            result = self._run(request, ctx)
+            result.warnings[:0] = warnings
+            return result
+
+        return self.worker.submit(run, task_id=request.force_task_id, description=kind)
+
+    def run_sync(self, request: GenerationRequest, timeout: float | None = None) -> Result:
+        return self.submit(request).future.result(timeout)
+
+    # -- on the worker -----------------------------------------------------------------------
+
+    def _run(self, request: GenerationRequest, ctx: JobContext) -> Result:
+        overrides = dict(request.override_settings)
+        previous = {k: self.options.get(k) for k in MODEL_OVERRIDES if k in overrides}
+        try:
+            if "sd_vae" in overrides:
+                self.models.set_vae(str(overrides["sd_vae"]))
+            checkpoint = overrides.get("sd_model_checkpoint")
+            with self.models.lease(str(checkpoint) if checkpoint else None) as model:
+                settings = options_to_settings(self.options.get, overrides)
+                processor = Processor(model, request, settings, ctx, infotext_params=self._params_for(request))
+                if isinstance(request, Img2ImgRequest):
+                    result = run_img2img(processor, request, ctx)
+                else:
+                    assert isinstance(request, Txt2ImgRequest)
+                    result = run_txt2img(processor, request, ctx)
+                result.infotexts = [
+                    build_infotext(result.prompts[i], result.negative_prompts[i], result.params[i])
+                    for i in range(len(result.images))
+                ]
+        finally:
+            if request.override_settings_restore_afterwards and previous:
+                self._restore(previous)
+        result.job_timestamp = ctx.job_timestamp
+        if self.saver is not None and not request.do_not_save_samples:
+            self.saver(result, request)
+        return result
+
+    def _restore(self, previous: Mapping[str, Any]) -> None:
+        try:
+            if "sd_vae" in previous:
+                self.models.set_vae(str(previous["sd_vae"]))
+            if previous.get("sd_model_checkpoint"):
+                self.models.load(str(previous["sd_model_checkpoint"]))
+        except Exception as exc:  # the job's result stands; the restore problem is logged
+            log.warning("could not restore settings after the job: %s", exc)
+
+    def _params_for(self, request: GenerationRequest) -> Callable[[Processor, int, int], dict[str, Any]]:
+        def params(processor: Processor, index: int, in_batch: int) -> dict[str, Any]:
+            model = processor.model
+            active = self.models.active
+            info = active.info if active is not None else None
+            settings = processor.settings
+            sampler, schedule = processor.sampler, processor.schedule
+            seed = processor.result_seed(index)
+            p: dict[str, Any] = {
+                "Steps": request.steps,
+                "Sampler": sampler.name,
+                "Schedule type": schedule.label,
+                "CFG scale": _fmt(request.cfg_scale),
+                "Seed": seed,
+                "Size": f"{request.width}x{request.height}",
+                "Model hash": info.shorthash if info else None,
+                "VAE": model.vae_source.name if model.vae_source else None,
+                "Clip skip": settings.clip_skip if settings.clip_skip > 1 else None,
+                "RNG": settings.rng_source if settings.rng_source != "GPU" else None,
+                "Tiling": "True" if request.tiling else None,
+                "Version": VERSION,
+            }
+            if info is not None:  # the file stem without folders
+                p["Model"] = info.filename.name if info.is_folder else info.filename.name.rsplit(".", 1)[0]
+            if model.family.variant == "ip2p" and isinstance(request, Img2ImgRequest):
+                p["Image CFG scale"] = _fmt(request.image_cfg_scale if request.image_cfg_scale is not None else 1.5)
+            if request.subseed_strength:
+                p["Variation seed"] = processor.result_subseed(index)
+                p["Variation seed strength"] = _fmt(request.subseed_strength)
+            if request.seed_resize_from_w > 0 and request.seed_resize_from_h > 0:
+                p["Seed resize from"] = f"{request.seed_resize_from_w}x{request.seed_resize_from_h}"
+            if settings.eta_noise_seed_delta and sampler.uses_ensd:
+                p["ENSD"] = settings.eta_noise_seed_delta
+            if isinstance(request, Img2ImgRequest):
+                p["Denoising strength"] = _fmt(request.denoising_strength or 0.75)
+                if request.mask is not None:
+                    blur_x, _ = request.blur_xy
+                    p["Mask blur"] = blur_x
+                    if request.inpainting_mask_invert:
+                        p["Mask mode"] = "Inpaint not masked"
+                    if request.inpainting_fill != 1:
+                        p["Masked content"] = ("fill", "original", "latent noise", "latent nothing")[
+                            request.inpainting_fill
+                        ]
+                    if request.inpaint_full_res:
+                        p["Inpaint area"] = "Only masked"
+                        p["Masked area padding"] = request.inpaint_full_res_padding
+                if model.family.variant == "inpaint":
+                    p["Conditional mask weight"] = _fmt(settings.inpainting_mask_weight)
+            if isinstance(request, Txt2ImgRequest) and request.enable_hr:
+                p["Denoising strength"] = _fmt(
+                    request.denoising_strength if request.denoising_strength is not None else 0.75
+                )
+                if request.hr_resize_x or request.hr_resize_y:
+                    p["Hires resize"] = f"{request.hr_resize_x}x{request.hr_resize_y}"
+                else:
+                    p["Hires upscale"] = _fmt(request.hr_scale)
+                if request.hr_second_pass_steps:
+                    p["Hires steps"] = request.hr_second_pass_steps
+                p["Hires upscaler"] = request.hr_upscaler or "Latent"
+                if request.hr_sampler_name and request.hr_sampler_name != sampler.name:
+                    p["Hires sampler"] = request.hr_sampler_name
+                if request.hr_prompt and request.hr_prompt != request.prompt:
+                    p["Hires prompt"] = request.hr_prompt
+                if request.hr_negative_prompt and request.hr_negative_prompt != request.negative_prompt:
+                    p["Hires negative prompt"] = request.hr_negative_prompt
+            if settings.emphasis != "Original":
+                p["Emphasis"] = settings.emphasis
+            return order_params({k: v for k, v in p.items() if v is not None})
+
+        return params
