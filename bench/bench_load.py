@@ -214,7 +214,10 @@ def main() -> None:
             parts = {k: statistics.median(float(r[k]) for r in ours) for k in ("read", "build", "move")}  # type: ignore[arg-type]
             print(f"{path.name} ({path.stat().st_size / 2**30:.2f} GiB)")
             print(f"  cold load   ours {o:6.2f}s   diffusers from_single_file {d:6.2f}s   ratio {o / d:.2f}x")
-            print(f"              ours split: read {parts['read']:.2f}s, build {parts['build']:.2f}s, move {parts['move']:.2f}s")
+            print(
+                f"              ours split: read {parts['read']:.2f}s, build {parts['build']:.2f}s,"
+                f" move {parts['move']:.2f}s"
+            )
             print(
                 f"  peak RSS    ours {max(float(r['peak_rss_mb']) for r in ours):7.0f} MiB"  # type: ignore[arg-type]
                 f"   diffusers {max(float(r['peak_rss_mb']) for r in theirs):7.0f} MiB"  # type: ignore[arg-type]

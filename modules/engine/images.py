@@ -152,3 +152,27 @@ def latent_mask(mask: Image.Image, width: int, height: int, *, round_mask: bool)
     if round_mask:
         arr = np.around(arr)
     return torch.from_numpy(arr)[None, None]
+
+
+def outpaint_canvas(
+    image: Image.Image, *, left: int = 0, right: int = 0, up: int = 0, down: int = 0, mask_overlap: int = 8
+) -> tuple[Image.Image, Image.Image]:
+    """Pad-then-inpaint: the image on a larger canvas (new borders filled from the edge pixels)
+    and the mask of the new area (white), reaching `mask_overlap` pixels into the old image so
+    the seam is repainted too. Outpainting scripts call this, then inpaint."""
+    width, height = image.width + left + right, image.height + up + down
+    canvas = resize_image(RESIZE_FILL, image.convert("RGB"), width, height) if (left == right and up == down) else None
+    if canvas is None:
+        canvas = Image.new("RGB", (width, height))
+        stretched = image.convert("RGB").resize((width, height), Image.Resampling.BILINEAR)
+        canvas.paste(stretched)
+        canvas.paste(image.convert("RGB"), (left, up))
+    mask = Image.new("L", (width, height), 255)
+    keep = (
+        left + (mask_overlap if left else 0),
+        up + (mask_overlap if up else 0),
+        left + image.width - (mask_overlap if right else 0),
+        up + image.height - (mask_overlap if down else 0),
+    )
+    mask.paste(0, keep)
+    return canvas, mask

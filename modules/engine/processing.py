@@ -5,9 +5,10 @@ Runs inside a model lease; everything model-specific comes from the `StableDiffu
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -283,6 +284,24 @@ class Processor:
             params = self.infotext_params(self, index0 + i, i) if self.infotext_params else {}
             result.params.append(params)
         return images
+
+
+@contextlib.contextmanager
+def seamless_tiling(model: StableDiffusionModel, enabled: bool) -> Iterator[None]:
+    """A1111's "Tiling": every convolution of the UNet and VAE pads circularly for this job, so
+    the image wraps around at its edges; restored afterwards."""
+    if not enabled:
+        yield
+        return
+    convs = [m for module in (model.unet, model.vae) for m in module.modules() if isinstance(m, torch.nn.Conv2d)]
+    before = [c.padding_mode for c in convs]
+    for conv in convs:
+        conv.padding_mode = "circular"
+    try:
+        yield
+    finally:
+        for conv, mode in zip(convs, before, strict=True):
+            conv.padding_mode = mode
 
 
 def _batches(n_iter: int, batch_size: int) -> list[range]:

@@ -10,7 +10,9 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable, Mapping
-from typing import Any
+from typing import Any, Protocol
+
+from PIL import Image
 
 from modules import __version__
 from modules.core.errors import ValidationError
@@ -26,6 +28,7 @@ from modules.engine.processing import (
     options_to_settings,
     run_img2img,
     run_txt2img,
+    seamless_tiling,
 )
 from modules.engine.worker import Job, JobContext, Worker
 from modules.models.manager import ModelManager
@@ -36,6 +39,14 @@ MODEL_OVERRIDES = ("sd_model_checkpoint", "sd_vae")
 VERSION = f"sd-webui-{__version__}"
 
 Saver = Callable[[Result, GenerationRequest], None]
+
+
+class FaceRestorer(Protocol):
+    """What the Extras face restorers (GFPGAN, CodeFormer) provide to the engine."""
+
+    name: str
+
+    def restore(self, image: Image.Image) -> Image.Image: ...
 
 
 def image_saver_for(saver: ImageSaver, models: ModelManager) -> Saver:
@@ -89,11 +100,20 @@ def _fmt(value: float) -> str:
 
 
 class EngineService:
-    def __init__(self, models: ModelManager, options: Options, worker: Worker, *, saver: Saver | None = None) -> None:
+    def __init__(
+        self,
+        models: ModelManager,
+        options: Options,
+        worker: Worker,
+        *,
+        saver: Saver | None = None,
+        face_restorer: Callable[[], FaceRestorer | None] | None = None,
+    ) -> None:
         self.models = models
         self.options = options
         self.worker = worker
         self.saver = saver
+        self.face_restorer = face_restorer or (lambda: None)
 
     # -- submitting --------------------------------------------------------------------------
 
@@ -130,11 +150,14 @@ class EngineService:
             with self.models.lease(str(checkpoint) if checkpoint else None) as model:
                 settings = options_to_settings(self.options.get, overrides)
                 processor = Processor(model, request, settings, ctx, infotext_params=self._params_for(request))
-                if isinstance(request, Img2ImgRequest):
-                    result = run_img2img(processor, request, ctx)
-                else:
-                    assert isinstance(request, Txt2ImgRequest)
-                    result = run_txt2img(processor, request, ctx)
+                with seamless_tiling(model, bool(request.tiling)):
+                    if isinstance(request, Img2ImgRequest):
+                        result = run_img2img(processor, request, ctx)
+                    else:
+                        assert isinstance(request, Txt2ImgRequest)
+                        result = run_txt2img(processor, request, ctx)
+                if request.restore_faces:
+                    self._restore_faces(result)
                 result.infotexts = [
                     build_infotext(result.prompts[i], result.negative_prompts[i], result.params[i])
                     for i in range(len(result.images))
@@ -146,6 +169,16 @@ class EngineService:
         if self.saver is not None and not request.do_not_save_samples:
             self.saver(result, request)
         return result
+
+    def _restore_faces(self, result: Result) -> None:
+        restorer = self.face_restorer()
+        if restorer is None:
+            result.warnings.append("restore_faces: no face restoration model is available; images left as they are")
+            return
+        result.images = [restorer.restore(image) for image in result.images]
+        for params in result.params:
+            params["Face restoration"] = restorer.name
+        result.params = [order_params(p) for p in result.params]
 
     def _restore(self, previous: Mapping[str, Any]) -> None:
         try:

@@ -344,3 +344,76 @@ def test_failing_job_does_not_wedge_the_worker(engine: EngineService, monkeypatc
         engine.run_sync(t2i(), 120)
     assert engine.worker.progress()["state"]["job_count"] == 0
     assert len(engine.run_sync(t2i(), 120).images) == 1
+
+
+def test_tiling_pads_circularly_during_the_job_only(engine: EngineService, monkeypatch: pytest.MonkeyPatch) -> None:
+    with engine.models.lease("sd1") as model:
+        conv = model.unet.conv_in
+    modes: list[str] = []
+    real = conv.forward
+    monkeypatch.setattr(conv, "forward", lambda x: modes.append(conv.padding_mode) or real(x))
+    tiled = engine.run_sync(t2i(tiling=True), 120)
+    assert modes and set(modes) == {"circular"}
+    assert conv.padding_mode == "zeros"
+    plain = engine.run_sync(t2i(), 120)
+    assert not np.array_equal(pixels(tiled.images[0]), pixels(plain.images[0]))
+    assert "Tiling: True" in tiled.infotexts[0]
+
+
+def test_face_restore_hook(engine: EngineService) -> None:
+    class Flip:
+        name = "Flipper"
+
+        def restore(self, image: Image.Image) -> Image.Image:
+            return image.transpose(Image.Transpose.FLIP_LEFT_RIGHT)
+
+    plain = engine.run_sync(t2i(), 120)
+    missing = engine.run_sync(t2i(restore_faces=True), 120)
+    assert any("restore_faces" in w for w in missing.warnings)
+    engine.face_restorer = lambda: Flip()
+    try:
+        restored = engine.run_sync(t2i(restore_faces=True), 120)
+    finally:
+        engine.face_restorer = lambda: None
+    flipped = pixels(plain.images[0])[:, ::-1]
+    assert np.array_equal(pixels(restored.images[0]), flipped)
+    assert parse_infotext(restored.infotexts[0])["Face restoration"] == "Flipper"
+
+
+def test_saved_images_parse_back_to_the_same_parameters(engine: EngineService, tmp_path: Path) -> None:
+    from modules.core.paths import Paths
+    from modules.core.settings import parse_settings
+    from modules.engine.outputs import ImageSaver, read_infotext_from_image
+    from modules.engine.service import image_saver_for
+
+    paths = Paths.from_settings(parse_settings(["--data-dir", str(tmp_path)], {}), tmp_path, {})
+    options = Options(default_option_infos(), None)
+    engine.saver = image_saver_for(ImageSaver(options, paths), engine.models)
+    try:
+        r = engine.run_sync(
+            t2i(prompt='a "quoted", colon: prompt\nsecond line', negative_prompt="ugly, bad", batch_size=2), 120
+        )
+    finally:
+        engine.saver = None
+    assert len(r.paths) == 2 and all(p.is_file() for p in r.paths)
+    assert r.paths[0].parent.parent == tmp_path / "outputs" / "txt2img-images"
+    for path, text in zip(r.paths, r.infotexts, strict=True):
+        with Image.open(path) as saved:
+            stored = read_infotext_from_image(saved)
+        assert stored == text
+        back = parse_infotext(stored)
+        assert back["Prompt"] == 'a "quoted", colon: prompt\nsecond line'
+        assert back["Negative prompt"] == "ugly, bad"
+    assert parse_infotext(r.infotexts[1])["Seed"] == str(r.seeds[1])
+    assert (tmp_path / "params.txt").read_text() == r.infotexts[0]
+
+
+def test_outpaint_canvas_masks_the_new_border_and_the_seam() -> None:
+    from modules.engine.images import outpaint_canvas
+
+    image = _init_image()
+    canvas, mask = outpaint_canvas(image, right=32, mask_overlap=8)
+    assert canvas.size == (96, 64) and mask.size == (96, 64)
+    assert np.array_equal(pixels(canvas)[:, :64], pixels(image))
+    m = np.asarray(mask)
+    assert (m[:, 56:] == 255).all() and (m[:, :56] == 0).all()
