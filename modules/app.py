@@ -19,6 +19,9 @@ from modules.core.hashes import HashCache
 from modules.core.options import Options, default_option_infos
 from modules.core.paths import Paths
 from modules.core.settings import Settings, parse_settings
+from modules.engine.outputs import ImageSaver
+from modules.engine.service import EngineService, image_saver_for
+from modules.engine.worker import Worker
 from modules.models.devices import DevicePolicy, policy_from_settings
 from modules.models.manager import ModelManager
 from modules.models.registry import CheckpointInfo, ModelRegistry
@@ -39,6 +42,8 @@ class Services:
     registry: ModelRegistry
     policy: DevicePolicy
     models: ModelManager
+    worker: Worker
+    engine: EngineService
 
 
 def build_services(
@@ -65,7 +70,10 @@ def build_services(
         forced_vae=settings.vae_path,
     )
     _wire_options(options, models)
-    return Services(settings, paths, options, registry, policy, models)
+    worker = Worker()
+    saver = image_saver_for(ImageSaver.from_settings(options, paths, settings), models)
+    engine = EngineService(models, options, worker, saver=saver)
+    return Services(settings, paths, options, registry, policy, models, worker, engine)
 
 
 def _wire_options(options: Options, models: ModelManager) -> None:
@@ -112,6 +120,7 @@ def create_app(services: Services) -> FastAPI:
                 "cached": list(status.cached),
             },
             "device": str(services.policy.placement.device),
+            "queue": {"current": services.worker.current.id if services.worker.current else None},
         }
 
     @app.get("/", response_class=HTMLResponse)
@@ -169,14 +178,17 @@ def main(argv: Sequence[str], environ: Mapping[str, str]) -> int:
     import uvicorn
 
     log.info("serving on http://%s:%d", settings.bind_host, settings.effective_port)
-    uvicorn.run(
-        app,
-        host=settings.bind_host,
-        port=settings.effective_port,
-        timeout_keep_alive=settings.timeout_keep_alive,
-        ssl_keyfile=str(settings.tls_keyfile) if settings.tls_keyfile else None,
-        ssl_certfile=str(settings.tls_certfile) if settings.tls_certfile else None,
-        root_path=settings.subpath or "",
-        log_level=(settings.loglevel or "info").lower(),
-    )
+    try:
+        uvicorn.run(
+            app,
+            host=settings.bind_host,
+            port=settings.effective_port,
+            timeout_keep_alive=settings.timeout_keep_alive,
+            ssl_keyfile=str(settings.tls_keyfile) if settings.tls_keyfile else None,
+            ssl_certfile=str(settings.tls_certfile) if settings.tls_certfile else None,
+            root_path=settings.subpath or "",
+            log_level=(settings.loglevel or "info").lower(),
+        )
+    finally:
+        services.worker.shutdown()
     return 0
