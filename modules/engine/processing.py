@@ -137,7 +137,7 @@ class _Pass:
 
 
 def _scheduler_for(model: StableDiffusionModel, p: _Pass) -> Any:
-    scheduler = smp.build_scheduler(p.sampler, p.schedule, model.scheduler_config)
+    scheduler = smp.build_scheduler(p.sampler, p.schedule, model.scheduler_config, is_sdxl=model.family.is_sdxl)
     scheduler.set_timesteps(p.steps, device=model.device)
     return scheduler
 
@@ -241,12 +241,12 @@ class Processor:
             image_cond=image_cond,
             image_cfg_scale=image_cfg_scale,
             mask_blend=mask_blend,
-            generators=getattr(rng, "generators", None),
+            step_noise=lambda: smp.step_noise_kwargs(self.sampler if p is None else p.sampler, rng),
             start_index=p.start_index,
             context=self.ctx,
         )
         try:
-            return sample(job, latents.to(self.model.unet.dtype))
+            return sample(job, latents.float())
         except JobInterrupted:
             self.partial = job.last_latents if job.last_latents is not None else latents
             raise

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 
@@ -61,7 +62,7 @@ class SamplingJob:
     image_cond: torch.Tensor | None = None  # extra UNet input channels (B, c, h, w)
     image_cfg_scale: float | None = None  # instruct-pix2pix
     mask_blend: MaskBlend | None = None
-    generators: list[torch.Generator] | None = None  # per-image noise for stochastic samplers
+    step_noise: Callable[[], dict[str, Any]] | None = None  # per-step noise kwargs for scheduler.step
     start_index: int = 0  # img2img: skip the first timesteps
     context: JobContext | None = None
     preview: bool = True
@@ -71,15 +72,18 @@ class SamplingJob:
 def _unet(
     job: SamplingJob, x: torch.Tensor, t: torch.Tensor, text: TextCond, image: torch.Tensor | None
 ) -> torch.Tensor:
+    """One UNet call in the UNet's dtype; the result comes back in float32 for the scheduler."""
+    dtype = job.unet.dtype  # type: ignore[attr-defined]
     if image is not None:
-        x = torch.cat([x, image], dim=1)
+        x = torch.cat([x, image.to(x.dtype)], dim=1)
     extra = {}
     if text.pooled is not None and job.added_time_ids is not None:
         time_ids = job.added_time_ids
         if time_ids.shape[0] != x.shape[0]:
             time_ids = time_ids[:1].expand(x.shape[0], -1)
-        extra["added_cond_kwargs"] = {"text_embeds": text.pooled, "time_ids": time_ids}
-    return job.unet(x, t, encoder_hidden_states=text.hidden, **extra).sample
+        extra["added_cond_kwargs"] = {"text_embeds": text.pooled.to(dtype), "time_ids": time_ids.to(dtype)}
+    out = job.unet(x.to(dtype), t, encoder_hidden_states=text.hidden.to(dtype), **extra).sample
+    return out.float()
 
 
 def _same_length(a: TextCond, b: TextCond) -> bool:
@@ -145,26 +149,19 @@ def sample(job: SamplingJob, latents: torch.Tensor) -> torch.Tensor:
     if ctx is not None:
         ctx.begin_pass(len(timesteps))
     blend = job.mask_blend
-    step_kwargs = {} if job.generators is None else {"generator": job.generators}
     for i, t in enumerate(timesteps):
         conds = job.conds_at(job.start_index + i)
         x_in = scheduler.scale_model_input(latents, t)  # type: ignore[attr-defined]
         with torch.no_grad():
             eps = model_output(job, x_in, t, conds)
-        latents = _step(scheduler, eps, t, latents, step_kwargs)
+        step_kwargs = job.step_noise() if job.step_noise is not None else {}
+        latents = scheduler.step(eps.float(), t, latents.float(), **step_kwargs).prev_sample  # type: ignore[attr-defined]
         if blend is not None:
             latents = _blend(scheduler, blend, latents, timesteps, i)
         job.last_latents = latents
         if ctx is not None:
             ctx.step(i + 1, latents if job.preview else None)
     return latents
-
-
-def _step(scheduler: object, eps: torch.Tensor, t: torch.Tensor, latents: torch.Tensor, kwargs: dict) -> torch.Tensor:
-    try:
-        return scheduler.step(eps, t, latents, **kwargs).prev_sample  # type: ignore[attr-defined]
-    except TypeError:  # schedulers without a `generator` argument
-        return scheduler.step(eps, t, latents).prev_sample  # type: ignore[attr-defined]
 
 
 def _blend(scheduler: object, blend: MaskBlend, latents: torch.Tensor, timesteps: torch.Tensor, i: int) -> torch.Tensor:

@@ -2,9 +2,7 @@
 
 from __future__ import annotations
 
-import shutil
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -13,62 +11,15 @@ import torch
 from PIL import Image
 
 from modules.core.errors import NotFoundError, ValidationError
-from modules.core.hashes import HashCache
 from modules.core.infotext import parse_infotext
 from modules.core.options import Options, default_option_infos
-from modules.core.requests import Img2ImgRequest, Txt2ImgRequest
+from modules.core.requests import Img2ImgRequest
 from modules.engine import samplers as smp
 from modules.engine.conditioning import Encoder
 from modules.engine.service import EngineService
-from modules.engine.worker import Worker
-from modules.models.loader import Placement
-from modules.models.manager import ModelManager
-from modules.models.registry import ModelRegistry
+from tests.engine.support import pixels, t2i
 
 pytestmark = pytest.mark.usefixtures("no_network")
-
-FAMILIES = {
-    "sd1": "sd1",
-    "sd2": "sd2",
-    "xl": "sdxl",
-    "inpaint": "sd1-inpaint",
-    "ip2p": "sd1-ip2p",
-    "xlinpaint": "sdxl-inpaint",
-}
-
-
-@pytest.fixture(scope="module")
-def engine(tiny_models: dict[str, Path], tmp_path_factory: pytest.TempPathFactory) -> Iterator[EngineService]:
-    root = tmp_path_factory.mktemp("engine")
-    sd = root / "Stable-diffusion"
-    sd.mkdir()
-    for name, family in FAMILIES.items():
-        shutil.copy(tiny_models[family], sd / f"{name}.safetensors")
-    registry = ModelRegistry([sd], [], HashCache(root / "cache.json"), hashing=False)
-    models = ModelManager(registry, Placement(), cache_bytes=1 << 34)
-    options = Options(default_option_infos(), None)
-    worker = Worker()
-    service = EngineService(models, options, worker)
-    yield service
-    worker.shutdown()
-
-
-def t2i(**kw: object) -> Txt2ImgRequest:
-    base: dict[str, object] = {
-        "prompt": "a cat",
-        "width": 64,
-        "height": 64,
-        "steps": 3,
-        "seed": 1234,
-        "sampler_name": "Euler",
-        "override_settings": {"sd_model_checkpoint": "sd1"},
-    }
-    base.update(kw)
-    return Txt2ImgRequest(**base)  # type: ignore[arg-type]
-
-
-def pixels(image: Image.Image) -> np.ndarray:
-    return np.asarray(image.convert("RGB"), dtype=np.int16)
 
 
 def test_txt2img_same_seed_same_pixels_and_infotext_roundtrip(engine: EngineService) -> None:

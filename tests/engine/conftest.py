@@ -1,0 +1,42 @@
+"""An engine over every tiny model family, shared by the engine tests of one module."""
+
+from __future__ import annotations
+
+import shutil
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from modules.core.hashes import HashCache
+from modules.core.options import Options, default_option_infos
+from modules.engine.service import EngineService
+from modules.engine.worker import Worker
+from modules.models.loader import Placement
+from modules.models.manager import ModelManager
+from modules.models.registry import ModelRegistry
+
+FAMILIES = {
+    "sd1": "sd1",
+    "sd2": "sd2",
+    "xl": "sdxl",
+    "inpaint": "sd1-inpaint",
+    "ip2p": "sd1-ip2p",
+    "xlinpaint": "sdxl-inpaint",
+}
+
+
+@pytest.fixture(scope="module")
+def engine(tiny_models: dict[str, Path], tmp_path_factory: pytest.TempPathFactory) -> Iterator[EngineService]:
+    root = tmp_path_factory.mktemp("engine")
+    sd = root / "Stable-diffusion"
+    sd.mkdir()
+    for name, family in FAMILIES.items():
+        shutil.copy(tiny_models[family], sd / f"{name}.safetensors")
+    registry = ModelRegistry([sd], [], HashCache(root / "cache.json"), hashing=False)
+    models = ModelManager(registry, Placement(), cache_bytes=1 << 34)
+    options = Options(default_option_infos(), None)
+    worker = Worker()
+    service = EngineService(models, options, worker)
+    yield service
+    worker.shutdown()
