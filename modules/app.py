@@ -19,6 +19,7 @@ from modules.core.hashes import HashCache
 from modules.core.options import Options, default_option_infos
 from modules.core.paths import Paths
 from modules.core.settings import Settings, parse_settings
+from modules.core.styles import StyleDatabase
 from modules.engine.outputs import ImageSaver
 from modules.engine.service import EngineService, image_saver_for
 from modules.engine.worker import Worker
@@ -72,7 +73,8 @@ def build_services(
     _wire_options(options, models)
     worker = Worker()
     saver = image_saver_for(ImageSaver.from_settings(options, paths, settings), models)
-    engine = EngineService(models, options, worker, saver=saver)
+    styles = StyleDatabase(list(paths.styles_files))
+    engine = EngineService(models, options, worker, saver=saver, styles=styles)
     return Services(settings, paths, options, registry, policy, models, worker, engine)
 
 

@@ -184,11 +184,8 @@ class PromptPlan:
 
 
 def _at(schedule: list[tuple[int, str]], step: int) -> str:
-    """A1111: the first entry whose end step is >= the current (0-based) step."""
-    for end, text in schedule:
-        if step <= end:
-            return text
-    return schedule[-1][1]
+    """A1111's lookup: the first entry whose end step is >= the 0-based sampler step."""
+    return schedule[ps.prompt_at_step(schedule, step)][1]
 
 
 def _stack(conds: list[TextCond]) -> TextCond:

@@ -26,6 +26,7 @@ from modules.core.requests import (
     Img2ImgRequest,
     Txt2ImgRequest,
 )
+from modules.core.styles import extract_extra_networks
 from modules.engine import images as imgops
 from modules.engine import noise as noise_mod
 from modules.engine import samplers as smp
@@ -170,6 +171,7 @@ class Processor:
         )
         self.infotext_params = infotext_params
         self._seeds: tuple[list[int], list[int]] | None = None
+        self.warnings: list[str] = []
         self.partial: torch.Tensor | None = None
         if ctx is not None:
             ctx.preview_every = settings.preview_every
@@ -210,10 +212,22 @@ class Processor:
         )
 
     def _plan(self, prompts: list[str], negatives: list[str], steps: int, hires_steps: int | None = None) -> PromptPlan:
+        """Extra-network tags (`<lora:...>`) are taken out before encoding (A1111 keeps them in
+        the infotext, which uses the prompts as given)."""
+        prompts = [self._strip_networks(p_) for p_ in prompts]
+        negatives = [self._strip_networks(n) for n in negatives]
         total = steps * 2 if self.sampler.second_order else steps
         return PromptPlan.build(
             prompts, negatives, total, hires_steps=hires_steps, use_old_scheduling=self.settings.use_old_scheduling
         )
+
+    def _strip_networks(self, prompt: str) -> str:
+        stripped, tags = extract_extra_networks(prompt)
+        for tag in tags:
+            note = f"extra network <{tag.kind}:{':'.join(tag.args)}> is not applied: networks are not supported yet"
+            if not self.request.disable_extra_networks and note not in self.warnings:
+                self.warnings.append(note)
+        return stripped
 
     # -- the loop ----------------------------------------------------------------------------
 

@@ -20,6 +20,7 @@ from modules.core.filenames import FilenameContext
 from modules.core.infotext import build_infotext, order_params
 from modules.core.options import Options
 from modules.core.requests import GenerationRequest, Img2ImgRequest, Limits, Txt2ImgRequest, validate_request
+from modules.core.styles import StyleDatabase
 from modules.engine import samplers as smp
 from modules.engine.outputs import ImageSaver
 from modules.engine.processing import (
@@ -108,7 +109,9 @@ class EngineService:
         *,
         saver: Saver | None = None,
         face_restorer: Callable[[], FaceRestorer | None] | None = None,
+        styles: StyleDatabase | None = None,
     ) -> None:
+        self.styles = styles
         self.models = models
         self.options = options
         self.worker = worker
@@ -119,6 +122,8 @@ class EngineService:
 
     def submit(self, request: GenerationRequest) -> Job[Result]:
         request, warnings = validate_request(request, Limits())
+        request, style_warnings = self._apply_styles(request)
+        warnings += style_warnings
         smp.resolve_sampler(request.effective_sampler, request.scheduler)  # 404 before queueing
         hires = isinstance(request, Txt2ImgRequest) and request.enable_hr
         if hires and request.hr_sampler_name and request.hr_sampler_name != "Use same sampler":  # type: ignore[attr-defined]
@@ -134,6 +139,20 @@ class EngineService:
             return result
 
         return self.worker.submit(run, task_id=request.force_task_id, description=kind)
+
+    def _apply_styles(self, request: GenerationRequest) -> tuple[GenerationRequest, list[str]]:
+        """A1111 applies styles server-side before anything else; unknown names are skipped (as
+        A1111 does) but reported."""
+        if not request.styles:
+            return request, []
+        known = {s.name for s in self.styles.styles()} if self.styles is not None else set()
+        missing = [name for name in request.styles if name not in known]
+        present = [name for name in request.styles if name in known]
+        prompt, negative = request.prompt, request.negative_prompt
+        if present and self.styles is not None:
+            prompt, negative = self.styles.apply(prompt, negative, present)
+        warnings = [f"style not found: {name!r}" for name in missing]
+        return request.replace(prompt=prompt, negative_prompt=negative), warnings
 
     def run_sync(self, request: GenerationRequest, timeout: float | None = None) -> Result:
         return self.submit(request).future.result(timeout)
@@ -156,6 +175,7 @@ class EngineService:
                     else:
                         assert isinstance(request, Txt2ImgRequest)
                         result = run_txt2img(processor, request, ctx)
+                result.warnings.extend(processor.warnings)
                 if request.restore_faces:
                     self._restore_faces(result)
                 result.infotexts = [

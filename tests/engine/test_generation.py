@@ -368,3 +368,28 @@ def test_outpaint_canvas_masks_the_new_border_and_the_seam() -> None:
     assert np.array_equal(pixels(canvas)[:, :64], pixels(image))
     m = np.asarray(mask)
     assert (m[:, 56:] == 255).all() and (m[:, :56] == 0).all()
+
+
+def test_styles_are_applied_server_side_and_tags_are_not_encoded(
+    engine: EngineService, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from modules.core.styles import PromptStyle, StyleDatabase
+
+    styles = StyleDatabase([tmp_path / "styles.csv"])
+    styles.save(PromptStyle("Film", "{prompt}, film grain", "blurry"))
+    engine.styles = styles
+    seen: list[str] = []
+    real = Encoder.encode
+    monkeypatch.setattr(
+        Encoder,
+        "encode",
+        lambda self, text, *, is_negative=False: seen.append(text) or real(self, text, is_negative=is_negative),
+    )
+    try:
+        r = engine.run_sync(t2i(prompt="a cat <lora:detail:0.5>", styles=("Film", "Nope")), 120)
+    finally:
+        engine.styles = None
+    assert "a cat , film grain" in seen and "blurry" in seen
+    assert not any("<lora" in text for text in seen)
+    assert r.infotexts[0].startswith("a cat <lora:detail:0.5>, film grain\nNegative prompt: blurry")
+    assert any("Nope" in w for w in r.warnings) and any("lora:detail" in w for w in r.warnings)

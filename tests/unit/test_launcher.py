@@ -191,9 +191,7 @@ def test_first_run_installs_then_second_run_installs_nothing(sb: Sandbox) -> Non
 def test_changed_torch_command_reinstalls(sb: Sandbox) -> None:
     ok(sb.run("webui.sh"))
     # Quoted words survive (TORCH_COMMAND is a shell fragment, as in A1111).
-    sb.user_sh(
-        "export TORCH_COMMAND=\"pip install torch==2.14.1 --index-url 'https://example.invalid/a b'\"\n"
-    )
+    sb.user_sh("export TORCH_COMMAND=\"pip install torch==2.14.1 --index-url 'https://example.invalid/a b'\"\n")
     ok(sb.run("webui.sh"))
     assert sb.pip_calls() == [
         ["install", "torch==2.14.1", "--index-url", "https://example.invalid/a b"],
