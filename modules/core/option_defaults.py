@@ -303,6 +303,14 @@ def _stable_diffusion() -> list[OptionInfo]:
             "768 checkpoints are v-prediction, so that is the default when no <name>.yaml sits "
             "next to the checkpoint (512-base files need a yaml or this set to epsilon)",
         ),
+        _opt(
+            "max_pixels_times_batch",
+            2048 * 2048 * 8,
+            "Largest width x height x batch size one request may ask for (pixels)",
+            s,
+            minimum=64 * 64,
+            comment="ours: requests above it are refused with a clear error instead of running out of memory",
+        ),
         _opt("sd_unet", "Automatic", "SD Unet", s),
         _opt(
             "enable_quantization",

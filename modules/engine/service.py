@@ -121,7 +121,8 @@ class EngineService:
     # -- submitting --------------------------------------------------------------------------
 
     def submit(self, request: GenerationRequest) -> Job[Result]:
-        request, warnings = validate_request(request, Limits())
+        limit = int(self.options.get("max_pixels_times_batch"))  # type: ignore[call-overload]
+        request, warnings = validate_request(request, Limits(max_pixels_times_batch=limit))
         request, style_warnings = self._apply_styles(request)
         warnings += style_warnings
         smp.resolve_sampler(request.effective_sampler, request.scheduler)  # 404 before queueing

@@ -393,3 +393,13 @@ def test_styles_are_applied_server_side_and_tags_are_not_encoded(
     assert not any("<lora" in text for text in seen)
     assert r.infotexts[0].startswith("a cat <lora:detail:0.5>, film grain\nNegative prompt: blurry")
     assert any("Nope" in w for w in r.warnings) and any("lora:detail" in w for w in r.warnings)
+
+
+def test_pixel_cap_comes_from_the_setting(engine: EngineService) -> None:
+    engine.options.set("max_pixels_times_batch", 64 * 64 * 2)
+    try:
+        with pytest.raises(ValidationError, match="exceeds the limit"):
+            engine.submit(t2i(batch_size=3))
+        assert len(engine.run_sync(t2i(batch_size=2, steps=1), 120).images) == 2
+    finally:
+        engine.options.set("max_pixels_times_batch", 2048 * 2048 * 8)
