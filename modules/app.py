@@ -7,7 +7,6 @@ import html
 import logging
 import threading
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -23,28 +22,15 @@ from modules.core.styles import StyleDatabase
 from modules.engine.outputs import ImageSaver
 from modules.engine.service import EngineService, image_saver_for
 from modules.engine.worker import Worker
-from modules.models.devices import DevicePolicy, policy_from_settings
+from modules.models.devices import policy_from_settings
 from modules.models.manager import ModelManager
 from modules.models.registry import CheckpointInfo, ModelRegistry
+from modules.services import Services
 
 log = logging.getLogger(__name__)
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 EXIT_RESTART = 3
-
-
-@dataclass
-class Services:
-    """Everything the adapters (API, UI) are handed."""
-
-    settings: Settings
-    paths: Paths
-    options: Options
-    registry: ModelRegistry
-    policy: DevicePolicy
-    models: ModelManager
-    worker: Worker
-    engine: EngineService
 
 
 def build_services(
@@ -75,7 +61,7 @@ def build_services(
     saver = image_saver_for(ImageSaver.from_settings(options, paths, settings), models)
     styles = StyleDatabase(list(paths.styles_files))
     engine = EngineService(models, options, worker, saver=saver, styles=styles)
-    return Services(settings, paths, options, registry, policy, models, worker, engine)
+    return Services(settings, paths, options, registry, policy, models, worker, engine, styles)
 
 
 def _wire_options(options: Options, models: ModelManager) -> None:
@@ -105,6 +91,11 @@ def _wire_options(options: Options, models: ModelManager) -> None:
 
 def create_app(services: Services) -> FastAPI:
     app = FastAPI(title="sd-webui", docs_url="/docs" if services.settings.api_enabled else None)
+    app.state.services = services
+    if services.settings.api_enabled:
+        from modules.api.mount import install_api
+
+        install_api(app, services)
 
     @app.get("/internal/ping")
     def ping() -> dict[str, Any]:

@@ -1,0 +1,7 @@
+"""/sdapi/v1 routes: models."""
+
+from __future__ import annotations
+
+from fastapi import APIRouter
+
+router = APIRouter()

@@ -1,0 +1,30 @@
+"""The services the composition root (`modules.app`) builds and hands to the adapters (API, UI)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from modules.core.options import Options
+from modules.core.paths import Paths
+from modules.core.settings import Settings
+from modules.core.styles import StyleDatabase
+from modules.engine.service import EngineService
+from modules.engine.worker import Worker
+from modules.models.devices import DevicePolicy
+from modules.models.manager import ModelManager
+from modules.models.registry import ModelRegistry
+
+
+@dataclass
+class Services:
+    """Everything the adapters (API, UI) are handed."""
+
+    settings: Settings
+    paths: Paths
+    options: Options
+    registry: ModelRegistry
+    policy: DevicePolicy
+    models: ModelManager
+    worker: Worker
+    engine: EngineService
+    styles: StyleDatabase
