@@ -25,6 +25,7 @@ from modules.engine.worker import Worker
 from modules.models.devices import policy_from_settings
 from modules.models.manager import ModelManager
 from modules.models.registry import CheckpointInfo, ModelRegistry
+from modules.models.taesd import TaesdDecoders
 from modules.services import Services
 
 log = logging.getLogger(__name__)
@@ -60,7 +61,8 @@ def build_services(
     worker = Worker()
     saver = image_saver_for(ImageSaver.from_settings(options, paths, settings), models)
     styles = StyleDatabase(list(paths.styles_files))
-    engine = EngineService(models, options, worker, saver=saver, styles=styles)
+    taesd = TaesdDecoders(paths.vae_taesd_dir)
+    engine = EngineService(models, options, worker, saver=saver, styles=styles, taesd=taesd)
     return Services(settings, paths, options, registry, policy, models, worker, engine, styles)
 
 

@@ -93,14 +93,24 @@ class Result:
     grid_path: Path | None = None
 
 
-def preview_decoder(model: StableDiffusionModel) -> Callable[[torch.Tensor], Image.Image]:
+def preview_decoder(
+    model: StableDiffusionModel, taesd: torch.nn.Module | None = None
+) -> Callable[[torch.Tensor], Image.Image]:
+    """Latents -> a preview image of the first image of the batch: TAESD when its weights are
+    present, else a cheap per-channel linear approximation."""
     factors = _PREVIEW_XL if model.family.is_sdxl else _PREVIEW_SD
 
-    def decode(latents: torch.Tensor) -> Image.Image:
+    def cheap(latents: torch.Tensor) -> Image.Image:
         rgb = torch.einsum("chw,cr->rhw", latents[0].float().cpu(), factors)
         return imgops.to_images(rgb[None].clamp(-1, 1))[0]
 
-    return decode
+    def tiny(latents: torch.Tensor) -> Image.Image:
+        assert taesd is not None
+        with torch.no_grad():
+            pixels = taesd(latents[:1].float().cpu())
+        return imgops.to_images(pixels)[0]
+
+    return cheap if taesd is None else tiny
 
 
 def _decode(model: StableDiffusionModel, latents: torch.Tensor) -> list[Image.Image]:
@@ -154,6 +164,7 @@ class Processor:
         ctx: JobContext | None,
         *,
         infotext_params: Callable[[Processor, int, int], dict[str, Any]] | None = None,
+        preview_taesd: torch.nn.Module | None = None,
     ) -> None:
         self.model = model
         self.request = request
@@ -175,7 +186,7 @@ class Processor:
         self.partial: torch.Tensor | None = None
         if ctx is not None:
             ctx.preview_every = settings.preview_every
-            ctx.preview_decoder = preview_decoder(model)
+            ctx.preview_decoder = preview_decoder(model, preview_taesd)
 
     # -- seeds and prompts -------------------------------------------------------------------
 

@@ -33,6 +33,7 @@ from modules.engine.processing import (
 )
 from modules.engine.worker import Job, JobContext, Worker
 from modules.models.manager import ModelManager
+from modules.models.taesd import TaesdDecoders
 
 log = logging.getLogger(__name__)
 
@@ -110,8 +111,10 @@ class EngineService:
         saver: Saver | None = None,
         face_restorer: Callable[[], FaceRestorer | None] | None = None,
         styles: StyleDatabase | None = None,
+        taesd: TaesdDecoders | None = None,
     ) -> None:
         self.styles = styles
+        self.taesd = taesd
         self.models = models
         self.options = options
         self.worker = worker
@@ -169,7 +172,13 @@ class EngineService:
             checkpoint = overrides.get("sd_model_checkpoint")
             with self.models.lease(str(checkpoint) if checkpoint else None) as model:
                 settings = options_to_settings(self.options.get, overrides)
-                processor = Processor(model, request, settings, ctx, infotext_params=self._params_for(request))
+                preview_kind = str(overrides.get("show_progress_type", self._option("show_progress_type", "Approx NN")))
+                taesd = None
+                if self.taesd is not None and preview_kind != "Approx cheap":
+                    taesd = self.taesd.get(model.family)
+                processor = Processor(
+                    model, request, settings, ctx, infotext_params=self._params_for(request), preview_taesd=taesd
+                )
                 with seamless_tiling(model, bool(request.tiling)):
                     if isinstance(request, Img2ImgRequest):
                         result = run_img2img(processor, request, ctx)
@@ -190,6 +199,9 @@ class EngineService:
         if self.saver is not None and not request.do_not_save_samples:
             self.saver(result, request)
         return result
+
+    def _option(self, key: str, default: Any) -> Any:
+        return self.options.get(key) if key in self.options else default
 
     def _restore_faces(self, result: Result) -> None:
         restorer = self.face_restorer()
