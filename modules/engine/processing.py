@@ -147,8 +147,11 @@ class _Pass:
     start_index: int = 0
 
 
-def _scheduler_for(model: StableDiffusionModel, p: _Pass) -> Any:
-    scheduler = smp.build_scheduler(p.sampler, p.schedule, model.scheduler_config, is_sdxl=model.family.is_sdxl)
+def _scheduler_for(model: StableDiffusionModel, p: _Pass, seeds: list[int] | None = None) -> Any:
+    """A fresh scheduler for one pass; `seeds` seed the Brownian tree of DPM++ SDE (per image)."""
+    scheduler = smp.build_scheduler(
+        p.sampler, p.schedule, model.scheduler_config, is_sdxl=model.family.is_sdxl, seeds=seeds
+    )
     scheduler.set_timesteps(p.steps, device=model.device)
     return scheduler
 
@@ -350,7 +353,7 @@ def run_txt2img(processor: Processor, request: Txt2ImgRequest, ctx: JobContext |
         prompts = [request.prompt] * len(batch)
         negatives = [request.negative_prompt] * len(batch)
         rng = processor._rng(b_seeds, b_subseeds, width, height)
-        scheduler = _scheduler_for(model, first_pass)
+        scheduler = _scheduler_for(model, first_pass, b_seeds)
         try:
             latents = rng.first() * scheduler.init_noise_sigma
             plan = processor._plan(prompts, negatives, request.steps)
@@ -465,7 +468,7 @@ def _hires_pass(
         return upscaled
     total, start = _img2img_steps(hires.steps, hires.denoising, processor.settings.img2img_fix_steps)
     p = _Pass(hires.sampler, hires.schedule, total, start)
-    scheduler = _scheduler_for(model, p)
+    scheduler = _scheduler_for(model, p, seeds)
     rng = processor._rng(seeds, subseeds, hires.width, hires.height)
     noise = rng.first()
     t0 = scheduler.timesteps[start : start + 1]
@@ -568,7 +571,7 @@ def run_img2img(processor: Processor, request: Img2ImgRequest, ctx: JobContext |
                 init_latents, size=(height // 8, width // 8), mode="bilinear"
             )
         rng = processor._rng(b_seeds, b_subseeds, width, height)
-        scheduler = _scheduler_for(model, p)
+        scheduler = _scheduler_for(model, p, b_seeds)
         noise = rng.first()
         mask_blend = None
         image_cond = None
