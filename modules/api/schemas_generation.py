@@ -1,0 +1,225 @@
+"""Hand-written request models for `POST /sdapi/v1/txt2img` and `/img2img` (a1111.md 1.4, 1.5).
+
+A1111's names and API defaults; every field optional, unknown keys ignored, an explicit `null`
+means the default. `sampler_index` is the legacy name used when `sampler_name` is empty, so the
+API's effective default sampler is Euler. The converters build the core requests (images are
+decoded here) and apply an optional `infotext` to the fields the client did not send.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+from modules.api.images import DecodeOptions, decode_image
+from modules.core.errors import NotFoundError, ValidationError
+from modules.core.infotext import parse_infotext
+from modules.core.requests import GenerationRequest, Img2ImgRequest, Txt2ImgRequest
+
+
+class GenerationPayload(BaseModel):
+    """Fields shared by txt2img and img2img."""
+
+    model_config = ConfigDict(extra="ignore")
+
+    prompt: str = ""
+    negative_prompt: str = ""
+    styles: list[str] | None = None
+    seed: int = -1
+    subseed: int = -1
+    subseed_strength: float = 0.0
+    seed_resize_from_h: int = -1
+    seed_resize_from_w: int = -1
+    sampler_name: str | None = None
+    sampler_index: str = "Euler"
+    scheduler: str | None = None
+    batch_size: int = 1
+    n_iter: int = 1
+    steps: int = 50
+    cfg_scale: float = 7.0
+    width: int = 512
+    height: int = 512
+    restore_faces: bool | None = None
+    tiling: bool | None = None
+    do_not_save_samples: bool = False
+    do_not_save_grid: bool = False
+    eta: float | None = None
+    denoising_strength: float | None = 0.75
+    s_min_uncond: float | None = None
+    s_churn: float | None = None
+    s_tmax: float | None = None
+    s_tmin: float | None = None
+    s_noise: float | None = None
+    override_settings: dict[str, Any] | None = None
+    override_settings_restore_afterwards: bool = True
+    refiner_checkpoint: str | None = None
+    refiner_switch_at: float | None = None
+    disable_extra_networks: bool = False
+    firstpass_image: str | None = None
+    comments: dict[str, Any] | None = None
+    force_task_id: str | None = None
+    script_name: str | None = None
+    script_args: list[Any] = Field(default_factory=list)
+    send_images: bool = True
+    save_images: bool = False
+    alwayson_scripts: dict[str, Any] = Field(default_factory=dict)
+    infotext: str | None = None
+
+    @model_validator(mode="before")
+    @classmethod
+    def _null_means_default(cls, data: Any) -> Any:
+        """A1111's fields are all Optional: `"steps": null` means the default, not an error."""
+        if isinstance(data, dict):
+            return {k: v for k, v in data.items() if v is not None}
+        return data
+
+    def check_scripts(self) -> None:
+        """No selectable scripts exist yet: naming one is A1111's 422; always-on script args are
+        accepted and ignored (clients send `{}` or entries for extensions that are not here)."""
+        if self.script_name:
+            raise ValidationError(f"Selectable script not found: {self.script_name!r}")
+
+    def echo(self) -> dict[str, Any]:
+        """The request as received, defaults filled (the response's `parameters`)."""
+        data = self.model_dump(mode="json")
+        data["do_not_save_samples"] = data["do_not_save_grid"] = not self.save_images
+        return data
+
+
+class Txt2ImgPayload(GenerationPayload):
+    enable_hr: bool = False
+    firstphase_width: int = 0
+    firstphase_height: int = 0
+    hr_scale: float = 2.0
+    hr_upscaler: str | None = None
+    hr_second_pass_steps: int = 0
+    hr_resize_x: int = 0
+    hr_resize_y: int = 0
+    hr_checkpoint_name: str | None = None
+    hr_sampler_name: str | None = None
+    hr_scheduler: str | None = None
+    hr_prompt: str = ""
+    hr_negative_prompt: str = ""
+
+
+class Img2ImgPayload(GenerationPayload):
+    init_images: list[str] | None = None
+    resize_mode: int = 0
+    image_cfg_scale: float | None = None
+    mask: str | None = None
+    mask_blur: int | None = None
+    mask_blur_x: int = 4
+    mask_blur_y: int = 4
+    mask_round: bool = True
+    inpainting_fill: int = 0
+    inpaint_full_res: bool = True
+    inpaint_full_res_padding: int = 0
+    inpainting_mask_invert: int = 0
+    initial_noise_multiplier: float | None = None
+    latent_mask: str | None = None
+    include_init_images: bool = False
+
+    def echo(self) -> dict[str, Any]:
+        data = super().echo()
+        if not self.include_init_images:
+            data["init_images"] = None
+            data["mask"] = None
+        return data
+
+
+# -- infotext -> fields ----------------------------------------------------------------------
+
+# infotext key -> (field, type); applied only to fields the client did not send
+_INFOTEXT_FIELDS: dict[str, tuple[str, type]] = {
+    "Prompt": ("prompt", str),
+    "Negative prompt": ("negative_prompt", str),
+    "Steps": ("steps", int),
+    "Sampler": ("sampler_name", str),
+    "Schedule type": ("scheduler", str),
+    "CFG scale": ("cfg_scale", float),
+    "Seed": ("seed", int),
+    "Size-1": ("width", int),
+    "Size-2": ("height", int),
+    "Variation seed": ("subseed", int),
+    "Variation seed strength": ("subseed_strength", float),
+    "Seed resize from-1": ("seed_resize_from_w", int),
+    "Seed resize from-2": ("seed_resize_from_h", int),
+    "Denoising strength": ("denoising_strength", float),
+    "Image CFG scale": ("image_cfg_scale", float),
+    "Mask blur": ("mask_blur", int),
+    "Hires steps": ("hr_second_pass_steps", int),
+    "Hires upscale": ("hr_scale", float),
+    "Hires upscaler": ("hr_upscaler", str),
+    "Hires resize-1": ("hr_resize_x", int),
+    "Hires resize-2": ("hr_resize_y", int),
+}
+# infotext key -> setting, added to override_settings unless the client set that setting
+_INFOTEXT_SETTINGS = {"Clip skip": "CLIP_stop_at_last_layers", "ENSD": "eta_noise_seed_delta", "RNG": "randn_source"}
+
+
+def infotext_values(payload: GenerationPayload) -> dict[str, Any]:
+    """Field values from `payload.infotext` for the fields the client did not send."""
+    if not payload.infotext:
+        return {}
+    parsed = parse_infotext(payload.infotext)
+    sent = payload.model_fields_set
+    fields = type(payload).model_fields
+    values: dict[str, Any] = {}
+    for key, (name, kind) in _INFOTEXT_FIELDS.items():
+        if key not in parsed or name in sent or name not in fields:
+            continue
+        try:
+            values[name] = kind(float(str(parsed[key]))) if kind is int else kind(parsed[key])
+        except (TypeError, ValueError):
+            continue
+    if values.get("scheduler") == "Automatic":
+        values.pop("scheduler")
+    overrides = dict(payload.override_settings or {})
+    for key, setting in _INFOTEXT_SETTINGS.items():
+        if key in parsed and setting not in overrides:
+            value = parsed[key]
+            overrides[setting] = int(str(value)) if str(value).lstrip("-").isdigit() else value
+    if overrides.get("CLIP_stop_at_last_layers") == 1 and "Clip skip" not in payload.infotext:
+        overrides.pop("CLIP_stop_at_last_layers")
+    if overrides != (payload.override_settings or {}):
+        values["override_settings"] = overrides
+    return values
+
+
+# -- converters ------------------------------------------------------------------------------
+
+
+def _common(payload: GenerationPayload) -> dict[str, Any]:
+    data = payload.model_dump()
+    data.update(infotext_values(payload))
+    common = {name: data[name] for name in GenerationRequest.__dataclass_fields__ if name in data}
+    common["styles"] = tuple(data.get("styles") or ())
+    common["override_settings"] = dict(data.get("override_settings") or {})
+    common["do_not_save_samples"] = not payload.save_images
+    common["do_not_save_grid"] = not payload.save_images
+    if not common.get("sampler_name"):
+        common["sampler_name"] = None
+        common["sampler_index"] = common.get("sampler_index") or "Euler"
+    return {**data, **common}
+
+
+def to_txt2img(payload: Txt2ImgPayload) -> Txt2ImgRequest:
+    payload.check_scripts()
+    data = _common(payload)
+    fields = Txt2ImgRequest.__dataclass_fields__
+    return Txt2ImgRequest(**{k: v for k, v in data.items() if k in fields})
+
+
+def to_img2img(payload: Img2ImgPayload, decode: DecodeOptions) -> Img2ImgRequest:
+    payload.check_scripts()
+    if not payload.init_images:
+        raise NotFoundError("Init image not found")
+    data = _common(payload)
+    data["init_images"] = tuple(
+        decode_image(value, f"init_images[{i}]", decode) for i, value in enumerate(payload.init_images)
+    )
+    data["mask"] = decode_image(payload.mask, "mask", decode) if payload.mask else None
+    data["latent_mask"] = decode_image(payload.latent_mask, "latent_mask", decode) if payload.latent_mask else None
+    fields = Img2ImgRequest.__dataclass_fields__
+    return Img2ImgRequest(**{k: v for k, v in data.items() if k in fields})

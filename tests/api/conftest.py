@@ -1,0 +1,85 @@
+"""Shared API fixtures: an app over a tmp data dir with tiny sd1, sd1-inpaint and sd2 checkpoints
+(sd1 loaded), a TestClient, and a real uvicorn server on 127.0.0.1 in a thread.
+
+Module scope: each test module gets its own services (options it changes stay in that module),
+built once per module; the tiny models themselves are built once per session.
+"""
+
+from __future__ import annotations
+
+import shutil
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from fastapi import FastAPI
+from fastapi.testclient import TestClient
+
+from modules.app import build_services, create_app
+from modules.core.settings import parse_settings
+from modules.services import Services
+
+CHECKPOINTS = {"sd1": "sd1.safetensors", "sd1-inpaint": "sd1-inpaint.safetensors", "sd2": "sd2.safetensors"}
+
+
+@pytest.fixture(scope="module")
+def api_data_dir(tiny_models: dict[str, Path], tmp_path_factory: pytest.TempPathFactory) -> Path:
+    root = tmp_path_factory.mktemp("api-data")
+    sd = root / "models" / "Stable-diffusion"
+    sd.mkdir(parents=True)
+    for family, name in CHECKPOINTS.items():
+        shutil.copy(tiny_models[family], sd / name)
+    return root
+
+
+@pytest.fixture(scope="module")
+def api_services(api_data_dir: Path) -> Iterator[Services]:
+    settings = parse_settings(["--data-dir", str(api_data_dir), "--api"], {})
+    services = build_services(settings, api_data_dir, {})
+    services.models.load("sd1.safetensors")
+    yield services
+    services.worker.shutdown()
+
+
+def _with_internal_routes(app: FastAPI) -> FastAPI:
+    """`/internal/progress` lives in modules.api.routes.progress.internal_router; include it if the
+    app does not mount it (yet)."""
+    from modules.api.routes.progress import internal_router
+
+    paths = {getattr(route, "path", None) for route in app.routes}
+    if "/internal/progress" not in paths:
+        app.include_router(internal_router)
+    return app
+
+
+@pytest.fixture(scope="module")
+def api_app(api_services: Services) -> FastAPI:
+    return _with_internal_routes(create_app(api_services))
+
+
+@pytest.fixture(scope="module")
+def client(api_app: FastAPI) -> Iterator[TestClient]:
+    with TestClient(api_app) as test_client:
+        yield test_client
+
+
+@pytest.fixture(scope="module")
+def live_server(api_app: FastAPI) -> Iterator[str]:
+    """Base URL (`http://127.0.0.1:<port>`) of a real uvicorn server running the app."""
+    import uvicorn
+
+    config = uvicorn.Config(api_app, host="127.0.0.1", port=0, log_level="warning", lifespan="off")
+    server = uvicorn.Server(config)
+    thread = threading.Thread(target=server.run, name="api-test-uvicorn", daemon=True)
+    thread.start()
+    deadline = time.monotonic() + 30
+    while not server.started:
+        if not thread.is_alive() or time.monotonic() > deadline:
+            raise RuntimeError("uvicorn did not start")
+        time.sleep(0.02)
+    port = server.servers[0].sockets[0].getsockname()[1]
+    yield f"http://127.0.0.1:{port}"
+    server.should_exit = True
+    thread.join(10)
