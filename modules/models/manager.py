@@ -63,6 +63,7 @@ def release_freed_heap() -> None:
     if trim is not None:
         trim(0)
 
+
 VAE_AUTOMATIC = "Automatic"
 VAE_NONE = "None"
 _VAE_CACHE_SIZE = 2
