@@ -251,6 +251,11 @@ class Worker:
         job = self._current
         return job.context if job else None
 
+    def pending_count(self) -> int:
+        """How many jobs wait behind the running one."""
+        with self._lock:
+            return len(self._pending)
+
     def queue_status(self, task_id: str) -> tuple[bool, bool, bool, int]:
         """(active, queued, completed, position in queue) for `/internal/progress`."""
         with self._lock:

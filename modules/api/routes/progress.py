@@ -66,11 +66,6 @@ class InternalProgressRequest(BaseModel):
     live_preview: bool = True
 
 
-def _pending_count(services: Services) -> int:
-    pending = getattr(services.worker, "_pending", ())
-    return len(pending)
-
-
 @internal_router.post("/internal/progress")
 def internal_progress(body: InternalProgressRequest, services: Services = Depends(get_services)) -> dict[str, Any]:
     """A1111's per-task progress: queued tasks get "In queue: n/m"."""
@@ -80,7 +75,7 @@ def internal_progress(body: InternalProgressRequest, services: Services = Depend
     if not active or current is None:
         textinfo = "Waiting..."
         if queued:
-            textinfo = f"In queue: {position}/{max(_pending_count(services), position)}"
+            textinfo = f"In queue: {position}/{max(services.worker.pending_count(), position)}"
         return {
             "active": False,
             "queued": queued,
