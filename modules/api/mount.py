@@ -13,6 +13,11 @@ ROUTERS = (generation, progress, pnginfo, options, models, info, server)
 
 
 def install_api(app: FastAPI, services: Services) -> None:
+    # --- security layer: auth / CSRF / CORS / api-log on the whole app (modules/api/security.py) ---
+    from modules.api.security import install_security
+
+    install_security(app, services)
+    # --- end security layer ---
     app.state.services = services
     install_error_handlers(app)
     for module in ROUTERS:
