@@ -1,7 +1,63 @@
-"""/sdapi/v1 routes: options."""
+"""/sdapi/v1 routes: options (A1111's config.json) and the command-line flags.
+
+`GET /options` reads a snapshot under the options' own short lock, never a lock a generation job
+holds, so it answers while a job runs. `POST /options` takes a full round trip of that dict
+(Open WebUI posts the whole object back): unknown and read-only keys are ignored, `restrict_api`
+keys are refused (403) unless sent unchanged. Setting `sd_model_checkpoint` / `sd_vae` switches
+the model through the options' callbacks (wired by the composition root) before the request
+returns; a name that matches nothing is a 404 and the previous model stays active.
+"""
 
 from __future__ import annotations
 
-from fastapi import APIRouter
+import logging
+from typing import Any
 
-router = APIRouter()
+from fastapi import APIRouter, Body, Depends
+
+from modules.api.deps import get_services
+from modules.core.errors import ModelLoadError, UserError
+from modules.services import Services
+
+log = logging.getLogger(__name__)
+
+router = APIRouter(tags=["options"])
+
+
+@router.get("/options")
+def get_options(services: Services = Depends(get_services)) -> dict[str, Any]:
+    """Every option with its value (defaults filled in), plus unknown keys kept from config.json."""
+    return services.options.as_dict()
+
+
+@router.post("/options")
+def set_options(
+    values: dict[str, Any] = Body(..., description="setting key -> value; a full GET /options dict is fine"),
+    services: Services = Depends(get_services),
+) -> None:
+    options = services.options
+    try:
+        result = options.apply_update(values, ignore_unknown=True, allow_restricted=False)
+    except ModelLoadError as exc:
+        cause = exc.__cause__
+        if isinstance(cause, UserError):  # e.g. a corrupt or unsafe file: the client's to fix
+            raise UserError(str(exc), status_code=cause.status_code) from exc
+        raise
+    if "sd_model_checkpoint" in result.changed:
+        # A client may name the checkpoint by any alias ("two", a hash); report the title, as A1111 does.
+        active = services.models.active
+        if active is not None:
+            options.set_readonly("sd_model_checkpoint", active.info.title)
+    if result.ignored_unknown:
+        log.debug("POST /options ignored unknown keys: %s", ", ".join(result.ignored_unknown))
+    if result.changed:
+        try:
+            options.save()
+        except OSError as exc:
+            log.warning("could not save %s: %s", options.path, exc)
+
+
+@router.get("/cmd-flags")
+def get_cmd_flags(services: Services = Depends(get_services)) -> dict[str, Any]:
+    """The command-line flags as parsed; secrets (`--api-auth`, `--gradio-auth`, ...) redacted."""
+    return services.settings.redacted_dict()
