@@ -13,6 +13,8 @@ from typing import Any
 from fastapi import FastAPI
 from fastapi.responses import HTMLResponse
 
+from modules.api.mount import install_api
+from modules.api.security import install_security
 from modules.core.errors import SdWebuiError, SettingsError
 from modules.core.hashes import HashCache
 from modules.core.options import Options, default_option_infos
@@ -94,9 +96,8 @@ def _wire_options(options: Options, models: ModelManager) -> None:
 def create_app(services: Services) -> FastAPI:
     app = FastAPI(title="sd-webui", docs_url="/docs" if services.settings.api_enabled else None)
     app.state.services = services
+    install_security(app, services)
     if services.settings.api_enabled:
-        from modules.api.mount import install_api
-
         install_api(app, services)
 
     @app.get("/internal/ping")

@@ -6,6 +6,7 @@ from fastapi import FastAPI
 
 from modules.api.errors import install_error_handlers
 from modules.api.routes import generation, info, models, options, pnginfo, progress, server
+from modules.api.security import install_security
 from modules.services import Services
 
 PREFIX = "/sdapi/v1"
@@ -13,12 +14,11 @@ ROUTERS = (generation, progress, pnginfo, options, models, info, server)
 
 
 def install_api(app: FastAPI, services: Services) -> None:
-    # --- security layer: auth / CSRF / CORS / api-log on the whole app (modules/api/security.py) ---
-    from modules.api.security import install_security
-
-    install_security(app, services)
-    # --- end security layer ---
+    """`/sdapi/v1` plus A1111's `/internal/progress`. Security (auth, CSRF, CORS, api-log) is
+    installed on the whole app by `modules.app.create_app`, API or not."""
+    install_security(app, services)  # idempotent; here too so a bare install_api is never open
     app.state.services = services
     install_error_handlers(app)
     for module in ROUTERS:
         app.include_router(module.router, prefix=PREFIX)
+    app.include_router(progress.internal_router)

@@ -43,20 +43,9 @@ def api_services(api_data_dir: Path) -> Iterator[Services]:
     services.worker.shutdown()
 
 
-def _with_internal_routes(app: FastAPI) -> FastAPI:
-    """`/internal/progress` lives in modules.api.routes.progress.internal_router; include it if the
-    app does not mount it (yet)."""
-    from modules.api.routes.progress import internal_router
-
-    paths = {getattr(route, "path", None) for route in app.routes}
-    if "/internal/progress" not in paths:
-        app.include_router(internal_router)
-    return app
-
-
 @pytest.fixture(scope="module")
 def api_app(api_services: Services) -> FastAPI:
-    return _with_internal_routes(create_app(api_services))
+    return create_app(api_services)
 
 
 @pytest.fixture(scope="module")
