@@ -14,6 +14,7 @@ from fastapi import FastAPI
 from fastapi.responses import HTMLResponse
 
 from modules.api.mount import install_api
+from modules.api.routes.server import ServerControl
 from modules.api.security import install_security
 from modules.core.errors import SdWebuiError, SettingsError
 from modules.core.hashes import HashCache
@@ -33,7 +34,6 @@ from modules.services import Services
 log = logging.getLogger(__name__)
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
-EXIT_RESTART = 3
 
 
 def build_services(
@@ -173,18 +173,25 @@ def main(argv: Sequence[str], environ: Mapping[str, str]) -> int:
 
     import uvicorn
 
+    # Restart (exit code 3) only means something when a supervisor starts us again: webui.sh's
+    # loop (it exports SDW_ROOT) or systemd (INVOCATION_ID).
+    control = ServerControl(restartable=bool(environ.get("SDW_ROOT") or environ.get("INVOCATION_ID")))
+    app.state.server_control = control
+    config = uvicorn.Config(
+        app,
+        host=settings.bind_host,
+        port=settings.effective_port,
+        timeout_keep_alive=settings.timeout_keep_alive,
+        ssl_keyfile=str(settings.tls_keyfile) if settings.tls_keyfile else None,
+        ssl_certfile=str(settings.tls_certfile) if settings.tls_certfile else None,
+        root_path=settings.subpath or "",
+        log_level=(settings.loglevel or "info").lower(),
+    )
+    server = uvicorn.Server(config)
+    control.attach(server)
     log.info("serving on http://%s:%d", settings.bind_host, settings.effective_port)
     try:
-        uvicorn.run(
-            app,
-            host=settings.bind_host,
-            port=settings.effective_port,
-            timeout_keep_alive=settings.timeout_keep_alive,
-            ssl_keyfile=str(settings.tls_keyfile) if settings.tls_keyfile else None,
-            ssl_certfile=str(settings.tls_certfile) if settings.tls_certfile else None,
-            root_path=settings.subpath or "",
-            log_level=(settings.loglevel or "info").lower(),
-        )
+        server.run()
     finally:
         services.worker.shutdown()
-    return 0
+    return control.exit_code
