@@ -17,6 +17,7 @@ from starlette.concurrency import run_in_threadpool
 from modules.api.deps import get_services
 from modules.api.images import DecodeOptions, encode_b64
 from modules.api.schemas_generation import GenerationPayload, Img2ImgPayload, Txt2ImgPayload, to_img2img, to_txt2img
+from modules.core.infotext import INFOTEXT_KEYS_AFTER_EXTRA, INFOTEXT_KEYS_BEFORE_EXTRA
 from modules.core.requests import GenerationRequest
 from modules.engine.processing import Result
 from modules.engine.service import VERSION
@@ -24,34 +25,8 @@ from modules.services import Services
 
 router = APIRouter()
 
-# infotext keys that have their own field in `info`; the rest are extra_generation_params
-_OWN_KEYS = frozenset(
-    {
-        "Steps",
-        "Sampler",
-        "Schedule type",
-        "CFG scale",
-        "Image CFG scale",
-        "Seed",
-        "Face restoration",
-        "Size",
-        "Model hash",
-        "Model",
-        "VAE hash",
-        "VAE",
-        "Variation seed",
-        "Variation seed strength",
-        "Seed resize from",
-        "Denoising strength",
-        "Conditional mask weight",
-        "Clip skip",
-        "ENSD",
-        "RNG",
-        "Tiling",
-        "Version",
-        "User",
-    }
-)
+# infotext keys with a fixed place in A1111's infotext; everything else is extra_generation_params
+_OWN_KEYS = frozenset(INFOTEXT_KEYS_BEFORE_EXTRA) | frozenset(INFOTEXT_KEYS_AFTER_EXTRA)
 
 
 def _first(values: list[Any], default: Any = None) -> Any:
