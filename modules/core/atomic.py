@@ -31,20 +31,32 @@ def _fsync_dir(directory: Path) -> None:
         os.close(fd)
 
 
-def atomic_write_bytes(path: StrPath, data: bytes) -> None:
-    """Replace `path` with `data` atomically; parent directories are created."""
-    target = Path(path)
-    directory = target.parent
-    directory.mkdir(parents=True, exist_ok=True)
-    tmp = directory / f".{target.name}.{secrets.token_hex(6)}.tmp"
-    # 0o666 minus the umask, like a normal open(); an existing file keeps its mode below.
+def write_temp_file(directory: Path, data: bytes, name: str) -> Path:
+    """Write `data` to a new hidden temp file `directory/.<name>.<random>.tmp`, flushed and
+    fsynced; removed again if writing fails. The caller renames or links it into place."""
+    tmp = directory / f".{name}.{secrets.token_hex(6)}.tmp"
+    # 0o666 minus the umask, like a normal open().
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_BINARY", 0), 0o666)
     try:
         with os.fdopen(fd, "wb") as handle:
             handle.write(data)
             handle.flush()
             os.fsync(handle.fileno())
-        with contextlib.suppress(FileNotFoundError):
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+        raise
+    return tmp
+
+
+def atomic_write_bytes(path: StrPath, data: bytes) -> None:
+    """Replace `path` with `data` atomically; parent directories are created."""
+    target = Path(path)
+    directory = target.parent
+    directory.mkdir(parents=True, exist_ok=True)
+    tmp = write_temp_file(directory, data, target.name)
+    try:
+        with contextlib.suppress(FileNotFoundError):  # an existing file keeps its mode
             os.chmod(tmp, os.stat(target).st_mode & 0o7777)
         os.replace(tmp, target)
     except BaseException:

@@ -26,7 +26,6 @@ import json
 import logging
 import math
 import os
-import secrets
 import struct
 import threading
 from collections.abc import Iterator, Mapping, Sequence
@@ -36,7 +35,7 @@ from typing import Protocol
 
 from PIL import Image, PngImagePlugin, features
 
-from modules.core.atomic import atomic_write_bytes, atomic_write_text
+from modules.core.atomic import atomic_write_bytes, atomic_write_text, write_temp_file
 from modules.core.filenames import (
     DEFAULT_MAX_LENGTH,
     FilenameContext,
@@ -407,21 +406,6 @@ def _directory_lock(folder: Path) -> Iterator[None]:
                 os.close(fd)  # closing the descriptor releases the flock
 
 
-def _write_temp(folder: Path, data: bytes) -> Path:
-    tmp = folder / f".sdwebui-{secrets.token_hex(8)}.tmp"
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_BINARY", 0), 0o666)
-    try:
-        with os.fdopen(fd, "wb") as handle:
-            handle.write(data)
-            handle.flush()
-            os.fsync(handle.fileno())
-    except BaseException:
-        with contextlib.suppress(OSError):
-            os.unlink(tmp)
-        raise
-    return tmp
-
-
 def _publish_new(tmp: Path, target: Path) -> bool:
     """Make the complete file `tmp` appear as `target` unless `target` exists; True if done.
 
@@ -682,7 +666,7 @@ class ImageSaver:
         add_number: bool,
         stem_budget: int,
     ) -> Path:
-        tmp = _write_temp(folder, data)
+        tmp = write_temp_file(folder, data, "sdwebui")
         try:
             with _directory_lock(folder):
                 if add_number:
