@@ -69,7 +69,8 @@ def plaintext_to_html(text: str) -> str:
     return "<p>" + "<br>\n".join(html.escape(line) for line in text.split("\n")) + "</p>"
 
 
-def _dest(side: int, scale: float) -> int:
+def dest_side(side: int, scale: float) -> int:
+    """A1111's upscaler target: `side * scale` rounded down to a multiple of 8 (kept if < 8)."""
     target = int(side * scale)
     return target // 8 * 8 if target >= 8 else max(1, target)
 
@@ -77,7 +78,7 @@ def _dest(side: int, scale: float) -> int:
 def builtin_upscale(image: Image.Image, name: str, scale: float) -> Image.Image:
     """Lanczos / Nearest to `scale` (size rounded down to a multiple of 8, at least 1)."""
     resample = BUILTIN_UPSCALERS[name]
-    width, height = _dest(image.width, scale), _dest(image.height, scale)
+    width, height = dest_side(image.width, scale), dest_side(image.height, scale)
     if (width, height) == image.size:
         return image
     return image.resize((width, height), resample=resample)

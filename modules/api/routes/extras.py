@@ -8,15 +8,14 @@ Collaborators, looked up per request so the composition root can provide them:
   else `app.state.face_restorers`, else one built from `paths.gfpgan_dir` / `codeformer_dir`
   and kept on `app.state`;
 - named upscalers: `services.upscale` (image, name, scale) -> image if present, else
-  `modules.engine.upscaling.upscale` when that module exists; the built-ins (None, Lanczos,
-  Nearest) always work.
+  `modules.engine.upscaling.upscale` over `services.upscalers` (an `UpscalerRegistry`) or one
+  built from the paths and kept on `app.state`; the built-ins (None, Lanczos, Nearest) are
+  done by `run_extras` itself.
 """
 
 from __future__ import annotations
 
 import asyncio
-import importlib
-import inspect
 from typing import Any
 
 from fastapi import APIRouter, Depends, Request
@@ -26,9 +25,11 @@ from starlette.concurrency import run_in_threadpool
 
 from modules.api.deps import get_services
 from modules.api.images import DecodeOptions, decode_image, encode_b64
-from modules.engine.extras import ExtrasResult, RestoreFaces, Upscale, run_extras
+from modules.engine import upscaling
+from modules.engine.extras import ExtrasResult, RestoreFaces, Upscale, dest_side, run_extras
 from modules.engine.worker import JobContext
 from modules.models.face_restoration import FaceRestorers
+from modules.models.upscalers import UpscalerRegistry
 from modules.services import Services
 
 router = APIRouter()
@@ -97,18 +98,27 @@ def face_restorers_for(request: Request, services: Services) -> FaceRestorers:
     return restorers
 
 
-def upscale_for(services: Services) -> Upscale | None:
+def upscale_for(request: Request, services: Services) -> Upscale:
+    """(image, name, scale) -> image for named (model) upscalers, to A1111's size (a multiple
+    of 8). `services.upscale` when the bundle has one; else `upscaling.upscale` over
+    `services.upscalers` or an `UpscalerRegistry` of `paths` kept on `app.state`."""
     found = getattr(services, "upscale", None)
     if callable(found):
         return found  # type: ignore[no-any-return]
-    try:
-        module = importlib.import_module("modules.engine.upscaling")
-    except ImportError:
-        return None
-    candidate = getattr(module, "upscale", None)
-    if callable(candidate) and len(inspect.signature(candidate).parameters) == 3:
-        return candidate  # type: ignore[no-any-return]
-    return None
+    registry = getattr(services, "upscalers", None)
+    if not isinstance(registry, UpscalerRegistry):
+        registry = getattr(request.app.state, "upscalers", None)
+        if not isinstance(registry, UpscalerRegistry):
+            registry = UpscalerRegistry.from_paths(services.paths)
+            request.app.state.upscalers = registry
+    tiles = upscaling.tile_settings(services.options)
+    chosen: UpscalerRegistry = registry
+
+    def run(image: Image.Image, name: str, scale: float) -> Image.Image:
+        size = (dest_side(image.width, scale), dest_side(image.height, scale))
+        return upscaling.upscale(image, name, scale, registry=chosen, tiles=tiles, size=size)
+
+    return run
 
 
 def restore_faces_with(restorers: FaceRestorers) -> RestoreFaces:
@@ -123,7 +133,7 @@ def restore_faces_with(restorers: FaceRestorers) -> RestoreFaces:
 
 async def _run(request: Request, services: Services, body: ExtrasBase, images: list[Image.Image]) -> list[ExtrasResult]:
     kwargs = body.extras_kwargs()
-    upscale = upscale_for(services)
+    upscale = upscale_for(request, services)
     restore = restore_faces_with(face_restorers_for(request, services))
     order = (
         services.options.get("postprocessing_operation_order")
