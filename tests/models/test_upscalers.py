@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 from pathlib import Path
 
 import numpy as np
@@ -207,7 +208,8 @@ def test_out_of_memory_halves_the_tile(registry: UpscalerRegistry, monkeypatch: 
     monkeypatch.setattr(type(model.descriptor), "__call__", limited)
     out = upscale(_image(96, 80), model, 4, tiles=TileSettings(tile=96, overlap=4))
     assert out.size == (384, 320)
-    assert sizes[0] == 96 and 48 in sizes and max(sizes[sizes.index(24) :]) == 24
+    # 96 (whole image) fails, 48 (balanced: 42px tiles) fails, 24 (balanced: 23px tiles) works
+    assert sizes[0] == 96 and 24 < sizes[1] <= 48 and sizes[-1] <= 24
 
 
 def test_runtime_error_out_of_memory_also_retries(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -222,7 +224,7 @@ def test_runtime_error_out_of_memory_also_retries(monkeypatch: pytest.MonkeyPatc
     out, tile = upscaling.run_tiled_with_retry(model, torch.rand(1, 3, 40, 40), 0, 4)
     assert out.shape == (1, 3, 80, 80)
     assert tile == 20
-    assert calls[:2] == [40, 20]  # whole image, then 20px tiles
+    assert calls[0] == 40 and max(calls[1:]) <= 20  # whole image, then tiles of at most 20px
 
 
 def test_out_of_memory_below_the_floor_is_a_clear_error() -> None:
@@ -284,3 +286,19 @@ def test_real_option_keys_exist() -> None:
 
     keys = {info.key for info in default_option_infos()}
     assert {"ESRGAN_tile", "ESRGAN_tile_overlap", "DAT_tile", "DAT_tile_overlap"} <= keys
+
+
+@pytest.mark.parametrize(
+    ("length", "tile", "overlap"), [(256, 192, 8), (256, 64, 8), (70, 32, 8), (33, 32, 8), (997, 192, 16)]
+)
+def test_axis_tiles_cover_with_overlap(length: int, tile: int, overlap: int) -> None:
+    size, starts = upscaling.axis_tiles(length, tile, overlap)
+    assert size <= tile and starts[0] == 0 and starts[-1] + size == length
+    assert all(b - a <= size - overlap for a, b in itertools.pairwise(starts))
+
+
+def test_narrow_tiles_with_large_overlap() -> None:
+    image = torch.rand(1, 3, 20, 50)
+    out = run_tiled(lambda x: torch.nn.functional.interpolate(x, scale_factor=2, mode="nearest"), image, 16, 8)
+    expected = torch.nn.functional.interpolate(image, scale_factor=2, mode="nearest")
+    assert torch.allclose(out, expected, atol=1e-6)
