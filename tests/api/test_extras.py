@@ -12,6 +12,7 @@ from typing import Any
 import hypothesis  # noqa: F401  (see below)
 import numpy as np
 import pytest
+from fastapi import FastAPI
 from fastapi.testclient import TestClient
 from PIL import Image
 
@@ -19,6 +20,7 @@ from modules.core.errors import NotFoundError
 from modules.engine.extras import run_extras
 from modules.services import Services
 from tests.fixtures.face_models import synthetic_face, write_gfpgan
+from tests.fixtures.upscaler_models import write_esrgan_old
 
 # `import hypothesis` above: run alone, this module otherwise ends with CPython 3.11.7's
 # "AST constructor recursion depth mismatch" (a CPython bug, fixed in 3.11.8) when the hypothesis
@@ -186,6 +188,20 @@ def test_batch_images(client: TestClient) -> None:
 def test_bad_input_422(client: TestClient, url: str, payload: dict[str, Any]) -> None:
     response = client.post(url, json=payload)
     assert response.status_code == 422, response.text
+
+
+def test_model_upscaler_from_models_esrgan(client: TestClient, api_app: FastAPI, api_services: Services) -> None:
+    """A tiny random ESRGAN (x4) in models/ESRGAN, asked for x2: the upscaler registry finds and
+    runs it, the result is the asked size."""
+    write_esrgan_old(api_services.paths.esrgan_dir / "tiny-esrgan.pth")
+    registry = getattr(api_app.state, "upscalers", None)
+    if registry is not None:
+        registry.refresh()
+    payload = {"image": b64(noise(32, 24)), "upscaler_1": "tiny-esrgan", "upscaling_resize": 2}
+    response = client.post(SINGLE, json=payload)
+    assert response.status_code == 200, response.text
+    assert decode(response.json()["image"]).size == (64, 48)
+    assert "Postprocess upscaler: tiny-esrgan" in response.json()["html_info"]
 
 
 def test_unknown_upscaler_404(client: TestClient) -> None:
