@@ -119,6 +119,12 @@ def create_app(services: Services) -> FastAPI:
             "queue": {"current": services.worker.current.id if services.worker.current else None},
         }
 
+    if not services.settings.nowebui:
+        from modules.ui.mount import mount_ui  # gradio is only imported when the UI is served
+
+        mount_ui(app, services)
+        return app
+
     @app.get("/", response_class=HTMLResponse)
     def index() -> str:
         status = services.models.status()

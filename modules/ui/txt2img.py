@@ -1,0 +1,394 @@
+"""The txt2img tab: A1111's controls (labels, defaults and elem_ids, a1111.md 10.1) bound to one
+converter (`txt2img_request_from_ui`) and `EngineService.submit`; progress is polled from the
+worker while the job runs and shown with the live preview in the gallery."""
+
+from __future__ import annotations
+
+import contextlib
+import html
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from functools import lru_cache
+from typing import Any
+
+import gradio as gr
+
+from modules.core.errors import SdWebuiError
+from modules.core.requests import Txt2ImgRequest
+from modules.engine.processing import Result
+from modules.engine.samplers import list_samplers, list_schedulers
+from modules.services import Services
+
+DEFAULT_SAMPLER = "DPM++ 2M"
+AUTOMATIC = "Automatic"
+LATENT_UPSCALERS = (
+    "Latent",
+    "Latent (antialiased)",
+    "Latent (bicubic)",
+    "Latent (bicubic antialiased)",
+    "Latent (nearest)",
+    "Latent (nearest-exact)",
+)
+POLL_SECONDS = 0.25
+PROMPT_PLACEHOLDER = "Prompt\n(Press Ctrl+Enter to generate, Alt+Enter to skip, Esc to interrupt)"
+NEG_PLACEHOLDER = "Negative prompt\n(Press Ctrl+Enter to generate, Alt+Enter to skip, Esc to interrupt)"
+
+
+def txt2img_request_from_ui(
+    *,
+    prompt: str,
+    negative_prompt: str,
+    styles: list[str] | tuple[str, ...] | None,
+    sampler_name: str,
+    scheduler: str,
+    steps: float,
+    enable_hr: bool,
+    hr_upscaler: str,
+    hr_second_pass_steps: float,
+    denoising_strength: float,
+    hr_scale: float,
+    hr_resize_x: float,
+    hr_resize_y: float,
+    width: float,
+    height: float,
+    n_iter: float,
+    batch_size: float,
+    cfg_scale: float,
+    seed: float,
+    subseed: float,
+    subseed_strength: float,
+    seed_resize_from_w: float,
+    seed_resize_from_h: float,
+) -> Txt2ImgRequest:
+    """The UI's values (sliders send floats) as a request; nothing else happens here."""
+    return Txt2ImgRequest(
+        prompt=prompt or "",
+        negative_prompt=negative_prompt or "",
+        styles=tuple(styles or ()),
+        sampler_name=sampler_name or None,
+        scheduler=scheduler or None,
+        steps=int(steps),
+        enable_hr=bool(enable_hr),
+        hr_upscaler=hr_upscaler or None,
+        hr_second_pass_steps=int(hr_second_pass_steps),
+        denoising_strength=float(denoising_strength),
+        hr_scale=float(hr_scale),
+        hr_resize_x=int(hr_resize_x),
+        hr_resize_y=int(hr_resize_y),
+        width=int(width),
+        height=int(height),
+        n_iter=int(n_iter),
+        batch_size=int(batch_size),
+        cfg_scale=float(cfg_scale),
+        seed=int(seed),
+        subseed=int(subseed),
+        subseed_strength=float(subseed_strength),
+        seed_resize_from_w=int(seed_resize_from_w),
+        seed_resize_from_h=int(seed_resize_from_h),
+    )
+
+
+# the converter's keyword names, in the order the tab passes its input components
+UI_FIELDS = (
+    "prompt",
+    "negative_prompt",
+    "styles",
+    "sampler_name",
+    "scheduler",
+    "steps",
+    "enable_hr",
+    "hr_upscaler",
+    "hr_second_pass_steps",
+    "denoising_strength",
+    "hr_scale",
+    "hr_resize_x",
+    "hr_resize_y",
+    "width",
+    "height",
+    "n_iter",
+    "batch_size",
+    "cfg_scale",
+    "seed",
+    "subseed",
+    "subseed_strength",
+    "seed_resize_from_w",
+    "seed_resize_from_h",
+)
+
+
+@lru_cache(maxsize=1)
+def _tokenizer() -> Any:
+    from modules.models.clip_tokenizer import build_clip_tokenizer
+
+    return build_clip_tokenizer()
+
+
+def token_counter_html(prompt: str, steps: float, *, is_positive: bool = True) -> str:
+    """A1111's `used/limit` counter (CLIP tokens, 75 per chunk)."""
+    from modules.core.prompt_syntax import prompt_token_count
+
+    if not prompt:
+        return "<span>0/75</span>"
+    tok = _tokenizer()
+
+    def tokenize(texts: list[str]) -> list[list[int]]:
+        return tok(texts, add_special_tokens=False, truncation=False).input_ids  # type: ignore[no-any-return]
+
+    try:
+        used, limit = prompt_token_count(
+            prompt,
+            tokenize,
+            steps=max(int(steps), 1),
+            is_positive=is_positive,
+            comma_token=tok.convert_tokens_to_ids(",</w>"),
+        )
+    except Exception:  # a half-typed prompt must never break the page
+        return "<span>?/75</span>"
+    return f"<span>{used}/{limit}</span>"
+
+
+def progress_html(progress: dict[str, Any]) -> str:
+    state = progress.get("state", {})
+    percent = round(100 * float(progress.get("progress") or 0.0))
+    step, steps = state.get("sampling_step", 0), state.get("sampling_steps", 0)
+    eta = float(progress.get("eta_relative") or 0.0)
+    text = f"{percent}% · step {step}/{steps} · ETA {eta:.0f}s" if steps else f"{percent}% · waiting…"
+    return (
+        "<div class='sdw-progress'><div class='sdw-progress-bar' "
+        f"style='width:{percent}%'></div><span class='sdw-progress-text'>{html.escape(text)}</span></div>"
+    )
+
+
+def info_html(result: Result) -> str:
+    if not result.infotexts:
+        return ""
+    lines = "<br>".join(html.escape(line) for line in result.infotexts[0].split("\n"))
+    warnings = "".join(f"<p class='sdw-warning'>{html.escape(w)}</p>" for w in result.warnings)
+    interrupted = "<p class='sdw-warning'>Interrupted</p>" if result.interrupted else ""
+    elapsed = f"<p class='time'>Time taken: <b>{result.elapsed:.1f} sec.</b></p>"
+    return f"<div class='infotext'><p>{lines}</p></div>{interrupted}{warnings}{elapsed}"
+
+
+@dataclass
+class Txt2ImgTab:
+    generate: gr.Button
+    interrupt: gr.Button
+    skip: gr.Button
+    gallery: gr.Gallery
+    html_info: gr.HTML
+    generation_info: gr.Textbox
+
+
+def _scheduler_choices() -> list[str]:
+    return [AUTOMATIC, *[s.label for s in list_schedulers() if s.label != AUTOMATIC]]
+
+
+def build_txt2img_tab(services: Services) -> Txt2ImgTab:
+    samplers = [s.name for s in list_samplers() if s.available]
+    sampler_default = DEFAULT_SAMPLER if DEFAULT_SAMPLER in samplers else (samplers[0] if samplers else None)
+    styles = [s.name for s in services.styles.styles()]
+
+    with gr.Row(elem_id="txt2img_toprow", equal_height=False):
+        with gr.Column(scale=6, elem_id="txt2img_prompt_container"):
+            token_counter = gr.HTML("<span>0/75</span>", elem_id="txt2img_token_counter", elem_classes="token-counter")
+            prompt = gr.Textbox(
+                label="Prompt",
+                show_label=False,
+                lines=3,
+                placeholder=PROMPT_PLACEHOLDER,
+                elem_id="txt2img_prompt",
+            )
+            neg_counter = gr.HTML(
+                "<span>0/75</span>", elem_id="txt2img_negative_token_counter", elem_classes="token-counter"
+            )
+            negative = gr.Textbox(
+                label="Negative prompt",
+                show_label=False,
+                lines=3,
+                placeholder=NEG_PLACEHOLDER,
+                elem_id="txt2img_neg_prompt",
+            )
+        with gr.Column(scale=1, min_width=240, elem_id="txt2img_actions_column"):
+            with gr.Row(elem_id="txt2img_generate_box"):
+                generate = gr.Button("Generate", variant="primary", elem_id="txt2img_generate")
+                interrupt = gr.Button("Interrupt", elem_id="txt2img_interrupt", visible=False)
+                skip = gr.Button("Skip", elem_id="txt2img_skip", visible=False)
+            with gr.Row(elem_id="txt2img_tools"):
+                clear = gr.Button("✕", elem_id="txt2img_clear_prompt", size="sm", min_width=40)
+            style_dropdown = gr.Dropdown(
+                label="Styles", choices=styles, value=[], multiselect=True, elem_id="txt2img_styles"
+            )
+
+    with gr.Row(elem_id="txt2img_settings_and_results", equal_height=False):
+        with gr.Column(scale=1, elem_id="txt2img_settings"):
+            with gr.Row():
+                sampler = gr.Dropdown(
+                    label="Sampling method", choices=samplers, value=sampler_default, elem_id="txt2img_sampling"
+                )
+                scheduler = gr.Dropdown(
+                    label="Schedule type", choices=_scheduler_choices(), value=AUTOMATIC, elem_id="txt2img_scheduler"
+                )
+            steps = gr.Slider(1, 150, value=20, step=1, label="Sampling steps", elem_id="txt2img_steps")
+            with gr.Accordion("Hires. fix", open=False, elem_id="txt2img_hr"):
+                enable_hr = gr.Checkbox(label="Enable", value=False, elem_id="txt2img_hr-checkbox")
+                hr_final = gr.HTML("", elem_id="txtimg_hr_finalres")
+                with gr.Row():
+                    hr_upscaler = gr.Dropdown(
+                        label="Upscaler", choices=list(LATENT_UPSCALERS), value="Latent", elem_id="txt2img_hr_upscaler"
+                    )
+                    hr_steps = gr.Slider(0, 150, value=0, step=1, label="Hires steps", elem_id="txt2img_hires_steps")
+                    hr_denoise = gr.Slider(
+                        0, 1, value=0.7, step=0.01, label="Denoising strength", elem_id="txt2img_denoising_strength"
+                    )
+                with gr.Row():
+                    hr_scale = gr.Slider(1, 4, value=2, step=0.05, label="Upscale by", elem_id="txt2img_hr_scale")
+                    hr_x = gr.Slider(0, 2048, value=0, step=8, label="Resize width to", elem_id="txt2img_hr_resize_x")
+                    hr_y = gr.Slider(0, 2048, value=0, step=8, label="Resize height to", elem_id="txt2img_hr_resize_y")
+            with gr.Row(equal_height=True):
+                with gr.Column(scale=4):
+                    width = gr.Slider(64, 2048, value=512, step=8, label="Width", elem_id="txt2img_width")
+                    height = gr.Slider(64, 2048, value=512, step=8, label="Height", elem_id="txt2img_height")
+                swap = gr.Button("⇅", elem_id="txt2img_res_switch_btn", size="sm", min_width=40, scale=0)
+                with gr.Column(scale=2):
+                    n_iter = gr.Slider(1, 100, value=1, step=1, label="Batch count", elem_id="txt2img_batch_count")
+                    batch_size = gr.Slider(1, 8, value=1, step=1, label="Batch size", elem_id="txt2img_batch_size")
+            cfg = gr.Slider(1, 30, value=7, step=0.5, label="CFG Scale", elem_id="txt2img_cfg_scale")
+            with gr.Row(equal_height=True, elem_id="txt2img_seed_row"):
+                seed = gr.Number(label="Seed", value=-1, precision=0, elem_id="txt2img_seed", scale=4)
+                random_seed = gr.Button("⚄", elem_id="txt2img_random_seed", size="sm", min_width=40, scale=0)
+                reuse_seed = gr.Button("♻️", elem_id="txt2img_reuse_seed", size="sm", min_width=40, scale=0)
+                extra = gr.Checkbox(label="Extra", value=False, elem_id="txt2img_subseed_show", scale=1)
+            with gr.Group(visible=False) as extra_group:
+                with gr.Row(equal_height=True):
+                    subseed = gr.Number(label="Variation seed", value=-1, precision=0, elem_id="txt2img_subseed")
+                    random_subseed = gr.Button("⚄", elem_id="txt2img_random_subseed", size="sm", min_width=40, scale=0)
+                    reuse_subseed = gr.Button("♻️", elem_id="txt2img_reuse_subseed", size="sm", min_width=40, scale=0)
+                    subseed_strength = gr.Slider(
+                        0, 1, value=0, step=0.01, label="Variation strength", elem_id="txt2img_subseed_strength"
+                    )
+                with gr.Row():
+                    resize_w = gr.Slider(
+                        0, 2048, value=0, step=8, label="Resize seed from width", elem_id="txt2img_seed_resize_from_w"
+                    )
+                    resize_h = gr.Slider(
+                        0, 2048, value=0, step=8, label="Resize seed from height", elem_id="txt2img_seed_resize_from_h"
+                    )
+        with gr.Column(scale=1, elem_id="txt2img_results"):
+            progress = gr.HTML("", elem_id="txt2img_progress")
+            gallery = gr.Gallery(
+                label="Output",
+                show_label=False,
+                columns=4,
+                height=512,
+                object_fit="contain",
+                format="png",
+                elem_id="txt2img_gallery",
+            )
+            html_info = gr.HTML("", elem_id="html_info_txt2img")
+            generation_info = gr.Textbox(
+                label="Generation info", visible="hidden", elem_id="generation_info_txt2img", interactive=False
+            )
+    last_seeds = gr.State((-1, -1))
+
+    inputs = [
+        prompt,
+        negative,
+        style_dropdown,
+        sampler,
+        scheduler,
+        steps,
+        enable_hr,
+        hr_upscaler,
+        hr_steps,
+        hr_denoise,
+        hr_scale,
+        hr_x,
+        hr_y,
+        width,
+        height,
+        n_iter,
+        batch_size,
+        cfg,
+        seed,
+        subseed,
+        subseed_strength,
+        resize_w,
+        resize_h,
+    ]
+    assert len(inputs) == len(UI_FIELDS)
+
+    def run(*values: Any) -> Iterator[tuple[Any, ...]]:
+        request = txt2img_request_from_ui(**dict(zip(UI_FIELDS, values, strict=True)))
+        try:
+            job = services.engine.submit(request)
+        except SdWebuiError as exc:
+            raise gr.Error(str(exc)) from exc
+        task_id = job.context.id
+        shown_preview: object = None
+        yield progress_html(services.worker.progress(with_preview=False)), gr.skip(), "", "", gr.skip()
+        while not job.future.done():
+            data = services.worker.progress(with_preview=False)
+            preview = None
+            if services.worker.current is not None and services.worker.current.id == task_id:
+                preview = job.context.preview()
+            if preview is not None and preview is not shown_preview:
+                shown_preview = preview
+                yield progress_html(data), [preview], gr.skip(), gr.skip(), gr.skip()
+            else:
+                yield progress_html(data), gr.skip(), gr.skip(), gr.skip(), gr.skip()
+            with contextlib.suppress(Exception):  # done or still running; the outcome is read below
+                job.future.result(timeout=POLL_SECONDS)
+        try:
+            result = job.future.result()
+        except SdWebuiError as exc:
+            raise gr.Error(str(exc)) from exc
+        images: list[Any] = list(result.images)
+        if result.grid is not None:
+            images.insert(0, result.grid)
+        seeds = (result.seeds[0] if result.seeds else -1, result.subseeds[0] if result.subseeds else -1)
+        info = result.infotexts[0] if result.infotexts else ""
+        yield "", images, info_html(result), info, seeds
+
+    def hide_generate() -> tuple[Any, Any, Any]:
+        return gr.update(visible=False), gr.update(visible=True), gr.update(visible=True)
+
+    def show_generate() -> tuple[Any, Any, Any]:
+        return gr.update(visible=True), gr.update(visible=False), gr.update(visible=False)
+
+    buttons = [generate, interrupt, skip]
+    for trigger in (generate.click, prompt.submit):
+        trigger(hide_generate, None, buttons, queue=False).then(
+            run, inputs, [progress, gallery, html_info, generation_info, last_seeds], show_progress="hidden"
+        ).then(show_generate, None, buttons, queue=False)
+
+    interrupt.click(lambda: services.worker.interrupt(), None, None, queue=False)
+    skip.click(lambda: services.worker.skip(), None, None, queue=False)
+    swap.click(lambda w, h: (h, w), [width, height], [width, height], queue=False)
+    random_seed.click(lambda: -1, None, seed, queue=False)
+    random_subseed.click(lambda: -1, None, subseed, queue=False)
+    reuse_seed.click(lambda s: s[0], last_seeds, seed, queue=False)
+    reuse_subseed.click(lambda s: s[1], last_seeds, subseed, queue=False)
+    extra.change(lambda on: gr.update(visible=on), extra, extra_group, queue=False)
+    clear.click(lambda: ("", ""), None, [prompt, negative], queue=False)
+
+    def counter(positive: bool) -> Callable[[str, float], str]:
+        return lambda text, n: token_counter_html(text, n, is_positive=positive)
+
+    prompt.change(counter(True), [prompt, steps], token_counter, queue=False, show_progress="hidden")
+    negative.change(counter(False), [negative, steps], neg_counter, queue=False, show_progress="hidden")
+
+    def final_resolution(on: bool, w: float, h: float, scale: float, rx: float, ry: float) -> str:
+        if not on:
+            return ""
+        if rx or ry:
+            tw = int(rx) or int(int(w) * int(ry) / int(h))
+            th = int(ry) or int(int(h) * int(rx) / int(w))
+        else:
+            tw, th = int(int(w) * scale), int(int(h) * scale)
+        return f"<span>from <b>{int(w)}x{int(h)}</b> to <b>{tw}x{th}</b></span>"
+
+    hr_inputs = [enable_hr, width, height, hr_scale, hr_x, hr_y]
+    for comp in hr_inputs:
+        comp.change(final_resolution, hr_inputs, hr_final, queue=False, show_progress="hidden")
+
+    return Txt2ImgTab(generate, interrupt, skip, gallery, html_info, generation_info)
