@@ -30,6 +30,8 @@ CSS = """
 .token-counter > div, .token-counter span { padding: 0 !important; min-height: 0 !important; }
 #txt2img_generate, #txt2img_interrupt, #txt2img_skip { min-height: 72px; }
 #txt2img_generate_box { flex-wrap: nowrap; }
+#txt2img_sampler_row > * { min-width: 160px !important; }
+#txt2img_seed_row button { align-self: center; max-height: 42px; }
 .sdw-progress { position: relative; height: 22px; border-radius: 6px; overflow: hidden;
   background: var(--block-background-fill); border: 1px solid var(--border-color-primary); }
 .sdw-progress-bar { position: absolute; left: 0; top: 0; bottom: 0; background: var(--color-accent); opacity: .55; }

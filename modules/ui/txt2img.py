@@ -221,14 +221,14 @@ def build_txt2img_tab(services: Services) -> Txt2ImgTab:
 
     with gr.Row(elem_id="txt2img_settings_and_results", equal_height=False):
         with gr.Column(scale=1, elem_id="txt2img_settings"):
-            with gr.Row():
+            with gr.Row(elem_id="txt2img_sampler_row"):
                 sampler = gr.Dropdown(
                     label="Sampling method", choices=samplers, value=sampler_default, elem_id="txt2img_sampling"
                 )
                 scheduler = gr.Dropdown(
                     label="Schedule type", choices=_scheduler_choices(), value=AUTOMATIC, elem_id="txt2img_scheduler"
                 )
-            steps = gr.Slider(1, 150, value=20, step=1, label="Sampling steps", elem_id="txt2img_steps")
+                steps = gr.Slider(1, 150, value=20, step=1, label="Sampling steps", elem_id="txt2img_steps")
             with gr.Accordion("Hires. fix", open=False, elem_id="txt2img_hr"):
                 enable_hr = gr.Checkbox(label="Enable", value=False, elem_id="txt2img_hr-checkbox")
                 hr_final = gr.HTML("", elem_id="txtimg_hr_finalres")
@@ -245,11 +245,11 @@ def build_txt2img_tab(services: Services) -> Txt2ImgTab:
                     hr_x = gr.Slider(0, 2048, value=0, step=8, label="Resize width to", elem_id="txt2img_hr_resize_x")
                     hr_y = gr.Slider(0, 2048, value=0, step=8, label="Resize height to", elem_id="txt2img_hr_resize_y")
             with gr.Row(equal_height=True):
-                with gr.Column(scale=4):
+                with gr.Column(scale=4, min_width=200):
                     width = gr.Slider(64, 2048, value=512, step=8, label="Width", elem_id="txt2img_width")
                     height = gr.Slider(64, 2048, value=512, step=8, label="Height", elem_id="txt2img_height")
                 swap = gr.Button("⇅", elem_id="txt2img_res_switch_btn", size="sm", min_width=40, scale=0)
-                with gr.Column(scale=2):
+                with gr.Column(scale=2, min_width=160):
                     n_iter = gr.Slider(1, 100, value=1, step=1, label="Batch count", elem_id="txt2img_batch_count")
                     batch_size = gr.Slider(1, 8, value=1, step=1, label="Batch size", elem_id="txt2img_batch_size")
             cfg = gr.Slider(1, 30, value=7, step=0.5, label="CFG Scale", elem_id="txt2img_cfg_scale")
@@ -279,7 +279,7 @@ def build_txt2img_tab(services: Services) -> Txt2ImgTab:
                 label="Output",
                 show_label=False,
                 columns=4,
-                height=512,
+                height=420,
                 object_fit="contain",
                 format="png",
                 elem_id="txt2img_gallery",
