@@ -140,14 +140,17 @@ def _sha256_prefix(path: Path, limit: int = 1 << 20) -> str:
         return hashlib.sha256(fh.read(limit)).hexdigest()[:16] + "(first MiB)"
 
 
+# Wrappers around the tensors: Lightning/LDM ("state_dict"), some trainers ("model"), and
+# BasicSR's GFPGAN / CodeFormer / Real-ESRGAN releases ("params_ema", preferred, or "params").
+_WRAPPERS = ("state_dict", "params_ema", "params", "model")
+
+
 def _tensors_only(obj: Any, path: Path) -> dict[str, torch.Tensor]:
     for _ in range(3):
-        if isinstance(obj, Mapping) and "state_dict" in obj and isinstance(obj["state_dict"], Mapping):
-            obj = obj["state_dict"]
-        elif isinstance(obj, Mapping) and "model" in obj and isinstance(obj["model"], Mapping):
-            obj = obj["model"]
-        else:
+        inner = next((obj[k] for k in _WRAPPERS if isinstance(obj, Mapping) and isinstance(obj.get(k), Mapping)), None)
+        if inner is None:
             break
+        obj = inner
     if not isinstance(obj, Mapping):
         raise ModelFileError(f"{path}: not a state dict (found {type(obj).__name__})")
     tensors = {str(k): v for k, v in obj.items() if isinstance(v, torch.Tensor)}

@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import logging
 import threading
-from collections.abc import Callable, Mapping
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -30,8 +30,7 @@ import torch
 from PIL import Image
 
 from modules.core.errors import ModelFileError, NotFoundError
-from modules.models import checkpoint_io
-from modules.models.checkpoint_io import MODEL_SUFFIXES, PICKLE_SUFFIXES, read_state_dict
+from modules.models.checkpoint_io import MODEL_SUFFIXES, read_state_dict
 
 if TYPE_CHECKING:
     from spandrel import ArchRegistry
@@ -204,22 +203,8 @@ def _face_registry() -> ArchRegistry:
 
 
 def read_face_state_dict(path: Path) -> dict[str, torch.Tensor]:
-    """Tensors of a face model file. The released GFPGAN / CodeFormer `.pth` files are BasicSR
-    checkpoints, `{"params_ema": {...}}` (sometimes `{"params": ...}`), which
-    `checkpoint_io.read_state_dict` does not unwrap; such pickles go through the same allow-listed
-    loader (`checkpoint_io._load_pickle`, weights_only) and are unwrapped here."""
-    if path.suffix.lower() not in PICKLE_SUFFIXES:
-        return read_state_dict(path)
-    if not path.is_file():
-        raise ModelFileError(f"{path}: no such file")
-    obj = checkpoint_io._load_pickle(path)
-    if isinstance(obj, Mapping):
-        for key in ("params_ema", "params"):
-            inner = obj.get(key)
-            if isinstance(inner, Mapping):
-                obj = inner
-                break
-    return checkpoint_io._tensors_only(obj, path)
+    """Tensors of a face model file (`checkpoint_io` unwraps BasicSR's `params_ema` / `params`)."""
+    return read_state_dict(path)
 
 
 def load_face_model(path: Path, *, expect: str | None = None) -> Any:
