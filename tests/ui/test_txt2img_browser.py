@@ -65,6 +65,8 @@ def test_generate_interrupt_switch_checkpoint_and_screenshot(page: Any, ui_servi
 
     # 2. a long run, interrupted: it stops early and still shows what it made
     _generate(page, "a long run", steps=150, batch_count=50)
+    # the progress bar shows the running job (so the interrupt reaches it, not an idle worker)
+    expect(page.locator("#txt2img_progress .sdw-progress-text")).to_contain_text("step", timeout=30_000)
     page.locator("#txt2img_interrupt").click()
     _wait_done(page, "Interrupted")
     assert page.locator("#txt2img_gallery img").count() >= 1
