@@ -64,7 +64,15 @@ def test_generate_interrupt_switch_checkpoint_and_screenshot(page: Any, ui_servi
         page.screenshot(path=str(directory / "txt2img.png"), full_page=True)
 
     # 2. a long run, interrupted: it stops early and still shows what it made
+    first_src = page.locator("#txt2img_gallery img").first.get_attribute("src")
     _generate(page, "a long run", steps=150, batch_count=50)
+    # a live preview replaces the last result in the gallery while the job runs
+    page.wait_for_function(
+        "(old) => { const img = document.querySelector('#txt2img_gallery img');"
+        " return img !== null && img.getAttribute('src') !== old; }",
+        arg=first_src,
+        timeout=30_000,
+    )
     # the progress bar shows the running job (so the interrupt reaches it, not an idle worker)
     expect(page.locator("#txt2img_progress .sdw-progress-text")).to_contain_text("step", timeout=30_000)
     page.locator("#txt2img_interrupt").click()
