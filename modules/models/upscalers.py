@@ -269,19 +269,22 @@ class UpscalerRegistry:
             if cached is not None:
                 self._cache.move_to_end(key)
                 return cached
-            path = Path(info.model_path)
-            log.info("loading upscaler %s from %s", info.name, path)
-            descriptor = load_descriptor(path, self.placement)
-            info = replace(info, scale=int(descriptor.scale), architecture=str(descriptor.architecture.id))
+        # read and build outside the lock: listing (API threads) must not wait behind a load
+        path = Path(info.model_path)
+        log.info("loading upscaler %s from %s", info.name, path)
+        descriptor = load_descriptor(path, self.placement)
+        info = replace(info, scale=int(descriptor.scale), architecture=str(descriptor.architecture.id))
+        param = next(iter(descriptor.model.parameters()), None)
+        dtype = param.dtype if param is not None else torch.float32
+        loaded = LoadedUpscaler(info, descriptor, self.placement.device, dtype)
+        with self._lock:
             if self._entries is not None and info.name in self._entries:
                 self._entries[info.name] = info
-            param = next(iter(descriptor.model.parameters()), None)
-            dtype = param.dtype if param is not None else torch.float32
-            loaded = LoadedUpscaler(info, descriptor, self.placement.device, dtype)
             self._cache[key] = loaded
+            self._cache.move_to_end(key)
             while len(self._cache) > self.cache_size:
                 self._cache.popitem(last=False)
-            return loaded
+        return loaded
 
     def detect(self, upscaler: UpscalerInfo | str) -> UpscalerInfo:
         """Load (or reuse) the model and return its entry with architecture and true scale."""

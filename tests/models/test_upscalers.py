@@ -302,3 +302,9 @@ def test_narrow_tiles_with_large_overlap() -> None:
     out = run_tiled(lambda x: torch.nn.functional.interpolate(x, scale_factor=2, mode="nearest"), image, 16, 8)
     expected = torch.nn.functional.interpolate(image, scale_factor=2, mode="nearest")
     assert torch.allclose(out, expected, atol=1e-6)
+
+
+def test_cpu_models_stay_float32(registry: UpscalerRegistry) -> None:
+    loaded = registry.load("tiny_realesr-general-x4v3")
+    assert loaded.device.type == "cpu" and loaded.dtype == torch.float32
+    assert loaded.descriptor.supports_half  # would run in fp16 on CUDA unless --no-half
