@@ -6,12 +6,13 @@ from __future__ import annotations
 import html
 import logging
 import threading
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 from fastapi import FastAPI
 from fastapi.responses import HTMLResponse
+from PIL import Image
 
 from modules.api.mount import install_api
 from modules.api.routes.server import ServerControl
@@ -22,13 +23,16 @@ from modules.core.options import Options, default_option_infos
 from modules.core.paths import Paths
 from modules.core.settings import Settings, parse_settings
 from modules.core.styles import StyleDatabase
+from modules.engine import upscaling
 from modules.engine.outputs import ImageSaver
 from modules.engine.service import EngineService, image_saver_for
 from modules.engine.worker import Worker
 from modules.models.devices import policy_from_settings
+from modules.models.face_restoration import FaceRestorers
 from modules.models.manager import ModelManager
 from modules.models.registry import CheckpointInfo, ModelRegistry
 from modules.models.taesd import TaesdDecoders
+from modules.models.upscalers import UpscalerRegistry
 from modules.services import Services
 
 log = logging.getLogger(__name__)
@@ -64,8 +68,34 @@ def build_services(
     saver = image_saver_for(ImageSaver.from_settings(options, paths, settings), models)
     styles = StyleDatabase(list(paths.styles_files))
     taesd = TaesdDecoders(paths.vae_taesd_dir)
-    engine = EngineService(models, options, worker, saver=saver, styles=styles, taesd=taesd)
-    return Services(settings, paths, options, registry, policy, models, worker, engine, styles)
+    upscalers = UpscalerRegistry.from_paths(paths, policy.placement)
+    face_restorers = FaceRestorers(paths.gfpgan_dir, paths.codeformer_dir)
+    engine = EngineService(
+        models,
+        options,
+        worker,
+        saver=saver,
+        styles=styles,
+        taesd=taesd,
+        face_restorer=face_restorers.for_options(options),
+        upscale=model_upscale(upscalers, options),
+    )
+    return Services(
+        settings, paths, options, registry, policy, models, worker, engine, styles, upscalers, face_restorers
+    )
+
+
+def model_upscale(
+    upscalers: UpscalerRegistry, options: Options
+) -> Callable[[Image.Image, str, tuple[int, int]], Image.Image]:
+    """(image, upscaler name, exact size) -> image, for hires fix with a model upscaler."""
+
+    def run(image: Image.Image, name: str, size: tuple[int, int]) -> Image.Image:
+        scale = max(size[0] / image.width, size[1] / image.height)
+        tiles = upscaling.tile_settings(options)
+        return upscaling.upscale(image, name, scale, registry=upscalers, tiles=tiles, size=size)
+
+    return run
 
 
 def _wire_options(options: Options, models: ModelManager) -> None:

@@ -11,8 +11,10 @@ from modules.core.styles import StyleDatabase
 from modules.engine.service import EngineService
 from modules.engine.worker import Worker
 from modules.models.devices import DevicePolicy
+from modules.models.face_restoration import FaceRestorers
 from modules.models.manager import ModelManager
 from modules.models.registry import ModelRegistry
+from modules.models.upscalers import UpscalerRegistry
 
 
 @dataclass
@@ -28,3 +30,5 @@ class Services:
     worker: Worker
     engine: EngineService
     styles: StyleDatabase
+    upscalers: UpscalerRegistry
+    face_restorers: FaceRestorers

@@ -168,7 +168,9 @@ class Processor:
         *,
         infotext_params: Callable[[Processor, int, int], dict[str, Any]] | None = None,
         preview_taesd: torch.nn.Module | None = None,
+        model_upscale: Callable[[Image.Image, str, tuple[int, int]], Image.Image] | None = None,
     ) -> None:
+        self.model_upscale = model_upscale
         self.model = model
         self.request = request
         self.settings = settings
@@ -409,7 +411,8 @@ def _hires_plan(processor: Processor, r: Txt2ImgRequest) -> HiresPlan:
         w, h = int(r.width * r.hr_scale), int(r.height * r.hr_scale)
     w, h = w // 8 * 8, h // 8 * 8
     upscaler = r.hr_upscaler or "Latent"
-    if upscaler not in LATENT_UPSCALE_MODES and upscaler not in ("None", "Lanczos", "Nearest"):
+    builtin = upscaler in LATENT_UPSCALE_MODES or upscaler in ("None", "Lanczos", "Nearest")
+    if not builtin and processor.model_upscale is None:
         raise ValidationError(f"hr_upscaler {upscaler!r} not found")
     if r.hr_sampler_name and r.hr_sampler_name != "Use same sampler":
         sampler, schedule = smp.resolve_sampler(r.hr_sampler_name, r.hr_scheduler)
@@ -461,8 +464,12 @@ def _hires_pass(
             latents.float(), size=(hires.height // 8, hires.width // 8), mode=mode, **kwargs
         )
     else:
-        resample = Image.Resampling.NEAREST if hires.upscaler == "Nearest" else Image.Resampling.LANCZOS
-        images = [im.resize((hires.width, hires.height), resample) for im in _decode(model, latents)]
+        size = (hires.width, hires.height)
+        if hires.upscaler in ("None", "Lanczos", "Nearest") or processor.model_upscale is None:
+            resample = Image.Resampling.NEAREST if hires.upscaler == "Nearest" else Image.Resampling.LANCZOS
+            images = [im.resize(size, resample) for im in _decode(model, latents)]
+        else:  # a model upscaler (ESRGAN, Real-ESRGAN, SwinIR ...) in pixel space
+            images = [processor.model_upscale(im, hires.upscaler, size) for im in _decode(model, latents)]
         upscaled = _encode(model, imgops.to_tensor(images, model.device, torch.float32))
     if hires.denoising <= 0:
         return upscaled

@@ -41,6 +41,7 @@ MODEL_OVERRIDES = ("sd_model_checkpoint", "sd_vae")
 VERSION = f"sd-webui-{__version__}"
 
 Saver = Callable[[Result, GenerationRequest], None]
+ModelUpscale = Callable[[Image.Image, str, tuple[int, int]], Image.Image]
 
 
 class FaceRestorer(Protocol):
@@ -112,9 +113,11 @@ class EngineService:
         face_restorer: Callable[[], FaceRestorer | None] | None = None,
         styles: StyleDatabase | None = None,
         taesd: TaesdDecoders | None = None,
+        upscale: ModelUpscale | None = None,
     ) -> None:
         self.styles = styles
         self.taesd = taesd
+        self.upscale = upscale
         self.models = models
         self.options = options
         self.worker = worker
@@ -177,7 +180,13 @@ class EngineService:
                 if self.taesd is not None and preview_kind != "Approx cheap":
                     taesd = self.taesd.get(model.family)
                 processor = Processor(
-                    model, request, settings, ctx, infotext_params=self._params_for(request), preview_taesd=taesd
+                    model,
+                    request,
+                    settings,
+                    ctx,
+                    infotext_params=self._params_for(request),
+                    preview_taesd=taesd,
+                    model_upscale=self.upscale,
                 )
                 with seamless_tiling(model, bool(request.tiling)):
                     if isinstance(request, Img2ImgRequest):

@@ -3,14 +3,9 @@
 Images are decoded in the threadpool (size caps of `modules.api.images`), then the work runs on
 the single worker (queued behind generation, as A1111's queue lock does) and is awaited.
 
-Collaborators, looked up per request so the composition root can provide them:
-- face restorers: `services.face_restorers` (a `FaceRestorers`) if the Services bundle has one,
-  else `app.state.face_restorers`, else one built from `paths.gfpgan_dir` / `codeformer_dir`
-  and kept on `app.state`;
-- named upscalers: `services.upscale` (image, name, scale) -> image if present, else
-  `modules.engine.upscaling.upscale` over `services.upscalers` (an `UpscalerRegistry`) or one
-  built from the paths and kept on `app.state`; the built-ins (None, Lanczos, Nearest) are
-  done by `run_extras` itself.
+Face restorers and model upscalers are the shared ones of the Services bundle (the engine's
+hires fix and restore_faces use the same loaded models); the built-ins (None, Lanczos,
+Nearest) are done by `run_extras` itself.
 """
 
 from __future__ import annotations
@@ -87,32 +82,13 @@ class ExtrasBatchImagesResponse(BaseModel):
 
 
 def face_restorers_for(request: Request, services: Services) -> FaceRestorers:
-    found = getattr(services, "face_restorers", None)
-    if isinstance(found, FaceRestorers):
-        return found
-    state = request.app.state
-    restorers = getattr(state, "face_restorers", None)
-    if not isinstance(restorers, FaceRestorers):
-        restorers = FaceRestorers(services.paths.gfpgan_dir, services.paths.codeformer_dir)
-        state.face_restorers = restorers
-    return restorers
+    return services.face_restorers
 
 
 def upscale_for(request: Request, services: Services) -> Upscale:
-    """(image, name, scale) -> image for named (model) upscalers, to A1111's size (a multiple
-    of 8). `services.upscale` when the bundle has one; else `upscaling.upscale` over
-    `services.upscalers` or an `UpscalerRegistry` of `paths` kept on `app.state`."""
-    found = getattr(services, "upscale", None)
-    if callable(found):
-        return found  # type: ignore[no-any-return]
-    registry = getattr(services, "upscalers", None)
-    if not isinstance(registry, UpscalerRegistry):
-        registry = getattr(request.app.state, "upscalers", None)
-        if not isinstance(registry, UpscalerRegistry):
-            registry = UpscalerRegistry.from_paths(services.paths)
-            request.app.state.upscalers = registry
+    """(image, name, scale) -> image for named (model) upscalers, to A1111's size (a multiple of 8)."""
     tiles = upscaling.tile_settings(services.options)
-    chosen: UpscalerRegistry = registry
+    chosen: UpscalerRegistry = services.upscalers
 
     def run(image: Image.Image, name: str, scale: float) -> Image.Image:
         size = (dest_side(image.width, scale), dest_side(image.height, scale))

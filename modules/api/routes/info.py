@@ -45,8 +45,9 @@ def get_schedulers() -> list[dict[str, object]]:
 
 
 @router.get("/upscalers", response_model=list[UpscalerItem])
-def get_upscalers() -> list[UpscalerItem]:
-    return [UpscalerItem(name=name, scale=4.0) for name in BUILTIN_UPSCALERS]
+def get_upscalers(services: Services = Depends(get_services)) -> list[UpscalerItem]:
+    """The built-ins (None, Lanczos, Nearest) then every model file in the upscaler folders."""
+    return [UpscalerItem(**item) for item in services.upscalers.list()]
 
 
 @router.get("/latent-upscale-modes", response_model=list[LatentUpscalerModeItem])
@@ -55,13 +56,15 @@ def get_latent_upscale_modes() -> list[LatentUpscalerModeItem]:
 
 
 @router.get("/face-restorers", response_model=list[FaceRestorerItem])
-def get_face_restorers() -> list[FaceRestorerItem]:
-    return []  # GFPGAN / CodeFormer arrive with the Extras tab
+def get_face_restorers(services: Services = Depends(get_services)) -> list[FaceRestorerItem]:
+    """GFPGAN / CodeFormer when their weights are in models/GFPGAN, models/Codeformer."""
+    restorers = services.face_restorers
+    return [FaceRestorerItem(name=name, cmd_dir=str(restorers.folders[name])) for name in restorers.available()]
 
 
 @router.get("/realesrgan-models", response_model=list[RealesrganItem])
-def get_realesrgan_models() -> list[RealesrganItem]:
-    return []
+def get_realesrgan_models(services: Services = Depends(get_services)) -> list[RealesrganItem]:
+    return [RealesrganItem(**item) for item in services.upscalers.realesrgan_models()]
 
 
 @router.get("/prompt-styles", response_model=list[PromptStyleItem])
