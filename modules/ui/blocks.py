@@ -9,6 +9,7 @@ import gradio as gr
 
 from modules.core.errors import SdWebuiError
 from modules.services import Services
+from modules.ui.extras import build_extras_tab
 from modules.ui.txt2img import build_txt2img_tab
 
 # (label, elem_id suffix) in A1111's order; txt2img is built, the rest are placeholders for now
@@ -86,6 +87,8 @@ def build_blocks(services: Services) -> gr.Blocks:
                 with gr.Tab(label, id=name, elem_id=f"tab_{name}"):
                     if name == "txt2img":
                         build_txt2img_tab(services)
+                    elif name == "extras":
+                        build_extras_tab(services)
                     else:
                         gr.Markdown(f"**{label}** is coming: this tab is not built yet.", elem_classes="sdw-coming")
     return blocks

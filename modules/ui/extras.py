@@ -1,0 +1,259 @@
+"""The Extras tab (a1111.md 10.3): Single Image / Batch Process sources, the Upscale, GFPGAN and
+CodeFormer settings with A1111's labels, defaults and elem_ids, bound to `run_extras`, which runs
+on the single worker (queued behind generation, like the `/sdapi/v1/extra-*` routes)."""
+
+from __future__ import annotations
+
+import html
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import gradio as gr
+from PIL import Image
+
+from modules.core.errors import SdWebuiError
+from modules.engine import upscaling
+from modules.engine.extras import ExtrasResult, RestoreFaces, Upscale, dest_side, run_extras
+from modules.engine.worker import JobContext
+from modules.services import Services
+
+SINGLE, BATCH = 0, 1
+SCALE_BY, SCALE_TO = 0, 1
+NONE = "None"
+
+
+def extras_kwargs_from_ui(
+    *,
+    resize_mode: int,
+    upscale_enabled: bool,
+    upscaler_1: str | None,
+    upscaler_2: str | None,
+    upscaler_2_visibility: float,
+    upscaling_resize: float,
+    upscaling_resize_w: float,
+    upscaling_resize_h: float,
+    upscaling_crop: bool,
+    gfpgan_enabled: bool,
+    gfpgan_visibility: float,
+    codeformer_enabled: bool,
+    codeformer_visibility: float,
+    codeformer_weight: float,
+) -> dict[str, Any]:
+    """The UI's values as `run_extras` keyword arguments; a disabled section does nothing."""
+    return {
+        "resize_mode": int(resize_mode),
+        "upscaling_resize": float(upscaling_resize),
+        "upscaling_resize_w": int(upscaling_resize_w),
+        "upscaling_resize_h": int(upscaling_resize_h),
+        "upscaling_crop": bool(upscaling_crop),
+        "upscaler_1": (upscaler_1 or NONE) if upscale_enabled else NONE,
+        "upscaler_2": upscaler_2 or NONE,
+        "extras_upscaler_2_visibility": float(upscaler_2_visibility),
+        "gfpgan_visibility": float(gfpgan_visibility) if gfpgan_enabled else 0.0,
+        "codeformer_visibility": float(codeformer_visibility) if codeformer_enabled else 0.0,
+        "codeformer_weight": float(codeformer_weight),
+    }
+
+
+# the converter's keyword names, in the order the tab passes its setting components
+UI_FIELDS = (
+    "resize_mode",
+    "upscale_enabled",
+    "upscaler_1",
+    "upscaler_2",
+    "upscaler_2_visibility",
+    "upscaling_resize",
+    "upscaling_resize_w",
+    "upscaling_resize_h",
+    "upscaling_crop",
+    "gfpgan_enabled",
+    "gfpgan_visibility",
+    "codeformer_enabled",
+    "codeformer_visibility",
+    "codeformer_weight",
+)
+
+
+def _upscale(services: Services) -> Upscale:
+    """(image, name, scale) -> image for model upscalers, to A1111's size (a multiple of 8)."""
+    tiles = upscaling.tile_settings(services.options)
+
+    def run(image: Image.Image, name: str, scale: float) -> Image.Image:
+        size = (dest_side(image.width, scale), dest_side(image.height, scale))
+        return upscaling.upscale(image, name, scale, registry=services.upscalers, tiles=tiles, size=size)
+
+    return run
+
+
+def _restore_faces(services: Services) -> RestoreFaces:
+    def restore(image: Image.Image, name: str, visibility: float, weight: float) -> Image.Image:
+        return services.face_restorers.get(name, visibility=visibility, codeformer_weight=weight).restore(image)
+
+    return restore
+
+
+def run_extras_on_worker(
+    services: Services, images: Sequence[Image.Image], kwargs: dict[str, Any]
+) -> list[ExtrasResult]:
+    """`run_extras` over `images` as one job on the worker; waits for it."""
+    upscale, restore = _upscale(services), _restore_faces(services)
+    order = (
+        services.options.get("postprocessing_operation_order")
+        if "postprocessing_operation_order" in services.options
+        else []
+    )
+
+    def work(_ctx: JobContext) -> list[ExtrasResult]:
+        return [
+            run_extras(image, upscale=upscale, restore_faces=restore, operation_order=list(order or []), **kwargs)
+            for image in images
+        ]
+
+    return services.worker.submit(work, description="extras").future.result()
+
+
+def upscaler_names(services: Services) -> list[str]:
+    return [str(u["name"]) for u in services.upscalers.list()]
+
+
+def _open_files(files: Sequence[Any] | None) -> list[Image.Image]:
+    images: list[Image.Image] = []
+    for item in files or ():
+        path = item if isinstance(item, str) else getattr(item, "path", None) or getattr(item, "name", "")
+        try:
+            with Image.open(path) as opened:
+                images.append(opened.copy())
+        except OSError as exc:
+            raise gr.Error(f"not an image: {html.escape(str(path).rsplit('/', 1)[-1])}") from exc
+    return images
+
+
+@dataclass
+class ExtrasTab:
+    generate: gr.Button
+    gallery: gr.Gallery
+    html_info: gr.HTML
+
+
+def build_extras_tab(services: Services) -> ExtrasTab:
+    names = upscaler_names(services)
+    mode = gr.State(SINGLE)
+    resize_mode = gr.State(SCALE_BY)
+
+    with gr.Row(equal_height=False, elem_id="extras_row"):
+        with gr.Column(scale=1, elem_id="extras_settings"):
+            with gr.Tabs(elem_id="mode_extras"):
+                with gr.Tab("Single Image", id="extras_single_tab", elem_id="extras_single_tab") as single_tab:
+                    image = gr.Image(
+                        label="Source",
+                        type="pil",
+                        image_mode=None,
+                        sources=["upload", "clipboard"],
+                        height=300,
+                        elem_id="extras_image",
+                    )
+                with gr.Tab(
+                    "Batch Process", id="extras_batch_process_tab", elem_id="extras_batch_process_tab"
+                ) as batch_tab:
+                    batch_files = gr.File(
+                        label="Batch Process",
+                        file_count="multiple",
+                        file_types=["image"],
+                        elem_id="extras_image_batch",
+                    )
+            with gr.Accordion("Upscale", open=True, elem_id="extras_upscale"):
+                upscale_enabled = gr.Checkbox(label="Enable", value=True, elem_id="extras_upscale-checkbox")
+                upscaler_1 = gr.Dropdown(label="Upscaler 1", choices=names, value=NONE, elem_id="extras_upscaler_1")
+                with gr.Row():
+                    upscaler_2 = gr.Dropdown(label="Upscaler 2", choices=names, value=NONE, elem_id="extras_upscaler_2")
+                    upscaler_2_visibility = gr.Slider(
+                        0, 1, value=0, step=0.001, label="Upscaler 2 visibility", elem_id="extras_upscaler_2_visibility"
+                    )
+                with gr.Tabs(elem_id="extras_resize_mode"):
+                    with gr.Tab("Scale by", id="extras_scale_by_tab", elem_id="extras_scale_by_tab") as scale_by_tab:
+                        upscaling_resize = gr.Slider(
+                            1, 8, value=4, step=0.05, label="Resize", elem_id="extras_upscaling_resize"
+                        )
+                    with (
+                        gr.Tab("Scale to", id="extras_scale_to_tab", elem_id="extras_scale_to_tab") as scale_to_tab,
+                        gr.Row(equal_height=True),
+                    ):
+                        with gr.Column(scale=4):
+                            resize_w = gr.Slider(
+                                64, 8192, value=512, step=8, label="Width", elem_id="extras_upscaling_resize_w"
+                            )
+                            resize_h = gr.Slider(
+                                64, 8192, value=512, step=8, label="Height", elem_id="extras_upscaling_resize_h"
+                            )
+                        switch = gr.Button("⇅", elem_id="upscaling_res_switch_btn", size="sm", min_width=40, scale=0)
+                        crop = gr.Checkbox(label="Crop to fit", value=True, elem_id="extras_upscaling_crop", scale=1)
+            with gr.Accordion("GFPGAN", open=False, elem_id="extras_gfpgan"):
+                gfpgan_enabled = gr.Checkbox(label="Enable", value=False, elem_id="extras_gfpgan-checkbox")
+                gfpgan_visibility = gr.Slider(
+                    0, 1, value=1, step=0.001, label="Visibility", elem_id="extras_gfpgan_visibility"
+                )
+            with gr.Accordion("CodeFormer", open=False, elem_id="extras_codeformer"):
+                codeformer_enabled = gr.Checkbox(label="Enable", value=False, elem_id="extras_codeformer-checkbox")
+                codeformer_visibility = gr.Slider(
+                    0, 1, value=1, step=0.001, label="Visibility", elem_id="extras_codeformer_visibility"
+                )
+                codeformer_weight = gr.Slider(
+                    0,
+                    1,
+                    value=0,
+                    step=0.001,
+                    label="Weight (0 = maximum effect, 1 = minimum effect)",
+                    elem_id="extras_codeformer_weight",
+                )
+        with gr.Column(scale=1, elem_id="extras_results"):
+            generate = gr.Button("Generate", variant="primary", elem_id="extras_generate")
+            gallery = gr.Gallery(
+                label="Output",
+                show_label=False,
+                columns=4,
+                height=420,
+                preview=False,
+                object_fit="contain",
+                format="png",
+                elem_id="extras_gallery",
+            )
+            html_info = gr.HTML("", elem_id="html_info_x")
+
+    settings = [
+        resize_mode,
+        upscale_enabled,
+        upscaler_1,
+        upscaler_2,
+        upscaler_2_visibility,
+        upscaling_resize,
+        resize_w,
+        resize_h,
+        crop,
+        gfpgan_enabled,
+        gfpgan_visibility,
+        codeformer_enabled,
+        codeformer_visibility,
+        codeformer_weight,
+    ]
+    assert len(settings) == len(UI_FIELDS)
+
+    def run(source_mode: int, single: Image.Image | None, files: list[Any] | None, *values: Any) -> tuple[Any, str]:
+        kwargs = extras_kwargs_from_ui(**dict(zip(UI_FIELDS, values, strict=True)))
+        images = _open_files(files) if source_mode == BATCH else ([single] if single is not None else [])
+        if not images:
+            raise gr.Error("Please upload an image" if source_mode == SINGLE else "Please upload one or more images")
+        try:
+            results = run_extras_on_worker(services, images, kwargs)
+        except SdWebuiError as exc:
+            raise gr.Error(str(exc)) from exc
+        info = f"<div class='infotext'>{results[0].html_info}</div>" if results else ""
+        return [r.image for r in results], info
+
+    generate.click(run, [mode, image, batch_files, *settings], [gallery, html_info], show_progress="minimal")
+    single_tab.select(lambda: SINGLE, None, mode, queue=False)
+    batch_tab.select(lambda: BATCH, None, mode, queue=False)
+    scale_by_tab.select(lambda: SCALE_BY, None, resize_mode, queue=False)
+    scale_to_tab.select(lambda: SCALE_TO, None, resize_mode, queue=False)
+    switch.click(lambda w, h: (h, w), [resize_w, resize_h], [resize_w, resize_h], queue=False)
+    return ExtrasTab(generate, gallery, html_info)
