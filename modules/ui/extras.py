@@ -132,6 +132,7 @@ def _open_files(files: Sequence[Any] | None) -> list[Image.Image]:
 @dataclass
 class ExtrasTab:
     generate: gr.Button
+    output_image: gr.Image
     gallery: gr.Gallery
     html_info: gr.HTML
 
@@ -208,14 +209,23 @@ def build_extras_tab(services: Services) -> ExtrasTab:
                 )
         with gr.Column(scale=1, elem_id="extras_results"):
             generate = gr.Button("Generate", variant="primary", elem_id="extras_generate")
+            output_image = gr.Image(
+                label="Output",
+                show_label=False,
+                type="pil",
+                format="png",
+                interactive=False,
+                height=420,
+                elem_id="extras_output_image",
+            )
             gallery = gr.Gallery(
                 label="Output",
                 show_label=False,
                 columns=4,
                 height=420,
-                preview=False,
                 object_fit="contain",
                 format="png",
+                visible=False,
                 elem_id="extras_gallery",
             )
             html_info = gr.HTML("", elem_id="html_info_x")
@@ -238,7 +248,9 @@ def build_extras_tab(services: Services) -> ExtrasTab:
     ]
     assert len(settings) == len(UI_FIELDS)
 
-    def run(source_mode: int, single: Image.Image | None, files: list[Any] | None, *values: Any) -> tuple[Any, str]:
+    def run(
+        source_mode: int, single: Image.Image | None, files: list[Any] | None, *values: Any
+    ) -> tuple[Any, Any, str]:
         kwargs = extras_kwargs_from_ui(**dict(zip(UI_FIELDS, values, strict=True)))
         images = _open_files(files) if source_mode == BATCH else ([single] if single is not None else [])
         if not images:
@@ -248,12 +260,17 @@ def build_extras_tab(services: Services) -> ExtrasTab:
         except SdWebuiError as exc:
             raise gr.Error(str(exc)) from exc
         info = f"<div class='infotext'>{results[0].html_info}</div>" if results else ""
-        return [r.image for r in results], info
+        # one image: shown whole; a batch: a gallery
+        if source_mode == SINGLE:
+            return gr.update(value=results[0].image, visible=True), gr.update(value=None, visible=False), info
+        return gr.update(value=None, visible=False), gr.update(value=[r.image for r in results], visible=True), info
 
-    generate.click(run, [mode, image, batch_files, *settings], [gallery, html_info], show_progress="minimal")
+    generate.click(
+        run, [mode, image, batch_files, *settings], [output_image, gallery, html_info], show_progress="minimal"
+    )
     single_tab.select(lambda: SINGLE, None, mode, queue=False)
     batch_tab.select(lambda: BATCH, None, mode, queue=False)
     scale_by_tab.select(lambda: SCALE_BY, None, resize_mode, queue=False)
     scale_to_tab.select(lambda: SCALE_TO, None, resize_mode, queue=False)
     switch.click(lambda w, h: (h, w), [resize_w, resize_h], [resize_w, resize_h], queue=False)
-    return ExtrasTab(generate, gallery, html_info)
+    return ExtrasTab(generate, output_image, gallery, html_info)

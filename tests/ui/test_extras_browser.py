@@ -37,10 +37,10 @@ def test_single_image_lanczos_upscale_and_screenshot(page: Any, tmp_path: Path) 
     info = page.locator("#html_info_x").inner_text()
     assert "Postprocess upscaler: Lanczos" in info
 
-    output = page.locator("#extras_gallery img").first
+    output = page.locator("#extras_output_image img").first
     output.wait_for(state="visible")
     page.wait_for_function(
-        "() => { const img = document.querySelector('#extras_gallery img');"
+        "() => { const img = document.querySelector('#extras_output_image img');"
         " return img !== null && img.complete && img.naturalWidth > 0; }"
     )
     size = output.evaluate("img => [img.naturalWidth, img.naturalHeight]")
