@@ -245,15 +245,18 @@ class UpscalerRegistry:
         ]
 
     def get(self, name: str) -> UpscalerInfo:
-        """The entry called `name` (also matched case-insensitively, or by file stem)."""
-        infos = self.infos()
-        for info in infos:
-            if info.name == name:
-                return info
-        lowered = name.lower()
-        for info in infos:
-            if info.name.lower() == lowered or (info.model_name or "").lower() == lowered:
-                return info
+        """The entry called `name` (also matched case-insensitively, or by file stem). On a miss
+        the folders are scanned again once, so a file dropped in since start-up is found."""
+        for infos in (self.infos(), None):
+            if infos is None:
+                infos = self.refresh()
+            for info in infos:
+                if info.name == name:
+                    return info
+            lowered = name.lower()
+            for info in infos:
+                if info.name.lower() == lowered or (info.model_name or "").lower() == lowered:
+                    return info
         raise NotFoundError(f"upscaler not found: {name!r}")
 
     # -- loading ---------------------------------------------------------------------------

@@ -193,10 +193,7 @@ def test_bad_input_422(client: TestClient, url: str, payload: dict[str, Any]) ->
 def test_model_upscaler_from_models_esrgan(client: TestClient, api_app: FastAPI, api_services: Services) -> None:
     """A tiny random ESRGAN (x4) in models/ESRGAN, asked for x2: the upscaler registry finds and
     runs it, the result is the asked size."""
-    write_esrgan_old(api_services.paths.esrgan_dir / "tiny-esrgan.pth")
-    registry = getattr(api_app.state, "upscalers", None)
-    if registry is not None:
-        registry.refresh()
+    write_esrgan_old(api_services.paths.esrgan_dir / "tiny-esrgan.pth")  # dropped in after start-up
     payload = {"image": b64(noise(32, 24)), "upscaler_1": "tiny-esrgan", "upscaling_resize": 2}
     response = client.post(SINGLE, json=payload)
     assert response.status_code == 200, response.text
