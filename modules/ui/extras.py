@@ -7,6 +7,7 @@ from __future__ import annotations
 import html
 from collections.abc import Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import gradio as gr
@@ -18,7 +19,8 @@ from modules.engine.extras import ExtrasResult, RestoreFaces, Upscale, dest_side
 from modules.engine.worker import JobContext
 from modules.services import Services
 
-SINGLE, BATCH = 0, 1
+SINGLE, BATCH, DIRECTORY = 0, 1, 2
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".bmp")
 SCALE_BY, SCALE_TO = 0, 1
 NONE = "None"
 
@@ -129,6 +131,38 @@ def _open_files(files: Sequence[Any] | None) -> list[Image.Image]:
     return images
 
 
+def server_dir(services: Services, value: str, label: str) -> Path:
+    """A folder on the server named in the UI: relative to the data dir, and only inside the data
+    dir or the outputs folder (anything else is refused)."""
+    if not value or not value.strip():
+        raise gr.Error(f"{label}: please enter a folder")
+    path = Path(value.strip()).expanduser()
+    if not path.is_absolute():
+        path = services.paths.data_dir / path
+    path = path.resolve()
+    roots = {services.paths.data_dir.resolve(), services.paths.outputs_dir.resolve()}
+    if not any(path == root or root in path.parents for root in roots):
+        raise gr.Error(f"{label}: only folders inside the data dir or the outputs folder are allowed")
+    return path
+
+
+def _directory_images(folder: Path) -> list[Path]:
+    if not folder.is_dir():
+        raise gr.Error(f"Input directory not found: {html.escape(folder.name)}")
+    return sorted(p for p in folder.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
+
+
+def _save_results(results: Sequence[ExtrasResult], names: Sequence[Path], folder: Path) -> None:
+    from PIL.PngImagePlugin import PngInfo
+
+    folder.mkdir(parents=True, exist_ok=True)
+    for result, name in zip(results, names, strict=True):
+        meta = PngInfo()
+        if result.infotext:
+            meta.add_text("postprocessing", result.infotext)
+        result.image.save(folder / f"{name.stem}.png", pnginfo=meta)
+
+
 @dataclass
 class ExtrasTab:
     generate: gr.Button
@@ -162,6 +196,22 @@ def build_extras_tab(services: Services) -> ExtrasTab:
                         file_count="multiple",
                         file_types=["image"],
                         elem_id="extras_image_batch",
+                    )
+                with gr.Tab(
+                    "Batch from Directory", id="extras_batch_directory_tab", elem_id="extras_batch_directory_tab"
+                ) as directory_tab:
+                    input_dir = gr.Textbox(
+                        label="Input directory",
+                        placeholder="A directory on the same machine where the server is running.",
+                        elem_id="extras_batch_input_dir",
+                    )
+                    output_dir = gr.Textbox(
+                        label="Output directory",
+                        placeholder="Leave blank to save images to the default path.",
+                        elem_id="extras_batch_output_dir",
+                    )
+                    show_results = gr.Checkbox(
+                        label="Show result images", value=True, elem_id="extras_show_extras_results"
                     )
             with gr.Accordion("Upscale", open=True, elem_id="extras_upscale"):
                 upscale_enabled = gr.Checkbox(label="Enable", value=True, elem_id="extras_upscale-checkbox")
@@ -249,27 +299,54 @@ def build_extras_tab(services: Services) -> ExtrasTab:
     assert len(settings) == len(UI_FIELDS)
 
     def run(
-        source_mode: int, single: Image.Image | None, files: list[Any] | None, *values: Any
+        source_mode: int,
+        single: Image.Image | None,
+        files: list[Any] | None,
+        in_dir: str,
+        out_dir: str,
+        show: bool,
+        *values: Any,
     ) -> tuple[Any, Any, str]:
         kwargs = extras_kwargs_from_ui(**dict(zip(UI_FIELDS, values, strict=True)))
-        images = _open_files(files) if source_mode == BATCH else ([single] if single is not None else [])
+        names: list[Path] = []
+        target: Path | None = None
+        if source_mode == DIRECTORY:
+            names = _directory_images(server_dir(services, in_dir, "Input directory"))
+            default_out = services.options.get("outdir_extras_samples") or "outputs/extras-images"
+            target = (
+                server_dir(services, out_dir, "Output directory")
+                if out_dir and out_dir.strip()
+                else services.paths.output_path(str(default_out))
+            )
+            images = _open_files([str(p) for p in names])
+        elif source_mode == BATCH:
+            images = _open_files(files)
+        else:
+            images = [single] if single is not None else []
         if not images:
-            raise gr.Error("Please upload an image" if source_mode == SINGLE else "Please upload one or more images")
+            raise gr.Error("Please upload an image" if source_mode == SINGLE else "No images to process")
         try:
             results = run_extras_on_worker(services, images, kwargs)
         except SdWebuiError as exc:
             raise gr.Error(str(exc)) from exc
+        if target is not None:
+            _save_results(results, names, target)
         info = f"<div class='infotext'>{results[0].html_info}</div>" if results else ""
         # one image: shown whole; a batch: a gallery
         if source_mode == SINGLE:
             return gr.update(value=results[0].image, visible=True), gr.update(value=None, visible=False), info
-        return gr.update(value=None, visible=False), gr.update(value=[r.image for r in results], visible=True), info
+        shown = [r.image for r in results] if (show or source_mode == BATCH) else []
+        return gr.update(value=None, visible=False), gr.update(value=shown, visible=True), info
 
     generate.click(
-        run, [mode, image, batch_files, *settings], [output_image, gallery, html_info], show_progress="minimal"
+        run,
+        [mode, image, batch_files, input_dir, output_dir, show_results, *settings],
+        [output_image, gallery, html_info],
+        show_progress="minimal",
     )
     single_tab.select(lambda: SINGLE, None, mode, queue=False)
     batch_tab.select(lambda: BATCH, None, mode, queue=False)
+    directory_tab.select(lambda: DIRECTORY, None, mode, queue=False)
     scale_by_tab.select(lambda: SCALE_BY, None, resize_mode, queue=False)
     scale_to_tab.select(lambda: SCALE_TO, None, resize_mode, queue=False)
     switch.click(lambda w, h: (h, w), [resize_w, resize_h], [resize_w, resize_h], queue=False)
