@@ -1,5 +1,5 @@
 """The whole Gradio page: the quicksettings row (checkpoint switcher) and A1111's top-level tabs
-(a1111.md 10). Only txt2img is built so far; the other tabs exist with a short note."""
+(a1111.md 10). txt2img and Extras are built; the other tabs exist with a short note."""
 
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ from modules.services import Services
 from modules.ui.extras import build_extras_tab
 from modules.ui.txt2img import build_txt2img_tab
 
-# (label, elem_id suffix) in A1111's order; txt2img is built, the rest are placeholders for now
+# (label, elem_id suffix) in A1111's order; txt2img and extras are built, the rest are placeholders for now
 TABS = (
     ("txt2img", "txt2img"),
     ("img2img", "img2img"),
