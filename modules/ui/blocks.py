@@ -1,5 +1,5 @@
 """The whole Gradio page: the quicksettings row (checkpoint switcher) and A1111's top-level tabs
-(a1111.md 10). txt2img and Extras are built; the other tabs exist with a short note."""
+(a1111.md 10). txt2img, Extras and PNG Info are built; the other tabs exist with a short note."""
 
 from __future__ import annotations
 
@@ -10,6 +10,7 @@ import gradio as gr
 from modules.core.errors import SdWebuiError
 from modules.services import Services
 from modules.ui.extras import build_extras_tab
+from modules.ui.pnginfo import build_pnginfo_tab
 from modules.ui.txt2img import build_txt2img_tab
 
 # (label, elem_id suffix) in A1111's order; txt2img and extras are built, the rest are placeholders for now
@@ -82,11 +83,13 @@ def build_blocks(services: Services) -> gr.Blocks:
         # the checkpoint may have loaded (and been hashed) after the page was built
         blocks.load(refresh_list, None, checkpoint, queue=False)
 
-        with gr.Tabs(elem_id="tabs"):
+        with gr.Tabs(elem_id="tabs") as tabs:
             for label, name in TABS:
                 with gr.Tab(label, id=name, elem_id=f"tab_{name}"):
                     if name == "txt2img":
-                        build_txt2img_tab(services)
+                        txt2img = build_txt2img_tab(services)
+                    elif name == "pnginfo":
+                        build_pnginfo_tab(services, txt2img, tabs)
                     elif name == "extras":
                         build_extras_tab(services)
                     else:

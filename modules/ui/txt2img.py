@@ -7,7 +7,7 @@ from __future__ import annotations
 import contextlib
 import html
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from functools import lru_cache
 from typing import Any
 
@@ -177,6 +177,8 @@ class Txt2ImgTab:
     gallery: gr.Gallery
     html_info: gr.HTML
     generation_info: gr.Textbox
+    # the input components by `UI_FIELDS` name (PNG Info's "Send to txt2img" fills them)
+    fields: dict[str, Any] = field(default_factory=dict)
 
 
 def _scheduler_choices() -> list[str]:
@@ -391,4 +393,5 @@ def build_txt2img_tab(services: Services) -> Txt2ImgTab:
     for comp in hr_inputs:
         comp.change(final_resolution, hr_inputs, hr_final, queue=False, show_progress="hidden")
 
-    return Txt2ImgTab(generate, interrupt, skip, gallery, html_info, generation_info)
+    fields = {**dict(zip(UI_FIELDS, inputs, strict=True)), "subseed_show": extra}
+    return Txt2ImgTab(generate, interrupt, skip, gallery, html_info, generation_info, fields)
