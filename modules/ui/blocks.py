@@ -11,6 +11,7 @@ from modules.core.errors import SdWebuiError
 from modules.services import Services
 from modules.ui.extras import build_extras_tab
 from modules.ui.pnginfo import build_pnginfo_tab
+from modules.ui.settings import build_settings_tab
 from modules.ui.txt2img import build_txt2img_tab
 
 # (label, elem_id suffix) in A1111's order; txt2img and extras are built, the rest are placeholders for now
@@ -92,6 +93,8 @@ def build_blocks(services: Services) -> gr.Blocks:
                         build_pnginfo_tab(services, txt2img, tabs)
                     elif name == "extras":
                         build_extras_tab(services)
+                    elif name == "settings":
+                        build_settings_tab(services)
                     else:
                         gr.Markdown(f"**{label}** is coming: this tab is not built yet.", elem_classes="sdw-coming")
     return blocks

@@ -1,0 +1,206 @@
+"""The Settings tab (a1111.md 10.7), generated from the options registry: a list of sections on
+the left, one group of fields per section, each field chosen from its option's type, choices and
+range, with elem_id `setting_<key>`. "Apply settings" validates and applies the changed values
+and saves config.json; "Reload UI" reloads the page. Values are filled in by a page-load event,
+so a reload shows what is saved now, not what was current when the page was built."""
+
+from __future__ import annotations
+
+import html
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import gradio as gr
+from gradio.context import Context
+
+from modules.core.errors import SdWebuiError
+from modules.core.option_defaults import SECTIONS
+from modules.core.option_info import OptionInfo
+from modules.services import Services
+
+HIDDEN_SECTIONS = frozenset({"hidden"})
+QUICKSETTINGS = frozenset({"sd_model_checkpoint"})
+"""Shown in the quicksettings row above the tabs (that element owns the `setting_` elem_id)."""
+
+CSS = """
+#settings_sections { min-width: 200px; max-width: 240px; }
+#settings_sections .wrap { flex-direction: column; }
+#settings_sections label { width: 100%; }
+#settings_result { min-height: 24px; }
+"""
+
+
+def shown_options(infos: Sequence[OptionInfo]) -> list[OptionInfo]:
+    return [i for i in infos if i.section not in HIDDEN_SECTIONS and i.key not in QUICKSETTINGS]
+
+
+def section_label(section: str) -> str:
+    return SECTIONS.get(section, section)
+
+
+def _is_int(info: OptionInfo) -> bool:
+    return info.type is int
+
+
+def to_ui(info: OptionInfo, value: object) -> Any:
+    """An option value as its component shows it."""
+    if info.type is list and info.choices is None:
+        return ", ".join(str(v) for v in value or [])  # type: ignore[union-attr]
+    return value
+
+
+def from_ui(info: OptionInfo, value: Any) -> object:
+    """A component's value as the option's type (validation happens in `Options`)."""
+    if info.type is list:
+        if info.choices is None:
+            text = value if isinstance(value, str) else ""
+            return [part.strip() for part in text.split(",") if part.strip()]
+        return list(value or [])
+    if info.type is int and isinstance(value, float) and value.is_integer():
+        return int(value)
+    if info.type is str and value is None:
+        return ""
+    return value
+
+
+def make_component(info: OptionInfo, value: object) -> gr.components.Component:
+    """The field for one option: checkbox, dropdown, slider, number or textbox."""
+    elem_id = f"setting_{info.key}"
+    common: dict[str, Any] = {"label": info.label, "elem_id": elem_id, "interactive": not info.readonly}
+    if info.type is bool:
+        return gr.Checkbox(value=bool(value), **common)
+    if info.choices is not None:
+        choices = info.choice_list() or []
+        multi = info.type is list
+        return gr.Dropdown(
+            choices=[str(c) if not isinstance(c, (str, int, float)) else c for c in choices],
+            value=value,
+            multiselect=multi,
+            allow_custom_value=callable(info.choices),
+            **common,
+        )
+    if info.type in (int, float):
+        step = info.step if info.step is not None else (1 if _is_int(info) else None)
+        if info.minimum is not None and info.maximum is not None:
+            return gr.Slider(
+                minimum=info.minimum,
+                maximum=info.maximum,
+                step=step if step is not None else 0.01,
+                value=value,
+                **common,
+            )
+        return gr.Number(
+            value=value,
+            minimum=info.minimum,
+            maximum=info.maximum,
+            precision=0 if _is_int(info) else None,
+            **common,
+        )
+    return gr.Textbox(value=to_ui(info, value), lines=1, max_lines=1 if info.type is str else 3, **common)
+
+
+def changed_values(services: Services, infos: Sequence[OptionInfo], values: Sequence[Any]) -> dict[str, object]:
+    """The fields whose value differs from the current one (readonly fields never count)."""
+    out: dict[str, object] = {}
+    for info, raw in zip(infos, values, strict=True):
+        if info.readonly:
+            continue
+        value = from_ui(info, raw)
+        if value is None:
+            raise gr.Error(f"{html.escape(info.label)}: please enter a value")
+        if value != services.options.get(info.key):
+            out[info.key] = value
+    return out
+
+
+def apply_settings(services: Services, infos: Sequence[OptionInfo], values: Sequence[Any]) -> str:
+    """Apply and save the changed fields; the result line shown under the buttons."""
+    changes = changed_values(services, infos, values)
+    if not changes:
+        return "Nothing changed."
+    try:
+        result = services.options.apply_update(changes, ignore_unknown=True, allow_restricted=True)
+    except SdWebuiError as exc:
+        raise gr.Error(str(exc)) from exc
+    except Exception as exc:  # an on_change callback (e.g. a checkpoint that fails to load)
+        raise gr.Error(f"{type(exc).__name__}: {exc}") from exc
+    services.options.save()
+    changed = result.changed
+    noun = "setting" if len(changed) == 1 else "settings"
+    text = f"{len(changed)} {noun} changed"
+    if changed:
+        text += ": " + ", ".join(changed)
+    restart = [k for k in changed if services.options.info(k).requires_restart]
+    if restart:
+        text += ". A restart is needed for: " + ", ".join(restart)
+    return html.escape(text) + "."
+
+
+def current_values(services: Services, infos: Sequence[OptionInfo]) -> list[Any]:
+    """What the page load puts into the fields: the saved values (with fresh dynamic choices)."""
+    out: list[Any] = []
+    for info in infos:
+        value = to_ui(info, services.options.get(info.key))
+        if callable(info.choices):
+            out.append(gr.update(choices=info.choice_list() or [], value=value))
+        else:
+            out.append(value)
+    return out
+
+
+@dataclass
+class SettingsTab:
+    submit: gr.Button
+    restart: gr.Button
+    result: gr.HTML
+    fields: dict[str, gr.components.Component]
+
+
+def build_settings_tab(services: Services) -> SettingsTab:
+    """Build the tab inside the current `gr.Blocks` (its page-load event fills in the values)."""
+    blocks = Context.root_block
+    assert blocks is not None, "build_settings_tab must run inside gr.Blocks"
+    infos = shown_options(list(services.options.infos().values()))
+    by_section: dict[str, list[OptionInfo]] = {}
+    for info in infos:
+        by_section.setdefault(info.section, []).append(info)
+    sections = [s for s in SECTIONS if s in by_section] + [s for s in by_section if s not in SECTIONS]
+    ordered = [info for s in sections for info in by_section[s]]
+    labels = [section_label(s) for s in sections]
+
+    fields: dict[str, gr.components.Component] = {}
+    groups: list[gr.Column] = []
+    gr.HTML(f"<style>{CSS}</style>", padding=False)
+    with gr.Row(elem_id="settings_buttons"):
+        submit = gr.Button("Apply settings", variant="primary", elem_id="settings_submit")
+        restart = gr.Button("Reload UI", elem_id="settings_restart_gradio")
+    result = gr.HTML("", elem_id="settings_result")
+    with gr.Row(equal_height=False, elem_id="settings"):
+        with gr.Column(scale=1, min_width=200):
+            picker = gr.Radio(
+                choices=labels, value=labels[0] if labels else None, show_label=False, elem_id="settings_sections"
+            )
+        with gr.Column(scale=5):
+            for index, section in enumerate(sections):
+                with gr.Column(visible=index == 0, elem_id=f"settings_section_{section}") as column:
+                    gr.Markdown(f"### {html.escape(section_label(section))}")
+                    for info in by_section[section]:
+                        fields[info.key] = make_component(info, services.options.get(info.key))
+                groups.append(column)
+
+    components = [fields[info.key] for info in ordered]
+
+    def show_section(label: str) -> list[Any]:
+        return [gr.update(visible=label == name) for name in labels]
+
+    picker.change(show_section, picker, groups, queue=False, show_progress="hidden")
+    submit.click(
+        lambda *values: apply_settings(services, ordered, values),
+        components,
+        result,
+        queue=False,
+    )
+    restart.click(None, None, None, js="() => { location.reload(); }")
+    blocks.load(lambda: current_values(services, ordered), None, components, queue=False)
+    return SettingsTab(submit, restart, result, fields)
