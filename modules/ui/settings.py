@@ -27,7 +27,7 @@ CSS = """
 #settings_sections { min-width: 200px; max-width: 240px; }
 #settings_sections .wrap { flex-direction: column; }
 #settings_sections label { width: 100%; }
-#settings_result { min-height: 24px; }
+
 """
 
 
@@ -118,7 +118,7 @@ def apply_settings(services: Services, infos: Sequence[OptionInfo], values: Sequ
     """Apply and save the changed fields; the result line shown under the buttons."""
     changes = changed_values(services, infos, values)
     if not changes:
-        return "Nothing changed."
+        return "0 settings changed."
     try:
         result = services.options.apply_update(changes, ignore_unknown=True, allow_restricted=True)
     except SdWebuiError as exc:
@@ -171,16 +171,16 @@ def build_settings_tab(services: Services) -> SettingsTab:
 
     fields: dict[str, gr.components.Component] = {}
     groups: list[gr.Column] = []
-    gr.HTML(f"<style>{CSS}</style>", padding=False)
     with gr.Row(elem_id="settings_buttons"):
         submit = gr.Button("Apply settings", variant="primary", elem_id="settings_submit")
         restart = gr.Button("Reload UI", elem_id="settings_restart_gradio")
-    result = gr.HTML("", elem_id="settings_result")
+    result = gr.HTML("", min_height=0, elem_id="settings_result")
     with gr.Row(equal_height=False, elem_id="settings"):
         with gr.Column(scale=1, min_width=200):
             picker = gr.Radio(
                 choices=labels, value=labels[0] if labels else None, show_label=False, elem_id="settings_sections"
             )
+            gr.HTML(f"<style>{CSS}</style>", padding=False, min_height=0)
         with gr.Column(scale=5):
             for index, section in enumerate(sections):
                 with gr.Column(visible=index == 0, elem_id=f"settings_section_{section}") as column:

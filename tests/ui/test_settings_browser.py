@@ -58,3 +58,32 @@ def test_sections_switch(page: Any) -> None:
     expect(page.locator("#setting_samples_format")).to_be_hidden()
     page.locator("#settings_sections").get_by_text("Saving images/grids", exact=True).click()
     expect(page.locator("#setting_samples_format")).to_be_visible()
+
+
+def test_apply_settings_unit(ui_services: Services) -> None:
+    """No browser: the converters, a no-op apply, and a bad value as a gr.Error (nothing applied)."""
+    import gradio as gr
+
+    from modules.ui.settings import apply_settings, from_ui, make_component, shown_options, to_ui
+
+    infos = shown_options(list(ui_services.options.infos().values()))
+    keys = [i.key for i in infos]
+    assert "sd_model_checkpoint" not in keys  # in the quicksettings row
+    assert all(i.section != "hidden" for i in infos)
+    values = [to_ui(i, ui_services.options.get(i.key)) for i in infos]
+    assert apply_settings(ui_services, infos, values) == "0 settings changed."
+
+    quality = keys.index("jpeg_quality")
+    bad = list(values)
+    bad[quality] = 1000.0
+    before = ui_services.options.get("jpeg_quality")
+    with pytest.raises(gr.Error):
+        apply_settings(ui_services, infos, bad)
+    assert ui_services.options.get("jpeg_quality") == before
+
+    hash_info = ui_services.options.info("sd_checkpoint_hash")
+    with gr.Blocks():
+        assert make_component(hash_info, "").interactive is False
+    lists = next(i for i in infos if i.type is list and i.choices is None)
+    assert from_ui(lists, " a, b ,,c") == ["a", "b", "c"]
+    assert to_ui(lists, ["a", "b"]) == "a, b"
