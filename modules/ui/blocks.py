@@ -10,6 +10,7 @@ import gradio as gr
 from modules.core.errors import SdWebuiError
 from modules.services import Services
 from modules.ui.extras import build_extras_tab
+from modules.ui.img2img import build_img2img_tab
 from modules.ui.pnginfo import build_pnginfo_tab
 from modules.ui.settings import build_settings_tab
 from modules.ui.txt2img import build_txt2img_tab
@@ -89,6 +90,8 @@ def build_blocks(services: Services) -> gr.Blocks:
                 with gr.Tab(label, id=name, elem_id=f"tab_{name}"):
                     if name == "txt2img":
                         txt2img = build_txt2img_tab(services)
+                    elif name == "img2img":
+                        build_img2img_tab(services)
                     elif name == "pnginfo":
                         build_pnginfo_tab(services, txt2img, tabs)
                     elif name == "extras":

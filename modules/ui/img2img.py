@@ -1,0 +1,426 @@
+"""The img2img tab: sub-tabs img2img, Inpaint (paint the mask with a brush) and Inpaint upload
+(image + mask), A1111's controls (labels, UI defaults and elem_ids, a1111.md 10.2) bound to one
+converter (`img2img_request_from_ui`) and `EngineService.submit`, with progress polled from the
+worker like the txt2img tab."""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from typing import Any
+
+import gradio as gr
+from PIL import Image
+
+from modules.core.errors import SdWebuiError
+from modules.core.requests import Img2ImgRequest
+from modules.engine.samplers import list_samplers
+from modules.services import Services
+from modules.ui.txt2img import (
+    DEFAULT_SAMPLER,
+    NEG_PLACEHOLDER,
+    POLL_SECONDS,
+    PROMPT_PLACEHOLDER,
+    _scheduler_choices,
+    info_html,
+    progress_html,
+    token_counter_html,
+)
+
+# sub-tab numbers as A1111 counts them (Sketch 1, Inpaint sketch 3 and Batch 5 are not built)
+IMG2IMG, INPAINT, INPAINT_UPLOAD = 0, 2, 4
+RESIZE_MODES = ("Just resize", "Crop and resize", "Resize and fill", "Just resize (latent upscale)")
+MASK_MODES = ("Inpaint masked", "Inpaint not masked")
+FILL_MODES = ("fill", "original", "latent noise", "latent nothing")
+INPAINT_AREAS = ("Whole picture", "Only masked")
+
+
+def _rgb(image: Image.Image) -> Image.Image:
+    """An upload as RGB; transparent parts become white (A1111 flattens the same way)."""
+    if image.mode in ("RGBA", "LA", "P"):
+        rgba = image.convert("RGBA")
+        flat = Image.new("RGB", rgba.size, (255, 255, 255))
+        flat.paste(rgba, mask=rgba.getchannel("A"))
+        return flat
+    return image.convert("RGB")
+
+
+def editor_image_and_mask(editor: dict[str, Any] | None) -> tuple[Image.Image, Image.Image]:
+    """The ImageEditor's value as (image, mask): the background is the image; the mask is white
+    wherever any painted layer is not transparent."""
+    background = (editor or {}).get("background")
+    if background is None:
+        raise gr.Error("Please upload an image to inpaint")
+    mask = Image.new("L", background.size, 0)
+    for layer in (editor or {}).get("layers") or ():
+        if layer is None:
+            continue
+        alpha = layer.convert("RGBA").getchannel("A")
+        if alpha.size != mask.size:
+            alpha = alpha.resize(mask.size)
+        mask.paste(255, mask=alpha.point(lambda a: 255 if a > 0 else 0))
+    if mask.getbbox() is None:
+        raise gr.Error("Please paint the area to inpaint (the mask is empty)")
+    return _rgb(background), mask
+
+
+def img2img_request_from_ui(
+    *,
+    mode: int,
+    init_image: Image.Image | None,
+    inpaint_editor: dict[str, Any] | None,
+    inpaint_base: Image.Image | None,
+    inpaint_mask: Image.Image | None,
+    prompt: str,
+    negative_prompt: str,
+    styles: list[str] | tuple[str, ...] | None,
+    resize_mode: int,
+    mask_blur: float,
+    mask_mode: int,
+    inpainting_fill: int,
+    inpaint_full_res: int,
+    inpaint_full_res_padding: float,
+    sampler_name: str,
+    scheduler: str,
+    steps: float,
+    width: float,
+    height: float,
+    n_iter: float,
+    batch_size: float,
+    cfg_scale: float,
+    denoising_strength: float,
+    seed: float,
+) -> Img2ImgRequest:
+    """The UI's values as a request; the sub-tab decides where the image and mask come from.
+    Raises `gr.Error` when an image (or the mask) is missing."""
+    mask: Image.Image | None = None
+    if mode == INPAINT:
+        image, mask = editor_image_and_mask(inpaint_editor)
+    elif mode == INPAINT_UPLOAD:
+        if inpaint_base is None:
+            raise gr.Error("Please upload an image to inpaint")
+        if inpaint_mask is None:
+            raise gr.Error("Please upload a mask")
+        image, mask = _rgb(inpaint_base), _rgb(inpaint_mask).convert("L")
+    else:
+        if init_image is None:
+            raise gr.Error("Please upload an image for img2img")
+        image = _rgb(init_image)
+    return Img2ImgRequest(
+        prompt=prompt or "",
+        negative_prompt=negative_prompt or "",
+        styles=tuple(styles or ()),
+        init_images=(image,),
+        mask=mask,
+        resize_mode=int(resize_mode),
+        mask_blur=int(mask_blur),
+        inpainting_mask_invert=int(mask_mode),
+        inpainting_fill=int(inpainting_fill),
+        inpaint_full_res=bool(inpaint_full_res),
+        inpaint_full_res_padding=int(inpaint_full_res_padding),
+        sampler_name=sampler_name or None,
+        scheduler=scheduler or None,
+        steps=int(steps),
+        width=int(width),
+        height=int(height),
+        n_iter=int(n_iter),
+        batch_size=int(batch_size),
+        cfg_scale=float(cfg_scale),
+        denoising_strength=float(denoising_strength),
+        seed=int(seed),
+    )
+
+
+# the converter's keyword names, in the order the tab passes its input components
+UI_FIELDS = (
+    "mode",
+    "init_image",
+    "inpaint_editor",
+    "inpaint_base",
+    "inpaint_mask",
+    "prompt",
+    "negative_prompt",
+    "styles",
+    "resize_mode",
+    "mask_blur",
+    "mask_mode",
+    "inpainting_fill",
+    "inpaint_full_res",
+    "inpaint_full_res_padding",
+    "sampler_name",
+    "scheduler",
+    "steps",
+    "width",
+    "height",
+    "n_iter",
+    "batch_size",
+    "cfg_scale",
+    "denoising_strength",
+    "seed",
+)
+
+
+@dataclass
+class Img2ImgTab:
+    generate: gr.Button
+    interrupt: gr.Button
+    gallery: gr.Gallery
+    html_info: gr.HTML
+    init_image: gr.Image
+    inpaint_editor: gr.ImageEditor
+
+
+def build_img2img_tab(services: Services) -> Img2ImgTab:
+    samplers = [s.name for s in list_samplers() if s.available]
+    sampler_default = DEFAULT_SAMPLER if DEFAULT_SAMPLER in samplers else (samplers[0] if samplers else None)
+    styles = [s.name for s in services.styles.styles()]
+    mode = gr.State(IMG2IMG)
+
+    with gr.Row(elem_id="img2img_toprow", equal_height=False):
+        with gr.Column(scale=6, elem_id="img2img_prompt_container"):
+            token_counter = gr.HTML("<span>0/75</span>", elem_id="img2img_token_counter", elem_classes="token-counter")
+            prompt = gr.Textbox(
+                label="Prompt", show_label=False, lines=3, placeholder=PROMPT_PLACEHOLDER, elem_id="img2img_prompt"
+            )
+            neg_counter = gr.HTML(
+                "<span>0/75</span>", elem_id="img2img_negative_token_counter", elem_classes="token-counter"
+            )
+            negative = gr.Textbox(
+                label="Negative prompt",
+                show_label=False,
+                lines=3,
+                placeholder=NEG_PLACEHOLDER,
+                elem_id="img2img_neg_prompt",
+            )
+        with gr.Column(scale=1, min_width=240, elem_id="img2img_actions_column"):
+            with gr.Row(elem_id="img2img_generate_box"):
+                generate = gr.Button("Generate", variant="primary", elem_id="img2img_generate")
+                interrupt = gr.Button("Interrupt", elem_id="img2img_interrupt", visible=False)
+                skip = gr.Button("Skip", elem_id="img2img_skip", visible=False)
+            with gr.Row(elem_id="img2img_tools"):
+                clear = gr.Button("✕", elem_id="img2img_clear_prompt", size="sm", min_width=40)
+            style_dropdown = gr.Dropdown(
+                label="Styles", choices=styles, value=[], multiselect=True, elem_id="img2img_styles"
+            )
+
+    with gr.Row(elem_id="img2img_settings_and_results", equal_height=False):
+        with gr.Column(scale=1, elem_id="img2img_settings"):
+            with gr.Tabs(elem_id="mode_img2img"):
+                with gr.Tab("img2img", id="img2img_img2img_tab", elem_id="img2img_img2img_tab") as img2img_tab:
+                    init_image = gr.Image(
+                        label="Image for img2img",
+                        type="pil",
+                        image_mode=None,
+                        sources=["upload", "clipboard"],
+                        height=360,
+                        elem_id="img2img_image",
+                    )
+                with gr.Tab("Inpaint", id="img2img_inpaint_tab", elem_id="img2img_inpaint_tab") as inpaint_tab:
+                    inpaint_editor = gr.ImageEditor(
+                        label="Image for inpainting with mask",
+                        type="pil",
+                        image_mode="RGBA",
+                        sources=["upload", "clipboard"],
+                        height=360,
+                        brush=gr.Brush(default_size="auto", colors=[("#ffffff", 0.7)], color_mode="fixed"),
+                        eraser=gr.Eraser(default_size="auto"),
+                        layers=False,
+                        transforms=(),
+                        format="png",
+                        elem_id="img2maskimg",
+                    )
+                with gr.Tab(
+                    "Inpaint upload", id="img2img_inpaint_upload_tab", elem_id="img2img_inpaint_upload_tab"
+                ) as upload_tab:
+                    inpaint_base = gr.Image(
+                        label="Image for img2img",
+                        type="pil",
+                        image_mode=None,
+                        sources=["upload", "clipboard"],
+                        height=240,
+                        elem_id="img_inpaint_base",
+                    )
+                    inpaint_mask = gr.Image(
+                        label="Mask",
+                        type="pil",
+                        image_mode=None,
+                        sources=["upload", "clipboard"],
+                        height=240,
+                        elem_id="img_inpaint_mask",
+                    )
+            resize_mode = gr.Radio(
+                label="Resize mode",
+                choices=list(RESIZE_MODES),
+                value=RESIZE_MODES[0],
+                type="index",
+                elem_id="resize_mode",
+            )
+            with gr.Group(visible=False, elem_id="inpaint_controls") as inpaint_controls:
+                mask_blur = gr.Slider(0, 64, value=4, step=1, label="Mask blur", elem_id="img2img_mask_blur")
+                with gr.Row():
+                    mask_mode = gr.Radio(
+                        label="Mask mode",
+                        choices=list(MASK_MODES),
+                        value=MASK_MODES[0],
+                        type="index",
+                        elem_id="img2img_mask_mode",
+                    )
+                    inpainting_fill = gr.Radio(
+                        label="Masked content",
+                        choices=list(FILL_MODES),
+                        value="original",
+                        type="index",
+                        elem_id="img2img_inpainting_fill",
+                    )
+                with gr.Row():
+                    inpaint_full_res = gr.Radio(
+                        label="Inpaint area",
+                        choices=list(INPAINT_AREAS),
+                        value=INPAINT_AREAS[0],
+                        type="index",
+                        elem_id="img2img_inpaint_full_res",
+                    )
+                    padding = gr.Slider(
+                        0,
+                        256,
+                        value=32,
+                        step=4,
+                        label="Only masked padding, pixels",
+                        elem_id="img2img_inpaint_full_res_padding",
+                    )
+            with gr.Row(elem_id="img2img_sampler_row"):
+                sampler = gr.Dropdown(
+                    label="Sampling method", choices=samplers, value=sampler_default, elem_id="img2img_sampling"
+                )
+                scheduler = gr.Dropdown(
+                    label="Schedule type", choices=_scheduler_choices(), value="Automatic", elem_id="img2img_scheduler"
+                )
+                steps = gr.Slider(1, 150, value=20, step=1, label="Sampling steps", elem_id="img2img_steps")
+            with gr.Row(equal_height=True):
+                with gr.Column(scale=4, min_width=200):
+                    width = gr.Slider(64, 2048, value=512, step=8, label="Width", elem_id="img2img_width")
+                    height = gr.Slider(64, 2048, value=512, step=8, label="Height", elem_id="img2img_height")
+                swap = gr.Button("⇅", elem_id="img2img_res_switch_btn", size="sm", min_width=40, scale=0)
+                with gr.Column(scale=2, min_width=160):
+                    n_iter = gr.Slider(1, 100, value=1, step=1, label="Batch count", elem_id="img2img_batch_count")
+                    batch_size = gr.Slider(1, 8, value=1, step=1, label="Batch size", elem_id="img2img_batch_size")
+            cfg = gr.Slider(1, 30, value=7, step=0.5, label="CFG Scale", elem_id="img2img_cfg_scale")
+            denoise = gr.Slider(
+                0, 1, value=0.75, step=0.01, label="Denoising strength", elem_id="img2img_denoising_strength"
+            )
+            with gr.Row(equal_height=True, elem_id="img2img_seed_row"):
+                seed = gr.Number(label="Seed", value=-1, precision=0, elem_id="img2img_seed", scale=4)
+                random_seed = gr.Button("⚄", elem_id="img2img_random_seed", size="sm", min_width=40, scale=0)
+                reuse_seed = gr.Button("♻️", elem_id="img2img_reuse_seed", size="sm", min_width=40, scale=0)
+        with gr.Column(scale=1, elem_id="img2img_results"):
+            progress = gr.HTML("", elem_id="img2img_progress")
+            gallery = gr.Gallery(
+                label="Output",
+                show_label=False,
+                columns=4,
+                height=420,
+                object_fit="contain",
+                format="png",
+                elem_id="img2img_gallery",
+            )
+            html_info = gr.HTML("", elem_id="html_info_img2img")
+    last_seed = gr.State(-1)
+
+    inputs = [
+        mode,
+        init_image,
+        inpaint_editor,
+        inpaint_base,
+        inpaint_mask,
+        prompt,
+        negative,
+        style_dropdown,
+        resize_mode,
+        mask_blur,
+        mask_mode,
+        inpainting_fill,
+        inpaint_full_res,
+        padding,
+        sampler,
+        scheduler,
+        steps,
+        width,
+        height,
+        n_iter,
+        batch_size,
+        cfg,
+        denoise,
+        seed,
+    ]
+    assert len(inputs) == len(UI_FIELDS)
+
+    def run(*values: Any) -> Iterator[tuple[Any, ...]]:
+        request = img2img_request_from_ui(**dict(zip(UI_FIELDS, values, strict=True)))
+        try:
+            job = services.engine.submit(request)
+        except SdWebuiError as exc:
+            raise gr.Error(str(exc)) from exc
+        task_id = job.context.id
+        shown_preview: object = None
+        yield progress_html(services.worker.progress(with_preview=False)), gr.skip(), "", gr.skip()
+        while not job.future.done():
+            data = services.worker.progress(with_preview=False)
+            preview = None
+            if services.worker.current is not None and services.worker.current.id == task_id:
+                preview = job.context.preview()
+            if preview is not None and preview is not shown_preview:
+                shown_preview = preview
+                yield progress_html(data), [preview], gr.skip(), gr.skip()
+            else:
+                yield progress_html(data), gr.skip(), gr.skip(), gr.skip()
+            with contextlib.suppress(Exception):  # done or still running; the outcome is read below
+                job.future.result(timeout=POLL_SECONDS)
+        try:
+            result = job.future.result()
+        except SdWebuiError as exc:
+            raise gr.Error(str(exc)) from exc
+        images: list[Any] = list(result.images)
+        if result.grid is not None:
+            images.insert(0, result.grid)
+        yield "", images, info_html(result), (result.seeds[0] if result.seeds else -1)
+
+    def hide_generate() -> tuple[Any, Any, Any]:
+        return gr.update(visible=False), gr.update(visible=True), gr.update(visible=True)
+
+    def show_generate() -> tuple[Any, Any, Any]:
+        return gr.update(visible=True), gr.update(visible=False), gr.update(visible=False)
+
+    buttons = [generate, interrupt, skip]
+
+    def check(*values: Any) -> None:
+        """User errors (no image, empty mask) before the buttons change: an error here leaves
+        Generate as it is."""
+        img2img_request_from_ui(**dict(zip(UI_FIELDS, values, strict=True)))
+
+    for trigger in (generate.click, prompt.submit):
+        trigger(check, inputs, None, show_progress="hidden").success(hide_generate, None, buttons, queue=False).then(
+            run, inputs, [progress, gallery, html_info, last_seed], show_progress="hidden"
+        ).then(show_generate, None, buttons, queue=False)
+
+    def select_mode(number: int) -> Callable[[], tuple[int, Any]]:
+        return lambda: (number, gr.update(visible=number != IMG2IMG))
+
+    img2img_tab.select(select_mode(IMG2IMG), None, [mode, inpaint_controls], queue=False)
+    inpaint_tab.select(select_mode(INPAINT), None, [mode, inpaint_controls], queue=False)
+    upload_tab.select(select_mode(INPAINT_UPLOAD), None, [mode, inpaint_controls], queue=False)
+
+    interrupt.click(lambda: services.worker.interrupt(), None, None, queue=False)
+    skip.click(lambda: services.worker.skip(), None, None, queue=False)
+    swap.click(lambda w, h: (h, w), [width, height], [width, height], queue=False)
+    random_seed.click(lambda: -1, None, seed, queue=False)
+    reuse_seed.click(lambda s: s, last_seed, seed, queue=False)
+    clear.click(lambda: ("", ""), None, [prompt, negative], queue=False)
+
+    def counter(positive: bool) -> Callable[[str, float], str]:
+        return lambda text, n: token_counter_html(text, n, is_positive=positive)
+
+    prompt.change(counter(True), [prompt, steps], token_counter, queue=False, show_progress="hidden")
+    negative.change(counter(False), [negative, steps], neg_counter, queue=False, show_progress="hidden")
+
+    return Img2ImgTab(generate, interrupt, gallery, html_info, init_image, inpaint_editor)
