@@ -14,10 +14,8 @@ import gradio as gr
 from PIL import Image
 
 from modules.core.errors import SdWebuiError
-from modules.engine import upscaling
-from modules.engine.extras import ExtrasResult, RestoreFaces, Upscale, dest_side, run_extras
-from modules.engine.worker import JobContext
-from modules.services import Services
+from modules.engine.extras import ExtrasResult
+from modules.services import Services, submit_extras
 
 SINGLE, BATCH, DIRECTORY = 0, 1, 2
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".bmp")
@@ -77,42 +75,11 @@ UI_FIELDS = (
 )
 
 
-def _upscale(services: Services) -> Upscale:
-    """(image, name, scale) -> image for model upscalers, to A1111's size (a multiple of 8)."""
-    tiles = upscaling.tile_settings(services.options)
-
-    def run(image: Image.Image, name: str, scale: float) -> Image.Image:
-        size = (dest_side(image.width, scale), dest_side(image.height, scale))
-        return upscaling.upscale(image, name, scale, registry=services.upscalers, tiles=tiles, size=size)
-
-    return run
-
-
-def _restore_faces(services: Services) -> RestoreFaces:
-    def restore(image: Image.Image, name: str, visibility: float, weight: float) -> Image.Image:
-        return services.face_restorers.get(name, visibility=visibility, codeformer_weight=weight).restore(image)
-
-    return restore
-
-
 def run_extras_on_worker(
     services: Services, images: Sequence[Image.Image], kwargs: dict[str, Any]
 ) -> list[ExtrasResult]:
     """`run_extras` over `images` as one job on the worker; waits for it."""
-    upscale, restore = _upscale(services), _restore_faces(services)
-    order = (
-        services.options.get("postprocessing_operation_order")
-        if "postprocessing_operation_order" in services.options
-        else []
-    )
-
-    def work(_ctx: JobContext) -> list[ExtrasResult]:
-        return [
-            run_extras(image, upscale=upscale, restore_faces=restore, operation_order=list(order or []), **kwargs)
-            for image in images
-        ]
-
-    return services.worker.submit(work, description="extras").future.result()
+    return submit_extras(services, images, kwargs).future.result()
 
 
 def upscaler_names(services: Services) -> list[str]:

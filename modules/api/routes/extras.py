@@ -13,19 +13,15 @@ from __future__ import annotations
 import asyncio
 from typing import Any
 
-from fastapi import APIRouter, Depends, Request
+from fastapi import APIRouter, Depends
 from PIL import Image
 from pydantic import BaseModel, ConfigDict, Field
 from starlette.concurrency import run_in_threadpool
 
 from modules.api.deps import get_services
 from modules.api.images import DecodeOptions, decode_image, encode_b64
-from modules.engine import upscaling
-from modules.engine.extras import ExtrasResult, RestoreFaces, Upscale, dest_side, run_extras
-from modules.engine.worker import JobContext
-from modules.models.face_restoration import FaceRestorers
-from modules.models.upscalers import UpscalerRegistry
-from modules.services import Services
+from modules.engine.extras import ExtrasResult
+from modules.services import Services, submit_extras
 
 router = APIRouter()
 
@@ -78,53 +74,13 @@ class ExtrasBatchImagesResponse(BaseModel):
     images: list[str]
 
 
-# -- collaborators ---------------------------------------------------------------------------
-
-
-def face_restorers_for(request: Request, services: Services) -> FaceRestorers:
-    return services.face_restorers
-
-
-def upscale_for(request: Request, services: Services) -> Upscale:
-    """(image, name, scale) -> image for named (model) upscalers, to A1111's size (a multiple of 8)."""
-    tiles = upscaling.tile_settings(services.options)
-    chosen: UpscalerRegistry = services.upscalers
-
-    def run(image: Image.Image, name: str, scale: float) -> Image.Image:
-        size = (dest_side(image.width, scale), dest_side(image.height, scale))
-        return upscaling.upscale(image, name, scale, registry=chosen, tiles=tiles, size=size)
-
-    return run
-
-
-def restore_faces_with(restorers: FaceRestorers) -> RestoreFaces:
-    def restore(image: Image.Image, name: str, visibility: float, weight: float) -> Image.Image:
-        return restorers.get(name, visibility=visibility, codeformer_weight=weight).restore(image)
-
-    return restore
-
-
 # -- routes ----------------------------------------------------------------------------------
 
 
-async def _run(request: Request, services: Services, body: ExtrasBase, images: list[Image.Image]) -> list[ExtrasResult]:
-    kwargs = body.extras_kwargs()
-    upscale = upscale_for(request, services)
-    restore = restore_faces_with(face_restorers_for(request, services))
-    order = (
-        services.options.get("postprocessing_operation_order")
-        if "postprocessing_operation_order" in services.options
-        else []
+async def _run(services: Services, body: ExtrasBase, images: list[Image.Image]) -> list[ExtrasResult]:
+    results: list[ExtrasResult] = await asyncio.wrap_future(
+        submit_extras(services, images, body.extras_kwargs()).future
     )
-
-    def work(_ctx: JobContext) -> list[ExtrasResult]:
-        return [
-            run_extras(image, upscale=upscale, restore_faces=restore, operation_order=list(order or []), **kwargs)
-            for image in images
-        ]
-
-    job = services.worker.submit(work, description="extras")
-    results: list[ExtrasResult] = await asyncio.wrap_future(job.future)
     return results
 
 
@@ -136,18 +92,18 @@ def _encode(services: Services, results: list[ExtrasResult], show: bool) -> list
 
 @router.post("/extra-single-image", response_model=ExtrasSingleImageResponse)
 async def extra_single_image(
-    body: ExtrasSingleImageRequest, request: Request, services: Services = Depends(get_services)
+    body: ExtrasSingleImageRequest, services: Services = Depends(get_services)
 ) -> ExtrasSingleImageResponse:
     decode = DecodeOptions.from_options(services.options)
     image = await run_in_threadpool(decode_image, body.image, "image", decode)
-    results = await _run(request, services, body, [image])
+    results = await _run(services, body, [image])
     encoded = await run_in_threadpool(_encode, services, results, body.show_extras_results)
     return ExtrasSingleImageResponse(html_info=results[0].html_info, image=encoded[0] if encoded else None)
 
 
 @router.post("/extra-batch-images", response_model=ExtrasBatchImagesResponse)
 async def extra_batch_images(
-    body: ExtrasBatchImagesRequest, request: Request, services: Services = Depends(get_services)
+    body: ExtrasBatchImagesRequest, services: Services = Depends(get_services)
 ) -> ExtrasBatchImagesResponse:
     decode = DecodeOptions.from_options(services.options)
 
@@ -155,7 +111,7 @@ async def extra_batch_images(
         return [decode_image(item.data, f"imageList[{i}].data", decode) for i, item in enumerate(body.imageList)]
 
     images = await run_in_threadpool(decode_all)
-    results = await _run(request, services, body, images) if images else []
+    results = await _run(services, body, images) if images else []
     encoded = await run_in_threadpool(_encode, services, results, body.show_extras_results)
     html_info = results[0].html_info if results else ""
     return ExtrasBatchImagesResponse(html_info=html_info, images=encoded)
