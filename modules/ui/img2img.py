@@ -5,7 +5,6 @@ worker like the txt2img tab."""
 
 from __future__ import annotations
 
-import contextlib
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any
@@ -13,15 +12,12 @@ from typing import Any
 import gradio as gr
 from PIL import Image
 
-from modules.core.errors import SdWebuiError
 from modules.core.requests import Img2ImgRequest
 from modules.engine.samplers import list_samplers
 from modules.services import Services
+from modules.ui.common import build_prompt_row, follow, result_of, submit, wire_generate
 from modules.ui.txt2img import (
     DEFAULT_SAMPLER,
-    NEG_PLACEHOLDER,
-    POLL_SECONDS,
-    PROMPT_PLACEHOLDER,
     _scheduler_choices,
     info_html,
     progress_html,
@@ -177,32 +173,8 @@ def build_img2img_tab(services: Services) -> Img2ImgTab:
     styles = [s.name for s in services.styles.styles()]
     mode = gr.State(IMG2IMG)
 
-    with gr.Row(elem_id="img2img_toprow", equal_height=False):
-        with gr.Column(scale=6, elem_id="img2img_prompt_container"):
-            token_counter = gr.HTML("<span>0/75</span>", elem_id="img2img_token_counter", elem_classes="token-counter")
-            prompt = gr.Textbox(
-                label="Prompt", show_label=False, lines=3, placeholder=PROMPT_PLACEHOLDER, elem_id="img2img_prompt"
-            )
-            neg_counter = gr.HTML(
-                "<span>0/75</span>", elem_id="img2img_negative_token_counter", elem_classes="token-counter"
-            )
-            negative = gr.Textbox(
-                label="Negative prompt",
-                show_label=False,
-                lines=3,
-                placeholder=NEG_PLACEHOLDER,
-                elem_id="img2img_neg_prompt",
-            )
-        with gr.Column(scale=1, min_width=240, elem_id="img2img_actions_column"):
-            with gr.Row(elem_id="img2img_generate_box"):
-                generate = gr.Button("Generate", variant="primary", elem_id="img2img_generate")
-                interrupt = gr.Button("Interrupt", elem_id="img2img_interrupt", visible=False)
-                skip = gr.Button("Skip", elem_id="img2img_skip", visible=False)
-            with gr.Row(elem_id="img2img_tools"):
-                clear = gr.Button("✕", elem_id="img2img_clear_prompt", size="sm", min_width=40)
-            style_dropdown = gr.Dropdown(
-                label="Styles", choices=styles, value=[], multiselect=True, elem_id="img2img_styles"
-            )
+    row = build_prompt_row("img2img", styles)
+    prompt, negative, style_dropdown = row.prompt, row.negative, row.styles
 
     with gr.Row(elem_id="img2img_settings_and_results", equal_height=False):
         with gr.Column(scale=1, elem_id="img2img_settings"):
@@ -357,51 +329,22 @@ def build_img2img_tab(services: Services) -> Img2ImgTab:
 
     def run(*values: Any) -> Iterator[tuple[Any, ...]]:
         request = img2img_request_from_ui(**dict(zip(UI_FIELDS, values, strict=True)))
-        try:
-            job = services.engine.submit(request)
-        except SdWebuiError as exc:
-            raise gr.Error(str(exc)) from exc
-        task_id = job.context.id
-        shown_preview: object = None
+        job = submit(services, request)
         yield progress_html(services.worker.progress(with_preview=False)), gr.skip(), "", gr.skip()
-        while not job.future.done():
-            data = services.worker.progress(with_preview=False)
-            preview = None
-            if services.worker.current is not None and services.worker.current.id == task_id:
-                preview = job.context.preview()
-            if preview is not None and preview is not shown_preview:
-                shown_preview = preview
-                yield progress_html(data), [preview], gr.skip(), gr.skip()
-            else:
-                yield progress_html(data), gr.skip(), gr.skip(), gr.skip()
-            with contextlib.suppress(Exception):  # done or still running; the outcome is read below
-                job.future.result(timeout=POLL_SECONDS)
-        try:
-            result = job.future.result()
-        except SdWebuiError as exc:
-            raise gr.Error(str(exc)) from exc
+        for shown, preview in follow(services, job, progress_html):
+            yield shown, preview, gr.skip(), gr.skip()
+        result = result_of(job)
         images: list[Any] = list(result.images)
         if result.grid is not None:
             images.insert(0, result.grid)
         yield "", images, info_html(result), (result.seeds[0] if result.seeds else -1)
-
-    def hide_generate() -> tuple[Any, Any, Any]:
-        return gr.update(visible=False), gr.update(visible=True), gr.update(visible=True)
-
-    def show_generate() -> tuple[Any, Any, Any]:
-        return gr.update(visible=True), gr.update(visible=False), gr.update(visible=False)
-
-    buttons = [generate, interrupt, skip]
 
     def check(*values: Any) -> None:
         """User errors (no image, empty mask) before the buttons change: an error here leaves
         Generate as it is."""
         img2img_request_from_ui(**dict(zip(UI_FIELDS, values, strict=True)))
 
-    for trigger in (generate.click, prompt.submit):
-        trigger(check, inputs, None, show_progress="hidden").success(hide_generate, None, buttons, queue=False).then(
-            run, inputs, [progress, gallery, html_info, last_seed], show_progress="hidden"
-        ).then(show_generate, None, buttons, queue=False)
+    wire_generate(services, row, run, inputs, [progress, gallery, html_info, last_seed], check=check)
 
     def select_mode(number: int) -> Callable[[], tuple[int, Any]]:
         return lambda: (number, gr.update(visible=number != IMG2IMG))
@@ -410,17 +353,14 @@ def build_img2img_tab(services: Services) -> Img2ImgTab:
     inpaint_tab.select(select_mode(INPAINT), None, [mode, inpaint_controls], queue=False)
     upload_tab.select(select_mode(INPAINT_UPLOAD), None, [mode, inpaint_controls], queue=False)
 
-    interrupt.click(lambda: services.worker.interrupt(), None, None, queue=False)
-    skip.click(lambda: services.worker.skip(), None, None, queue=False)
     swap.click(lambda w, h: (h, w), [width, height], [width, height], queue=False)
     random_seed.click(lambda: -1, None, seed, queue=False)
     reuse_seed.click(lambda s: s, last_seed, seed, queue=False)
-    clear.click(lambda: ("", ""), None, [prompt, negative], queue=False)
 
     def counter(positive: bool) -> Callable[[str, float], str]:
         return lambda text, n: token_counter_html(text, n, is_positive=positive)
 
-    prompt.change(counter(True), [prompt, steps], token_counter, queue=False, show_progress="hidden")
-    negative.change(counter(False), [negative, steps], neg_counter, queue=False, show_progress="hidden")
+    prompt.change(counter(True), [prompt, steps], row.token_counter, queue=False, show_progress="hidden")
+    negative.change(counter(False), [negative, steps], row.neg_counter, queue=False, show_progress="hidden")
 
-    return Img2ImgTab(generate, interrupt, gallery, html_info, init_image, inpaint_editor)
+    return Img2ImgTab(row.generate, row.interrupt, gallery, html_info, init_image, inpaint_editor)

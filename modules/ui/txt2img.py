@@ -4,7 +4,6 @@ worker while the job runs and shown with the live preview in the gallery."""
 
 from __future__ import annotations
 
-import contextlib
 import html
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
@@ -13,11 +12,11 @@ from typing import Any
 
 import gradio as gr
 
-from modules.core.errors import SdWebuiError
 from modules.core.requests import Txt2ImgRequest
 from modules.engine.processing import Result
 from modules.engine.samplers import list_samplers, list_schedulers
 from modules.services import Services
+from modules.ui.common import build_prompt_row, follow, result_of, submit, wire_generate
 
 DEFAULT_SAMPLER = "DPM++ 2M"
 AUTOMATIC = "Automatic"
@@ -29,9 +28,6 @@ LATENT_UPSCALERS = (
     "Latent (nearest)",
     "Latent (nearest-exact)",
 )
-POLL_SECONDS = 0.25
-PROMPT_PLACEHOLDER = "Prompt\n(Press Ctrl+Enter to generate, Alt+Enter to skip, Esc to interrupt)"
-NEG_PLACEHOLDER = "Negative prompt\n(Press Ctrl+Enter to generate, Alt+Enter to skip, Esc to interrupt)"
 
 
 def txt2img_request_from_ui(
@@ -190,36 +186,8 @@ def build_txt2img_tab(services: Services) -> Txt2ImgTab:
     sampler_default = DEFAULT_SAMPLER if DEFAULT_SAMPLER in samplers else (samplers[0] if samplers else None)
     styles = [s.name for s in services.styles.styles()]
 
-    with gr.Row(elem_id="txt2img_toprow", equal_height=False):
-        with gr.Column(scale=6, elem_id="txt2img_prompt_container"):
-            token_counter = gr.HTML("<span>0/75</span>", elem_id="txt2img_token_counter", elem_classes="token-counter")
-            prompt = gr.Textbox(
-                label="Prompt",
-                show_label=False,
-                lines=3,
-                placeholder=PROMPT_PLACEHOLDER,
-                elem_id="txt2img_prompt",
-            )
-            neg_counter = gr.HTML(
-                "<span>0/75</span>", elem_id="txt2img_negative_token_counter", elem_classes="token-counter"
-            )
-            negative = gr.Textbox(
-                label="Negative prompt",
-                show_label=False,
-                lines=3,
-                placeholder=NEG_PLACEHOLDER,
-                elem_id="txt2img_neg_prompt",
-            )
-        with gr.Column(scale=1, min_width=240, elem_id="txt2img_actions_column"):
-            with gr.Row(elem_id="txt2img_generate_box"):
-                generate = gr.Button("Generate", variant="primary", elem_id="txt2img_generate")
-                interrupt = gr.Button("Interrupt", elem_id="txt2img_interrupt", visible=False)
-                skip = gr.Button("Skip", elem_id="txt2img_skip", visible=False)
-            with gr.Row(elem_id="txt2img_tools"):
-                clear = gr.Button("✕", elem_id="txt2img_clear_prompt", size="sm", min_width=40)
-            style_dropdown = gr.Dropdown(
-                label="Styles", choices=styles, value=[], multiselect=True, elem_id="txt2img_styles"
-            )
+    row = build_prompt_row("txt2img", styles)
+    prompt, negative, style_dropdown = row.prompt, row.negative, row.styles
 
     with gr.Row(elem_id="txt2img_settings_and_results", equal_height=False):
         with gr.Column(scale=1, elem_id="txt2img_settings"):
@@ -321,29 +289,11 @@ def build_txt2img_tab(services: Services) -> Txt2ImgTab:
 
     def run(*values: Any) -> Iterator[tuple[Any, ...]]:
         request = txt2img_request_from_ui(**dict(zip(UI_FIELDS, values, strict=True)))
-        try:
-            job = services.engine.submit(request)
-        except SdWebuiError as exc:
-            raise gr.Error(str(exc)) from exc
-        task_id = job.context.id
-        shown_preview: object = None
+        job = submit(services, request)
         yield progress_html(services.worker.progress(with_preview=False)), gr.skip(), "", "", gr.skip()
-        while not job.future.done():
-            data = services.worker.progress(with_preview=False)
-            preview = None
-            if services.worker.current is not None and services.worker.current.id == task_id:
-                preview = job.context.preview()
-            if preview is not None and preview is not shown_preview:
-                shown_preview = preview
-                yield progress_html(data), [preview], gr.skip(), gr.skip(), gr.skip()
-            else:
-                yield progress_html(data), gr.skip(), gr.skip(), gr.skip(), gr.skip()
-            with contextlib.suppress(Exception):  # done or still running; the outcome is read below
-                job.future.result(timeout=POLL_SECONDS)
-        try:
-            result = job.future.result()
-        except SdWebuiError as exc:
-            raise gr.Error(str(exc)) from exc
+        for shown, preview in follow(services, job, progress_html):
+            yield shown, preview, gr.skip(), gr.skip(), gr.skip()
+        result = result_of(job)
         images: list[Any] = list(result.images)
         if result.grid is not None:
             images.insert(0, result.grid)
@@ -351,33 +301,20 @@ def build_txt2img_tab(services: Services) -> Txt2ImgTab:
         info = result.infotexts[0] if result.infotexts else ""
         yield "", images, info_html(result), info, seeds
 
-    def hide_generate() -> tuple[Any, Any, Any]:
-        return gr.update(visible=False), gr.update(visible=True), gr.update(visible=True)
+    wire_generate(services, row, run, inputs, [progress, gallery, html_info, generation_info, last_seeds])
 
-    def show_generate() -> tuple[Any, Any, Any]:
-        return gr.update(visible=True), gr.update(visible=False), gr.update(visible=False)
-
-    buttons = [generate, interrupt, skip]
-    for trigger in (generate.click, prompt.submit):
-        trigger(hide_generate, None, buttons, queue=False).then(
-            run, inputs, [progress, gallery, html_info, generation_info, last_seeds], show_progress="hidden"
-        ).then(show_generate, None, buttons, queue=False)
-
-    interrupt.click(lambda: services.worker.interrupt(), None, None, queue=False)
-    skip.click(lambda: services.worker.skip(), None, None, queue=False)
     swap.click(lambda w, h: (h, w), [width, height], [width, height], queue=False)
     random_seed.click(lambda: -1, None, seed, queue=False)
     random_subseed.click(lambda: -1, None, subseed, queue=False)
     reuse_seed.click(lambda s: s[0], last_seeds, seed, queue=False)
     reuse_subseed.click(lambda s: s[1], last_seeds, subseed, queue=False)
     extra.change(lambda on: gr.update(visible=on), extra, extra_group, queue=False)
-    clear.click(lambda: ("", ""), None, [prompt, negative], queue=False)
 
     def counter(positive: bool) -> Callable[[str, float], str]:
         return lambda text, n: token_counter_html(text, n, is_positive=positive)
 
-    prompt.change(counter(True), [prompt, steps], token_counter, queue=False, show_progress="hidden")
-    negative.change(counter(False), [negative, steps], neg_counter, queue=False, show_progress="hidden")
+    prompt.change(counter(True), [prompt, steps], row.token_counter, queue=False, show_progress="hidden")
+    negative.change(counter(False), [negative, steps], row.neg_counter, queue=False, show_progress="hidden")
 
     def final_resolution(on: bool, w: float, h: float, scale: float, rx: float, ry: float) -> str:
         if not on:
@@ -394,4 +331,4 @@ def build_txt2img_tab(services: Services) -> Txt2ImgTab:
         comp.change(final_resolution, hr_inputs, hr_final, queue=False, show_progress="hidden")
 
     fields = {**dict(zip(UI_FIELDS, inputs, strict=True)), "subseed_show": extra}
-    return Txt2ImgTab(generate, interrupt, skip, gallery, html_info, generation_info, fields)
+    return Txt2ImgTab(row.generate, row.interrupt, row.skip, gallery, html_info, generation_info, fields)

@@ -1,0 +1,131 @@
+"""Pieces the generation tabs (txt2img, img2img) share: the prompt row with A1111's elem_ids,
+following a job's progress and live preview, and the Generate / Interrupt / Skip wiring."""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import gradio as gr
+
+from modules.core.errors import SdWebuiError
+from modules.core.requests import GenerationRequest
+from modules.engine.processing import Result
+from modules.engine.worker import Job
+from modules.services import Services
+
+POLL_SECONDS = 0.25
+PROMPT_PLACEHOLDER = "Prompt\n(Press Ctrl+Enter to generate, Alt+Enter to skip, Esc to interrupt)"
+NEG_PLACEHOLDER = "Negative prompt\n(Press Ctrl+Enter to generate, Alt+Enter to skip, Esc to interrupt)"
+
+
+@dataclass
+class PromptRow:
+    token_counter: Any
+    prompt: Any
+    neg_counter: Any
+    negative: Any
+    generate: Any
+    interrupt: Any
+    skip: Any
+    clear: Any
+    styles: Any
+
+
+def build_prompt_row(prefix: str, styles: Sequence[str]) -> PromptRow:
+    """The top row of a generation tab: prompts with token counters, Generate (Interrupt and Skip
+    take its place while a job runs), clear, styles; elem_ids `<prefix>_prompt` etc. as A1111."""
+    with gr.Row(elem_id=f"{prefix}_toprow", equal_height=False):
+        with gr.Column(scale=6, elem_id=f"{prefix}_prompt_container"):
+            token_counter = gr.HTML(
+                "<span>0/75</span>", elem_id=f"{prefix}_token_counter", elem_classes="token-counter"
+            )
+            prompt = gr.Textbox(
+                label="Prompt", show_label=False, lines=3, placeholder=PROMPT_PLACEHOLDER, elem_id=f"{prefix}_prompt"
+            )
+            neg_counter = gr.HTML(
+                "<span>0/75</span>", elem_id=f"{prefix}_negative_token_counter", elem_classes="token-counter"
+            )
+            negative = gr.Textbox(
+                label="Negative prompt",
+                show_label=False,
+                lines=3,
+                placeholder=NEG_PLACEHOLDER,
+                elem_id=f"{prefix}_neg_prompt",
+            )
+        with gr.Column(scale=1, min_width=240, elem_id=f"{prefix}_actions_column"):
+            with gr.Row(elem_id=f"{prefix}_generate_box"):
+                generate = gr.Button("Generate", variant="primary", elem_id=f"{prefix}_generate")
+                interrupt = gr.Button("Interrupt", elem_id=f"{prefix}_interrupt", visible=False)
+                skip = gr.Button("Skip", elem_id=f"{prefix}_skip", visible=False)
+            with gr.Row(elem_id=f"{prefix}_tools"):
+                clear = gr.Button("✕", elem_id=f"{prefix}_clear_prompt", size="sm", min_width=40)
+            style_dropdown = gr.Dropdown(
+                label="Styles", choices=list(styles), value=[], multiselect=True, elem_id=f"{prefix}_styles"
+            )
+    return PromptRow(token_counter, prompt, neg_counter, negative, generate, interrupt, skip, clear, style_dropdown)
+
+
+def submit(services: Services, request: GenerationRequest) -> Job[Result]:
+    try:
+        return services.engine.submit(request)
+    except SdWebuiError as exc:
+        raise gr.Error(str(exc)) from exc
+
+
+def follow(services: Services, job: Job[Result], render: Callable[[dict[str, Any]], str]) -> Iterator[tuple[str, Any]]:
+    """While `job` runs: (rendered progress, `[preview]` when a new live preview exists, else
+    `gr.skip()`). Returns when the job is done; read it with `result_of`."""
+    shown: object = None
+    while not job.future.done():
+        data = services.worker.progress(with_preview=False)
+        current = services.worker.current
+        preview = job.context.preview() if current is not None and current.id == job.context.id else None
+        if preview is not None and preview is not shown:
+            shown = preview
+            yield render(data), [preview]
+        else:
+            yield render(data), gr.skip()
+        with contextlib.suppress(Exception):  # done or still running; the outcome is read after
+            job.future.result(timeout=POLL_SECONDS)
+
+
+def result_of(job: Job[Result]) -> Result:
+    try:
+        return job.future.result()
+    except SdWebuiError as exc:
+        raise gr.Error(str(exc)) from exc
+
+
+def wire_generate(
+    services: Services,
+    row: PromptRow,
+    run: Callable[..., Iterator[tuple[Any, ...]]],
+    inputs: list[Any],
+    outputs: list[Any],
+    *,
+    check: Callable[..., None] | None = None,
+) -> None:
+    """Generate (and Enter in the prompt) runs `run`; Interrupt and Skip replace Generate while it
+    runs. `check` raises user errors before the buttons change, so an error leaves them as they were."""
+
+    def hide_generate() -> tuple[Any, Any, Any]:
+        return gr.update(visible=False), gr.update(visible=True), gr.update(visible=True)
+
+    def show_generate() -> tuple[Any, Any, Any]:
+        return gr.update(visible=True), gr.update(visible=False), gr.update(visible=False)
+
+    buttons = [row.generate, row.interrupt, row.skip]
+    for trigger in (row.generate.click, row.prompt.submit):
+        if check is not None:
+            started = trigger(check, inputs, None, show_progress="hidden").success(
+                hide_generate, None, buttons, queue=False
+            )
+        else:
+            started = trigger(hide_generate, None, buttons, queue=False)
+        started.then(run, inputs, outputs, show_progress="hidden").then(show_generate, None, buttons, queue=False)
+    row.interrupt.click(lambda: services.worker.interrupt(), None, None, queue=False)
+    row.skip.click(lambda: services.worker.skip(), None, None, queue=False)
+    row.clear.click(lambda: ("", ""), None, [row.prompt, row.negative], queue=False)
