@@ -4,7 +4,8 @@ following a job's progress and live preview, and the Generate / Interrupt / Skip
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Callable, Iterator, Sequence
+import json
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -14,7 +15,8 @@ from modules.core.errors import SdWebuiError
 from modules.core.requests import GenerationRequest
 from modules.engine.processing import Result
 from modules.engine.worker import Job
-from modules.services import Services
+from modules.services import Services, build_generation_info
+from modules.ui.styles import build_styles_dialog
 
 POLL_SECONDS = 0.25
 PROMPT_PLACEHOLDER = "Prompt\n(Press Ctrl+Enter to generate, Alt+Enter to skip, Esc to interrupt)"
@@ -32,11 +34,15 @@ class PromptRow:
     skip: Any
     clear: Any
     styles: Any
+    paste: Any
+    style_apply: Any
+    styles_edit: Any
 
 
-def build_prompt_row(prefix: str, styles: Sequence[str]) -> PromptRow:
+def build_prompt_row(prefix: str, services: Services) -> PromptRow:
     """The top row of a generation tab: prompts with token counters, Generate (Interrupt and Skip
-    take its place while a job runs), clear, styles; elem_ids `<prefix>_prompt` etc. as A1111."""
+    take its place while a job runs), paste / clear / apply-styles tools, the styles dropdown with
+    its editor (`modules.ui.styles`); elem_ids `<prefix>_prompt` etc. as A1111."""
     with gr.Row(elem_id=f"{prefix}_toprow", equal_height=False):
         with gr.Column(scale=6, elem_id=f"{prefix}_prompt_container"):
             token_counter = gr.HTML(
@@ -61,11 +67,35 @@ def build_prompt_row(prefix: str, styles: Sequence[str]) -> PromptRow:
                 interrupt = gr.Button("Interrupt", elem_id=f"{prefix}_interrupt", visible=False)
                 skip = gr.Button("Skip", elem_id=f"{prefix}_skip", visible=False)
             with gr.Row(elem_id=f"{prefix}_tools"):
-                clear = gr.Button("✕", elem_id=f"{prefix}_clear_prompt", size="sm", min_width=40)
-            style_dropdown = gr.Dropdown(
-                label="Styles", choices=list(styles), value=[], multiselect=True, elem_id=f"{prefix}_styles"
-            )
-    return PromptRow(token_counter, prompt, neg_counter, negative, generate, interrupt, skip, clear, style_dropdown)
+                paste = gr.Button("↙️", elem_id=f"{prefix}_paste", elem_classes="paste", size="sm", min_width=40)
+                clear = gr.Button("🗑️", elem_id=f"{prefix}_clear_prompt", size="sm", min_width=40)
+                style_apply = gr.Button("📋", elem_id=f"{prefix}_style_apply", size="sm", min_width=40)
+            with gr.Row(elem_id=f"{prefix}_styles_row", equal_height=True):
+                style_dropdown = gr.Dropdown(
+                    label="Styles",
+                    choices=[s.name for s in services.styles.styles()],
+                    value=[],
+                    multiselect=True,
+                    elem_id=f"{prefix}_styles",
+                    scale=4,
+                )
+                styles_edit = gr.Button("🖌️", elem_id=f"{prefix}_styles_edit_button", size="sm", min_width=40, scale=0)
+    row = PromptRow(
+        token_counter,
+        prompt,
+        neg_counter,
+        negative,
+        generate,
+        interrupt,
+        skip,
+        clear,
+        style_dropdown,
+        paste,
+        style_apply,
+        styles_edit,
+    )
+    build_styles_dialog(prefix, services, row)
+    return row
 
 
 def submit(services: Services, request: GenerationRequest) -> Job[Result]:
@@ -90,6 +120,18 @@ def follow(services: Services, job: Job[Result], render: Callable[[dict[str, Any
             yield render(data), gr.skip()
         with contextlib.suppress(Exception):  # done or still running; the outcome is read after
             job.future.result(timeout=POLL_SECONDS)
+
+
+def gallery_items(services: Services, request: GenerationRequest, result: Result) -> tuple[list[Any], str]:
+    """(gallery images, generation info JSON) for a finished job: the grid first when there is one
+    (A1111's `index_of_first_image` 1), and A1111's `Processed.js()` keys, whose `infotexts` line
+    up with the gallery images."""
+    images: list[Any] = list(result.images)
+    first = 0
+    if result.grid is not None:
+        images.insert(0, result.grid)
+        first = 1
+    return images, json.dumps(build_generation_info(services, request, result, first), default=str)
 
 
 def result_of(job: Job[Result]) -> Result:
@@ -129,3 +171,27 @@ def wire_generate(
     row.interrupt.click(lambda: services.worker.interrupt(), None, None, queue=False)
     row.skip.click(lambda: services.worker.skip(), None, None, queue=False)
     row.clear.click(lambda: ("", ""), None, [row.prompt, row.negative], queue=False)
+
+
+@dataclass
+class OutputButtons:
+    """The tool buttons under a generation tab's gallery (A1111's ids): save the selected image,
+    save all as a zip, send the selected image to img2img / inpaint / extras."""
+
+    save: Any
+    save_zip: Any
+    send_to_img2img: Any
+    send_to_inpaint: Any
+    send_to_extras: Any
+    download: Any
+
+
+def build_output_buttons(prefix: str) -> OutputButtons:
+    with gr.Row(elem_id=f"image_buttons_{prefix}", elem_classes="image-buttons"):
+        save = gr.Button("💾", elem_id=f"save_{prefix}", size="sm", min_width=40)
+        save_zip = gr.Button("🗃️", elem_id=f"save_zip_{prefix}", size="sm", min_width=40)
+        to_img2img = gr.Button("🖼️", elem_id=f"{prefix}_send_to_img2img", size="sm", min_width=40)
+        to_inpaint = gr.Button("🎨️", elem_id=f"{prefix}_send_to_inpaint", size="sm", min_width=40)
+        to_extras = gr.Button("📐", elem_id=f"{prefix}_send_to_extras", size="sm", min_width=40)
+    download = gr.File(label="Saved files", file_count="multiple", visible=False, elem_id=f"download_files_{prefix}")
+    return OutputButtons(save, save_zip, to_img2img, to_inpaint, to_extras, download)

@@ -136,6 +136,10 @@ class ExtrasTab:
     output_image: gr.Image
     gallery: gr.Gallery
     html_info: gr.HTML
+    # what "Send to extras" fills: the single-image input, the source mode and its tabs
+    image: gr.Image
+    mode: gr.State
+    mode_tabs: gr.Tabs
 
 
 def build_extras_tab(services: Services) -> ExtrasTab:
@@ -145,7 +149,7 @@ def build_extras_tab(services: Services) -> ExtrasTab:
 
     with gr.Row(equal_height=False, elem_id="extras_row"):
         with gr.Column(scale=1, elem_id="extras_settings"):
-            with gr.Tabs(elem_id="mode_extras"):
+            with gr.Tabs(elem_id="mode_extras") as mode_tabs:
                 with gr.Tab("Single Image", id="extras_single_tab", elem_id="extras_single_tab") as single_tab:
                     image = gr.Image(
                         label="Source",
@@ -317,4 +321,4 @@ def build_extras_tab(services: Services) -> ExtrasTab:
     scale_by_tab.select(lambda: SCALE_BY, None, resize_mode, queue=False)
     scale_to_tab.select(lambda: SCALE_TO, None, resize_mode, queue=False)
     switch.click(lambda w, h: (h, w), [resize_w, resize_h], [resize_w, resize_h], queue=False)
-    return ExtrasTab(generate, output_image, gallery, html_info)
+    return ExtrasTab(generate, output_image, gallery, html_info, image, mode, mode_tabs)

@@ -6,7 +6,7 @@ worker like the txt2img tab."""
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import gradio as gr
@@ -15,7 +15,17 @@ from PIL import Image
 from modules.core.requests import Img2ImgRequest
 from modules.engine.samplers import list_samplers
 from modules.services import Services
-from modules.ui.common import build_prompt_row, follow, result_of, submit, wire_generate
+from modules.ui.common import (
+    OutputButtons,
+    PromptRow,
+    build_output_buttons,
+    build_prompt_row,
+    follow,
+    gallery_items,
+    result_of,
+    submit,
+    wire_generate,
+)
 from modules.ui.txt2img import (
     DEFAULT_SAMPLER,
     _scheduler_choices,
@@ -40,6 +50,11 @@ def _rgb(image: Image.Image) -> Image.Image:
         flat.paste(rgba, mask=rgba.getchannel("A"))
         return flat
     return image.convert("RGB")
+
+
+def editor_value(image: Image.Image) -> dict[str, Any]:
+    """An ImageEditor value with `image` as the background and nothing painted (send to inpaint)."""
+    return {"background": image, "layers": [], "composite": image}
 
 
 def editor_image_and_mask(editor: dict[str, Any] | None) -> tuple[Image.Image, Image.Image]:
@@ -157,28 +172,55 @@ UI_FIELDS = (
 )
 
 
+# sub-tab number -> the gr.Tab id in `mode_img2img`
+SUBTAB_IDS = {
+    IMG2IMG: "img2img_img2img_tab",
+    INPAINT: "img2img_inpaint_tab",
+    INPAINT_UPLOAD: "img2img_inpaint_upload_tab",
+}
+
+
 @dataclass
 class Img2ImgTab:
-    generate: gr.Button
-    interrupt: gr.Button
+    row: PromptRow
     gallery: gr.Gallery
     html_info: gr.HTML
+    generation_info: gr.Textbox
+    output_buttons: OutputButtons
     init_image: gr.Image
     inpaint_editor: gr.ImageEditor
+    mode: gr.State
+    mode_tabs: gr.Tabs
+    inpaint_controls: gr.Group
+    # the input components by `UI_FIELDS` name (the send-to buttons fill them)
+    fields: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def mode_outputs(self) -> list[Any]:
+        """The components `select_mode` updates (an event's outputs)."""
+        return [self.mode, self.mode_tabs, self.inpaint_controls]
+
+    def select_mode(self, number: int) -> dict[Any, Any]:
+        """Updates that switch to sub-tab `number`, as clicking its tab does (call it in an event
+        handler only: it makes a `gr.Tabs` update)."""
+        return {
+            self.mode: number,
+            self.mode_tabs: gr.Tabs(selected=SUBTAB_IDS[number]),
+            self.inpaint_controls: gr.update(visible=number != IMG2IMG),
+        }
 
 
 def build_img2img_tab(services: Services) -> Img2ImgTab:
     samplers = [s.name for s in list_samplers() if s.available]
     sampler_default = DEFAULT_SAMPLER if DEFAULT_SAMPLER in samplers else (samplers[0] if samplers else None)
-    styles = [s.name for s in services.styles.styles()]
     mode = gr.State(IMG2IMG)
 
-    row = build_prompt_row("img2img", styles)
+    row = build_prompt_row("img2img", services)
     prompt, negative, style_dropdown = row.prompt, row.negative, row.styles
 
     with gr.Row(elem_id="img2img_settings_and_results", equal_height=False):
         with gr.Column(scale=1, elem_id="img2img_settings"):
-            with gr.Tabs(elem_id="mode_img2img"):
+            with gr.Tabs(elem_id="mode_img2img") as mode_tabs:
                 with gr.Tab("img2img", id="img2img_img2img_tab", elem_id="img2img_img2img_tab") as img2img_tab:
                     init_image = gr.Image(
                         label="Image for img2img",
@@ -294,9 +336,14 @@ def build_img2img_tab(services: Services) -> Img2ImgTab:
                 height=420,
                 object_fit="contain",
                 format="png",
+                interactive=False,
                 elem_id="img2img_gallery",
             )
+            output_buttons = build_output_buttons("img2img")
             html_info = gr.HTML("", elem_id="html_info_img2img")
+            generation_info = gr.Textbox(
+                label="Generation info", visible="hidden", elem_id="generation_info_img2img", interactive=False
+            )
     last_seed = gr.State(-1)
 
     inputs = [
@@ -330,21 +377,19 @@ def build_img2img_tab(services: Services) -> Img2ImgTab:
     def run(*values: Any) -> Iterator[tuple[Any, ...]]:
         request = img2img_request_from_ui(**dict(zip(UI_FIELDS, values, strict=True)))
         job = submit(services, request)
-        yield progress_html(services.worker.progress(with_preview=False)), gr.skip(), "", gr.skip()
+        yield progress_html(services.worker.progress(with_preview=False)), gr.skip(), "", "", gr.skip()
         for shown, preview in follow(services, job, progress_html):
-            yield shown, preview, gr.skip(), gr.skip()
+            yield shown, preview, gr.skip(), gr.skip(), gr.skip()
         result = result_of(job)
-        images: list[Any] = list(result.images)
-        if result.grid is not None:
-            images.insert(0, result.grid)
-        yield "", images, info_html(result), (result.seeds[0] if result.seeds else -1)
+        images, info = gallery_items(services, request, result)
+        yield "", images, info_html(result), info, (result.seeds[0] if result.seeds else -1)
 
     def check(*values: Any) -> None:
         """User errors (no image, empty mask) before the buttons change: an error here leaves
         Generate as it is."""
         img2img_request_from_ui(**dict(zip(UI_FIELDS, values, strict=True)))
 
-    wire_generate(services, row, run, inputs, [progress, gallery, html_info, last_seed], check=check)
+    wire_generate(services, row, run, inputs, [progress, gallery, html_info, generation_info, last_seed], check=check)
 
     def select_mode(number: int) -> Callable[[], tuple[int, Any]]:
         return lambda: (number, gr.update(visible=number != IMG2IMG))
@@ -363,4 +408,17 @@ def build_img2img_tab(services: Services) -> Img2ImgTab:
     prompt.change(counter(True), [prompt, steps], row.token_counter, queue=False, show_progress="hidden")
     negative.change(counter(False), [negative, steps], row.neg_counter, queue=False, show_progress="hidden")
 
-    return Img2ImgTab(row.generate, row.interrupt, gallery, html_info, init_image, inpaint_editor)
+    fields = dict(zip(UI_FIELDS, inputs, strict=True))
+    return Img2ImgTab(
+        row,
+        gallery,
+        html_info,
+        generation_info,
+        output_buttons,
+        init_image,
+        inpaint_editor,
+        mode,
+        mode_tabs,
+        inpaint_controls,
+        fields,
+    )

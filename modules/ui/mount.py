@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Callable
+from pathlib import Path
 from typing import TypeVar
 
 import gradio as gr
@@ -17,9 +18,12 @@ from starlette.routing import Match, Mount, Route
 from starlette.types import Receive, Scope, Send
 
 from modules.services import Services
-from modules.ui.blocks import CSS, build_blocks
+from modules.ui.blocks import build_blocks
+from modules.ui.theme import ui_theme
 
 T = TypeVar("T")
+CSS_DIR = Path(__file__).parent / "css"
+JS_DIR = Path(__file__).parent / "js"
 
 
 def _inside_a_loop(fn: Callable[[], T]) -> T:
@@ -55,7 +59,9 @@ def _mount(app: FastAPI, services: Services) -> None:
         app,
         blocks,
         path="/",
-        css=CSS,
+        css=page_css(),
+        head=page_head(services),
+        theme=ui_theme(services),
         footer_links=["api", "gradio"] if services.settings.api_enabled else ["gradio"],
         show_error=True,
         ssr_mode=False,
@@ -68,6 +74,17 @@ def _mount(app: FastAPI, services: Services) -> None:
     app.router.routes.append(Route("/", endpoint=_Forward(fallback), methods=["GET", "HEAD"], name="ui_index"))
     app.router.routes.append(fallback)
     app.state.ui_blocks = blocks
+
+
+def page_css() -> str:
+    """Every stylesheet in `modules/ui/css/`, in name order."""
+    return "\n".join(p.read_text(encoding="utf-8") for p in sorted(CSS_DIR.glob("*.css")))
+
+
+def page_head(services: Services) -> str:
+    """Scripts for the page's <head>: every file in `modules/ui/js/`, in name order."""
+    scripts = (p.read_text(encoding="utf-8") for p in sorted(JS_DIR.glob("*.js")))
+    return "".join(f"<script>\n{text}\n</script>" for text in scripts)
 
 
 class _FallbackMount(Mount):

@@ -16,7 +16,17 @@ from modules.core.requests import Txt2ImgRequest
 from modules.engine.processing import Result
 from modules.engine.samplers import list_samplers, list_schedulers
 from modules.services import Services
-from modules.ui.common import build_prompt_row, follow, result_of, submit, wire_generate
+from modules.ui.common import (
+    OutputButtons,
+    PromptRow,
+    build_output_buttons,
+    build_prompt_row,
+    follow,
+    gallery_items,
+    result_of,
+    submit,
+    wire_generate,
+)
 
 DEFAULT_SAMPLER = "DPM++ 2M"
 AUTOMATIC = "Automatic"
@@ -167,13 +177,12 @@ def info_html(result: Result) -> str:
 
 @dataclass
 class Txt2ImgTab:
-    generate: gr.Button
-    interrupt: gr.Button
-    skip: gr.Button
+    row: PromptRow
     gallery: gr.Gallery
     html_info: gr.HTML
     generation_info: gr.Textbox
-    # the input components by `UI_FIELDS` name (PNG Info's "Send to txt2img" fills them)
+    output_buttons: OutputButtons
+    # the input components by `UI_FIELDS` name, plus "subseed_show" (the send-to buttons fill them)
     fields: dict[str, Any] = field(default_factory=dict)
 
 
@@ -184,9 +193,8 @@ def _scheduler_choices() -> list[str]:
 def build_txt2img_tab(services: Services) -> Txt2ImgTab:
     samplers = [s.name for s in list_samplers() if s.available]
     sampler_default = DEFAULT_SAMPLER if DEFAULT_SAMPLER in samplers else (samplers[0] if samplers else None)
-    styles = [s.name for s in services.styles.styles()]
 
-    row = build_prompt_row("txt2img", styles)
+    row = build_prompt_row("txt2img", services)
     prompt, negative, style_dropdown = row.prompt, row.negative, row.styles
 
     with gr.Row(elem_id="txt2img_settings_and_results", equal_height=False):
@@ -252,8 +260,10 @@ def build_txt2img_tab(services: Services) -> Txt2ImgTab:
                 height=420,
                 object_fit="contain",
                 format="png",
+                interactive=False,
                 elem_id="txt2img_gallery",
             )
+            output_buttons = build_output_buttons("txt2img")
             html_info = gr.HTML("", elem_id="html_info_txt2img")
             generation_info = gr.Textbox(
                 label="Generation info", visible="hidden", elem_id="generation_info_txt2img", interactive=False
@@ -294,11 +304,8 @@ def build_txt2img_tab(services: Services) -> Txt2ImgTab:
         for shown, preview in follow(services, job, progress_html):
             yield shown, preview, gr.skip(), gr.skip(), gr.skip()
         result = result_of(job)
-        images: list[Any] = list(result.images)
-        if result.grid is not None:
-            images.insert(0, result.grid)
+        images, info = gallery_items(services, request, result)
         seeds = (result.seeds[0] if result.seeds else -1, result.subseeds[0] if result.subseeds else -1)
-        info = result.infotexts[0] if result.infotexts else ""
         yield "", images, info_html(result), info, seeds
 
     wire_generate(services, row, run, inputs, [progress, gallery, html_info, generation_info, last_seeds])
@@ -331,4 +338,4 @@ def build_txt2img_tab(services: Services) -> Txt2ImgTab:
         comp.change(final_resolution, hr_inputs, hr_final, queue=False, show_progress="hidden")
 
     fields = {**dict(zip(UI_FIELDS, inputs, strict=True)), "subseed_show": extra}
-    return Txt2ImgTab(row.generate, row.interrupt, row.skip, gallery, html_info, generation_info, fields)
+    return Txt2ImgTab(row, gallery, html_info, generation_info, output_buttons, fields)

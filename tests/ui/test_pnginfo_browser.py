@@ -12,7 +12,8 @@ from PIL import Image
 
 from modules.core.infotext import parse_infotext
 from modules.engine.outputs import encode_image
-from modules.ui.pnginfo import info_html, infotext_values, paste_fields
+from modules.ui.paste import infotext_values, paste_fields
+from modules.ui.pnginfo import info_html
 from tests.ui.conftest import screenshot_dirs
 
 expect = pytest.importorskip("playwright.sync_api").expect

@@ -1,0 +1,197 @@
+"""Moving images and parameters between tabs (A1111's "send to" buttons and ↙️ paste).
+
+- Under the txt2img and img2img galleries: 🖼️ img2img, 🎨️ inpaint, 📐 extras send the selected
+  image, and (for img2img / inpaint) its generation parameters, to that tab and switch to it.
+- PNG Info: Send to txt2img / img2img / inpaint / extras, from the dropped image and its infotext.
+- ↙️ in a prompt row: the parameters typed (pasted) into the prompt box, or those of the last
+  generation (`params.txt`) when the box is empty, restored into the tab's fields.
+
+`send_seed` / `send_size` (Settings > User interface) decide whether the seed and the size travel.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import gradio as gr
+from PIL import Image
+
+from modules.services import Services
+from modules.ui.extras import SINGLE, ExtrasTab
+from modules.ui.img2img import IMG2IMG, INPAINT, Img2ImgTab, editor_value
+from modules.ui.paste import looks_like_infotext, parse_for_paste, paste_fields
+from modules.ui.pnginfo import PngInfoTab
+from modules.ui.txt2img import Txt2ImgTab
+
+SEED_FIELDS = ("seed", "subseed", "subseed_strength", "seed_resize_from_w", "seed_resize_from_h", "subseed_show")
+SIZE_FIELDS = ("width", "height")
+
+
+def skipped_fields(services: Services) -> set[str]:
+    """Fields the user asked not to send (`send_seed`, `send_size` off)."""
+    skip: set[str] = set()
+    if not services.options.get("send_seed"):
+        skip.update(SEED_FIELDS)
+    if not services.options.get("send_size"):
+        skip.update(SIZE_FIELDS)
+    return skip
+
+
+def _open(item: Any) -> Image.Image | None:
+    """A gallery item or an image component's file as a loaded PIL image."""
+    if item is None:
+        return None
+    if isinstance(item, tuple | list):
+        item = item[0]
+    if isinstance(item, Image.Image):
+        return item
+    path = getattr(item, "path", None) or (item.get("path") if isinstance(item, dict) else item)
+    try:
+        with Image.open(str(path)) as image:
+            image.load()
+            return image.copy()
+    except OSError as exc:
+        raise gr.Error("Could not read the image to send") from exc
+
+
+def selected_image(gallery: Sequence[Any] | None, index: int | None, info: str) -> tuple[Image.Image, str]:
+    """(image, its infotext) for the gallery's selected item: the clicked one, else the first
+    image (after a leading grid). Raises `gr.Error` when the gallery is empty."""
+    if not gallery:
+        raise gr.Error("There is no image to send: generate one first")
+    try:
+        data = json.loads(info) if info else {}
+    except json.JSONDecodeError:
+        data = {}
+    first = int(data.get("index_of_first_image", 0) or 0)
+    chosen = index if index is not None and 0 <= index < len(gallery) else min(first, len(gallery) - 1)
+    infotexts = data.get("infotexts") or []
+    infotext = infotexts[chosen] if chosen < len(infotexts) else (infotexts[0] if infotexts else "")
+    image = _open(gallery[chosen])
+    if image is None:  # pragma: no cover - a gallery item always has a file
+        raise gr.Error("There is no image to send")
+    return image, str(infotext)
+
+
+def parameter_updates(
+    services: Services, infotext: str, fields: Mapping[str, Any], image: Image.Image | None = None
+) -> dict[Any, object]:
+    """Updates restoring `infotext` into `fields`; with `image` and `send_size` on, the size is the
+    image's own (what img2img should produce from it)."""
+    skip = skipped_fields(services)
+    updates = paste_fields(parse_for_paste(services, infotext), fields, skip) if infotext else {}
+    if image is not None and "width" not in skip:
+        for name, value in (("width", image.width), ("height", image.height)):
+            if name in fields:
+                updates[fields[name]] = value
+    return updates
+
+
+def to_img2img(
+    services: Services, target: Img2ImgTab, image: Image.Image, infotext: str, mode: int
+) -> dict[Any, object]:
+    """Updates that put `image` (and its parameters) into img2img's `mode` sub-tab and select it."""
+    updates: dict[Any, object] = parameter_updates(services, infotext, target.fields, image)
+    if mode == INPAINT:
+        updates[target.inpaint_editor] = editor_value(image)
+    else:
+        updates[target.init_image] = image
+    updates.update(target.select_mode(mode))
+    return updates
+
+
+def to_extras(target: ExtrasTab, image: Image.Image) -> dict[Any, object]:
+    return {target.image: image, target.mode: SINGLE, target.mode_tabs: gr.Tabs(selected="extras_single_tab")}
+
+
+def _img2img_outputs(target: Img2ImgTab) -> list[Any]:
+    return [
+        *target.fields.values(),
+        target.init_image,
+        target.inpaint_editor,
+        *target.mode_outputs,
+    ]
+
+
+def wire_send_to(
+    services: Services,
+    tabs: gr.Tabs,
+    txt2img: Txt2ImgTab,
+    img2img: Img2ImgTab,
+    extras: ExtrasTab,
+    pnginfo: PngInfoTab,
+) -> None:
+    img2img_outputs = [*dict.fromkeys(_img2img_outputs(img2img))]
+    extras_outputs = [extras.image, extras.mode, extras.mode_tabs]
+    txt2img_outputs = list(txt2img.fields.values())
+
+    # --- from the galleries -------------------------------------------------------------
+    for source in (txt2img, img2img):
+        selected = gr.State(None)
+
+        def on_select(evt: gr.SelectData) -> int:
+            return int(evt.index) if isinstance(evt.index, int) else 0
+
+        source.gallery.select(on_select, None, selected, queue=False, show_progress="hidden")
+        source.gallery.change(lambda: None, None, selected, queue=False, show_progress="hidden")
+        buttons = source.output_buttons
+        gallery_inputs = [source.gallery, selected, source.generation_info]
+
+        def send_img2img(gallery: Any, index: int | None, info: str, mode: int = IMG2IMG) -> dict[Any, object]:
+            image, infotext = selected_image(gallery, index, info)
+            return {**to_img2img(services, img2img, image, infotext, mode), tabs: gr.Tabs(selected="img2img")}
+
+        def send_inpaint(gallery: Any, index: int | None, info: str) -> dict[Any, object]:
+            return send_img2img(gallery, index, info, INPAINT)
+
+        def send_extras(gallery: Any, index: int | None, info: str) -> dict[Any, object]:
+            image, _infotext = selected_image(gallery, index, info)
+            return {**to_extras(extras, image), tabs: gr.Tabs(selected="extras")}
+
+        buttons.send_to_img2img.click(send_img2img, gallery_inputs, [*img2img_outputs, tabs], queue=False)
+        buttons.send_to_inpaint.click(send_inpaint, gallery_inputs, [*img2img_outputs, tabs], queue=False)
+        buttons.send_to_extras.click(send_extras, gallery_inputs, [*extras_outputs, tabs], queue=False)
+
+    # --- from PNG Info --------------------------------------------------------------------
+    def png_to_txt2img(infotext: str) -> dict[Any, object]:
+        return {**parameter_updates(services, infotext, txt2img.fields), tabs: gr.Tabs(selected="txt2img")}
+
+    def png_to_img2img(path: str | None, infotext: str, mode: int = IMG2IMG) -> dict[Any, object]:
+        image = _open(path)
+        if image is None:
+            raise gr.Error("Please drop an image first")
+        return {**to_img2img(services, img2img, image, infotext, mode), tabs: gr.Tabs(selected="img2img")}
+
+    def png_to_inpaint(path: str | None, infotext: str) -> dict[Any, object]:
+        return png_to_img2img(path, infotext, INPAINT)
+
+    def png_to_extras(path: str | None) -> dict[Any, object]:
+        image = _open(path)
+        if image is None:
+            raise gr.Error("Please drop an image first")
+        return {**to_extras(extras, image), tabs: gr.Tabs(selected="extras")}
+
+    png_inputs = [pnginfo.image, pnginfo.generation_info]
+    pnginfo.send_txt2img.click(png_to_txt2img, pnginfo.generation_info, [*txt2img_outputs, tabs], queue=False)
+    pnginfo.send_img2img.click(png_to_img2img, png_inputs, [*img2img_outputs, tabs], queue=False)
+    pnginfo.send_inpaint.click(png_to_inpaint, png_inputs, [*img2img_outputs, tabs], queue=False)
+    pnginfo.send_extras.click(png_to_extras, pnginfo.image, [*extras_outputs, tabs], queue=False)
+
+    # --- ↙️ paste in each prompt row -------------------------------------------------------
+    for tab in (txt2img, img2img):
+        fields = tab.fields
+
+        def paste(prompt: str, fields: Mapping[str, Any] = fields) -> dict[Any, object]:
+            text = prompt or ""
+            if not text.strip():
+                params_file = services.paths.params_file
+                text = params_file.read_text(encoding="utf-8") if params_file.is_file() else ""
+                if not text:
+                    raise gr.Error("Nothing to paste: the prompt is empty and there is no last generation")
+            elif not looks_like_infotext(text):
+                raise gr.Error("The prompt holds no generation parameters to read (no 'Steps: ...' line)")
+            return paste_fields(parse_for_paste(services, text), fields)
+
+        tab.row.paste.click(paste, tab.row.prompt, list(fields.values()), queue=False)
