@@ -150,7 +150,7 @@ def wire_generate(
     *,
     check: Callable[..., None] | None = None,
 ) -> None:
-    """Generate (and Enter in the prompt) runs `run`; Interrupt and Skip replace Generate while it
+    """Generate runs `run`; Interrupt and Skip replace Generate while it
     runs. `check` raises user errors before the buttons change, so an error leaves them as they were."""
 
     def hide_generate() -> tuple[Any, Any, Any]:
@@ -160,14 +160,14 @@ def wire_generate(
         return gr.update(visible=True), gr.update(visible=False), gr.update(visible=False)
 
     buttons = [row.generate, row.interrupt, row.skip]
-    for trigger in (row.generate.click, row.prompt.submit):
-        if check is not None:
-            started = trigger(check, inputs, None, show_progress="hidden").success(
-                hide_generate, None, buttons, queue=False
-            )
-        else:
-            started = trigger(hide_generate, None, buttons, queue=False)
-        started.then(run, inputs, outputs, show_progress="hidden").then(show_generate, None, buttons, queue=False)
+    # Ctrl+Enter clicks Generate (modules/ui/js/shortcuts.js); Enter / Shift+Enter stay newlines, as in A1111
+    if check is not None:
+        started = row.generate.click(check, inputs, None, show_progress="hidden").success(
+            hide_generate, None, buttons, queue=False
+        )
+    else:
+        started = row.generate.click(hide_generate, None, buttons, queue=False)
+    started.then(run, inputs, outputs, show_progress="hidden").then(show_generate, None, buttons, queue=False)
     row.interrupt.click(lambda: services.worker.interrupt(), None, None, queue=False)
     row.skip.click(lambda: services.worker.skip(), None, None, queue=False)
     row.clear.click(lambda: ("", ""), None, [row.prompt, row.negative], queue=False)

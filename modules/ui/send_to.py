@@ -7,6 +7,8 @@
   generation (`params.txt`) when the box is empty, restored into the tab's fields.
 
 `send_seed` / `send_size` (Settings > User interface) decide whether the seed and the size travel.
+The handlers are queued without a concurrency limit: they never wait behind a generation, and
+their `gr.Error`s reach the page as toasts (unqueued events show none).
 """
 
 from __future__ import annotations
@@ -150,9 +152,15 @@ def wire_send_to(
             image, _infotext = selected_image(gallery, index, info)
             return {**to_extras(extras, image), tabs: gr.Tabs(selected="extras")}
 
-        buttons.send_to_img2img.click(send_img2img, gallery_inputs, [*img2img_outputs, tabs], queue=False)
-        buttons.send_to_inpaint.click(send_inpaint, gallery_inputs, [*img2img_outputs, tabs], queue=False)
-        buttons.send_to_extras.click(send_extras, gallery_inputs, [*extras_outputs, tabs], queue=False)
+        buttons.send_to_img2img.click(
+            send_img2img, gallery_inputs, [*img2img_outputs, tabs], concurrency_limit=None, show_progress="hidden"
+        )
+        buttons.send_to_inpaint.click(
+            send_inpaint, gallery_inputs, [*img2img_outputs, tabs], concurrency_limit=None, show_progress="hidden"
+        )
+        buttons.send_to_extras.click(
+            send_extras, gallery_inputs, [*extras_outputs, tabs], concurrency_limit=None, show_progress="hidden"
+        )
 
     # --- from PNG Info --------------------------------------------------------------------
     def png_to_txt2img(infotext: str) -> dict[Any, object]:
@@ -174,10 +182,22 @@ def wire_send_to(
         return {**to_extras(extras, image), tabs: gr.Tabs(selected="extras")}
 
     png_inputs = [pnginfo.image, pnginfo.generation_info]
-    pnginfo.send_txt2img.click(png_to_txt2img, pnginfo.generation_info, [*txt2img_outputs, tabs], queue=False)
-    pnginfo.send_img2img.click(png_to_img2img, png_inputs, [*img2img_outputs, tabs], queue=False)
-    pnginfo.send_inpaint.click(png_to_inpaint, png_inputs, [*img2img_outputs, tabs], queue=False)
-    pnginfo.send_extras.click(png_to_extras, pnginfo.image, [*extras_outputs, tabs], queue=False)
+    pnginfo.send_txt2img.click(
+        png_to_txt2img,
+        pnginfo.generation_info,
+        [*txt2img_outputs, tabs],
+        concurrency_limit=None,
+        show_progress="hidden",
+    )
+    pnginfo.send_img2img.click(
+        png_to_img2img, png_inputs, [*img2img_outputs, tabs], concurrency_limit=None, show_progress="hidden"
+    )
+    pnginfo.send_inpaint.click(
+        png_to_inpaint, png_inputs, [*img2img_outputs, tabs], concurrency_limit=None, show_progress="hidden"
+    )
+    pnginfo.send_extras.click(
+        png_to_extras, pnginfo.image, [*extras_outputs, tabs], concurrency_limit=None, show_progress="hidden"
+    )
 
     # --- ↙️ paste in each prompt row -------------------------------------------------------
     for tab in (txt2img, img2img):
@@ -194,4 +214,6 @@ def wire_send_to(
                 raise gr.Error("The prompt holds no generation parameters to read (no 'Steps: ...' line)")
             return paste_fields(parse_for_paste(services, text), fields)
 
-        tab.row.paste.click(paste, tab.row.prompt, list(fields.values()), queue=False)
+        tab.row.paste.click(
+            paste, tab.row.prompt, list(fields.values()), concurrency_limit=None, show_progress="hidden"
+        )
