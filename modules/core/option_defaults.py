@@ -37,6 +37,21 @@ SECTIONS: dict[str, str] = {
 
 GIB = 1024**3
 
+GRADIO_THEMES: tuple[str, ...] = (
+    "Default",
+    "gradio/base",
+    "gradio/glass",
+    "gradio/monochrome",
+    "gradio/soft",
+    "gradio/citrus",
+    "gradio/ocean",
+    "gradio/origin",
+)
+"""`gradio_theme` choices: A1111's "Default" and the hub names of themes Gradio ships built in."""
+
+UI_COLOR_MODES: tuple[str, ...] = ("Auto (browser)", "Light", "Dark")
+"""`ui_color_mode` choices (ours): light/dark page when no `--theme` flag is given."""
+
 
 def _type_of(default: object) -> type:
     for candidate in (bool, int, float, str, list):
@@ -717,7 +732,22 @@ def _user_interface() -> list[OptionInfo]:
         _opt("ui_tab_order", [], "UI tab order", ui, requires_restart=True),
         _opt("hidden_tabs", [], "Hidden UI tabs", ui, requires_restart=True),
         _opt("ui_reorder_list", [], "UI item order for txt2img/img2img tabs", ui, requires_restart=True),
-        _opt("gradio_theme", "Default", "Gradio theme", ui, requires_restart=True),
+        _opt(
+            "gradio_theme",
+            "Default",
+            "Gradio theme (built-in themes only: hub themes are not downloaded)",
+            ui,
+            choices=GRADIO_THEMES,
+            requires_restart=True,
+        ),
+        _opt(
+            "ui_color_mode",
+            "Auto (browser)",
+            "Light or dark page (Auto follows the browser; the --theme flag overrides this)",
+            ui,
+            choices=UI_COLOR_MODES,
+            comment="ours: A1111 has only the --theme flag and the __theme URL parameter",
+        ),
         _opt("show_progress_in_title", True, "Show generation progress in window title", ui),
         _opt("send_seed", True, "Send seed when sending prompt or image to other interface", ui),
         _opt("send_size", True, "Send size when sending prompt or image to another interface", ui),

@@ -1,12 +1,253 @@
-"""`ui-config.json` (a1111.md: keys `"<tab>/<label>/<field>"`): remembered UI field defaults."""
+"""`ui-config.json` (a1111.md: keys `"<tab>/<label>/<field>"`): remembered UI field defaults.
+
+Every labelled input component inside a top-level tab gets keys made of the tab's id (A1111's
+interface id: `txt2img`, `img2img`, `extras`, `pnginfo`, ...; sub-tabs add nothing, so img2img's
+inpaint fields are `img2img/...` too), its label (a button: its text) and a field:
+
+* `visible` for sliders, radios, checkboxes, textboxes, numbers, dropdowns and buttons that are
+  visible when built;
+* `value` for all of those but buttons; `minimum`, `maximum`, `step` for sliders.
+
+Saved values replace what the UI was built with; keys the file lacks are written back with the
+built values, so the file lists everything a user can change. The Settings and Extensions tabs
+are not tracked (as in A1111). A broken file or a bad value (wrong type, a choice that does not
+exist, a slider value out of range) is logged and skipped.
+
+This runs inside the `gr.Blocks` context, before Gradio computes the page config when the
+context exits, so changed attributes are what the page shows.
+"""
 
 from __future__ import annotations
 
-import gradio as gr
+import json
+import logging
+import math
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
 
+import gradio as gr
+from gradio.blocks import Block, BlockContext
+
+from modules.core.atomic import atomic_write_json
 from modules.services import Services
+
+log = logging.getLogger(__name__)
+
+UNTRACKED_TABS = frozenset({"settings", "extensions"})
+"""Top-level tab ids whose components have no ui-config keys."""
+
+VALUE_TYPES: tuple[type[gr.components.Component], ...] = (
+    gr.Slider,
+    gr.Radio,
+    gr.Checkbox,
+    gr.Textbox,
+    gr.Number,
+    gr.Dropdown,
+)
+"""Components whose `value` (and `visible`) are tracked; buttons only have `visible`."""
+
+SLIDER_FIELDS = ("minimum", "maximum", "step")
+
+
+@dataclass
+class UiConfigResult:
+    """What `apply_ui_config_file` did: keys applied, values refused, keys written back."""
+
+    applied: list[str] = field(default_factory=list)
+    rejected: list[str] = field(default_factory=list)
+    added: list[str] = field(default_factory=list)
+    written: bool = False
+
+
+def _label(block: Block) -> str | None:
+    label = getattr(block, "label", None)
+    if isinstance(label, str) and label:
+        return label
+    if type(block) is gr.Button and isinstance(block.value, str) and block.value:
+        return block.value
+    return None
+
+
+def _walk(block: Block, path: str) -> Iterator[tuple[str, gr.components.Component]]:
+    if isinstance(block, BlockContext):
+        for child in block.children:
+            yield from _walk(child, path)
+        return
+    if not (isinstance(block, VALUE_TYPES) or type(block) is gr.Button):
+        return
+    label = _label(block)
+    if label is not None:
+        yield f"{path}/{label}", block  # type: ignore[misc]
+
+
+def _top_tabs(root: BlockContext) -> Iterator[gr.Tab]:
+    """The tabs of the first `gr.Tabs` found under `root` (the page's top-level tabs)."""
+    for child in root.children:
+        if isinstance(child, gr.Tabs):
+            yield from (tab for tab in child.children if isinstance(tab, gr.Tab))
+            return
+        if isinstance(child, BlockContext) and not isinstance(child, gr.Tab):
+            tabs = list(_top_tabs(child))
+            if tabs:
+                yield from tabs
+                return
+
+
+def tracked_components(root: BlockContext) -> list[tuple[str, gr.components.Component]]:
+    """(`<tab>/<label>`, component) for every tracked component, in page order."""
+    out: list[tuple[str, gr.components.Component]] = []
+    for tab in _top_tabs(root):
+        tab_id = str(tab.id) if tab.id is not None else str(tab.label)
+        if tab_id in UNTRACKED_TABS:
+            continue
+        out.extend(_walk(tab, tab_id))
+    return out
+
+
+def fields_of(component: gr.components.Component) -> list[str]:
+    """The ui-config fields of one component, in the order they are applied (range before value)."""
+    fields = ["visible"] if component.visible is True else []
+    if isinstance(component, gr.Slider):
+        fields += list(SLIDER_FIELDS)
+    if isinstance(component, VALUE_TYPES):
+        fields.append("value")
+    return fields
+
+
+def _is_number(value: object) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+
+
+def _choice_values(component: gr.Dropdown | gr.Radio) -> list[Any]:
+    return [c[1] if isinstance(c, (tuple, list)) else c for c in component.choices or []]
+
+
+def check_value(component: gr.components.Component, name: str, value: object) -> str | None:
+    """Why `value` cannot go into `component.<name>`, or None when it can."""
+    if name == "visible":
+        return None if isinstance(value, bool) else "expected true or false"
+    if name in SLIDER_FIELDS:
+        if not _is_number(value):
+            return "expected a number"
+        if name == "step" and value <= 0:  # type: ignore[operator]
+            return "the step must be above 0"
+        return None
+    if isinstance(component, gr.Slider):
+        if not _is_number(value):
+            return "expected a number"
+        if not component.minimum <= value <= component.maximum:  # type: ignore[operator]
+            return f"outside {component.minimum}..{component.maximum}"
+        return None
+    if isinstance(component, gr.Number):
+        return None if _is_number(value) else "expected a number"
+    if isinstance(component, gr.Checkbox):
+        return None if isinstance(value, bool) else "expected true or false"
+    if isinstance(component, gr.Textbox):
+        return None if isinstance(value, str) else "expected a string"
+    if isinstance(component, gr.Dropdown) and component.multiselect:
+        items = value if isinstance(value, list) else None
+        if items is None:
+            return "expected a list"
+        if not component.allow_custom_value:
+            bad = [item for item in items if item not in _choice_values(component)]
+            if bad:
+                return f"{bad[0]!r} is not one of the choices"
+        return None
+    if isinstance(component, (gr.Dropdown, gr.Radio)):
+        if isinstance(component, gr.Dropdown) and component.allow_custom_value and isinstance(value, str):
+            return None
+        return None if value in _choice_values(component) else f"{value!r} is not one of the choices"
+    return "not a tracked field"
+
+
+def _set(component: gr.components.Component, name: str, value: object) -> None:
+    if name == "value":
+        component.value = component.postprocess(value)
+    else:
+        setattr(component, name, value)
+
+
+def _current(component: gr.components.Component, name: str) -> object:
+    value = getattr(component, name)
+    if value is None and name == "value" and isinstance(component, gr.Textbox):
+        return ""  # an empty textbox
+    if isinstance(value, tuple):
+        value = list(value)
+    try:
+        json.dumps(value)
+    except (TypeError, ValueError):
+        return None
+    return value
+
+
+def read_ui_config(path: Path) -> dict[str, Any] | None:
+    """The saved keys; {} when there is no file; None (logged) when it cannot be read or parsed."""
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        return {}
+    except OSError as exc:
+        log.error("cannot read %s: %s; UI defaults are not applied", path, exc)
+        return None
+    try:
+        data = json.loads(text)
+    except ValueError as exc:
+        log.error("%s is not valid JSON (%s); UI defaults are not applied and the file is left as it is", path, exc)
+        return None
+    if not isinstance(data, dict):
+        log.error("%s does not hold a JSON object; UI defaults are not applied", path)
+        return None
+    return data
+
+
+def apply_ui_config_file(root: BlockContext, path: Path) -> UiConfigResult:
+    """Apply the file at `path` to the components under `root` and write back missing keys."""
+    result = UiConfigResult()
+    saved = read_ui_config(path)
+    if saved is None:
+        return result
+    additions: dict[str, object] = {}
+    for base, component in tracked_components(root):
+        for name in fields_of(component):
+            key = f"{base}/{name}"
+            if key not in saved:
+                if key not in additions:
+                    current = _current(component, name)
+                    if current is not None:
+                        additions[key] = current
+                continue
+            value = saved[key]
+            problem = check_value(component, name, value)
+            if problem is None:
+                try:
+                    _set(component, name, value)
+                except Exception as exc:  # a component that refuses the value
+                    problem = f"{type(exc).__name__}: {exc}"
+            if problem is not None:
+                log.warning("%s: %s = %r skipped: %s", path.name, key, value, problem)
+                result.rejected.append(key)
+            else:
+                result.applied.append(key)
+    result.added = list(additions)
+    if additions:
+        try:
+            atomic_write_json(path, {**saved, **additions})
+            result.written = True
+        except OSError as exc:
+            log.warning("cannot write %s: %s", path, exc)
+    return result
 
 
 def apply_ui_config(blocks: gr.Blocks, services: Services) -> None:
-    """Apply `ui-config.json` to the built components and write back the keys it lacks.
-    (Being built in this session; until then the UI keeps its built-in defaults.)"""
+    """Apply `ui-config.json` (`--ui-config-file`, else `<data dir>/ui-config.json`) to the built
+    components and write back the keys it lacks."""
+    result = apply_ui_config_file(blocks, services.paths.ui_config_file)
+    if result.applied or result.rejected:
+        log.info(
+            "ui-config: %d values applied, %d skipped (%s)",
+            len(result.applied),
+            len(result.rejected),
+            services.paths.ui_config_file,
+        )
