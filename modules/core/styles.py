@@ -111,34 +111,39 @@ class StyleDatabase:
             negative_prompt = merge_style(style.negative_prompt, negative_prompt)
         return prompt, negative_prompt
 
-    def save(self, style: PromptStyle) -> None:
-        """Add or replace a style, writing the first styles file atomically."""
-        with self._lock:
-            self._styles[style.name] = style
-            rows = list(self._styles.values())
-        target = self._expanded()[0] if self._expanded() else self.files[0]
+    def _target(self) -> Path:
+        expanded = self._expanded()
+        return expanded[0] if expanded else self.files[0]
+
+    def _write(self, path: Path) -> None:
+        """Rewrite `path` with the styles that live in it (new styles live in the first file)."""
+        target = self._target()
         buffer = io.StringIO()
         writer = csv.DictWriter(buffer, fieldnames=["name", "prompt", "negative_prompt"], lineterminator="\n")
         writer.writeheader()
-        for s in rows:
-            if s.path in (None, target):
+        for s in self.styles():
+            if (s.path or target) == path:
                 writer.writerow({"name": s.name, "prompt": s.prompt, "negative_prompt": s.negative_prompt})
-        atomic_write_text(target, "\ufeff" + buffer.getvalue())
+        atomic_write_text(path, "\ufeff" + buffer.getvalue())
+
+    def save(self, style: PromptStyle) -> None:
+        """Add or replace a style, atomically rewriting the file it lives in: an existing style's
+        own file (one of several `--styles-file`s), else the first file."""
+        with self._lock:
+            old = self._styles.get(style.name)
+            path = style.path or (old.path if old is not None else None) or self._target()
+            self._styles[style.name] = PromptStyle(style.name, style.prompt, style.negative_prompt, path)
+        self._write(path)
 
     def delete(self, name: str) -> None:
+        """Remove a style, rewriting the file it came from."""
         with self._lock:
             style = self._styles.pop(name, None)
         if style is None:
             raise NotFoundError(f"style not found: {name!r}")
         if self.files:
-            self.save_all()
+            self._write(style.path or self._target())
 
     def save_all(self) -> None:
-        target = self._expanded()[0] if self._expanded() else self.files[0]
-        buffer = io.StringIO()
-        writer = csv.DictWriter(buffer, fieldnames=["name", "prompt", "negative_prompt"], lineterminator="\n")
-        writer.writeheader()
-        for s in self.styles():
-            if s.path in (None, target):
-                writer.writerow({"name": s.name, "prompt": s.prompt, "negative_prompt": s.negative_prompt})
-        atomic_write_text(target, "\ufeff" + buffer.getvalue())
+        """Rewrite the first styles file."""
+        self._write(self._target())

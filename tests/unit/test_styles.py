@@ -40,6 +40,20 @@ def test_save_and_delete_write_the_first_file_atomically(tmp_path: Path) -> None
     assert StyleDatabase([path]).styles() == []
 
 
+def test_a_style_from_another_file_is_saved_and_deleted_in_that_file(tmp_path: Path) -> None:
+    first, second = tmp_path / "styles.csv", tmp_path / "more.csv"
+    first.write_text("name,prompt,negative_prompt\nMine,a,\n", encoding="utf-8")
+    second.write_text("name,prompt,negative_prompt\nShared,b,\nOther,c,\n", encoding="utf-8")
+    db = StyleDatabase([first, second])
+    db.save(PromptStyle("Shared", "b2", "n"))
+    assert "Shared" not in first.read_text(encoding="utf-8-sig")
+    assert StyleDatabase([second]).get("Shared").prompt == "b2"
+    db.delete("Shared")
+    db.save(PromptStyle("New", "d"))
+    assert [s.name for s in StyleDatabase([first, second]).styles()] == ["Mine", "New", "Other"]
+    assert "Shared" not in second.read_text(encoding="utf-8-sig")
+
+
 def test_extra_network_tags_are_extracted() -> None:
     text, tags = extract_extra_networks("a cat <lora:add_detail:0.8> in a hat <hypernet:h:1>")
     assert text == "a cat  in a hat "
