@@ -1,4 +1,5 @@
-"""Moving images and parameters between tabs (A1111's "send to" buttons and ↙️ paste).
+"""Moving images and parameters between tabs (A1111's "send to" buttons and ↙️ paste), and the
+gallery's 💾 / 🗃️ buttons (`modules.ui.save`), which share the gallery-selection state.
 
 - Under the txt2img and img2img galleries: 🖼️ img2img, 🎨️ inpaint, 📐 extras send the selected
   image, and (for img2img / inpaint) its generation parameters, to that tab and switch to it.
@@ -20,11 +21,13 @@ from typing import Any
 import gradio as gr
 from PIL import Image
 
+from modules.core.errors import SdWebuiError
 from modules.services import Services
 from modules.ui.extras import SINGLE, ExtrasTab
 from modules.ui.img2img import IMG2IMG, INPAINT, Img2ImgTab, editor_value
 from modules.ui.paste import looks_like_infotext, parse_for_paste, paste_fields
 from modules.ui.pnginfo import PngInfoTab
+from modules.ui.save import download_copies, save_images
 from modules.ui.txt2img import Txt2ImgTab
 
 SEED_FIELDS = ("seed", "subseed", "subseed_strength", "seed_resize_from_w", "seed_resize_from_h", "subseed_show")
@@ -152,6 +155,20 @@ def wire_send_to(
             image, _infotext = selected_image(gallery, index, info)
             return {**to_extras(extras, image), tabs: gr.Tabs(selected="extras")}
 
+        def save(gallery: Any, index: int | None, info: str, make_zip: bool = False) -> Any:
+            try:
+                written = save_images(services, gallery, index, info, make_zip=make_zip)
+            except (OSError, SdWebuiError) as exc:
+                raise gr.Error(f"Could not save: {exc}") from exc
+            return gr.update(value=download_copies(written), visible=True)
+
+        def save_zip(gallery: Any, index: int | None, info: str) -> Any:
+            return save(gallery, index, info, make_zip=True)
+
+        buttons.save.click(save, gallery_inputs, buttons.download, concurrency_limit=None, show_progress="hidden")
+        buttons.save_zip.click(
+            save_zip, gallery_inputs, buttons.download, concurrency_limit=None, show_progress="hidden"
+        )
         buttons.send_to_img2img.click(
             send_img2img, gallery_inputs, [*img2img_outputs, tabs], concurrency_limit=None, show_progress="hidden"
         )

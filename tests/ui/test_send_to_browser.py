@@ -208,3 +208,34 @@ def test_keyboard_esc_interrupts_and_ctrl_up_weights_a_word(page: Any, ui_servic
     expect(page.locator("#html_info_txt2img")).to_contain_text("Interrupted", timeout=60_000)
     expect(page.locator("#txt2img_generate")).to_be_visible(timeout=10_000)
     assert ui_services.worker.current is None
+
+
+def test_save_and_zip_buttons_write_to_log_images(page: Any, ui_services: Services) -> None:
+    import zipfile
+
+    _set_number(page, "txt2img_batch_size", 2)
+    try:
+        _txt2img(page, "a saved pair", steps=2, seed=55)
+    finally:
+        _set_number(page, "txt2img_batch_size", 1)
+    folder = ui_services.paths.output_path("log/images")
+    before = set(folder.glob("*.png")) if folder.is_dir() else set()
+
+    # 💾 with `save_selected_only`: the clicked image (the second of the batch) and a log.csv row
+    page.locator("#txt2img_gallery .thumbnail-item").nth(2).click()  # grid, image 1, image 2
+    page.locator("#save_txt2img").click()
+    expect(page.locator("#download_files_txt2img")).to_be_visible(timeout=10_000)
+    expect(page.locator("#download_files_txt2img")).to_contain_text(".png")
+    new = set(folder.glob("*.png")) - before
+    assert len(new) == 1
+    with Image.open(next(iter(new))) as saved:
+        assert "Seed: 56" in str(saved.info.get("parameters"))
+    log = (folder / "log.csv").read_text(encoding="utf-8")
+    assert log.startswith("prompt,seed,width,height") and "a saved pair,56,64,64" in log
+
+    # 🗃️: both images in one zip
+    page.locator("#save_zip_txt2img").click()
+    expect(page.locator("#download_files_txt2img")).to_contain_text(".zip", timeout=10_000)
+    archive = max(folder.glob("*.zip"), key=lambda p: p.stat().st_mtime)
+    with zipfile.ZipFile(archive) as zf:
+        assert len(zf.namelist()) == 2
