@@ -5,9 +5,8 @@ worker while the job runs and shown with the live preview in the gallery."""
 from __future__ import annotations
 
 import html
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass, field
-from functools import lru_cache
 from typing import Any
 
 import gradio as gr
@@ -27,6 +26,7 @@ from modules.ui.common import (
     submit,
     wire_generate,
 )
+from modules.ui.token_counter import wire_token_counters
 
 DEFAULT_SAMPLER = "DPM++ 2M"
 AUTOMATIC = "Automatic"
@@ -120,37 +120,6 @@ UI_FIELDS = (
     "seed_resize_from_w",
     "seed_resize_from_h",
 )
-
-
-@lru_cache(maxsize=1)
-def _tokenizer() -> Any:
-    from modules.models.clip_tokenizer import build_clip_tokenizer
-
-    return build_clip_tokenizer()
-
-
-def token_counter_html(prompt: str, steps: float, *, is_positive: bool = True) -> str:
-    """A1111's `used/limit` counter (CLIP tokens, 75 per chunk)."""
-    from modules.core.prompt_syntax import prompt_token_count
-
-    if not prompt:
-        return "<span>0/75</span>"
-    tok = _tokenizer()
-
-    def tokenize(texts: list[str]) -> list[list[int]]:
-        return tok(texts, add_special_tokens=False, truncation=False).input_ids  # type: ignore[no-any-return]
-
-    try:
-        used, limit = prompt_token_count(
-            prompt,
-            tokenize,
-            steps=max(int(steps), 1),
-            is_positive=is_positive,
-            comma_token=tok.convert_tokens_to_ids(",</w>"),
-        )
-    except Exception:  # a half-typed prompt must never break the page
-        return "<span>?/75</span>"
-    return f"<span>{used}/{limit}</span>"
 
 
 def progress_html(progress: dict[str, Any]) -> str:
@@ -317,11 +286,7 @@ def build_txt2img_tab(services: Services) -> Txt2ImgTab:
     reuse_subseed.click(lambda s: s[1], last_seeds, subseed, queue=False)
     extra.change(lambda on: gr.update(visible=on), extra, extra_group, queue=False)
 
-    def counter(positive: bool) -> Callable[[str, float], str]:
-        return lambda text, n: token_counter_html(text, n, is_positive=positive)
-
-    prompt.change(counter(True), [prompt, steps], row.token_counter, queue=False, show_progress="hidden")
-    negative.change(counter(False), [negative, steps], row.neg_counter, queue=False, show_progress="hidden")
+    wire_token_counters(services, row, steps)
 
     def final_resolution(on: bool, w: float, h: float, scale: float, rx: float, ry: float) -> str:
         if not on:
