@@ -221,7 +221,7 @@ def build_txt2img_tab(services: Services) -> Txt2ImgTab:
                         0, 2048, value=0, step=8, label="Resize seed from height", elem_id="txt2img_seed_resize_from_h"
                     )
         with gr.Column(scale=1, elem_id="txt2img_results"):
-            progress = gr.HTML("", elem_id="txt2img_progress")
+            progress = gr.HTML("", elem_id="txt2img_progress", min_height=0)
             gallery = gr.Gallery(
                 label="Output",
                 show_label=False,
