@@ -1,0 +1,564 @@
+"""Checkpoint merging (a1111.md 10.5): the state dicts of checkpoints A, B (and C) combined as
+A1111's Checkpoint Merger does, written as a new checkpoint into the Stable-diffusion folder.
+
+- "No interpolation": A alone (format conversion, float16, VAE baking, discarding weights);
+- "Weighted sum": ``A * (1 - M) + B * M``;
+- "Add difference": ``A + (B - C) * M``.
+
+Only floating-point tensors whose key contains ``model`` are combined; everything else (integer
+buffers, schedule tensors) is A's. Keys missing from B or C keep A's tensor. The first UNet conv of
+an inpainting (9 input channels) or instruct-pix2pix (8) model A merged with a normal model B
+(4 channels) combines the 4 channels both have and keeps A's extra ones; the other way round is
+refused (A must be the special model). ``model_ema.*`` is dropped.
+
+Memory: safetensors inputs are memory-mapped and read one tensor at a time, so the only full copy
+held is the output. The output goes to a temp file beside the target and is renamed into place
+(fsynced first), so a failed or interrupted merge leaves no partial checkpoint; an existing file
+(an input above all) is never overwritten.
+
+No gradio here: the UI (``modules/ui/merger.py``) builds a `MergeRequest` and runs
+`merge_checkpoints` as a job on the single worker.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import os
+import re
+import secrets
+import time
+from collections.abc import Callable, Iterator, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors import safe_open
+from safetensors.torch import save_file
+
+from modules.core.atomic import atomic_write_bytes
+from modules.core.errors import ModelFileError, ValidationError
+from modules.core.safetensors_header import read_safetensors_header
+from modules.models.checkpoint_io import SAFETENSORS_SUFFIXES, read_state_dict
+from modules.models.registry import CheckpointInfo, ModelRegistry
+
+log = logging.getLogger(__name__)
+
+NO_INTERPOLATION = "No interpolation"
+WEIGHTED_SUM = "Weighted sum"
+ADD_DIFFERENCE = "Add difference"
+INTERP_METHODS = (NO_INTERPOLATION, WEIGHTED_SUM, ADD_DIFFERENCE)
+
+CHECKPOINT_FORMATS = ("ckpt", "safetensors")
+CONFIG_SOURCES = ("A, B or C", "B", "C", "Don't")
+NO_VAE = "None"
+
+# kept from A whatever the method (A1111's checkpoint_dict_skip_on_merge)
+SKIP_ON_MERGE = frozenset({"cond_stage_model.transformer.text_model.embeddings.position_ids"})
+DROPPED_PREFIXES = ("model_ema.",)
+VAE_PREFIX = "first_stage_model."
+_VAE_IGNORED = ("loss", "model_ema.")
+
+ProgressFn = Callable[[int, int, str], None]  # (done, total, what)
+
+
+@dataclass(frozen=True)
+class MergeRequest:
+    """The Checkpoint Merger form, with A1111's defaults. Checkpoints are named as in the top-bar
+    dropdown (titles; any registry alias works)."""
+
+    primary_model_name: str | None
+    secondary_model_name: str | None = None
+    tertiary_model_name: str | None = None
+    interp_method: str = WEIGHTED_SUM
+    multiplier: float = 0.3
+    custom_name: str = ""
+    checkpoint_format: str = "safetensors"
+    save_as_half: bool = False
+    config_source: str = CONFIG_SOURCES[0]
+    bake_in_vae: str | None = NO_VAE
+    discard_weights: str = ""
+    save_metadata: bool = True
+    add_merge_recipe: bool = True
+    copy_metadata_fields: bool = True
+    metadata_json: str = "{}"
+
+
+@dataclass
+class MergeResult:
+    path: Path
+    tensors: int  # tensors written
+    merged: int  # tensors combined from two or three models
+    discarded: int
+    is_inpainting: bool
+    is_instruct_pix2pix: bool
+    seconds: float
+    metadata: dict[str, str] = field(default_factory=dict)
+
+    @property
+    def message(self) -> str:
+        return f"Checkpoint saved to {self.path}"
+
+
+# ------------------------------------------------------------------------------ validation
+
+
+def _blank(value: str | None) -> bool:
+    return value is None or not value.strip()
+
+
+def validate_request(request: MergeRequest) -> None:
+    """Everything that can be refused before any file is read; raises `ValidationError`."""
+    if request.interp_method not in INTERP_METHODS:
+        raise ValidationError(f"unknown interpolation method {request.interp_method!r}")
+    if _blank(request.primary_model_name):
+        raise ValidationError("Failed: Merging requires a primary model.")
+    if request.interp_method in (WEIGHTED_SUM, ADD_DIFFERENCE) and _blank(request.secondary_model_name):
+        raise ValidationError("Failed: Merging requires a secondary model.")
+    if request.interp_method == ADD_DIFFERENCE and _blank(request.tertiary_model_name):
+        raise ValidationError(f"Failed: Interpolation method ({ADD_DIFFERENCE}) requires a tertiary model.")
+    if request.checkpoint_format not in CHECKPOINT_FORMATS:
+        raise ValidationError(f"unknown checkpoint format {request.checkpoint_format!r}")
+    if request.config_source not in CONFIG_SOURCES:
+        raise ValidationError(f"unknown config source {request.config_source!r}")
+    if not 0.0 <= float(request.multiplier) <= 1.0:
+        raise ValidationError("Multiplier (M) must be between 0 and 1")
+    if request.discard_weights:
+        try:
+            re.compile(request.discard_weights)
+        except re.error as exc:
+            raise ValidationError(f"Discard weights with matching name: bad regular expression: {exc}") from exc
+    name = request.custom_name.strip()
+    if name and (name in (".", "..") or "/" in name or "\\" in name or "\0" in name):
+        raise ValidationError("Custom Name must be a plain file name (no folders)")
+    if request.save_metadata and request.metadata_json.strip():
+        try:
+            extra = json.loads(request.metadata_json)
+        except json.JSONDecodeError as exc:
+            raise ValidationError(f"Metadata in JSON format: {exc}") from exc
+        if not isinstance(extra, dict):
+            raise ValidationError("Metadata in JSON format must be a JSON object")
+
+
+# ------------------------------------------------------------------------------ tensor maths
+
+
+def merge_tensor(
+    method: str, a: torch.Tensor, b: torch.Tensor | None, c: torch.Tensor | None, multiplier: float
+) -> tuple[torch.Tensor, str]:
+    """One tensor of the result, in A's dtype, and what was done ("merged", "kept", "inpainting",
+    "instruct-pix2pix"). Arithmetic runs in float32 (float64 stays float64)."""
+    if method == NO_INTERPOLATION or b is None or not a.is_floating_point() or not b.is_floating_point():
+        return a, "kept"
+    if method == ADD_DIFFERENCE:
+        if c is None or not c.is_floating_point():
+            return a, "kept"
+        b_part, c_part = _overlap(b, c)
+        if b_part is None or c_part is None:
+            return a, "kept"
+        other = _work(b_part) - _work(c_part)
+    else:
+        other = _work(b)
+    kind = "merged"
+    target = a
+    if a.shape != other.shape:
+        kind = _special_conv(a, other)
+        if kind == "kept":
+            log.warning("merge: shapes differ (%s vs %s); keeping A's tensor", tuple(a.shape), tuple(other.shape))
+            return a, "kept"
+        target = a[:, : other.shape[1]]
+    wa = _work(target)
+    combined = wa + other * multiplier if method == ADD_DIFFERENCE else wa * (1.0 - multiplier) + other * multiplier
+    combined = combined.to(a.dtype)
+    if target is a:
+        return combined, kind
+    out = a.clone()
+    out[:, : other.shape[1]] = combined
+    return out, kind
+
+
+def _work(t: torch.Tensor) -> torch.Tensor:
+    return t if t.dtype == torch.float64 else t.to(torch.float32)
+
+
+def _overlap(b: torch.Tensor, c: torch.Tensor) -> tuple[torch.Tensor | None, torch.Tensor | None]:
+    """B and C for ``B - C``: equal shapes, or a 9/8-channel B against a 4-channel C (B's
+    first 4 channels)."""
+    if b.shape == c.shape:
+        return b, c
+    if _same_but_channels(b, c) and b.shape[1] in (8, 9) and c.shape[1] == 4:
+        return b[:, :4], c
+    return None, None
+
+
+def _same_but_channels(a: torch.Tensor, b: torch.Tensor) -> bool:
+    return a.dim() == b.dim() and a.dim() >= 2 and a.shape[0] == b.shape[0] and a.shape[2:] == b.shape[2:]
+
+
+def _special_conv(a: torch.Tensor, other: torch.Tensor) -> str:
+    if not _same_but_channels(a, other):
+        return "kept"
+    if a.shape[1] == 4 and other.shape[1] == 9:
+        raise ValidationError("When merging inpainting model with a normal one, A must be the inpainting model.")
+    if a.shape[1] == 4 and other.shape[1] == 8:
+        raise ValidationError(
+            "When merging instruct-pix2pix model with a normal one, A must be the instruct-pix2pix model."
+        )
+    if a.shape[1] == 9 and other.shape[1] == 4:
+        return "inpainting"
+    if a.shape[1] == 8 and other.shape[1] == 4:
+        return "instruct-pix2pix"
+    return "kept"
+
+
+def to_half(t: torch.Tensor, enable: bool) -> torch.Tensor:
+    """float32/float64 -> float16 when asked; other dtypes unchanged."""
+    if enable and t.dtype in (torch.float32, torch.float64):
+        return t.half()
+    return t
+
+
+# ------------------------------------------------------------------------------ reading
+
+
+class TensorSource:
+    """A checkpoint's tensors by key, read one at a time: safetensors through a memory map after
+    the header check, pickles through the restricted loader (memory-mapped zip archives)."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self._stack = contextlib.ExitStack()
+        self._handle: Any = None
+        self._dict: dict[str, torch.Tensor] | None = None
+        self.metadata: dict[str, str] = {}
+        if path.suffix.lower() in SAFETENSORS_SUFFIXES:
+            header = read_safetensors_header(path)
+            self.metadata = dict(header.metadata)
+            self._keys = list(header.tensors)
+            try:
+                self._handle = self._stack.enter_context(safe_open(str(path), framework="pt", device="cpu"))
+            except Exception as exc:  # safetensors raises its own error types
+                raise ModelFileError(f"{path}: cannot read safetensors file: {exc}") from exc
+        else:
+            self._dict = read_state_dict(path)
+            self._keys = list(self._dict)
+        self._key_set = frozenset(self._keys)
+
+    def keys(self) -> list[str]:
+        return list(self._keys)
+
+    def __contains__(self, key: object) -> bool:
+        return key in self._key_set
+
+    def get(self, key: str) -> torch.Tensor | None:
+        if key not in self._key_set:
+            return None
+        if self._dict is not None:
+            return self._dict[key]
+        tensor: torch.Tensor = self._handle.get_tensor(key)
+        return tensor
+
+    def close(self) -> None:
+        self._stack.close()
+        self._dict = None
+
+    def __enter__(self) -> TensorSource:
+        return self
+
+    def __exit__(self, *_exc: object) -> None:
+        self.close()
+
+
+def read_metadata(path: Path) -> dict[str, str]:
+    """A checkpoint's safetensors `__metadata__` (empty for other formats)."""
+    if path.suffix.lower() not in SAFETENSORS_SUFFIXES or not path.is_file():
+        return {}
+    return dict(read_safetensors_header(path).metadata)
+
+
+def vae_tensors(path: Path) -> dict[str, torch.Tensor]:
+    """A standalone VAE's tensors under their checkpoint names (``first_stage_model.*``)."""
+    found: dict[str, torch.Tensor] = {}
+    for key, tensor in read_state_dict(path).items():
+        if key.startswith(_VAE_IGNORED):
+            continue
+        bare = key.removeprefix(VAE_PREFIX)
+        found[VAE_PREFIX + bare] = tensor
+    return found
+
+
+# ------------------------------------------------------------------------------ naming
+
+
+def _num(value: float) -> str:
+    rounded = round(float(value), 2)
+    return str(int(rounded)) if rounded == int(rounded) and abs(rounded) >= 1 else str(rounded)
+
+
+def auto_name(method: str, multiplier: float, a: str, b: str | None, c: str | None) -> str:
+    """A1111's automatic name (without suffix): ``0.7(a) + 0.3(b)``, ``a + 0.3(b - c)``, or ``a``."""
+    if method == WEIGHTED_SUM:
+        return f"{_num(1 - multiplier)}({a}) + {_num(multiplier)}({b})"
+    if method == ADD_DIFFERENCE:
+        return f"{a} + {_num(multiplier)}({b} - {c})"
+    return a
+
+
+def output_path(
+    output_dir: Path, base: str, fmt: str, *, inpainting: bool = False, instruct_pix2pix: bool = False
+) -> Path:
+    name = base
+    if inpainting:
+        name += ".inpainting"
+    if instruct_pix2pix:
+        name += ".instruct-pix2pix"
+    return output_dir / f"{name}.{fmt}"
+
+
+# ------------------------------------------------------------------------------ the merge
+
+
+@dataclass
+class _Inputs:
+    a: CheckpointInfo
+    b: CheckpointInfo | None
+    c: CheckpointInfo | None
+    vae: Path | None
+
+
+def _resolve(request: MergeRequest, registry: ModelRegistry) -> _Inputs:
+    def find(query: str | None) -> CheckpointInfo | None:
+        if _blank(query):
+            return None
+        assert query is not None
+        info = registry.find_checkpoint(query)
+        if info.is_folder:
+            raise ValidationError(f"{info.name}: diffusers folders cannot be merged; choose a single-file checkpoint")
+        return info
+
+    method = request.interp_method
+    a = find(request.primary_model_name)
+    assert a is not None
+    b = find(request.secondary_model_name) if method != NO_INTERPOLATION else None
+    c = find(request.tertiary_model_name) if method == ADD_DIFFERENCE else None
+    vae = None
+    if request.bake_in_vae and request.bake_in_vae != NO_VAE:
+        vae = registry.find_vae(request.bake_in_vae).filename
+    return _Inputs(a, b, c, vae)
+
+
+def _config_for(request: MergeRequest, inputs: _Inputs) -> Path | None:
+    def cfg(info: CheckpointInfo | None) -> Path | None:
+        return info.config_yaml if info is not None else None
+
+    source = request.config_source
+    if source == CONFIG_SOURCES[0]:
+        return cfg(inputs.a) or cfg(inputs.b) or cfg(inputs.c)
+    if source == "B":
+        return cfg(inputs.b)
+    if source == "C":
+        return cfg(inputs.c)
+    return None
+
+
+def _build_metadata(
+    request: MergeRequest, inputs: _Inputs, registry: ModelRegistry, result_flags: dict[str, bool]
+) -> dict[str, str]:
+    metadata: dict[str, str] = {"format": "pt"}
+    if not request.save_metadata:
+        return metadata
+    infos = [i for i in (inputs.a, inputs.b, inputs.c) if i is not None]
+    if request.copy_metadata_fields:
+        for info in infos:
+            metadata.update(read_metadata(info.filename))
+    if request.add_merge_recipe:
+        recipe = {
+            "type": "webui",
+            "primary_model_hash": registry.ensure_hash(inputs.a),
+            "secondary_model_hash": registry.ensure_hash(inputs.b) if inputs.b else None,
+            "tertiary_model_hash": registry.ensure_hash(inputs.c) if inputs.c else None,
+            "interp_method": request.interp_method,
+            "multiplier": float(request.multiplier),
+            "save_as_half": bool(request.save_as_half),
+            "custom_name": request.custom_name,
+            "config_source": CONFIG_SOURCES.index(request.config_source),
+            "bake_in_vae": request.bake_in_vae or NO_VAE,
+            "discard_weights": request.discard_weights,
+            "is_inpainting": result_flags["inpainting"],
+            "is_instruct_pix2pix": result_flags["instruct-pix2pix"],
+        }
+        metadata["sd_merge_recipe"] = json.dumps(recipe)
+        models: dict[str, Any] = {}
+        for info in infos:
+            own = read_metadata(info.filename)
+            sha = registry.ensure_hash(info) or info.name
+            models[sha] = {
+                "name": info.name,
+                "legacy_hash": info.old_hash,
+                "sd_merge_recipe": _json_or_none(own.get("sd_merge_recipe")),
+            }
+            earlier = _json_or_none(own.get("sd_merge_models"))
+            if isinstance(earlier, dict):
+                models.update(earlier)
+        metadata["sd_merge_models"] = json.dumps(models)
+    if request.metadata_json.strip():
+        extra = json.loads(request.metadata_json)
+        metadata.update({str(k): v if isinstance(v, str) else json.dumps(v) for k, v in extra.items()})
+    return metadata
+
+
+def _json_or_none(text: str | None) -> Any:
+    if not text:
+        return None
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError:
+        return None
+
+
+def merge_checkpoints(
+    request: MergeRequest,
+    registry: ModelRegistry,
+    output_dir: Path,
+    *,
+    progress: ProgressFn | None = None,
+) -> MergeResult:
+    """Merge as the request asks, write the result into `output_dir` (atomically, never over an
+    existing file), copy the config and rescan the registry. Raises `ValidationError` /
+    `NotFoundError` / `ModelFileError` for the user; an exception from `progress` (an interrupt)
+    aborts the merge and leaves nothing behind."""
+    validate_request(request)
+    started = time.perf_counter()
+    inputs = _resolve(request, registry)
+    input_paths = {i.filename.resolve() for i in (inputs.a, inputs.b, inputs.c) if i is not None}
+    method = request.interp_method
+    multiplier = float(request.multiplier)
+
+    def report(done: int, total: int, what: str) -> None:
+        if progress is not None:
+            progress(done, total, what)
+
+    discard = re.compile(request.discard_weights) if request.discard_weights else None
+    flags = {"inpainting": False, "instruct-pix2pix": False}
+    result: dict[str, torch.Tensor] = {}
+    merged = discarded = 0
+    with contextlib.ExitStack() as stack:
+        src_a = stack.enter_context(TensorSource(inputs.a.filename))
+        src_b = stack.enter_context(TensorSource(inputs.b.filename)) if inputs.b else None
+        src_c = stack.enter_context(TensorSource(inputs.c.filename)) if inputs.c else None
+        keys = src_a.keys()
+        total = len(keys)
+        report(0, total, "Merging")
+        for done, key in enumerate(keys, start=1):
+            if key.startswith(DROPPED_PREFIXES) or (discard is not None and discard.search(key)):
+                discarded += 1
+                report(done, total, "Merging")
+                continue
+            a = src_a.get(key)
+            assert a is not None
+            tensor, kind = a, "kept"
+            if src_b is not None and "model" in key and key not in SKIP_ON_MERGE and key in src_b:
+                b = src_b.get(key)
+                c = src_c.get(key) if src_c is not None else None
+                if method != ADD_DIFFERENCE or c is not None:
+                    tensor, kind = merge_tensor(method, a, b, c, multiplier)
+            if kind != "kept":
+                merged += 1
+                if kind in flags:
+                    flags[kind] = True
+            result[key] = to_half(tensor, request.save_as_half).contiguous()
+            report(done, total, "Merging")
+    if inputs.vae is not None:
+        report(total, total, "Baking in VAE")
+        for key, tensor in vae_tensors(inputs.vae).items():
+            if key in result and (discard is None or not discard.search(key)):
+                result[key] = to_half(tensor, request.save_as_half).contiguous()
+
+    a_name = inputs.a.model_name
+    base = request.custom_name.strip() or auto_name(
+        method,
+        multiplier,
+        a_name,
+        inputs.b.model_name if inputs.b else None,
+        inputs.c.model_name if inputs.c else None,
+    )
+    target = output_path(
+        output_dir,
+        base,
+        request.checkpoint_format,
+        inpainting=flags["inpainting"],
+        instruct_pix2pix=flags["instruct-pix2pix"],
+    )
+    if target.resolve() in input_paths:
+        raise ValidationError(f"{target.name}: refusing to overwrite an input checkpoint; choose another name")
+    if target.exists():
+        raise ValidationError(f"{target.name} already exists; choose another Custom Name")
+
+    report(total, total, "Saving")
+    metadata = _build_metadata(request, inputs, registry, flags)
+    output_dir.mkdir(parents=True, exist_ok=True)
+    _write_checkpoint(target, result, metadata if request.checkpoint_format == "safetensors" else None)
+    count = len(result)
+    del result
+
+    config = _config_for(request, inputs)
+    if config is not None:
+        atomic_write_bytes(target.with_suffix(".yaml"), config.read_bytes())
+    registry.refresh()
+    seconds = time.perf_counter() - started
+    log.info("merged %s into %s in %.1f s (%d tensors, %d combined)", method, target, seconds, count, merged)
+    return MergeResult(
+        path=target,
+        tensors=count,
+        merged=merged,
+        discarded=discarded,
+        is_inpainting=flags["inpainting"],
+        is_instruct_pix2pix=flags["instruct-pix2pix"],
+        seconds=seconds,
+        metadata=metadata if request.checkpoint_format == "safetensors" else {},
+    )
+
+
+def _write_checkpoint(target: Path, tensors: Mapping[str, torch.Tensor], metadata: dict[str, str] | None) -> None:
+    """Temp file beside `target`, fsynced, then linked into place without replacing anything
+    (`os.link` fails if `target` appeared meanwhile); the temp file is removed on any failure."""
+    tmp = target.with_name(f".{target.name}.{secrets.token_hex(6)}.tmp")
+    try:
+        if metadata is not None:
+            save_file(dict(tensors), str(tmp), metadata=metadata)
+        else:
+            torch.save({"state_dict": dict(tensors)}, tmp)
+        with open(tmp, "rb") as handle:
+            os.fsync(handle.fileno())
+        try:
+            os.link(tmp, target)
+        except FileExistsError as exc:
+            raise ValidationError(f"{target.name} already exists; choose another Custom Name") from exc
+        except OSError:  # file systems without hard links: a plain rename (checked just above)
+            if target.exists():
+                raise ValidationError(f"{target.name} already exists; choose another Custom Name") from None
+            os.replace(tmp, target)
+    finally:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+    _fsync_dir(target.parent)
+
+
+def _fsync_dir(directory: Path) -> None:
+    if os.name != "posix":
+        return
+    with contextlib.suppress(OSError):
+        fd = os.open(directory, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+
+
+def iter_titles(registry: ModelRegistry) -> Iterator[str]:
+    """Checkpoint titles as in the top-bar dropdown (single files only: folders cannot be merged)."""
+    for info in registry.checkpoints():
+        if not info.is_folder:
+            yield info.title
