@@ -33,12 +33,12 @@ from modules.ui.common import (
     wire_generate,
 )
 from modules.ui.extras import IMAGE_SUFFIXES, server_dir
+from modules.ui.token_counter import token_counter_html
 from modules.ui.txt2img import (
     DEFAULT_SAMPLER,
     _scheduler_choices,
     info_html,
     progress_html,
-    token_counter_html,
 )
 
 # sub-tab numbers as A1111 counts them (its `mode` / `tabnum`)
@@ -913,7 +913,8 @@ def build_img2img_tab(services: Services) -> Img2ImgTab:
         size = current_size(number, *images)
         if size is None:
             raise gr.Error("There is no image in this sub-tab to take the size from")
-        return size
+        # within the sliders' range (64..2048)
+        return min(max(size[0], 64), 2048), min(max(size[1], 64), 2048)
 
     def preview(number: int, *rest: Any) -> str:
         return resolution_preview(current_size(number, *rest[:-1]), float(rest[-1]))
