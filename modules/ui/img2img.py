@@ -436,6 +436,14 @@ def _limited(result: Result, limit: int) -> Result:
     return dataclasses.replace(result, **cut)
 
 
+def _shown(services: Services, folder: Path) -> str:
+    """A server folder as the user typed it: relative to the data dir (or the outputs folder)."""
+    for root in (services.paths.data_dir.resolve(), services.paths.outputs_dir.resolve()):
+        if folder == root or root in folder.parents:
+            return str(folder.relative_to(root)) or "."
+    return folder.name
+
+
 def run_batch(services: Services, values: Mapping[str, Any], plan: BatchPlan) -> Iterator[tuple[Any, ...]]:
     """Each image as its own request, one job after another (Interrupt stops the batch); yields
     (progress, gallery, info html, generation info, last seed) like the single-image run."""
@@ -471,7 +479,7 @@ def run_batch(services: Services, values: Mapping[str, Any], plan: BatchPlan) ->
     shown_result = _limited(merged, int(limit) if isinstance(limit, int | float) else -1)
     assert first is not None
     images, info = gallery_items(services, first, shown_result)
-    where = f"; {written} files written to {html.escape(str(plan.output_dir))}" if plan.output_dir is not None else ""
+    where = f"; {written} files written to {html.escape(_shown(services, plan.output_dir))}" if plan.output_dir else ""
     summary = f"<p class='sdw-batch-summary'>Processed {len(results)}/{total} images{where}.</p>"
     yield "", images, summary + info_html(merged), info, (merged.seeds[0] if merged.seeds else -1)
 

@@ -5,6 +5,7 @@ image to:", and a 1280x800 screenshot of each sub-tab."""
 from __future__ import annotations
 
 import re
+import shutil
 from pathlib import Path
 from typing import Any
 
@@ -150,7 +151,7 @@ def test_batch_from_directory_writes_outputs_with_infotext(page: Any, ui_service
     page.locator("#img2img_batch_output_dir textarea, #img2img_batch_output_dir input").first.fill("batch-out")
     page.locator("#img2img_generate").click()
     info = _wait_done(page, "Processed 2/2 images")
-    assert "2 files written" in info and "batch of two" in info
+    assert "2 files written to batch-out." in info and "batch of two" in info
     expect(page.locator("#img2img_gallery img")).to_have_count(2, timeout=10_000)
     written = sorted((data / "batch-out").iterdir())
     assert [p.name for p in written] == ["one.png", "two.png"]
@@ -218,3 +219,37 @@ def test_copy_image_between_sub_tabs(page: Any, tmp_path: Path) -> None:
     expect(page.locator("#img2img_image")).to_be_visible()
     expect(page.locator("#img2img_mask_blur")).to_be_hidden()
     page.locator("#img2img_image img").first.wait_for(state="visible")
+
+
+def test_image_cfg_scale_only_for_instruct_pix2pix(
+    page: Any, ui_services: Services, tiny_models: dict[str, Path], tmp_path: Path
+) -> None:
+    _open_img2img(page)
+    expect(page.locator("#img2img_cfg_scale")).to_be_visible()
+    expect(page.locator("#img2img_image_cfg_scale")).to_be_hidden()
+    target = ui_services.paths.data_dir / "models" / "Stable-diffusion" / "ip2p.safetensors"
+    shutil.copy(tiny_models["sd1-ip2p"], target)
+    ui_services.registry.refresh()
+    ui_services.models.load("ip2p.safetensors")
+    try:
+        # selecting the img2img tab again refreshes it
+        page.locator("#tabs").get_by_role("tab", name="txt2img", exact=True).click()
+        _open_img2img(page)
+        expect(page.locator("#img2img_image_cfg_scale")).to_be_visible()
+        assert page.locator("#img2img_image_cfg_scale input[type=number]").input_value() == "1.5"
+        page.locator("#img2img_image input[type=file]").set_input_files(str(_source(tmp_path)))
+        page.locator("#img2img_image img").first.wait_for(state="visible")
+        _settings(page, "make it blue")
+        _set_number(page, "img2img_image_cfg_scale", 1.25)
+        page.locator("#img2img_generate").click()
+        info = _wait_done(page, "make it blue")
+        assert "Image CFG scale: 1.25" in info
+        # and on a fresh page load
+        page.reload()
+        _open_img2img(page)
+        expect(page.locator("#img2img_image_cfg_scale")).to_be_visible()
+    finally:
+        ui_services.models.load("sd1.safetensors")
+    page.reload()
+    _open_img2img(page)
+    expect(page.locator("#img2img_image_cfg_scale")).to_be_hidden()
