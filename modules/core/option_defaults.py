@@ -743,7 +743,7 @@ def _user_interface() -> list[OptionInfo]:
         _opt(
             "ui_color_mode",
             "Auto (browser)",
-            "Light or dark page (Auto follows the browser; the --theme flag overrides this)",
+            "Light or dark page (--theme overrides)",
             ui,
             choices=UI_COLOR_MODES,
             comment="ours: A1111 has only the --theme flag and the __theme URL parameter",

@@ -7,7 +7,8 @@ so a reload shows what is saved now, not what was current when the page was buil
 from __future__ import annotations
 
 import html
-from collections.abc import Sequence
+import logging
+from collections.abc import Collection, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -19,9 +20,11 @@ from modules.core.option_defaults import SECTIONS
 from modules.core.option_info import OptionInfo
 from modules.services import Services
 
+log = logging.getLogger(__name__)
+
 HIDDEN_SECTIONS = frozenset({"hidden"})
 QUICKSETTINGS = frozenset({"sd_model_checkpoint"})
-"""Shown in the quicksettings row above the tabs (that element owns the `setting_` elem_id)."""
+"""Always kept out of the Settings tab (the quicksettings row's checkpoint switcher owns it)."""
 
 CSS = """
 #settings_sections { min-width: 200px; max-width: 240px; }
@@ -31,8 +34,27 @@ CSS = """
 """
 
 
-def shown_options(infos: Sequence[OptionInfo]) -> list[OptionInfo]:
-    return [i for i in infos if i.section not in HIDDEN_SECTIONS and i.key not in QUICKSETTINGS]
+def quicksettings_keys(services: Services) -> list[str]:
+    """The `quicksettings_list` keys shown above the tabs, in order: known, shown, once each
+    (an unknown key is logged and skipped)."""
+    wanted = services.options.get("quicksettings_list") or []
+    infos = services.options.infos()
+    out: list[str] = []
+    for key in wanted if isinstance(wanted, list) else []:
+        key = str(key).strip()
+        info = infos.get(key)
+        if info is None or info.section in HIDDEN_SECTIONS:
+            log.warning("quicksettings_list: %r is not a setting that can be shown; skipped", key)
+            continue
+        if key not in out:
+            out.append(key)
+    return out
+
+
+def shown_options(infos: Sequence[OptionInfo], quick: Collection[str] = QUICKSETTINGS) -> list[OptionInfo]:
+    """The Settings tab's fields: not hidden, not in the quicksettings row (`quick`: A1111 shows a
+    quicksetting only above the tabs, and one page holds each `setting_<key>` elem_id once)."""
+    return [i for i in infos if i.section not in HIDDEN_SECTIONS and i.key not in QUICKSETTINGS and i.key not in quick]
 
 
 def section_label(section: str) -> str:
@@ -64,10 +86,11 @@ def from_ui(info: OptionInfo, value: Any) -> object:
     return value
 
 
-def make_component(info: OptionInfo, value: object) -> gr.components.Component:
-    """The field for one option: checkbox, dropdown, slider, number or textbox."""
+def make_component(info: OptionInfo, value: object, **layout: Any) -> gr.components.Component:
+    """The field for one option: checkbox, dropdown, slider, number or textbox. `layout`: extra
+    keyword arguments for the component (scale, min_width...), as the quicksettings row uses."""
     elem_id = f"setting_{info.key}"
-    common: dict[str, Any] = {"label": info.label, "elem_id": elem_id, "interactive": not info.readonly}
+    common: dict[str, Any] = {"label": info.label, "elem_id": elem_id, "interactive": not info.readonly, **layout}
     if info.type is bool:
         return gr.Checkbox(value=bool(value), **common)
     if info.choices is not None:
@@ -161,7 +184,7 @@ def build_settings_tab(services: Services) -> SettingsTab:
     """Build the tab inside the current `gr.Blocks` (its page-load event fills in the values)."""
     blocks = Context.root_block
     assert blocks is not None, "build_settings_tab must run inside gr.Blocks"
-    infos = shown_options(list(services.options.infos().values()))
+    infos = shown_options(list(services.options.infos().values()), quicksettings_keys(services))
     by_section: dict[str, list[OptionInfo]] = {}
     for info in infos:
         by_section.setdefault(info.section, []).append(info)

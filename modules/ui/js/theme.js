@@ -7,8 +7,9 @@
     if (window.sdwColorMode) return;
     const KEY = "sdw-color-mode";
     const url = new URL(window.location.href);
-    // a `__theme` the user typed is theirs to keep while the mode is "auto"
-    const typed = url.searchParams.get("__theme");
+    // a `__theme` the user typed is theirs to keep while the mode is "auto"; one this script set
+    // (it equals the remembered mode) is not
+    let typed = url.searchParams.get("__theme");
     let ownParam = false;
 
     function setParam(value) {
@@ -55,7 +56,10 @@
     } catch (e) {
         remembered = null;
     }
-    if (remembered === "light" || remembered === "dark") apply(remembered);
+    if (remembered === "light" || remembered === "dark") {
+        if (typed === remembered) typed = null;
+        apply(remembered);
+    }
 
     window.sdwColorMode = { apply };
 })();
