@@ -253,3 +253,18 @@ def test_image_cfg_scale_only_for_instruct_pix2pix(
     page.reload()
     _open_img2img(page)
     expect(page.locator("#img2img_image_cfg_scale")).to_be_hidden()
+
+
+def test_batch_upload_shows_image_k_of_n_and_interrupt_stops_it(page: Any, tmp_path: Path) -> None:
+    files = [str(_source(tmp_path / "up", f"up{i}.png")) for i in range(3)]
+    _open_img2img(page)
+    _subtab(page, "Batch")
+    page.locator("#img2img_batch_upload input[type=file]").set_input_files(files)
+    expect(page.locator("#img2img_batch_upload")).to_contain_text("up2.png", timeout=20_000)
+    _settings(page, "a long batch", steps=150)
+    page.locator("#img2img_generate").click()
+    expect(page.locator("#img2img_progress")).to_contain_text("image 1/3", timeout=30_000)
+    page.locator("#img2img_interrupt").click()
+    # stopped after the image it was on (1, or 2 when the first one was already done)
+    expect(page.locator("#html_info_img2img")).to_contain_text(re.compile(r"Processed [12]/3 images"), timeout=60_000)
+    expect(page.locator("#img2img_generate")).to_be_visible(timeout=10_000)
