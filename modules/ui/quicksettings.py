@@ -176,10 +176,20 @@ def build_quicksettings(services: Services, blocks: gr.Blocks) -> Quicksettings:
         refreshers[VAE].click(lambda: _vae_update(services), None, fields[VAE], queue=False)
 
     ordered = list(fields.values())
-    load = blocks.load(lambda: [_current_update(services, key) for key in fields], None, ordered, queue=False)
-    load.then(lambda: color_mode(services), None, mode, queue=False).then(
-        None, mode, None, js=APPLY_MODE_JS, queue=False
-    )
+
+    def current() -> Any:
+        updates = [_current_update(services, key) for key in fields]
+        return updates[0] if len(updates) == 1 else updates  # Gradio takes one output's value as is
+
+    def mode_now() -> str:
+        return color_mode(services)
+
+    if ordered:
+        blocks.load(current, None, ordered, queue=False).then(mode_now, None, mode, queue=False).then(
+            None, mode, None, js=APPLY_MODE_JS, queue=False
+        )
+    else:
+        blocks.load(mode_now, None, mode, queue=False).then(None, mode, None, js=APPLY_MODE_JS, queue=False)
     return Quicksettings(keys, fields, status, mode)
 
 
