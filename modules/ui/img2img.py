@@ -412,7 +412,7 @@ def batch_progress_html(index: int, total: int, progress: Mapping[str, Any]) -> 
     return f"<div class='sdw-batch-progress'>image {index}/{total}</div>" + progress_html(dict(progress))
 
 
-def _merge(results: Sequence[Result]) -> Result:
+def merge_results(results: Sequence[Result]) -> Result:
     """The batch's results as one (the gallery and its generation info)."""
     merged = Result()
     for result in results:
@@ -426,7 +426,8 @@ def _merge(results: Sequence[Result]) -> Result:
     return merged
 
 
-def _limited(result: Result, limit: int) -> Result:
+def limit_results(result: Result, limit: int) -> Result:
+    """The first `limit` images (and their infotexts, seeds...); all of them when `limit` is -1."""
     if limit < 0 or len(result.images) <= limit:
         return result
     cut = {
@@ -474,9 +475,9 @@ def run_batch(services: Services, values: Mapping[str, Any], plan: BatchPlan) ->
         results.append(result)
         if result.interrupted or job.context.interrupted:
             break
-    merged = _merge(results)
+    merged = merge_results(results)
     limit = services.options.get("img2img_batch_show_results_limit")
-    shown_result = _limited(merged, int(limit) if isinstance(limit, int | float) else -1)
+    shown_result = limit_results(merged, int(limit) if isinstance(limit, int | float) else -1)
     assert first is not None
     images, info = gallery_items(services, first, shown_result)
     where = f"; {written} files written to {html.escape(_shown(services, plan.output_dir))}" if plan.output_dir else ""

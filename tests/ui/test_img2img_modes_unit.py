@@ -4,6 +4,7 @@ masks matched by name, results written with their infotext) and the errors for m
 
 from __future__ import annotations
 
+import dataclasses
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
@@ -34,6 +35,8 @@ from modules.ui.img2img import (
     build_img2img_tab,
     img2img_request_from_ui,
     is_instruct_pix2pix,
+    limit_results,
+    merge_results,
     resolution_preview,
     save_batch_outputs,
     scaled_size,
@@ -354,3 +357,21 @@ def test_select_mode_shows_the_inpaint_controls_and_mask_transparency(services: 
     assert set(tab.fields) == {*UI_FIELDS, "subseed_show"}
     assert tab.image_cfg_scale is not None and not tab.image_cfg_scale.visible
     assert not is_instruct_pix2pix(services)
+
+
+def test_batch_results_are_merged_and_the_gallery_limited() -> None:
+    def one(seed: int) -> Result:
+        return Result(
+            images=[Image.new("RGB", (8, 8))],
+            infotexts=[f"p\nSeed: {seed}"],
+            seeds=[seed],
+            subseeds=[seed],
+            elapsed=1.0,
+        )
+
+    merged = merge_results([one(1), one(2), dataclasses.replace(one(3), interrupted=True)])
+    assert merged.seeds == [1, 2, 3] and len(merged.images) == 3 and merged.infotexts[2] == "p\nSeed: 3"
+    assert merged.interrupted and merged.elapsed == 3.0
+    assert limit_results(merged, -1) is merged
+    shown = limit_results(merged, 2)
+    assert len(shown.images) == 2 and shown.seeds == [1, 2] and shown.infotexts == merged.infotexts[:2]
