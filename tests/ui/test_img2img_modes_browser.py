@@ -177,6 +177,7 @@ def test_resize_by_and_detect_size(page: Any, tmp_path: Path) -> None:
     page.locator("#img2img_detect_image_size_btn").click()
     expect(page.locator("#img2img_width input[type=number]")).to_have_value("96")
     expect(page.locator("#img2img_height input[type=number]")).to_have_value("72")
+    _shot(page, tmp_path, "img2img_resize_to.png", "#resize_mode")
 
     page.locator("#img2img_tabs_resize").get_by_role("tab", name="Resize by", exact=True).click()
     _set_number(page, "img2img_scale", 2)
