@@ -8,6 +8,7 @@ import gradio as gr
 from modules.services import Services
 from modules.ui.extras import build_extras_tab
 from modules.ui.img2img import build_img2img_tab
+from modules.ui.merger import build_merger_tab
 from modules.ui.pnginfo import build_pnginfo_tab
 from modules.ui.quicksettings import build_quicksettings
 from modules.ui.send_to import wire_send_to
@@ -45,6 +46,8 @@ def build_blocks(services: Services) -> gr.Blocks:
                         extras = build_extras_tab(services)
                     elif name == "settings":
                         build_settings_tab(services)
+                    elif name == "modelmerger":
+                        build_merger_tab(services)
                     else:
                         gr.Markdown(f"**{label}** is coming: this tab is not built yet.", elem_classes="sdw-coming")
         wire_send_to(services, tabs, txt2img, img2img, extras, pnginfo)

@@ -1,0 +1,91 @@
+"""The Checkpoint Merger tab in a real browser against the full app: A1111's defaults, an error
+for a missing model, a weighted-sum merge of two tiny SD 1.x checkpoints at 0.5, the result text,
+the new checkpoint in the top-bar dropdown after 🔄; a screenshot for people to look at."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+from typing import Any
+
+import pytest
+import torch
+
+from modules.models.checkpoint_io import read_state_dict
+from tests.fixtures.ldm_checkpoints import write_checkpoint
+from tests.ui.conftest import screenshot_dirs
+
+expect = pytest.importorskip("playwright.sync_api").expect
+
+UNET_W = "model.diffusion_model.out.2.weight"
+
+
+@pytest.fixture(scope="module")
+def ui_data_dir(ui_data_dir: Path) -> Path:
+    """The shared data dir plus a second SD 1.x checkpoint with other weights."""
+    write_checkpoint(ui_data_dir / "models" / "Stable-diffusion" / "other.safetensors", "sd1", seed=1)
+    return ui_data_dir
+
+
+def _pick(page: Any, elem_id: str, option: str | re.Pattern[str]) -> None:
+    page.locator(f"#{elem_id} input").click()
+    page.get_by_role("option", name=option).first.click()
+
+
+def test_merge_two_checkpoints_and_screenshot(page: Any, ui_data_dir: Path, tmp_path: Path) -> None:
+    sd = ui_data_dir / "models" / "Stable-diffusion"
+    page.locator("#tabs").get_by_role("tab", name="Checkpoint Merger").click()
+    merge = page.locator("#modelmerger_merge")
+    merge.wait_for(state="visible")
+
+    # A1111's defaults
+    expect(page.locator("#modelmerger_interp_amount input[type=number]")).to_have_value("0.3")
+    expect(page.locator("#modelmerger_interp_method").get_by_label("Weighted sum")).to_be_checked()
+    expect(page.locator("#modelmerger_checkpoint_format").get_by_label("safetensors")).to_be_checked()
+    expect(page.locator("#modelmerger_config_method").get_by_label("A, B or C")).to_be_checked()
+    expect(page.locator("#modelmerger_save_as_half input")).not_to_be_checked()
+    expect(page.locator("#modelmerger_bake_in_vae input")).to_have_value("None")
+    expect(page.locator("#modelmerger_interp_description")).to_contain_text("A * (1 - M) + B * M")
+
+    for directory in screenshot_dirs(tmp_path):
+        page.screenshot(path=str(directory / "merger_idle.png"))
+
+    # no model chosen: an error, nothing written
+    merge.click()
+    expect(page.get_by_text("requires a primary model").first).to_be_visible(timeout=30_000)
+
+    # Add difference without C: refused
+    page.locator("#modelmerger_interp_method").get_by_label("Add difference").check()
+    expect(page.locator("#modelmerger_interp_description")).to_contain_text("A + (B - C) * M")
+    _pick(page, "modelmerger_primary_model_name", re.compile(r"^sd1\.safetensors"))
+    _pick(page, "modelmerger_secondary_model_name", re.compile(r"^other\.safetensors"))
+    merge.click()
+    expect(page.get_by_text("requires a tertiary model").first).to_be_visible(timeout=30_000)
+
+    page.locator("#modelmerger_interp_method").get_by_label("Weighted sum").check()
+    amount = page.locator("#modelmerger_interp_amount input[type=number]")
+    amount.fill("0.5")
+    amount.press("Tab")
+    page.locator("#modelmerger_custom_name textarea, #modelmerger_custom_name input").first.fill("merged_ui")
+    merge.click()
+
+    result = page.locator("#modelmerger_result")
+    expect(result).to_contain_text("Checkpoint saved to", timeout=60_000)
+    expect(result).to_contain_text("merged_ui.safetensors")
+    out = read_state_dict(sd / "merged_ui.safetensors")
+    a, b = read_state_dict(sd / "sd1.safetensors"), read_state_dict(sd / "other.safetensors")
+    assert torch.equal(out[UNET_W], a[UNET_W] * 0.5 + b[UNET_W] * 0.5)
+
+    page.evaluate("window.scrollTo(0, 0)")
+    for directory in screenshot_dirs(tmp_path):
+        page.screenshot(path=str(directory / "merger.png"))
+
+    # the same name again: refused
+    merge.click()
+    expect(page.get_by_text("already exists").first).to_be_visible(timeout=30_000)
+
+    # the top-bar checkpoint dropdown lists the new file after 🔄
+    page.locator("#refresh_sd_model_checkpoint").click()
+    page.locator("#setting_sd_model_checkpoint input").click()
+    expect(page.get_by_role("option", name=re.compile(r"^merged_ui\.safetensors"))).to_have_count(1)
+    page.keyboard.press("Escape")
