@@ -33,7 +33,7 @@ from modules.ui.common import (
     wire_generate,
 )
 from modules.ui.extras import IMAGE_SUFFIXES, server_dir
-from modules.ui.token_counter import token_counter_html
+from modules.ui.token_counter import wire_token_counters
 from modules.ui.txt2img import (
     DEFAULT_SAMPLER,
     _scheduler_choices,
@@ -967,11 +967,7 @@ def build_img2img_tab(services: Services) -> Img2ImgTab:
     reuse_subseed.click(lambda s: s[1], last_seeds, subseed, queue=False)
     extra.change(lambda on: gr.update(visible=on), extra, extra_group, queue=False)
 
-    def counter(positive: bool) -> Callable[[str, float], str]:
-        return lambda text, n: token_counter_html(text, n, is_positive=positive)
-
-    prompt.change(counter(True), [prompt, steps], row.token_counter, queue=False, show_progress="hidden")
-    negative.change(counter(False), [negative, steps], row.neg_counter, queue=False, show_progress="hidden")
+    wire_token_counters(services, row, steps)
 
     fields = {**dict(zip(UI_FIELDS, inputs, strict=True)), "subseed_show": extra}
     return Img2ImgTab(
