@@ -3,20 +3,44 @@ skipped), missing keys written back, a broken file left alone; plus the theme lo
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
+from collections.abc import Callable
 from pathlib import Path
+from typing import TypeVar
 
 import gradio as gr
 import pytest
 
 from modules.ui.theme import BUILT_IN_THEMES, theme_for
-from modules.ui.ui_config import apply_ui_config_file, tracked_components
+from modules.ui.ui_config import UiConfigResult, apply_ui_config_file, tracked_components
+
+T = TypeVar("T")
+
+
+def in_a_loop(fn: Callable[[], T]) -> T:
+    """Build Blocks with a running event loop, closed afterwards (as modules/ui/mount.py does):
+    without one Gradio makes, and leaks, an event loop per Blocks."""
+
+    async def call() -> T:
+        return fn()
+
+    loop = asyncio.new_event_loop()
+    try:
+        return loop.run_until_complete(call())
+    finally:
+        loop.close()
+        asyncio.set_event_loop(None)
 
 
 def build_page(path: Path | None = None) -> tuple[gr.Blocks, dict[str, gr.components.Component]]:
     """A small page shaped like ours: a row above the tabs, top tabs with sub-tabs and accordions.
     With `path`, the file is applied inside the Blocks context, as `build_blocks` does."""
+    return in_a_loop(lambda: _build_page(path))
+
+
+def _build_page(path: Path | None) -> tuple[gr.Blocks, dict[str, gr.components.Component]]:
     c: dict[str, gr.components.Component] = {}
     with gr.Blocks() as blocks:
         with gr.Row():
@@ -181,17 +205,23 @@ def test_complete_file_is_not_rewritten(tmp_path: Path) -> None:
     assert written >= before
 
 
+def styles_page(path: Path) -> tuple[gr.Dropdown, UiConfigResult]:
+    def build() -> tuple[gr.Dropdown, UiConfigResult]:
+        with gr.Blocks() as blocks, gr.Tabs(), gr.Tab("t", id="t"):
+            styles = gr.Dropdown(["a", "b"], value=["a"], multiselect=True, label="Styles")
+            result = apply_ui_config_file(blocks, path)
+        return styles, result
+
+    return in_a_loop(build)
+
+
 def test_multiselect_dropdown_values_are_checked(tmp_path: Path) -> None:
     path = tmp_path / "ui-config.json"
     path.write_text(json.dumps({"t/Styles/value": ["b", "zzz"]}), encoding="utf-8")
-    with gr.Blocks() as blocks, gr.Tabs(), gr.Tab("t", id="t"):
-        styles = gr.Dropdown(["a", "b"], value=["a"], multiselect=True, label="Styles")
-        result = apply_ui_config_file(blocks, path)
+    styles, result = styles_page(path)
     assert styles.value == ["a"] and result.rejected == ["t/Styles/value"]
     path.write_text(json.dumps({"t/Styles/value": ["b"]}), encoding="utf-8")
-    with gr.Blocks() as blocks, gr.Tabs(), gr.Tab("t", id="t"):
-        styles = gr.Dropdown(["a", "b"], value=["a"], multiselect=True, label="Styles")
-        result = apply_ui_config_file(blocks, path)
+    styles, result = styles_page(path)
     assert styles.value == ["b"] and result.applied == ["t/Styles/value"]
 
 
