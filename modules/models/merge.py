@@ -527,7 +527,7 @@ def _write_checkpoint(target: Path, tensors: Mapping[str, torch.Tensor], metadat
     tmp = target.with_name(f".{target.name}.{secrets.token_hex(6)}.tmp")
     try:
         if metadata is not None:
-            save_file(dict(tensors), str(tmp), metadata=metadata)
+            save_file(_unshared(tensors), str(tmp), metadata=metadata)
         else:
             torch.save({"state_dict": dict(tensors)}, tmp)
         with open(tmp, "rb") as handle:
@@ -544,6 +544,17 @@ def _write_checkpoint(target: Path, tensors: Mapping[str, torch.Tensor], metadat
         with contextlib.suppress(OSError):
             os.unlink(tmp)
     _fsync_dir(target.parent)
+
+
+def _unshared(tensors: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """safetensors refuses tensors that share memory (tied weights of some pickles): copy those."""
+    seen: set[int] = set()
+    out: dict[str, torch.Tensor] = {}
+    for key, tensor in tensors.items():
+        ptr = tensor.untyped_storage().data_ptr() if tensor.numel() else 0
+        out[key] = tensor.clone() if ptr and ptr in seen else tensor
+        seen.add(ptr)
+    return out
 
 
 def _fsync_dir(directory: Path) -> None:

@@ -257,3 +257,11 @@ def test_interrupted_merge_leaves_no_file(env: tuple[ModelRegistry, Path]) -> No
     with pytest.raises(Exception):  # noqa: B017 - safetensors raises its own error types
         mg._write_checkpoint(sd / "broken.safetensors", bad, {})  # type: ignore[arg-type]
     assert sorted(p.name for p in sd.iterdir()) == before
+
+
+def test_tied_tensors_from_a_pickle_are_written(tmp_path: Path) -> None:
+    shared = torch.arange(6, dtype=torch.float32)
+    target = tmp_path / "tied.safetensors"
+    mg._write_checkpoint(target, {"a.model.w": shared, "b.model.w": shared}, {"format": "pt"})
+    out = load_file(str(target))
+    assert torch.equal(out["a.model.w"], out["b.model.w"])
