@@ -5,8 +5,9 @@ from __future__ import annotations
 
 import contextlib
 import json
+import threading
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import gradio as gr
@@ -37,6 +38,9 @@ class PromptRow:
     paste: Any
     style_apply: Any
     styles_edit: Any
+    # set by Interrupt, cleared when Generate starts: a run of several jobs (img2img batch) stops
+    # even when Interrupt lands between two jobs, when no job is there to receive it
+    stop_requested: threading.Event = field(default_factory=threading.Event)
 
 
 def build_prompt_row(prefix: str, services: Services) -> PromptRow:
@@ -154,6 +158,7 @@ def wire_generate(
     runs. `check` raises user errors before the buttons change, so an error leaves them as they were."""
 
     def hide_generate() -> tuple[Any, Any, Any]:
+        row.stop_requested.clear()
         return gr.update(visible=False), gr.update(visible=True), gr.update(visible=True)
 
     def show_generate() -> tuple[Any, Any, Any]:
@@ -168,7 +173,12 @@ def wire_generate(
     else:
         started = row.generate.click(hide_generate, None, buttons, queue=False)
     started.then(run, inputs, outputs, show_progress="hidden").then(show_generate, None, buttons, queue=False)
-    row.interrupt.click(lambda: services.worker.interrupt(), None, None, queue=False)
+
+    def interrupt() -> None:
+        row.stop_requested.set()
+        services.worker.interrupt()
+
+    row.interrupt.click(interrupt, None, None, queue=False)
     row.skip.click(lambda: services.worker.skip(), None, None, queue=False)
     row.clear.click(lambda: ("", ""), None, [row.prompt, row.negative], queue=False)
 

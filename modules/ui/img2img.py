@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import dataclasses
 import html
+import threading
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -445,9 +446,12 @@ def _shown(services: Services, folder: Path) -> str:
     return folder.name
 
 
-def run_batch(services: Services, values: Mapping[str, Any], plan: BatchPlan) -> Iterator[tuple[Any, ...]]:
-    """Each image as its own request, one job after another (Interrupt stops the batch); yields
-    (progress, gallery, info html, generation info, last seed) like the single-image run."""
+def run_batch(
+    services: Services, values: Mapping[str, Any], plan: BatchPlan, stop: threading.Event | None = None
+) -> Iterator[tuple[Any, ...]]:
+    """Each image as its own request, one job after another (Interrupt stops the batch, also
+    when it comes between two jobs: `stop`); yields (progress, gallery, info html, generation
+    info, last seed) like the single-image run."""
     total = len(plan.items)
     results: list[Result] = []
     first: Img2ImgRequest | None = None
@@ -473,7 +477,7 @@ def run_batch(services: Services, values: Mapping[str, Any], plan: BatchPlan) ->
         if plan.output_dir is not None:
             written += len(save_batch_outputs(result, item.path.stem, plan.output_dir))
         results.append(result)
-        if result.interrupted or job.context.interrupted:
+        if result.interrupted or job.context.interrupted or (stop is not None and stop.is_set()):
             break
     merged = merge_results(results)
     limit = services.options.get("img2img_batch_show_results_limit")
@@ -849,7 +853,7 @@ def build_img2img_tab(services: Services) -> Img2ImgTab:
     def run(*values: Any) -> Iterator[tuple[Any, ...]]:
         ui, batch = split(values)
         if int(ui["mode"]) == BATCH:
-            yield from run_batch(services, ui, batch_plan(services, **batch))
+            yield from run_batch(services, ui, batch_plan(services, **batch), row.stop_requested)
             return
         request = img2img_request_from_ui(**ui)
         job = submit(services, request)
