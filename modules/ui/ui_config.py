@@ -6,7 +6,9 @@ inpaint fields are `img2img/...` too), its label (a button: its text) and a fiel
 
 * `visible` for sliders, radios, checkboxes, textboxes, numbers, dropdowns and buttons that are
   visible when built;
-* `value` for all of those but buttons; `minimum`, `maximum`, `step` for sliders.
+* `value` for all of those but buttons; `minimum`, `maximum`, `step` for sliders;
+* `selected` for tabs with an elem_id, named `<tab>/Tabs@<elem_id>` (the top tabs:
+  `webui/Tabs@tabs`): a tab id, a tab index or null.
 
 Saved values replace what the UI was built with; keys the file lacks are written back with the
 built values, so the file lists everything a user can change. The Settings and Extensions tabs
@@ -70,7 +72,12 @@ def _label(block: Block) -> str | None:
     return None
 
 
-def _walk(block: Block, path: str) -> Iterator[tuple[str, gr.components.Component]]:
+Tracked = gr.components.Component | gr.Tabs
+
+
+def _walk(block: Block, path: str) -> Iterator[tuple[str, Tracked]]:
+    if isinstance(block, gr.Tabs) and block.elem_id:
+        yield f"{path}/Tabs@{block.elem_id}", block  # tabs have no label: their elem_id names them
     if isinstance(block, BlockContext):
         for child in block.children:
             yield from _walk(child, path)
@@ -82,32 +89,39 @@ def _walk(block: Block, path: str) -> Iterator[tuple[str, gr.components.Componen
         yield f"{path}/{label}", block  # type: ignore[misc]
 
 
-def _top_tabs(root: BlockContext) -> Iterator[gr.Tab]:
-    """The tabs of the first `gr.Tabs` found under `root` (the page's top-level tabs)."""
+def _top_tabs(root: BlockContext) -> gr.Tabs | None:
+    """The first `gr.Tabs` found under `root` (the page's top-level tabs)."""
     for child in root.children:
         if isinstance(child, gr.Tabs):
-            yield from (tab for tab in child.children if isinstance(tab, gr.Tab))
-            return
+            return child
         if isinstance(child, BlockContext) and not isinstance(child, gr.Tab):
-            tabs = list(_top_tabs(child))
-            if tabs:
-                yield from tabs
-                return
+            found = _top_tabs(child)
+            if found is not None:
+                return found
+    return None
 
 
-def tracked_components(root: BlockContext) -> list[tuple[str, gr.components.Component]]:
-    """(`<tab>/<label>`, component) for every tracked component, in page order."""
-    out: list[tuple[str, gr.components.Component]] = []
-    for tab in _top_tabs(root):
+def tracked_components(root: BlockContext) -> list[tuple[str, Tracked]]:
+    """(`<tab>/<label>`, component) for every tracked component, in page order; the top tabs
+    themselves are `webui/Tabs@<elem_id>`."""
+    out: list[tuple[str, Tracked]] = []
+    top = _top_tabs(root)
+    if top is None:
+        return out
+    for tab in (child for child in top.children if isinstance(child, gr.Tab)):
         tab_id = str(tab.id) if tab.id is not None else str(tab.label)
         if tab_id in UNTRACKED_TABS:
             continue
         out.extend(_walk(tab, tab_id))
+    if top.elem_id:
+        out.append((f"webui/Tabs@{top.elem_id}", top))
     return out
 
 
-def fields_of(component: gr.components.Component) -> list[str]:
+def fields_of(component: Tracked) -> list[str]:
     """The ui-config fields of one component, in the order they are applied (range before value)."""
+    if isinstance(component, gr.Tabs):
+        return ["selected"]
     fields = ["visible"] if component.visible is True else []
     if isinstance(component, gr.Slider):
         fields += list(SLIDER_FIELDS)
@@ -124,8 +138,15 @@ def _choice_values(component: gr.Dropdown | gr.Radio) -> list[Any]:
     return [c[1] if isinstance(c, (tuple, list)) else c for c in component.choices or []]
 
 
-def check_value(component: gr.components.Component, name: str, value: object) -> str | None:
+def check_value(component: Tracked, name: str, value: object) -> str | None:
     """Why `value` cannot go into `component.<name>`, or None when it can."""
+    if isinstance(component, gr.Tabs):
+        ids = [tab.id for tab in component.children if isinstance(tab, gr.Tab)]
+        if value is None or (isinstance(value, str) and value in ids):
+            return None
+        if isinstance(value, int) and not isinstance(value, bool) and 0 <= value < len(ids):
+            return None
+        return f"{value!r} is not one of the tab ids {ids}"
     if name == "visible":
         return None if isinstance(value, bool) else "expected true or false"
     if name in SLIDER_FIELDS:
@@ -162,23 +183,29 @@ def check_value(component: gr.components.Component, name: str, value: object) ->
     return "not a tracked field"
 
 
-def _set(component: gr.components.Component, name: str, value: object) -> None:
-    if name == "value":
+def _set(component: Tracked, name: str, value: object) -> None:
+    if name == "value" and isinstance(component, gr.components.Component):
         component.value = component.postprocess(value)
     else:
         setattr(component, name, value)
 
 
-def _current(component: gr.components.Component, name: str) -> object:
+_UNSAVABLE = object()
+
+
+def _current(component: Tracked, name: str) -> object:
+    """The built value of a field as the file stores it, or `_UNSAVABLE`."""
     value = getattr(component, name)
     if value is None and name == "value" and isinstance(component, gr.Textbox):
         return ""  # an empty textbox
+    if value is None and name != "selected":  # a tab selection may be null (the first tab)
+        return _UNSAVABLE
     if isinstance(value, tuple):
         value = list(value)
     try:
         json.dumps(value)
     except (TypeError, ValueError):
-        return None
+        return _UNSAVABLE
     return value
 
 
@@ -215,7 +242,7 @@ def apply_ui_config_file(root: BlockContext, path: Path) -> UiConfigResult:
             if key not in saved:
                 if key not in additions:
                     current = _current(component, name)
-                    if current is not None:
+                    if current is not _UNSAVABLE:
                         additions[key] = current
                 continue
             value = saved[key]

@@ -69,11 +69,11 @@ def _build_page(path: Path | None) -> tuple[gr.Blocks, dict[str, gr.components.C
     return blocks, c
 
 
-def page_config_value(blocks: gr.Blocks, component: gr.components.Component, name: str) -> object:
+def page_config_value(blocks: gr.Blocks, component: gr.components.Component | gr.Tabs, name: str) -> object:
     """The attribute as the page gets it (the config Gradio computed when the context exited)."""
     for comp in blocks.config["components"]:
         if comp["id"] == component._id:
-            return comp["props"][name]
+            return comp["props"].get(name)
     raise AssertionError("component not in the page config")
 
 
@@ -91,6 +91,7 @@ def test_keys_use_the_tab_id_label_and_ignore_sub_tabs_settings_and_the_top_row(
         "img2img/Mask blur",
         "img2img/Masked content",
         "extras/Resize",
+        "webui/Tabs@tabs",
     ]
 
 
@@ -114,6 +115,24 @@ def test_missing_file_is_written_with_every_field(tmp_path: Path) -> None:
     assert saved["img2img/Masked content/value"] == "original"
     assert saved["extras/Resize/step"] == 0.05
     assert not any(key.startswith(("settings/", "Stable Diffusion")) for key in saved)
+    assert saved["webui/Tabs@tabs/selected"] is None  # the first tab
+
+
+def test_selected_tab(tmp_path: Path) -> None:
+    path = tmp_path / "ui-config.json"
+    path.write_text(json.dumps({"webui/Tabs@tabs/selected": "img2img"}), encoding="utf-8")
+    blocks, _c = build_page(path)
+    assert page_config_value(blocks, tabs_of(blocks), "selected") == "img2img"
+    for bad in ("nope", 7, True):
+        path.write_text(json.dumps({"webui/Tabs@tabs/selected": bad}), encoding="utf-8")
+        blocks, _c = build_page(path)
+        assert page_config_value(blocks, tabs_of(blocks), "selected") is None
+
+
+def tabs_of(blocks: gr.Blocks) -> gr.Tabs:
+    found = next(comp for key, comp in tracked_components(blocks) if key == "webui/Tabs@tabs")
+    assert isinstance(found, gr.Tabs)
+    return found
 
 
 def test_saved_values_reach_the_page_config_and_new_keys_are_added(tmp_path: Path) -> None:
