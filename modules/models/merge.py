@@ -36,7 +36,6 @@ from typing import Any
 
 import torch
 from safetensors import safe_open
-from safetensors.torch import save_file
 
 from modules.core.atomic import atomic_write_bytes
 from modules.core.errors import ModelFileError, ValidationError
@@ -233,10 +232,14 @@ class TensorSource:
         self._handle: Any = None
         self._dict: dict[str, torch.Tensor] | None = None
         self.metadata: dict[str, str] = {}
+        self.shapes: dict[str, tuple[int, ...]] = {}
+        self.dtypes: dict[str, torch.dtype] = {}
         if path.suffix.lower() in SAFETENSORS_SUFFIXES:
             header = read_safetensors_header(path)
             self.metadata = dict(header.metadata)
             self._keys = list(header.tensors)
+            self.shapes = {k: tuple(v.shape) for k, v in header.tensors.items()}
+            self.dtypes = {k: _dtype_of(v.dtype, path) for k, v in header.tensors.items()}
             try:
                 self._handle = self._stack.enter_context(safe_open(str(path), framework="pt", device="cpu"))
             except Exception as exc:  # safetensors raises its own error types
@@ -244,6 +247,8 @@ class TensorSource:
         else:
             self._dict = read_state_dict(path)
             self._keys = list(self._dict)
+            self.shapes = {k: tuple(v.shape) for k, v in self._dict.items()}
+            self.dtypes = {k: v.dtype for k, v in self._dict.items()}
         self._key_set = frozenset(self._keys)
 
     def keys(self) -> list[str]:
@@ -441,67 +446,47 @@ def merge_checkpoints(
             progress(done, total, what)
 
     discard = re.compile(request.discard_weights) if request.discard_weights else None
-    flags = {"inpainting": False, "instruct-pix2pix": False}
-    result: dict[str, torch.Tensor] = {}
+    safetensors_out = request.checkpoint_format == "safetensors"
     merged = discarded = 0
     with contextlib.ExitStack() as stack:
         src_a = stack.enter_context(TensorSource(inputs.a.filename))
         src_b = stack.enter_context(TensorSource(inputs.b.filename)) if inputs.b else None
         src_c = stack.enter_context(TensorSource(inputs.c.filename)) if inputs.c else None
-        keys = src_a.keys()
+        # refuse an existing or input file before the work, from the shapes alone (headers)
+        flags = _expected_flags(src_a.shapes, src_b.shapes if src_b else {})
+        target = _target_for(request, inputs, output_dir, flags)
+        _check_target(target, input_paths)
+
+        all_keys = src_a.keys()
+        keys = [k for k in all_keys if not k.startswith(DROPPED_PREFIXES) and not (discard and discard.search(k))]
+        discarded = len(all_keys) - len(keys)
+        vae = {k: v for k, v in vae_tensors(inputs.vae).items() if k in src_a.shapes} if inputs.vae else {}
+        plan = [(k, _half_dtype(src_a.dtypes[k], request.save_as_half), src_a.shapes[k]) for k in keys]
+        metadata = _build_metadata(request, inputs, registry, flags) if safetensors_out else {}
+        output_dir.mkdir(parents=True, exist_ok=True)
+        out = stack.enter_context(_Output(target, plan, metadata if safetensors_out else None))
         total = len(keys)
         report(0, total, "Merging")
-        for done, key in enumerate(keys, start=1):
-            if key.startswith(DROPPED_PREFIXES) or (discard is not None and discard.search(key)):
-                discarded += 1
-                report(done, total, "Merging")
-                continue
-            a = src_a.get(key)
-            assert a is not None
-            tensor, kind = a, "kept"
-            if src_b is not None and "model" in key and key not in SKIP_ON_MERGE and key in src_b:
-                b = src_b.get(key)
-                c = src_c.get(key) if src_c is not None else None
-                if method != ADD_DIFFERENCE or c is not None:
-                    tensor, kind = merge_tensor(method, a, b, c, multiplier)
-            if kind != "kept":
+        for done, (key, dtype, _shape) in enumerate(plan, start=1):
+            if key in vae:
+                tensor, kind = vae[key], "baked"
+            else:
+                a = src_a.get(key)
+                assert a is not None
+                tensor, kind = a, "kept"
+                if src_b is not None and "model" in key and key not in SKIP_ON_MERGE and key in src_b:
+                    c = src_c.get(key) if src_c is not None else None
+                    if method != ADD_DIFFERENCE or c is not None:
+                        tensor, kind = merge_tensor(method, a, src_b.get(key), c, multiplier)
+            if kind not in ("kept", "baked"):
                 merged += 1
-                if kind in flags:
-                    flags[kind] = True
-            result[key] = to_half(tensor, request.save_as_half).contiguous()
+                if kind in flags and not flags[kind]:
+                    raise ModelFileError(f"{key}: unexpected {kind} first convolution")
+            out.add(key, to_half(tensor, request.save_as_half).to(dtype))
             report(done, total, "Merging")
-    if inputs.vae is not None:
-        report(total, total, "Baking in VAE")
-        for key, tensor in vae_tensors(inputs.vae).items():
-            if key in result and (discard is None or not discard.search(key)):
-                result[key] = to_half(tensor, request.save_as_half).contiguous()
-
-    a_name = inputs.a.model_name
-    base = request.custom_name.strip() or auto_name(
-        method,
-        multiplier,
-        a_name,
-        inputs.b.model_name if inputs.b else None,
-        inputs.c.model_name if inputs.c else None,
-    )
-    target = output_path(
-        output_dir,
-        base,
-        request.checkpoint_format,
-        inpainting=flags["inpainting"],
-        instruct_pix2pix=flags["instruct-pix2pix"],
-    )
-    if target.resolve() in input_paths:
-        raise ValidationError(f"{target.name}: refusing to overwrite an input checkpoint; choose another name")
-    if target.exists():
-        raise ValidationError(f"{target.name} already exists; choose another Custom Name")
-
-    report(total, total, "Saving")
-    metadata = _build_metadata(request, inputs, registry, flags)
-    output_dir.mkdir(parents=True, exist_ok=True)
-    _write_checkpoint(target, result, metadata if request.checkpoint_format == "safetensors" else None)
-    count = len(result)
-    del result
+        report(total, total, "Saving")
+        out.commit()
+        count = len(plan)
 
     config = _config_for(request, inputs)
     if config is not None:
@@ -517,44 +502,159 @@ def merge_checkpoints(
         is_inpainting=flags["inpainting"],
         is_instruct_pix2pix=flags["instruct-pix2pix"],
         seconds=seconds,
-        metadata=metadata if request.checkpoint_format == "safetensors" else {},
+        metadata=metadata,
     )
 
 
-def _write_checkpoint(target: Path, tensors: Mapping[str, torch.Tensor], metadata: dict[str, str] | None) -> None:
-    """Temp file beside `target`, fsynced, then linked into place without replacing anything
-    (`os.link` fails if `target` appeared meanwhile); the temp file is removed on any failure."""
-    tmp = target.with_name(f".{target.name}.{secrets.token_hex(6)}.tmp")
+def _target_for(request: MergeRequest, inputs: _Inputs, output_dir: Path, flags: Mapping[str, bool]) -> Path:
+    base = request.custom_name.strip() or auto_name(
+        request.interp_method,
+        float(request.multiplier),
+        inputs.a.model_name,
+        inputs.b.model_name if inputs.b else None,
+        inputs.c.model_name if inputs.c else None,
+    )
+    return output_path(
+        output_dir,
+        base,
+        request.checkpoint_format,
+        inpainting=flags["inpainting"],
+        instruct_pix2pix=flags["instruct-pix2pix"],
+    )
+
+
+def _check_target(target: Path, input_paths: set[Path]) -> None:
+    if target.resolve() in input_paths:
+        raise ValidationError(f"{target.name}: refusing to overwrite an input checkpoint; choose another name")
+    if target.exists():
+        raise ValidationError(f"{target.name} already exists; choose another Custom Name")
+
+
+def _expected_flags(a: Mapping[str, tuple[int, ...]], b: Mapping[str, tuple[int, ...]]) -> dict[str, bool]:
+    """Whether the result will be an inpainting / instruct-pix2pix model, from A's and B's shapes."""
+    flags = {"inpainting": False, "instruct-pix2pix": False}
+    for key, shape in a.items():
+        other = b.get(key)
+        if other is None or "model" not in key or len(shape) < 2 or shape == other or len(other) != len(shape):
+            continue
+        if shape[0] == other[0] and shape[2:] == other[2:] and other[1] == 4:
+            if shape[1] == 9:
+                flags["inpainting"] = True
+            elif shape[1] == 8:
+                flags["instruct-pix2pix"] = True
+    return flags
+
+
+# safetensors dtype names (the file format's own spelling)
+_ST_DTYPES: dict[torch.dtype, str] = {
+    torch.float64: "F64",
+    torch.float32: "F32",
+    torch.float16: "F16",
+    torch.bfloat16: "BF16",
+    torch.int64: "I64",
+    torch.int32: "I32",
+    torch.int16: "I16",
+    torch.int8: "I8",
+    torch.uint8: "U8",
+    torch.bool: "BOOL",
+}
+_ST_NAMES = {name: dtype for dtype, name in _ST_DTYPES.items()}
+
+
+def _dtype_of(name: str, path: Path) -> torch.dtype:
     try:
+        return _ST_NAMES[name]
+    except KeyError:
+        raise ModelFileError(f"{path}: tensors of type {name} cannot be merged") from None
+
+
+def _half_dtype(dtype: torch.dtype, enable: bool) -> torch.dtype:
+    return torch.float16 if enable and dtype in (torch.float32, torch.float64) else dtype
+
+
+class _Output:
+    """The result, written to a hidden temp file beside `target` while the merge runs and linked
+    into place by `commit()` (never over an existing file). safetensors are streamed: the header
+    is written first from the plan (key, dtype, shape), then each tensor as it is computed, so no
+    copy of the whole model is held. `.ckpt` output (``metadata is None``) is collected and
+    pickled at the end. Leaving the `with` block without `commit()` removes the temp file."""
+
+    def __init__(
+        self, target: Path, plan: list[tuple[str, torch.dtype, tuple[int, ...]]], metadata: dict[str, str] | None
+    ) -> None:
+        self.target = target
+        self.plan = plan
+        self.metadata = metadata
+        self.tmp = target.with_name(f".{target.name}.{secrets.token_hex(6)}.tmp")
+        self._index = 0
+        self._tensors: dict[str, torch.Tensor] = {}
+        self._fh = open(self.tmp, "xb")  # noqa: SIM115 - closed in commit()/__exit__
         if metadata is not None:
-            save_file(_unshared(tensors), str(tmp), metadata=metadata)
-        else:
-            torch.save({"state_dict": dict(tensors)}, tmp)
-        with open(tmp, "rb") as handle:
-            os.fsync(handle.fileno())
+            self._fh.write(_safetensors_header(plan, metadata))
+
+    def add(self, key: str, tensor: torch.Tensor) -> None:
+        name, dtype, shape = self.plan[self._index]
+        if key != name or tensor.dtype != dtype or tuple(tensor.shape) != shape:
+            raise ModelFileError(
+                f"{key}: {tensor.dtype} {tuple(tensor.shape)} does not fit the planned {dtype} {shape}"
+            )
+        self._index += 1
+        if self.metadata is None:
+            self._tensors[key] = tensor.clone() if tensor.numel() else tensor
+            return
+        if tensor.numel():
+            self._fh.write(tensor.contiguous().reshape(-1).view(torch.uint8).numpy().data)
+
+    def commit(self) -> None:
+        if self._index != len(self.plan):
+            raise ModelFileError(f"{self.target.name}: {len(self.plan) - self._index} tensors missing")
+        if self.metadata is None:
+            torch.save({"state_dict": self._tensors}, self._fh)
+            self._tensors = {}
+        self._fh.flush()
+        os.fsync(self._fh.fileno())
+        self._fh.close()
         try:
-            os.link(tmp, target)
+            os.link(self.tmp, self.target)
         except FileExistsError as exc:
-            raise ValidationError(f"{target.name} already exists; choose another Custom Name") from exc
-        except OSError:  # file systems without hard links: a plain rename (checked just above)
-            if target.exists():
-                raise ValidationError(f"{target.name} already exists; choose another Custom Name") from None
-            os.replace(tmp, target)
-    finally:
+            raise ValidationError(f"{self.target.name} already exists; choose another Custom Name") from exc
+        except OSError:  # file systems without hard links: a rename (the target was checked)
+            if self.target.exists():
+                raise ValidationError(f"{self.target.name} already exists; choose another Custom Name") from None
+            os.replace(self.tmp, self.target)
+        _fsync_dir(self.target.parent)
+
+    def __enter__(self) -> _Output:
+        return self
+
+    def __exit__(self, *_exc: object) -> None:
+        self._fh.close()
         with contextlib.suppress(OSError):
-            os.unlink(tmp)
-    _fsync_dir(target.parent)
+            os.unlink(self.tmp)
 
 
-def _unshared(tensors: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-    """safetensors refuses tensors that share memory (tied weights of some pickles): copy those."""
-    seen: set[int] = set()
-    out: dict[str, torch.Tensor] = {}
-    for key, tensor in tensors.items():
-        ptr = tensor.untyped_storage().data_ptr() if tensor.numel() else 0
-        out[key] = tensor.clone() if ptr and ptr in seen else tensor
-        seen.add(ptr)
-    return out
+def _safetensors_header(plan: list[tuple[str, torch.dtype, tuple[int, ...]]], metadata: dict[str, str]) -> bytes:
+    header: dict[str, Any] = {"__metadata__": metadata} if metadata else {}
+    offset = 0
+    for key, dtype, shape in plan:
+        size = torch.empty((), dtype=dtype).element_size()
+        for dim in shape:
+            size *= dim
+        header[key] = {"dtype": _ST_DTYPES[dtype], "shape": list(shape), "data_offsets": [offset, offset + size]}
+        offset += size
+    raw = json.dumps(header, separators=(",", ":")).encode("utf-8")
+    raw += b" " * (-len(raw) % 8)  # the data starts 8-byte aligned, as safetensors writes it
+    return len(raw).to_bytes(8, "little") + raw
+
+
+def write_checkpoint(target: Path, tensors: Mapping[str, torch.Tensor], metadata: dict[str, str] | None) -> None:
+    """Write `tensors` as safetensors (with `metadata`) or, with ``metadata=None``, as a `.ckpt`,
+    the same way a merge does (temp file, linked into place, never over an existing file)."""
+    plan = [(k, v.dtype, tuple(v.shape)) for k, v in tensors.items()]
+    with _Output(target, plan, metadata) as out:
+        for key, tensor in tensors.items():
+            out.add(key, tensor)
+        out.commit()
 
 
 def _fsync_dir(directory: Path) -> None:

@@ -13,7 +13,7 @@ import torch
 from safetensors import safe_open
 from safetensors.torch import load_file
 
-from modules.core.errors import NotFoundError, ValidationError
+from modules.core.errors import ModelFileError, NotFoundError, ValidationError
 from modules.core.hashes import HashCache, sha256_file
 from modules.models import merge as mg
 from modules.models.checkpoint_io import read_state_dict
@@ -91,7 +91,7 @@ def test_weighted_sum_file(env: tuple[ModelRegistry, Path]) -> None:
     for key, tensor in a.items():
         if not tensor.is_floating_point() and not key.startswith("model_ema."):
             assert torch.equal(out[key], tensor), key
-    assert steps[0][0] == 0 and steps[-1][0] == steps[-1][1] == len(a)
+    assert steps[0][0] == 0 and steps[-1][0] == steps[-1][1] == len(out) == len(a) - 2  # model_ema.* dropped
     assert result.merged > 0
     # the registry was refreshed: the new file is listed (as the top-bar dropdown shows it)
     assert result.path.name in [c.name for c in registry.checkpoints()]
@@ -252,16 +252,55 @@ def test_interrupted_merge_leaves_no_file(env: tuple[ModelRegistry, Path]) -> No
         mg.merge_checkpoints(_req(custom_name="partial"), registry, sd, progress=stop_late)
     assert sorted(p.name for p in sd.iterdir()) == before
 
-    # a failure while writing removes the temp file
-    bad = {"x": torch.zeros(2), "y": "not a tensor"}
-    with pytest.raises(Exception):  # noqa: B017 - safetensors raises its own error types
-        mg._write_checkpoint(sd / "broken.safetensors", bad, {})  # type: ignore[arg-type]
+    def stop_midway(done: int, total: int, what: str) -> None:
+        if done == total // 2:
+            assert any(p.name.startswith(".partial.safetensors.") for p in sd.iterdir())  # being written
+            raise Stop()
+
+    with pytest.raises(Stop):
+        mg.merge_checkpoints(_req(custom_name="partial"), registry, sd, progress=stop_midway)
+    assert sorted(p.name for p in sd.iterdir()) == before
+
+    # a tensor that does not fit the header already written: refused, the temp file removed
+    with pytest.raises(ModelFileError), mg._Output(sd / "broken.safetensors", [("x", torch.float32, (2,))], {}) as out:
+        out.add("x", torch.zeros(3))
     assert sorted(p.name for p in sd.iterdir()) == before
 
 
-def test_tied_tensors_from_a_pickle_are_written(tmp_path: Path) -> None:
-    shared = torch.arange(6, dtype=torch.float32)
-    target = tmp_path / "tied.safetensors"
-    mg._write_checkpoint(target, {"a.model.w": shared, "b.model.w": shared}, {"format": "pt"})
+def test_streamed_safetensors_match_the_library(tmp_path: Path) -> None:
+    """Our streaming writer against safetensors' reader: dtypes, shapes, 0-d and empty tensors,
+    tied tensors (as some pickles have), metadata."""
+    shared = torch.arange(6, dtype=torch.float32).reshape(2, 3)
+    tensors = {
+        "a.model.w": shared,
+        "b.model.w": shared,
+        "half": torch.randn(3, 1, 2).half(),
+        "bf16": torch.randn(4).bfloat16(),
+        "ids": torch.arange(77, dtype=torch.int64)[None],
+        "scalar": torch.tensor(0.5),
+        "empty": torch.zeros(0, 4),
+        "flag": torch.tensor([True, False]),
+    }
+    target = tmp_path / "stream.safetensors"
+    mg.write_checkpoint(target, tensors, {"format": "pt", "x": "é"})
     out = load_file(str(target))
-    assert torch.equal(out["a.model.w"], out["b.model.w"])
+    assert set(out) == set(tensors)
+    for key, tensor in tensors.items():
+        assert out[key].dtype == tensor.dtype and torch.equal(out[key], tensor), key
+    with safe_open(str(target), framework="pt") as handle:
+        assert handle.metadata() == {"format": "pt", "x": "é"}
+    with pytest.raises(ValidationError, match="already exists"):
+        mg.write_checkpoint(target, tensors, {})
+
+
+def test_existing_name_refused_before_merging(env: tuple[ModelRegistry, Path]) -> None:
+    registry, sd = env
+    (sd / "taken.safetensors").write_bytes(b"not ours")
+    steps: list[int] = []
+    with pytest.raises(ValidationError, match="already exists"):
+        mg.merge_checkpoints(_req(custom_name="taken"), registry, sd, progress=lambda d, _t, _w: steps.append(d))
+    assert steps == []  # refused from the headers, before any tensor was read
+    assert (sd / "taken.safetensors").read_bytes() == b"not ours"
+    # an inpainting result gets its suffix, so the plain name being taken is no obstacle
+    result = mg.merge_checkpoints(_req(primary_model_name="inpaint.safetensors", custom_name="taken"), registry, sd)
+    assert result.path.name == "taken.inpainting.safetensors"
