@@ -164,7 +164,10 @@ def build_quicksettings(services: Services, blocks: gr.Blocks) -> Quicksettings:
                 refreshers[key] = _refresh_button(key)
             else:
                 value = to_ui(info, services.options.get(key))
-                fields[key] = make_component(info, value, scale=0, min_width=200 if info.type is not bool else 160)
+                layout: dict[str, Any] = {"scale": 0, "min_width": 200 if info.type is not bool else 160}
+                if key == COLOR_MODE and services.settings.theme:
+                    layout["interactive"] = False  # the --theme flag decides
+                fields[key] = make_component(info, value, **layout)
         # not a form field (Gradio would join it to the fields before it); theme.js reads its value
         mode = gr.HTML(color_mode(services), visible="hidden", padding=False, min_height=0, elem_id="sdw_color_mode")
 

@@ -214,6 +214,7 @@ def test_theme_flag_forces_dark(browser: Any, dark_server: str, ui_services: Ser
         page.locator("#txt2img_generate").wait_for(state="visible")
         page.wait_for_function("() => document.body.classList.contains('dark')")
         assert is_dark(page)
+        expect(page.locator("#setting_ui_color_mode input")).to_be_disabled()  # the flag decides
         shoot(page, tmp_path, "frame-theme-flag-dark.png")
     finally:
         context.close()
