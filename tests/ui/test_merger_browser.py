@@ -63,6 +63,16 @@ def test_merge_two_checkpoints_and_screenshot(page: Any, ui_data_dir: Path, tmp_
     expect(page.get_by_text("requires a tertiary model").first).to_be_visible(timeout=30_000)
 
     page.locator("#modelmerger_interp_method").get_by_label("Weighted sum").check()
+
+    # Metadata: closed by default; reading the chosen checkpoints' metadata fills the JSON box
+    save_metadata = page.locator("#modelmerger_save_metadata input")
+    expect(save_metadata).to_be_hidden()
+    page.get_by_role("button", name=re.compile("^Metadata")).click()
+    expect(save_metadata).to_be_checked()
+    expect(page.locator("#modelmerger_add_recipe input")).to_be_checked()
+    expect(page.locator("#modelmerger_copy_metadata input")).to_be_checked()
+    page.locator("#modelmerger_read_metadata").click()
+    expect(page.locator("#modelmerger_metadata_json textarea")).to_have_value(re.compile(r'"format": "pt"'))
     amount = page.locator("#modelmerger_interp_amount input[type=number]")
     amount.fill("0.5")
     amount.press("Tab")
@@ -79,6 +89,7 @@ def test_merge_two_checkpoints_and_screenshot(page: Any, ui_data_dir: Path, tmp_
     page.evaluate("window.scrollTo(0, 0)")
     for directory in screenshot_dirs(tmp_path):
         page.screenshot(path=str(directory / "merger.png"))
+        page.screenshot(path=str(directory / "merger_full.png"), full_page=True)
 
     # the same name again: refused
     merge.click()
