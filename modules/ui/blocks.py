@@ -1,5 +1,6 @@
-"""The whole Gradio page: the quicksettings row (checkpoint switcher) and A1111's top-level tabs
-(a1111.md 10). txt2img, Extras and PNG Info are built; the other tabs exist with a short note."""
+"""The whole Gradio page: the quicksettings row and A1111's top-level tabs (a1111.md 10), then the
+wiring between tabs (send-to, the checkpoint's effect on img2img) and ui-config.json over the
+built tree. Train and Extensions exist with a short note."""
 
 from __future__ import annotations
 
@@ -7,7 +8,7 @@ import gradio as gr
 
 from modules.services import Services
 from modules.ui.extras import build_extras_tab
-from modules.ui.img2img import build_img2img_tab
+from modules.ui.img2img import build_img2img_tab, is_instruct_pix2pix
 from modules.ui.merger import build_merger_tab
 from modules.ui.pnginfo import build_pnginfo_tab
 from modules.ui.quicksettings import build_quicksettings
@@ -16,7 +17,7 @@ from modules.ui.settings import build_settings_tab
 from modules.ui.txt2img import build_txt2img_tab
 from modules.ui.ui_config import apply_ui_config
 
-# (label, elem_id suffix) in A1111's order; txt2img and extras are built, the rest are placeholders for now
+# (label, elem_id suffix) in A1111's order; Train and Extensions are placeholders for now
 TABS = (
     ("txt2img", "txt2img"),
     ("img2img", "img2img"),
@@ -31,7 +32,7 @@ TABS = (
 
 def build_blocks(services: Services) -> gr.Blocks:
     with gr.Blocks(title="Stable Diffusion", analytics_enabled=False) as blocks:
-        build_quicksettings(services, blocks)
+        quick = build_quicksettings(services, blocks)
 
         with gr.Tabs(elem_id="tabs") as tabs:
             for label, name in TABS:
@@ -51,5 +52,15 @@ def build_blocks(services: Services) -> gr.Blocks:
                     else:
                         gr.Markdown(f"**{label}** is coming: this tab is not built yet.", elem_classes="sdw-coming")
         wire_send_to(services, tabs, txt2img, img2img, extras, pnginfo)
+        if quick.status is not None and img2img.image_cfg_scale is not None:
+            # img2img's Image CFG Scale follows the checkpoint (shown for instruct-pix2pix only):
+            # the load status line changes when a switch from the top bar has finished
+            quick.status.change(
+                lambda: gr.update(visible=is_instruct_pix2pix(services)),
+                None,
+                img2img.image_cfg_scale,
+                queue=False,
+                show_progress="hidden",
+            )
         apply_ui_config(blocks, services)
     return blocks

@@ -253,6 +253,11 @@ def test_image_cfg_scale_only_for_instruct_pix2pix(
         page.reload()
         _open_img2img(page)
         expect(page.locator("#img2img_image_cfg_scale")).to_be_visible()
+        # switching the checkpoint from the top bar hides it at once, on the same tab
+        page.locator("#setting_sd_model_checkpoint input").click()
+        page.get_by_role("option", name=re.compile(r"^sd1\.safetensors")).click()
+        expect(page.locator("#img2img_image_cfg_scale")).to_be_hidden(timeout=30_000)
+        assert page.locator("#tab_img2img-button").get_attribute("aria-selected") == "true"
     finally:
         ui_services.models.load("sd1.safetensors")
     page.reload()
