@@ -205,3 +205,78 @@ def build_output_buttons(prefix: str) -> OutputButtons:
         to_extras = gr.Button("📐", elem_id=f"{prefix}_send_to_extras", size="sm", min_width=40)
     download = gr.File(label="Saved files", file_count="multiple", visible=False, elem_id=f"download_files_{prefix}")
     return OutputButtons(save, save_zip, to_img2img, to_inpaint, to_extras, download)
+
+
+@dataclass
+class SeedSection:
+    """The seed row and its "Extra" group (variation seed and strength, resize seed from)."""
+
+    seed: Any
+    extra: Any
+    subseed: Any
+    subseed_strength: Any
+    resize_w: Any
+    resize_h: Any
+    last_seeds: Any  # (seed, subseed) of the last generation, for ♻️
+
+
+def build_seed_section(prefix: str) -> SeedSection:
+    """A1111's seed controls with their elem_ids; 🎲 sets -1, ♻️ reuses the last generation's."""
+    with gr.Row(equal_height=True, elem_id=f"{prefix}_seed_row"):
+        seed = gr.Number(label="Seed", value=-1, precision=0, elem_id=f"{prefix}_seed", scale=4)
+        random_seed = gr.Button("⚄", elem_id=f"{prefix}_random_seed", size="sm", min_width=40, scale=0)
+        reuse_seed = gr.Button("♻️", elem_id=f"{prefix}_reuse_seed", size="sm", min_width=40, scale=0)
+        extra = gr.Checkbox(label="Extra", value=False, elem_id=f"{prefix}_subseed_show", scale=1)
+    with gr.Group(visible=False, elem_id=f"{prefix}_seed_extras") as extra_group:
+        with gr.Row(equal_height=True):
+            subseed = gr.Number(label="Variation seed", value=-1, precision=0, elem_id=f"{prefix}_subseed")
+            random_subseed = gr.Button("⚄", elem_id=f"{prefix}_random_subseed", size="sm", min_width=40, scale=0)
+            reuse_subseed = gr.Button("♻️", elem_id=f"{prefix}_reuse_subseed", size="sm", min_width=40, scale=0)
+            subseed_strength = gr.Slider(
+                0, 1, value=0, step=0.01, label="Variation strength", elem_id=f"{prefix}_subseed_strength"
+            )
+        with gr.Row():
+            resize_w = gr.Slider(
+                0, 2048, value=0, step=8, label="Resize seed from width", elem_id=f"{prefix}_seed_resize_from_w"
+            )
+            resize_h = gr.Slider(
+                0, 2048, value=0, step=8, label="Resize seed from height", elem_id=f"{prefix}_seed_resize_from_h"
+            )
+    last_seeds = gr.State((-1, -1))
+    random_seed.click(lambda: -1, None, seed, queue=False)
+    random_subseed.click(lambda: -1, None, subseed, queue=False)
+    reuse_seed.click(lambda s: s[0], last_seeds, seed, queue=False)
+    reuse_subseed.click(lambda s: s[1], last_seeds, subseed, queue=False)
+    extra.change(lambda on: gr.update(visible=on), extra, extra_group, queue=False)
+    return SeedSection(seed, extra, subseed, subseed_strength, resize_w, resize_h, last_seeds)
+
+
+@dataclass
+class ResultsColumn:
+    progress: Any
+    gallery: Any
+    output_buttons: OutputButtons
+    html_info: Any
+    generation_info: Any  # A1111's generation info JSON (`gallery_items`)
+
+
+def build_results_column(prefix: str) -> ResultsColumn:
+    """Progress bar (over the gallery top), gallery, tool buttons, infotext HTML, generation info."""
+    with gr.Column(scale=1, elem_id=f"{prefix}_results"):
+        progress = gr.HTML("", elem_id=f"{prefix}_progress", min_height=0)
+        gallery = gr.Gallery(
+            label="Output",
+            show_label=False,
+            columns=4,
+            height=420,
+            object_fit="contain",
+            format="png",
+            interactive=False,
+            elem_id=f"{prefix}_gallery",
+        )
+        output_buttons = build_output_buttons(prefix)
+        html_info = gr.HTML("", elem_id=f"html_info_{prefix}")
+        generation_info = gr.Textbox(
+            label="Generation info", visible="hidden", elem_id=f"generation_info_{prefix}", interactive=False
+        )
+    return ResultsColumn(progress, gallery, output_buttons, html_info, generation_info)

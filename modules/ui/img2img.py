@@ -25,8 +25,9 @@ from modules.services import Services
 from modules.ui.common import (
     OutputButtons,
     PromptRow,
-    build_output_buttons,
     build_prompt_row,
+    build_results_column,
+    build_seed_section,
     follow,
     gallery_items,
     result_of,
@@ -767,44 +768,13 @@ def build_img2img_tab(services: Services) -> Img2ImgTab:
             denoise = gr.Slider(
                 0, 1, value=0.75, step=0.01, label="Denoising strength", elem_id="img2img_denoising_strength"
             )
-            with gr.Row(equal_height=True, elem_id="img2img_seed_row"):
-                seed = gr.Number(label="Seed", value=-1, precision=0, elem_id="img2img_seed", scale=4)
-                random_seed = gr.Button("⚄", elem_id="img2img_random_seed", size="sm", min_width=40, scale=0)
-                reuse_seed = gr.Button("♻️", elem_id="img2img_reuse_seed", size="sm", min_width=40, scale=0)
-                extra = gr.Checkbox(label="Extra", value=False, elem_id="img2img_subseed_show", scale=1)
-            with gr.Group(visible=False, elem_id="img2img_seed_extras") as extra_group:
-                with gr.Row(equal_height=True):
-                    subseed = gr.Number(label="Variation seed", value=-1, precision=0, elem_id="img2img_subseed")
-                    random_subseed = gr.Button("⚄", elem_id="img2img_random_subseed", size="sm", min_width=40, scale=0)
-                    reuse_subseed = gr.Button("♻️", elem_id="img2img_reuse_subseed", size="sm", min_width=40, scale=0)
-                    subseed_strength = gr.Slider(
-                        0, 1, value=0, step=0.01, label="Variation strength", elem_id="img2img_subseed_strength"
-                    )
-                with gr.Row():
-                    resize_w = gr.Slider(
-                        0, 2048, value=0, step=8, label="Resize seed from width", elem_id="img2img_seed_resize_from_w"
-                    )
-                    resize_h = gr.Slider(
-                        0, 2048, value=0, step=8, label="Resize seed from height", elem_id="img2img_seed_resize_from_h"
-                    )
-        with gr.Column(scale=1, elem_id="img2img_results"):
-            progress = gr.HTML("", elem_id="img2img_progress")
-            gallery = gr.Gallery(
-                label="Output",
-                show_label=False,
-                columns=4,
-                height=420,
-                object_fit="contain",
-                format="png",
-                interactive=False,
-                elem_id="img2img_gallery",
-            )
-            output_buttons = build_output_buttons("img2img")
-            html_info = gr.HTML("", elem_id="html_info_img2img")
-            generation_info = gr.Textbox(
-                label="Generation info", visible="hidden", elem_id="generation_info_img2img", interactive=False
-            )
-    last_seeds = gr.State((-1, -1))
+            seeds = build_seed_section("img2img")
+            seed, extra, subseed = seeds.seed, seeds.extra, seeds.subseed
+            subseed_strength, resize_w, resize_h = seeds.subseed_strength, seeds.resize_w, seeds.resize_h
+        results = build_results_column("img2img")
+    progress, gallery, html_info = results.progress, results.gallery, results.html_info
+    generation_info, output_buttons = results.generation_info, results.output_buttons
+    last_seeds = seeds.last_seeds
 
     inputs = [
         mode,
@@ -965,11 +935,6 @@ def build_img2img_tab(services: Services) -> Img2ImgTab:
         gr.on(triggers, image_cfg_visibility, None, image_cfg, queue=False, show_progress="hidden")
 
     # -- seeds ---------------------------------------------------------------------------
-    random_seed.click(lambda: -1, None, seed, queue=False)
-    random_subseed.click(lambda: -1, None, subseed, queue=False)
-    reuse_seed.click(lambda s: s[0], last_seeds, seed, queue=False)
-    reuse_subseed.click(lambda s: s[1], last_seeds, subseed, queue=False)
-    extra.change(lambda on: gr.update(visible=on), extra, extra_group, queue=False)
 
     wire_token_counters(services, row, steps)
 
