@@ -9,7 +9,13 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import hypothesis  # noqa: F401  (see below)
 import pytest
+
+# hypothesis is imported here, at collection, not lazily by its pytest plugin's end-of-session
+# summary: in runs that never imported it (e.g. only tests/ui), that late import after the
+# browser/server threads crashed CPython 3.11's compiler ("SystemError: AST constructor recursion
+# depth mismatch") after every test had passed.
 
 # Before anything imports huggingface_hub: the app must never need the hub, and an empty HF_HOME
 # proves no cached config is quietly used.
