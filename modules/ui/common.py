@@ -4,13 +4,16 @@ following a job's progress and live preview, and the Generate / Interrupt / Skip
 from __future__ import annotations
 
 import contextlib
+import html
 import json
 import threading
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import gradio as gr
+from PIL import Image
 
 from modules.core.errors import SdWebuiError
 from modules.core.requests import GenerationRequest
@@ -124,6 +127,42 @@ def follow(services: Services, job: Job[Result], render: Callable[[dict[str, Any
             yield render(data), gr.skip()
         with contextlib.suppress(Exception):  # done or still running; the outcome is read after
             job.future.result(timeout=POLL_SECONDS)
+
+
+def open_image(item: Any) -> Image.Image:
+    """A loaded PIL image from what Gradio hands a handler: a path, an uploaded file (an object
+    with `.path` or `.name`), a `{"path": ...}` dict, a gallery item `(path, caption)`, or a PIL
+    image. An unreadable file is a `gr.Error` naming it."""
+    if isinstance(item, tuple | list):
+        item = item[0]
+    if isinstance(item, Image.Image):
+        return item
+    if isinstance(item, str | Path):
+        path = str(item)
+    elif isinstance(item, dict):
+        path = str(item.get("path"))
+    else:
+        path = str(getattr(item, "path", None) or getattr(item, "name", ""))
+    try:
+        with Image.open(path) as image:
+            image.load()
+            return image.copy()
+    except OSError as exc:  # UnidentifiedImageError included
+        raise gr.Error(f"Could not read the image {html.escape(Path(path).name)}") from exc
+
+
+def parse_generation_info(text: str | None) -> dict[str, Any]:
+    """A tab's generation info JSON (`gallery_items`) as a dict; {} when empty or unreadable."""
+    try:
+        data = json.loads(text) if text else {}
+    except json.JSONDecodeError:
+        return {}
+    return data if isinstance(data, dict) else {}
+
+
+def default_gallery_index(gallery_size: int, info: dict[str, Any]) -> int:
+    """The image a send/save acts on when none was clicked: the first after a leading grid."""
+    return min(int(info.get("index_of_first_image", 0) or 0), gallery_size - 1)
 
 
 def gallery_items(services: Services, request: GenerationRequest, result: Result) -> tuple[list[Any], str]:

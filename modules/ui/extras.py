@@ -13,9 +13,12 @@ from typing import Any
 import gradio as gr
 from PIL import Image
 
+from modules.core.atomic import atomic_write_bytes
 from modules.core.errors import SdWebuiError
 from modules.engine.extras import ExtrasResult
+from modules.engine.outputs import encode_image
 from modules.services import Services, submit_extras
+from modules.ui.common import open_image
 
 SINGLE, BATCH, DIRECTORY = 0, 1, 2
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".bmp")
@@ -87,15 +90,7 @@ def upscaler_names(services: Services) -> list[str]:
 
 
 def _open_files(files: Sequence[Any] | None) -> list[Image.Image]:
-    images: list[Image.Image] = []
-    for item in files or ():
-        path = item if isinstance(item, str) else getattr(item, "path", None) or getattr(item, "name", "")
-        try:
-            with Image.open(path) as opened:
-                images.append(opened.copy())
-        except OSError as exc:
-            raise gr.Error(f"not an image: {html.escape(str(path).rsplit('/', 1)[-1])}") from exc
-    return images
+    return [open_image(item) for item in files or ()]
 
 
 def server_dir(services: Services, value: str, label: str) -> Path:
@@ -120,14 +115,9 @@ def _directory_images(folder: Path) -> list[Path]:
 
 
 def _save_results(results: Sequence[ExtrasResult], names: Sequence[Path], folder: Path) -> None:
-    from PIL.PngImagePlugin import PngInfo
-
-    folder.mkdir(parents=True, exist_ok=True)
     for result, name in zip(results, names, strict=True):
-        meta = PngInfo()
-        if result.infotext:
-            meta.add_text("postprocessing", result.infotext)
-        result.image.save(folder / f"{name.stem}.png", pnginfo=meta)
+        data = encode_image(result.image, "png", infotext=result.infotext or None, pnginfo_section="postprocessing")
+        atomic_write_bytes(folder / f"{name.stem}.png", data)
 
 
 @dataclass

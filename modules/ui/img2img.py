@@ -15,10 +15,11 @@ from typing import Any
 
 import gradio as gr
 from gradio.context import Context
-from PIL import Image, UnidentifiedImageError
-from PIL.PngImagePlugin import PngInfo
+from PIL import Image
 
+from modules.core.atomic import atomic_write_bytes
 from modules.core.requests import Img2ImgRequest
+from modules.engine.outputs import encode_image
 from modules.engine.processing import Result
 from modules.engine.samplers import list_samplers
 from modules.services import Services
@@ -30,6 +31,7 @@ from modules.ui.common import (
     build_seed_section,
     follow,
     gallery_items,
+    open_image,
     result_of,
     submit,
     wire_generate,
@@ -386,26 +388,14 @@ def batch_plan(
     return BatchPlan(tuple(items), output_dir)
 
 
-def _load_image(path: Path) -> Image.Image:
-    try:
-        with Image.open(path) as image:
-            image.load()
-            return image.copy()
-    except (OSError, UnidentifiedImageError) as exc:
-        raise gr.Error(f"Could not read the image {html.escape(path.name)}") from exc
-
-
 def save_batch_outputs(result: Result, stem: str, folder: Path) -> list[Path]:
     """The batch results of one input as PNGs with their infotext (`parameters`), named after the
-    input (`stem.png`, or `stem-1.png`... when it made several)."""
-    folder.mkdir(parents=True, exist_ok=True)
+    input (`stem.png`, or `stem-1.png`... when it made several), each written atomically."""
     written = []
     for i, image in enumerate(result.images):
-        meta = PngInfo()
-        if i < len(result.infotexts):
-            meta.add_text("parameters", result.infotexts[i])
+        infotext = result.infotexts[i] if i < len(result.infotexts) else None
         path = folder / (f"{stem}.png" if len(result.images) == 1 else f"{stem}-{i + 1}.png")
-        image.save(path, pnginfo=meta)
+        atomic_write_bytes(path, encode_image(image, "png", infotext=infotext))
         written.append(path)
     return written
 
@@ -458,8 +448,8 @@ def run_batch(
     first: Img2ImgRequest | None = None
     written = 0
     for index, item in enumerate(plan.items, start=1):
-        image = _rgb(_load_image(item.path))
-        mask = _rgb(_load_image(item.mask_path)).convert("L") if item.mask_path is not None else None
+        image = _rgb(open_image(item.path))
+        mask = _rgb(open_image(item.mask_path)).convert("L") if item.mask_path is not None else None
         request = dataclasses.replace(
             request_for_image(values, image, mask),
             do_not_save_grid=True,

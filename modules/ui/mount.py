@@ -60,7 +60,7 @@ def _mount(app: FastAPI, services: Services) -> None:
         blocks,
         path="/",
         css=page_css(),
-        head=page_head(services),
+        head=page_head(),
         theme=ui_theme(services),
         footer_links=["api", "gradio"] if services.settings.api_enabled else ["gradio"],
         show_error=True,
@@ -81,7 +81,7 @@ def page_css() -> str:
     return "\n".join(p.read_text(encoding="utf-8") for p in sorted(CSS_DIR.glob("*.css")))
 
 
-def page_head(services: Services) -> str:
+def page_head() -> str:
     """Scripts for the page's <head>: every file in `modules/ui/js/`, in name order."""
     scripts = (p.read_text(encoding="utf-8") for p in sorted(JS_DIR.glob("*.js")))
     return "".join(f"<script>\n{text}\n</script>" for text in scripts)

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import csv
 import io
-import json
 import shutil
 import tempfile
 import threading
@@ -22,13 +21,13 @@ from pathlib import Path
 from typing import Any
 
 import gradio as gr
-from PIL import Image
 
 from modules.core.atomic import atomic_write_bytes, atomic_write_text
 from modules.core.filenames import FilenameContext, apply_pattern
 from modules.core.infotext import parse_infotext
 from modules.engine.outputs import ImageSaver
 from modules.services import Services
+from modules.ui.common import default_gallery_index, open_image, parse_generation_info
 
 LOG_COLUMNS = (
     "prompt",
@@ -77,25 +76,17 @@ def filename_context(infotext: str) -> FilenameContext:
     )
 
 
-def _gallery_image(item: Any) -> Image.Image:
-    path = item[0] if isinstance(item, tuple | list) else item
-    path = getattr(path, "path", None) or (path.get("path") if isinstance(path, dict) else path)
-    with Image.open(str(path)) as image:
-        image.load()
-        return image.copy()
-
-
 def chosen_items(
     gallery: Sequence[Any], index: int | None, info: dict[str, Any], *, selected_only: bool
 ) -> list[tuple[int, str]]:
     """(gallery index, infotext) of the images to save: the selected one (else the first image
     after a leading grid) when `selected_only`, else every image after the grid."""
-    first = int(info.get("index_of_first_image", 0) or 0)
+    first = default_gallery_index(len(gallery), info)
     infotexts = [str(t) for t in info.get("infotexts") or []]
     if selected_only:
-        picked = [index if index is not None and 0 <= index < len(gallery) else min(first, len(gallery) - 1)]
+        picked = [index if index is not None and 0 <= index < len(gallery) else first]
     else:
-        picked = list(range(min(first, len(gallery) - 1), len(gallery)))
+        picked = list(range(first, len(gallery)))
     return [(i, infotexts[i] if i < len(infotexts) else "") for i in picked]
 
 
@@ -119,10 +110,7 @@ def save_images(
     """Save the chosen gallery images (and the zip); the written files' paths."""
     if not gallery:
         raise gr.Error("There is no image to save: generate one first")
-    try:
-        info = json.loads(info_json) if info_json else {}
-    except json.JSONDecodeError:
-        info = {}
+    info = parse_generation_info(info_json)
     saver = ImageSaver.from_settings(services.options, services.paths, services.settings)
     folder = saver.outdir("outdir_save")
     selected_only = bool(services.options.get("save_selected_only")) and not make_zip
@@ -130,7 +118,7 @@ def save_images(
     saved: list[Path] = []
     rows: list[dict[str, object]] = []
     for i, infotext in items:
-        image = _gallery_image(gallery[i])
+        image = open_image(gallery[i])
         ctx = filename_context(infotext)
         result = saver.save_image(image, folder, ctx, infotext=infotext or None, save_to_dirs=False)
         saved.append(result.path)

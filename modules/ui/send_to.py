@@ -14,7 +14,6 @@ their `gr.Error`s reach the page as toasts (unqueued events show none).
 
 from __future__ import annotations
 
-import json
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -23,11 +22,12 @@ from PIL import Image
 
 from modules.core.errors import SdWebuiError
 from modules.services import Services
+from modules.ui.common import open_image, parse_generation_info
 from modules.ui.extras import SINGLE, ExtrasTab
 from modules.ui.img2img import IMG2IMG, INPAINT, Img2ImgTab, editor_value
 from modules.ui.paste import looks_like_infotext, parse_for_paste, paste_fields
 from modules.ui.pnginfo import PngInfoTab
-from modules.ui.save import download_copies, save_images
+from modules.ui.save import chosen_items, download_copies, save_images
 from modules.ui.txt2img import Txt2ImgTab
 
 SEED_FIELDS = ("seed", "subseed", "subseed_strength", "seed_resize_from_w", "seed_resize_from_h", "subseed_show")
@@ -44,40 +44,13 @@ def skipped_fields(services: Services) -> set[str]:
     return skip
 
 
-def _open(item: Any) -> Image.Image | None:
-    """A gallery item or an image component's file as a loaded PIL image."""
-    if item is None:
-        return None
-    if isinstance(item, tuple | list):
-        item = item[0]
-    if isinstance(item, Image.Image):
-        return item
-    path = getattr(item, "path", None) or (item.get("path") if isinstance(item, dict) else item)
-    try:
-        with Image.open(str(path)) as image:
-            image.load()
-            return image.copy()
-    except OSError as exc:
-        raise gr.Error("Could not read the image to send") from exc
-
-
 def selected_image(gallery: Sequence[Any] | None, index: int | None, info: str) -> tuple[Image.Image, str]:
     """(image, its infotext) for the gallery's selected item: the clicked one, else the first
     image (after a leading grid). Raises `gr.Error` when the gallery is empty."""
     if not gallery:
         raise gr.Error("There is no image to send: generate one first")
-    try:
-        data = json.loads(info) if info else {}
-    except json.JSONDecodeError:
-        data = {}
-    first = int(data.get("index_of_first_image", 0) or 0)
-    chosen = index if index is not None and 0 <= index < len(gallery) else min(first, len(gallery) - 1)
-    infotexts = data.get("infotexts") or []
-    infotext = infotexts[chosen] if chosen < len(infotexts) else (infotexts[0] if infotexts else "")
-    image = _open(gallery[chosen])
-    if image is None:  # pragma: no cover - a gallery item always has a file
-        raise gr.Error("There is no image to send")
-    return image, str(infotext)
+    [(chosen, infotext)] = chosen_items(gallery, index, parse_generation_info(info), selected_only=True)
+    return open_image(gallery[chosen]), infotext
 
 
 def parameter_updates(
@@ -184,18 +157,18 @@ def wire_send_to(
         return {**parameter_updates(services, infotext, txt2img.fields), tabs: gr.Tabs(selected="txt2img")}
 
     def png_to_img2img(path: str | None, infotext: str, mode: int = IMG2IMG) -> dict[Any, object]:
-        image = _open(path)
-        if image is None:
+        if not path:
             raise gr.Error("Please drop an image first")
+        image = open_image(path)
         return {**to_img2img(services, img2img, image, infotext, mode), tabs: gr.Tabs(selected="img2img")}
 
     def png_to_inpaint(path: str | None, infotext: str) -> dict[Any, object]:
         return png_to_img2img(path, infotext, INPAINT)
 
     def png_to_extras(path: str | None) -> dict[Any, object]:
-        image = _open(path)
-        if image is None:
+        if not path:
             raise gr.Error("Please drop an image first")
+        image = open_image(path)
         return {**to_extras(extras, image), tabs: gr.Tabs(selected="extras")}
 
     png_inputs = [pnginfo.image, pnginfo.generation_info]
