@@ -39,7 +39,7 @@ def main() -> None:
     from modules.core.hashes import HashCache
     from modules.core.options import Options, default_option_infos
     from modules.core.requests import Txt2ImgRequest
-    from modules.engine.service import EngineService
+    from modules.engine.service import GenerationService
     from modules.engine.worker import Worker
     from modules.models.loader import Placement
     from modules.models.manager import ModelManager
@@ -56,7 +56,7 @@ def main() -> None:
         options = Options(default_option_infos(), None)
         options.set("randn_source", "CPU")
         worker = Worker()
-        engine = EngineService(models, options, worker)
+        engine = GenerationService(models, options, worker)
         models.load(path.name)
         model = models.active.model  # type: ignore[union-attr]
         pipe = StableDiffusionPipeline(

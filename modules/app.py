@@ -19,18 +19,21 @@ from modules.api.routes.server import ServerControl
 from modules.api.security import install_security
 from modules.core.errors import SdWebuiError, SettingsError
 from modules.core.hashes import HashCache
+from modules.core.jobs import SwitchModel
 from modules.core.options import Options, default_option_infos
 from modules.core.paths import Paths
 from modules.core.settings import Settings, parse_settings
 from modules.core.styles import StyleDatabase
 from modules.engine import upscaling
+from modules.engine.facade import Engine, wire_model_options
+from modules.engine.hooks import Hooks
 from modules.engine.outputs import ImageSaver
-from modules.engine.service import EngineService, image_saver_for
+from modules.engine.service import GenerationService, image_saver_for
 from modules.engine.worker import Worker
 from modules.models.devices import policy_from_settings
 from modules.models.face_restoration import FaceRestorers
 from modules.models.manager import ModelManager
-from modules.models.registry import CheckpointInfo, ModelRegistry
+from modules.models.registry import ModelRegistry
 from modules.models.taesd import TaesdDecoders
 from modules.models.upscalers import UpscalerRegistry
 from modules.services import Services
@@ -63,14 +66,14 @@ def build_services(
         default_sd2_prediction=lambda: str(options.get("sd2_default_prediction")),
         forced_vae=settings.vae_path,
     )
-    _wire_options(options, models)
     worker = Worker()
-    saver = image_saver_for(ImageSaver.from_settings(options, paths, settings), models)
+    saver = image_saver_for(ImageSaver.from_settings(options, paths, settings))
     styles = StyleDatabase(list(paths.styles_files))
     taesd = TaesdDecoders(paths.vae_taesd_dir)
     upscalers = UpscalerRegistry.from_paths(paths, policy.placement)
     face_restorers = FaceRestorers(paths.gfpgan_dir, paths.codeformer_dir)
-    engine = EngineService(
+    hooks = Hooks()
+    generation = GenerationService(
         models,
         options,
         worker,
@@ -79,7 +82,20 @@ def build_services(
         taesd=taesd,
         face_restorer=face_restorers.for_options(options),
         upscale=model_upscale(upscalers, options),
+        hooks=hooks,
     )
+    engine = Engine(
+        worker=worker,
+        models=models,
+        registry=registry,
+        options=options,
+        generation=generation,
+        upscalers=upscalers,
+        face_restorers=face_restorers,
+        merge_dir=settings.ckpt_dir or paths.checkpoint_dir,
+        hooks=hooks,
+    )
+    wire_model_options(options, engine, models)
     return Services(
         settings, paths, options, registry, policy, models, worker, engine, styles, upscalers, face_restorers
     )
@@ -98,31 +114,6 @@ def model_upscale(
     return run
 
 
-def _wire_options(options: Options, models: ModelManager) -> None:
-    """Setting `sd_model_checkpoint` / `sd_vae` switches models; loads report back their title and hash."""
-
-    def on_checkpoint(_key: str, value: object) -> None:
-        if value:
-            models.load(str(value))
-
-    def on_vae(_key: str, value: object) -> None:
-        models.set_vae(str(value))
-
-    def on_loaded(info: CheckpointInfo) -> None:
-        changed = options.set_readonly("sd_model_checkpoint", info.title)
-        changed = options.set_readonly("sd_checkpoint_hash", info.sha256 or "") or changed
-        if changed and options.path is not None:
-            try:
-                options.save()  # the next start comes back to this checkpoint
-            except OSError as exc:
-                log.warning("could not save %s: %s", options.path, exc)
-
-    options.on_change("sd_model_checkpoint", on_checkpoint)
-    options.on_change("sd_vae", on_vae)
-    models.on_loaded.append(on_loaded)
-    models.on_hash.append(on_loaded)
-
-
 def create_app(services: Services) -> FastAPI:
     app = FastAPI(title="sd-webui", docs_url="/docs" if services.settings.api_enabled else None)
     app.state.services = services
@@ -136,17 +127,17 @@ def create_app(services: Services) -> FastAPI:
 
     @app.get("/health")
     def health() -> dict[str, Any]:
-        status = services.models.status()
+        status = services.engine.model_status()
         return {
             "status": "ok",
             "model": {
-                "checkpoint": status.checkpoint.title if status.checkpoint else None,
+                "checkpoint": status.checkpoint,
                 "loading": status.loading,
                 "error": status.last_error,
                 "cached": list(status.cached),
             },
             "device": str(services.policy.placement.device),
-            "queue": {"current": services.worker.current.id if services.worker.current else None},
+            "queue": {"current": services.engine.current_job_id(), "pending": services.engine.pending_count()},
         }
 
     if not services.settings.nowebui:
@@ -157,12 +148,12 @@ def create_app(services: Services) -> FastAPI:
 
     @app.get("/", response_class=HTMLResponse)
     def index() -> str:
-        status = services.models.status()
+        status = services.engine.model_status()
         rows = (
             "".join(f"<li>{html.escape(c.title)}</li>" for c in services.registry.checkpoints())
             or "<li>none: put checkpoints in models/Stable-diffusion</li>"
         )
-        current = html.escape(status.checkpoint.title) if status.checkpoint else "none"
+        current = html.escape(status.checkpoint) if status.checkpoint else "none"
         error = f"<p class='error'>{html.escape(status.last_error)}</p>" if status.last_error else ""
         return (
             "<!doctype html><html><head><meta charset='utf-8'><title>sd-webui</title></head><body>"
@@ -173,23 +164,32 @@ def create_app(services: Services) -> FastAPI:
     return app
 
 
-def _load_initial_model(services: Services) -> None:
-    """A1111's order: the `--ckpt` file, else the saved `sd_model_checkpoint`, else the first found."""
+def load_initial_model(services: Services) -> None:
+    """A1111's order: the `--ckpt` file, else the saved `sd_model_checkpoint`, else the first found.
+    Each try is a model job on the worker; this waits for them (run it on a background thread)."""
     if services.settings.ckpt is not None:
         wanted: str | None = str(services.settings.ckpt)
     else:
         wanted = str(services.options.get("sd_model_checkpoint") or "") or None
+    found = services.registry.checkpoints()
+    first = found[0].title if found else None
+    if wanted is None and first is None:
+        dirs = ", ".join(str(d) for d in services.registry.checkpoint_dirs)
+        log.warning("no model loaded at start: no checkpoints found: put .safetensors or .ckpt files in %s", dirs)
+        return
     try:
-        services.models.load(wanted)
+        services.engine.run_sync(SwitchModel(checkpoint=wanted or first))
+        return
     except SdWebuiError as exc:
-        if wanted:
-            log.warning("could not load %s (%s); trying the first checkpoint found", wanted, exc)
-            try:
-                services.models.load(services.registry.checkpoints()[0] if services.registry.checkpoints() else None)
-                return
-            except SdWebuiError as again:
-                exc = again
-        log.warning("no model loaded at start: %s", exc)
+        failure = exc
+    if wanted and first and first != wanted:
+        log.warning("could not load %s (%s); trying the first checkpoint found", wanted, failure)
+        try:
+            services.engine.run_sync(SwitchModel(checkpoint=first))
+            return
+        except SdWebuiError as again:
+            failure = again
+    log.warning("no model loaded at start: %s", failure)
 
 
 def main(argv: Sequence[str], environ: Mapping[str, str]) -> int:
@@ -205,7 +205,7 @@ def main(argv: Sequence[str], environ: Mapping[str, str]) -> int:
     services.registry.refresh()
     app = create_app(services)
     if not settings.skip_load_model_at_start:
-        threading.Thread(target=_load_initial_model, args=(services,), name="initial model load", daemon=True).start()
+        threading.Thread(target=load_initial_model, args=(services,), name="initial model load", daemon=True).start()
 
     import uvicorn
 

@@ -19,14 +19,13 @@ multiple of 8, as A1111's upscalers do.
 
 from __future__ import annotations
 
-import html
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
 from typing import Any
 
 from PIL import Image
 
 from modules.core.errors import NotFoundError, ValidationError
+from modules.core.results import ExtrasResult
 
 Upscale = Callable[[Image.Image, str, float], Image.Image]
 RestoreFaces = Callable[[Image.Image, str, float, float], Image.Image]
@@ -35,38 +34,6 @@ UPSCALE, GFPGAN, CODEFORMER = "Upscale", "GFPGAN", "CodeFormer"
 DEFAULT_ORDER = (UPSCALE, GFPGAN, CODEFORMER)
 BUILTIN_UPSCALERS = {"Lanczos": Image.Resampling.LANCZOS, "Nearest": Image.Resampling.NEAREST}
 NONE = "None"
-
-
-@dataclass
-class ExtrasResult:
-    image: Image.Image
-    info: dict[str, Any] = field(default_factory=dict)
-
-    @property
-    def infotext(self) -> str:
-        return infotext(self.info)
-
-    @property
-    def html_info(self) -> str:
-        return plaintext_to_html(self.infotext)
-
-
-def _fmt(value: Any) -> str:
-    if isinstance(value, float):
-        return f"{value:g}"
-    text = str(value)
-    if any(c in text for c in ',:"'):
-        return '"' + text.replace("\\", "\\\\").replace('"', '\\"') + '"'
-    return text
-
-
-def infotext(info: dict[str, Any]) -> str:
-    """`key: value, key: value` (values quoted when they hold `,` `:` or `"`), Nones left out."""
-    return ", ".join(f"{k}: {_fmt(v)}" for k, v in info.items() if v is not None)
-
-
-def plaintext_to_html(text: str) -> str:
-    return "<p>" + "<br>\n".join(html.escape(line) for line in text.split("\n")) + "</p>"
 
 
 def dest_side(side: int, scale: float) -> int:

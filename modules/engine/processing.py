@@ -9,8 +9,7 @@ import contextlib
 import logging
 import time
 from collections.abc import Callable, Iterator, Mapping
-from dataclasses import dataclass, field
-from pathlib import Path
+from dataclasses import dataclass
 from typing import Any
 
 import torch
@@ -26,11 +25,13 @@ from modules.core.requests import (
     Img2ImgRequest,
     Txt2ImgRequest,
 )
+from modules.core.results import Result
 from modules.core.styles import extract_extra_networks
 from modules.engine import images as imgops
 from modules.engine import noise as noise_mod
 from modules.engine import samplers as smp
 from modules.engine.conditioning import ConditioningSettings, Encoder, PromptPlan, step_conds
+from modules.engine.hooks import BatchEvent, Hooks
 from modules.engine.sampling import MaskBlend, SamplingJob, sample
 from modules.engine.worker import ImageSkipped, JobContext, JobInterrupted
 from modules.models.loader import StableDiffusionModel
@@ -69,28 +70,6 @@ class EngineSettings:
     inpainting_mask_weight: float = 1.0
     preview_every: int = 0
     use_old_scheduling: bool = False
-
-
-@dataclass
-class Result:
-    """What a job produced; the adapters turn it into API JSON or UI gallery items."""
-
-    images: list[Image.Image] = field(default_factory=list)
-    infotexts: list[str] = field(default_factory=list)
-    seeds: list[int] = field(default_factory=list)
-    subseeds: list[int] = field(default_factory=list)
-    prompts: list[str] = field(default_factory=list)
-    negative_prompts: list[str] = field(default_factory=list)
-    width: int = 0
-    height: int = 0
-    params: list[dict[str, Any]] = field(default_factory=list)  # infotext params per image
-    interrupted: bool = False
-    warnings: list[str] = field(default_factory=list)
-    elapsed: float = 0.0
-    job_timestamp: str = ""
-    paths: list[Path] = field(default_factory=list)  # saved files, when saving was asked
-    grid: Image.Image | None = None
-    grid_path: Path | None = None
 
 
 def preview_decoder(
@@ -145,6 +124,7 @@ class _Pass:
     schedule: smp.ScheduleInfo
     steps: int
     start_index: int = 0
+    end_index: int | None = None  # stop before this schedule index (the refiner switch)
 
 
 def _scheduler_for(model: StableDiffusionModel, p: _Pass, seeds: list[int] | None = None) -> Any:
@@ -169,8 +149,10 @@ class Processor:
         infotext_params: Callable[[Processor, int, int], dict[str, Any]] | None = None,
         preview_taesd: torch.nn.Module | None = None,
         model_upscale: Callable[[Image.Image, str, tuple[int, int]], Image.Image] | None = None,
+        hooks: Hooks | None = None,
     ) -> None:
         self.model_upscale = model_upscale
+        self.hooks = hooks if hooks is not None else Hooks()
         self.model = model
         self.request = request
         self.settings = settings
@@ -273,6 +255,9 @@ class Processor:
             mask_blend=mask_blend,
             step_noise=lambda: smp.step_noise_kwargs(self.sampler if p is None else p.sampler, rng),
             start_index=p.start_index,
+            end_index=p.end_index,
+            unet_wrappers=self.hooks.unet_wrappers,
+            on_step=self.hooks.step_callback(),
             context=self.ctx,
         )
         try:
@@ -291,6 +276,18 @@ class Processor:
         if family.variant == "ip2p":
             return torch.zeros(batch, 4, height // 8, width // 8, device=self.model.device, dtype=self.model.unet.dtype)
         return None
+
+    def begin_batch(
+        self, batch_number: int, batch: range, seeds: list[int], prompts: list[str], negatives: list[str]
+    ) -> BatchEvent:
+        """Fire `before_batch`; the returned event is handed to `end_batch` with the images."""
+        event = BatchEvent(self.request, batch_number, list(batch), list(seeds), list(prompts), list(negatives))
+        self.hooks.before_batch.fire(event)
+        return event
+
+    def end_batch(self, event: BatchEvent, images: list[Image.Image]) -> None:
+        event.images = list(images)
+        self.hooks.after_batch.fire(event)
 
     def _finish_batch(
         self,
@@ -354,6 +351,7 @@ def run_txt2img(processor: Processor, request: Txt2ImgRequest, ctx: JobContext |
         b_subseeds = [subseeds[i] for i in batch]
         prompts = [request.prompt] * len(batch)
         negatives = [request.negative_prompt] * len(batch)
+        event = processor.begin_batch(n, batch, b_seeds, prompts, negatives)
         rng = processor._rng(b_seeds, b_subseeds, width, height)
         scheduler = _scheduler_for(model, first_pass, b_seeds)
         try:
@@ -374,14 +372,18 @@ def run_txt2img(processor: Processor, request: Txt2ImgRequest, ctx: JobContext |
         except ImageSkipped:
             continue
         except JobInterrupted:
-            processor._finish_batch(
+            images = processor._finish_batch(
                 result, processor.partial, prompts, negatives, b_seeds, b_subseeds, batch.start, width, height
             )
+            processor.end_batch(event, images)
             result.interrupted = True
             break
         out_w, out_h = (hires.width, hires.height) if hires else (width, height)
         result.width, result.height = out_w, out_h
-        processor._finish_batch(result, latents, prompts, negatives, b_seeds, b_subseeds, batch.start, out_w, out_h)
+        images = processor._finish_batch(
+            result, latents, prompts, negatives, b_seeds, b_subseeds, batch.start, out_w, out_h
+        )
+        processor.end_batch(event, images)
         if ctx is not None and ctx.stopping_generation:
             break
     result.elapsed = time.perf_counter() - started
@@ -568,6 +570,7 @@ def run_img2img(processor: Processor, request: Img2ImgRequest, ctx: JobContext |
         b_subseeds = [subseeds[i] for i in batch]
         prompts = [request.prompt] * len(batch)
         negatives = [request.negative_prompt] * len(batch)
+        event = processor.begin_batch(n, batch, b_seeds, prompts, negatives)
         batch_images = [inits[i % len(inits)] for i in batch]
         if inpaint is not None and request.inpainting_fill == FILL_FILL:
             batch_images = [imgops.fill_masked(im, crop_mask) for im in batch_images]
@@ -634,7 +637,8 @@ def run_img2img(processor: Processor, request: Img2ImgRequest, ctx: JobContext |
         if inpaint is not None:
             first = len(result.images) - len(images)
             for i, image in enumerate(images):
-                result.images[first + i] = _paste_back(image, inpaint, batch.start + i)
+                result.images[first + i] = images[i] = _paste_back(image, inpaint, batch.start + i)
+        processor.end_batch(event, images)
         if result.interrupted or (ctx is not None and ctx.stopping_generation):
             break
     if inpaint is not None and inpaint.region is not None:

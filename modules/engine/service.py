@@ -1,15 +1,20 @@
-"""The engine's front door: UI, API and scripts submit requests here.
+"""Generation on the worker: validation before queueing, then one request processed inside a
+model lease.
 
-`submit(request)` validates before anything is queued (bad sampler or size = user error right
-away), then queues a job on the single worker. The job applies `override_settings` (checkpoint,
-VAE, clip skip, ...; restored afterwards when asked), leases the model, runs the processor,
-builds A1111 infotexts and saves outputs. The future resolves to a `Result`.
+`GenerationService.submit(request)` validates on the caller's thread (bad sampler or size = user
+error right away), then queues a job on the single worker. On the worker, `process(request, ctx)`
+(public: code that runs many generations in one job calls it directly) leases the model the
+request asks for (its `override_settings` checkpoint / VAE, else the selected ones), runs the
+processor with the hooks, restores faces, builds A1111 infotexts and saves outputs. The Result
+records the model it ran with. The adapters do not use this class: they go through
+`modules.engine.facade.Engine`.
 """
 
 from __future__ import annotations
 
+import contextlib
 import logging
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator
 from typing import Any, Protocol
 
 from PIL import Image
@@ -20,19 +25,22 @@ from modules.core.filenames import FilenameContext
 from modules.core.infotext import build_infotext, order_params
 from modules.core.options import Options
 from modules.core.requests import GenerationRequest, Img2ImgRequest, Limits, Txt2ImgRequest, validate_request
+from modules.core.results import ModelUsed, Result
 from modules.core.styles import StyleDatabase
 from modules.engine import samplers as smp
+from modules.engine.hooks import Hooks, ImageEvent, ProcessEvent, SaveEvent
 from modules.engine.outputs import ImageSaver
 from modules.engine.processing import (
     Processor,
-    Result,
     options_to_settings,
     run_img2img,
     run_txt2img,
     seamless_tiling,
 )
 from modules.engine.worker import Job, JobContext, Worker
+from modules.models.loader import StableDiffusionModel
 from modules.models.manager import ModelManager
+from modules.models.registry import CheckpointInfo
 from modules.models.taesd import TaesdDecoders
 
 log = logging.getLogger(__name__)
@@ -40,7 +48,7 @@ log = logging.getLogger(__name__)
 MODEL_OVERRIDES = ("sd_model_checkpoint", "sd_vae")
 VERSION = f"sd-webui-{__version__}"
 
-Saver = Callable[[Result, GenerationRequest], None]
+Saver = Callable[[Result, GenerationRequest, Hooks], None]
 ModelUpscale = Callable[[Image.Image, str, tuple[int, int]], Image.Image]
 
 
@@ -52,13 +60,13 @@ class FaceRestorer(Protocol):
     def restore(self, image: Image.Image) -> Image.Image: ...
 
 
-def image_saver_for(saver: ImageSaver, models: ModelManager) -> Saver:
-    """Save every image of a result (and the grid, and params.txt) with A1111's rules."""
+def image_saver_for(saver: ImageSaver) -> Saver:
+    """Save every image of a result (and the grid, and params.txt) with A1111's rules, firing the
+    save hooks around each image."""
 
-    def save(result: Result, request: GenerationRequest) -> None:
+    def save(result: Result, request: GenerationRequest, hooks: Hooks) -> None:
         kind = "img2img" if isinstance(request, Img2ImgRequest) else "txt2img"
-        active = models.active
-        info = active.info if active is not None else None
+        used = result.model
         for i, image in enumerate(result.images):
             params = result.params[i] if i < len(result.params) else {}
             ctx = FilenameContext(
@@ -72,8 +80,8 @@ def image_saver_for(saver: ImageSaver, models: ModelManager) -> Saver:
                 styles=request.styles,
                 sampler=str(params.get("Sampler", "")),
                 scheduler=str(params.get("Schedule type", "")),
-                model_hash=info.shorthash if info else None,
-                model_name=info.model_name if info else None,
+                model_hash=used.shorthash,
+                model_name=used.name,
                 prompt=result.prompts[i],
                 prompt_no_styles=request.prompt,
                 negative_prompt=result.negative_prompts[i],
@@ -85,15 +93,22 @@ def image_saver_for(saver: ImageSaver, models: ModelManager) -> Saver:
                 denoising=request.denoising_strength,
                 job_timestamp=result.job_timestamp,
             )
-            saved = saver.save_sample(image, kind, ctx, infotext=result.infotexts[i])
+            event = hooks.before_image_saved.fire(SaveEvent(request, i, image, result.infotexts[i], kind))
+            saved = saver.save_sample(event.image, kind, ctx, infotext=event.infotext)
             result.paths.append(saved.path)
+            event.path = saved.path
+            hooks.after_image_saved.fire(event)
         if result.infotexts:
             saver.write_params(result.infotexts[0])
         if len(result.images) > 1 and not request.do_not_save_grid and saver.should_save_grid(len(result.images)):
             grid = saver.grid(result.images, request.batch_size)
             ctx = FilenameContext(seed=result.seeds[0], prompt=result.prompts[0], job_timestamp=result.job_timestamp)
             result.grid = grid
-            result.grid_path = saver.save_grid(grid, kind, ctx, infotext=result.infotexts[0]).path
+            grid_kind = f"{kind}-grid"
+            event = hooks.before_image_saved.fire(SaveEvent(request, -1, grid, result.infotexts[0], grid_kind))
+            result.grid_path = saver.save_grid(event.image, kind, ctx, infotext=event.infotext).path
+            event.path = result.grid_path
+            hooks.after_image_saved.fire(event)
 
     return save
 
@@ -102,7 +117,7 @@ def _fmt(value: float) -> str:
     return f"{value:g}"
 
 
-class EngineService:
+class GenerationService:
     def __init__(
         self,
         models: ModelManager,
@@ -114,6 +129,8 @@ class EngineService:
         styles: StyleDatabase | None = None,
         taesd: TaesdDecoders | None = None,
         upscale: ModelUpscale | None = None,
+        hooks: Hooks | None = None,
+        selected_checkpoint: Callable[[], str | CheckpointInfo | None] = lambda: None,
     ) -> None:
         self.styles = styles
         self.taesd = taesd
@@ -123,10 +140,14 @@ class EngineService:
         self.worker = worker
         self.saver = saver
         self.face_restorer = face_restorer or (lambda: None)
+        self.hooks = hooks if hooks is not None else Hooks()
+        self.selected_checkpoint = selected_checkpoint
 
-    # -- submitting --------------------------------------------------------------------------
+    # -- on the caller's thread --------------------------------------------------------------
 
-    def submit(self, request: GenerationRequest) -> Job[Result]:
+    def prepare(self, request: GenerationRequest) -> tuple[GenerationRequest, list[str]]:
+        """Validate and apply styles before anything is queued: a bad sampler, size or setting is
+        a user error right away. Returns the request to run and the warnings for the caller."""
         limit = int(self.options.get("max_pixels_times_batch"))  # type: ignore[call-overload]
         request, warnings = validate_request(request, Limits(max_pixels_times_batch=limit))
         request, style_warnings = self._apply_styles(request)
@@ -138,14 +159,23 @@ class EngineService:
         for key in request.override_settings:
             if key not in self.options:
                 raise ValidationError(f"override_settings: unknown setting {key!r}")
+        return request, warnings
+
+    def submit(self, request: GenerationRequest) -> Job[Result]:
+        request, warnings = self.prepare(request)
         kind = "img2img" if isinstance(request, Img2ImgRequest) else "txt2img"
 
         def run(ctx: JobContext) -> Result:
-            result = self._run(request, ctx)
+            result = self.process(request, ctx)
             result.warnings[:0] = warnings
+            for warning in result.warnings:
+                log.warning("%s %s: %s", kind, ctx.id, warning)
             return result
 
         return self.worker.submit(run, task_id=request.force_task_id, description=kind)
+
+    def run_sync(self, request: GenerationRequest, timeout: float | None = None) -> Result:
+        return self.submit(request).future.result(timeout)
 
     def _apply_styles(self, request: GenerationRequest) -> tuple[GenerationRequest, list[str]]:
         """A1111 applies styles server-side before anything else; unknown names are skipped (as
@@ -161,53 +191,106 @@ class EngineService:
         warnings = [f"style not found: {name!r}" for name in missing]
         return request.replace(prompt=prompt, negative_prompt=negative), warnings
 
-    def run_sync(self, request: GenerationRequest, timeout: float | None = None) -> Result:
-        return self.submit(request).future.result(timeout)
-
     # -- on the worker -----------------------------------------------------------------------
 
-    def _run(self, request: GenerationRequest, ctx: JobContext) -> Result:
+    def process(self, request: GenerationRequest, ctx: JobContext, *, hooks: Hooks | None = None) -> Result:
+        """Run one (prepared) request now, on the worker thread, inside a model lease; `hooks` are
+        added to the service's own for this call. For code that runs many generations in one job
+        (loopback, X/Y/Z plot, SD upscale): call it from inside a job."""
+        if not self.worker.on_worker_thread():
+            raise RuntimeError("GenerationService.process runs on the worker thread only; submit a job instead")
+        hooks = self.hooks.combined(hooks)
         overrides = dict(request.override_settings)
-        previous = {k: self.options.get(k) for k in MODEL_OVERRIDES if k in overrides}
-        try:
-            if "sd_vae" in overrides:
-                self.models.set_vae(str(overrides["sd_vae"]))
-            checkpoint = overrides.get("sd_model_checkpoint")
-            with self.models.lease(str(checkpoint) if checkpoint else None) as model:
-                settings = options_to_settings(self.options.get, overrides)
-                preview_kind = str(overrides.get("show_progress_type", self._option("show_progress_type", "Approx NN")))
-                taesd = None
-                if self.taesd is not None and preview_kind != "Approx cheap":
-                    taesd = self.taesd.get(model.family)
-                processor = Processor(
-                    model,
-                    request,
-                    settings,
-                    ctx,
-                    infotext_params=self._params_for(request),
-                    preview_taesd=taesd,
-                    model_upscale=self.upscale,
-                )
-                with seamless_tiling(model, bool(request.tiling)):
-                    if isinstance(request, Img2ImgRequest):
-                        result = run_img2img(processor, request, ctx)
-                    else:
-                        assert isinstance(request, Txt2ImgRequest)
-                        result = run_txt2img(processor, request, ctx)
-                result.warnings.extend(processor.warnings)
-                if request.restore_faces:
-                    self._restore_faces(result)
-                result.infotexts = [
-                    build_infotext(result.prompts[i], result.negative_prompts[i], result.params[i])
-                    for i in range(len(result.images))
-                ]
-        finally:
-            if request.override_settings_restore_afterwards and previous:
-                self._restore(previous)
+        with self._lease(overrides) as model:
+            used = self._model_used(model)
+            settings = options_to_settings(self.options.get, overrides)
+            preview_kind = str(overrides.get("show_progress_type", self._option("show_progress_type", "Approx NN")))
+            taesd = None
+            if self.taesd is not None and preview_kind != "Approx cheap":
+                taesd = self.taesd.get(model.family)
+            processor = Processor(
+                model,
+                request,
+                settings,
+                ctx,
+                infotext_params=self._params_for(request, used),
+                preview_taesd=taesd,
+                model_upscale=self.upscale,
+                hooks=hooks,
+            )
+            seeds, subseeds = processor.seeds()
+            hooks.before_process.fire(ProcessEvent(request, list(seeds), list(subseeds), model.family.label))
+            with seamless_tiling(model, bool(request.tiling)):
+                if isinstance(request, Img2ImgRequest):
+                    result = run_img2img(processor, request, ctx)
+                else:
+                    assert isinstance(request, Txt2ImgRequest)
+                    result = run_txt2img(processor, request, ctx)
+            result.warnings.extend(processor.warnings)
+            if request.restore_faces:
+                self._restore_faces(result)
+            for i, image in enumerate(result.images):
+                event = hooks.postprocess_image.fire(ImageEvent(request, i, image, result.params[i]))
+                result.images[i] = event.image
+            result.infotexts = [
+                build_infotext(result.prompts[i], result.negative_prompts[i], result.params[i])
+                for i in range(len(result.images))
+            ]
+        result.model = used
+        result.version = VERSION
         result.job_timestamp = ctx.job_timestamp
         if self.saver is not None and not request.do_not_save_samples:
-            self.saver(result, request)
+            self.saver(result, request, hooks)
+        if not request.override_settings_restore_afterwards and overrides:
+            self._keep_overrides(overrides)
         return result
+
+    @contextlib.contextmanager
+    def _lease(self, overrides: dict[str, Any]) -> Iterator[StableDiffusionModel]:
+        """The model for one request: its `override_settings` checkpoint / VAE, else the selected
+        ones. The VAE choice of a request is put back after it (the checkpoint stays loaded until
+        the next job asks for another: the next plain job goes back to the selected one)."""
+        checkpoint = overrides.get("sd_model_checkpoint") or self.selected_checkpoint()
+        vae = overrides.get("sd_vae")
+        previous_vae = self.models.vae_choice
+        if vae is not None:
+            self.models.set_vae(str(vae))
+        try:
+            if checkpoint is not None and not isinstance(checkpoint, CheckpointInfo):
+                checkpoint = str(checkpoint)
+            with self.models.lease(checkpoint or None) as model:
+                yield model
+        finally:
+            if vae is not None and self.models.vae_choice != previous_vae:
+                try:
+                    self.models.set_vae(previous_vae)
+                except Exception as exc:  # the job's result stands; the restore problem is logged
+                    log.warning("could not restore the VAE after the job: %s", exc)
+
+    def _model_used(self, model: StableDiffusionModel) -> ModelUsed:
+        active = self.models.active
+        info = active.info if active is not None else None
+        vae = model.vae_source
+        if info is None:
+            return ModelUsed(vae_name=vae.name if vae else None, family=model.family.label)
+        name = info.filename.name if info.is_folder else info.filename.name.rsplit(".", 1)[0]
+        return ModelUsed(
+            name=name,
+            title=info.title,
+            shorthash=info.shorthash,
+            sha256=info.sha256,
+            vae_name=vae.name if vae else None,
+            family=model.family.label,
+        )
+
+    def _keep_overrides(self, overrides: dict[str, Any]) -> None:
+        """`override_settings_restore_afterwards: false`: the overrides stay as the settings (A1111).
+        Checkpoint and VAE become the selected ones through the options' callbacks, which run
+        inline here on the worker thread."""
+        try:
+            self.options.apply_update(overrides, ignore_unknown=True, allow_restricted=False)
+        except Exception as exc:  # the job's result stands
+            log.warning("could not keep override_settings after the job: %s", exc)
 
     def _option(self, key: str, default: Any) -> Any:
         return self.options.get(key) if key in self.options else default
@@ -222,20 +305,11 @@ class EngineService:
             params["Face restoration"] = restorer.name
         result.params = [order_params(p) for p in result.params]
 
-    def _restore(self, previous: Mapping[str, Any]) -> None:
-        try:
-            if "sd_vae" in previous:
-                self.models.set_vae(str(previous["sd_vae"]))
-            if previous.get("sd_model_checkpoint"):
-                self.models.load(str(previous["sd_model_checkpoint"]))
-        except Exception as exc:  # the job's result stands; the restore problem is logged
-            log.warning("could not restore settings after the job: %s", exc)
-
-    def _params_for(self, request: GenerationRequest) -> Callable[[Processor, int, int], dict[str, Any]]:
+    def _params_for(
+        self, request: GenerationRequest, used: ModelUsed
+    ) -> Callable[[Processor, int, int], dict[str, Any]]:
         def params(processor: Processor, index: int, in_batch: int) -> dict[str, Any]:
             model = processor.model
-            active = self.models.active
-            info = active.info if active is not None else None
             settings = processor.settings
             sampler, schedule = processor.sampler, processor.schedule
             seed = processor.result_seed(index)
@@ -246,15 +320,15 @@ class EngineService:
                 "CFG scale": _fmt(request.cfg_scale),
                 "Seed": seed,
                 "Size": f"{request.width}x{request.height}",
-                "Model hash": info.shorthash if info else None,
+                "Model hash": used.shorthash,
                 "VAE": model.vae_source.name if model.vae_source else None,
                 "Clip skip": settings.clip_skip if settings.clip_skip > 1 else None,
                 "RNG": settings.rng_source if settings.rng_source != "GPU" else None,
                 "Tiling": "True" if request.tiling else None,
                 "Version": VERSION,
             }
-            if info is not None:  # the file stem without folders
-                p["Model"] = info.filename.name if info.is_folder else info.filename.name.rsplit(".", 1)[0]
+            if used.name is not None:  # the file stem without folders
+                p["Model"] = used.name
             if model.family.variant == "ip2p" and isinstance(request, Img2ImgRequest):
                 p["Image CFG scale"] = _fmt(request.image_cfg_scale if request.image_cfg_scale is not None else 1.5)
             if request.subseed_strength:

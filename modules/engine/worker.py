@@ -89,6 +89,10 @@ class JobContext:
         if self.skipped:
             raise ImageSkipped()
 
+    @property
+    def preview_version(self) -> int:
+        return self._preview_version
+
     def set_preview(self, source: Any) -> None:
         self._preview_source = source
         self._preview_version += 1
@@ -156,6 +160,10 @@ class Worker:
         self._thread = threading.Thread(target=self._run, name=name, daemon=True)
         self._started = False
         self._ids = itertools.count(1)
+
+    def on_worker_thread(self) -> bool:
+        """True when called from the worker's own thread (i.e. from inside a job)."""
+        return threading.current_thread() is self._thread
 
     def start(self) -> None:
         if not self._started:
@@ -250,6 +258,10 @@ class Worker:
     def current(self) -> JobContext | None:
         job = self._current
         return job.context if job else None
+
+    def is_completed(self, task_id: str) -> bool:
+        with self._lock:
+            return task_id in self._completed
 
     def pending_count(self) -> int:
         """How many jobs wait behind the running one."""

@@ -269,7 +269,7 @@ class FaceRestorers:
     """Finds, loads (once, lazily, thread-safe) and hands out the face restorers.
 
     `get(name, ...)` raises FaceRestorerUnavailableError when there are no weights;
-    `for_options(options)` is the callable EngineService takes (None when unavailable)."""
+    `for_options(options)` is the callable GenerationService takes (None when unavailable)."""
 
     def __init__(
         self,
@@ -323,7 +323,7 @@ class FaceRestorers:
             self._loaded.clear()
 
     def for_options(self, options: Any) -> Callable[[], FaceRestorer | None]:
-        """For `EngineService(face_restorer=...)`: the restorer named by the option
+        """For `GenerationService(face_restorer=...)`: the restorer named by the option
         `face_restoration_model` (CodeFormer with `code_former_weight`), None without weights."""
 
         def get(key: str, default: Any) -> Any:

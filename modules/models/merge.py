@@ -30,7 +30,7 @@ import re
 import secrets
 import time
 from collections.abc import Callable, Iterator, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -39,20 +39,23 @@ from safetensors import safe_open
 
 from modules.core.atomic import atomic_write_bytes
 from modules.core.errors import ModelFileError, ValidationError
+from modules.core.jobs import (
+    ADD_DIFFERENCE,
+    CHECKPOINT_FORMATS,
+    CONFIG_SOURCES,
+    INTERP_METHODS,
+    NO_INTERPOLATION,
+    NO_VAE,
+    WEIGHTED_SUM,
+    MergeRequest,
+)
+from modules.core.results import MergeResult
 from modules.core.safetensors_header import read_safetensors_header
 from modules.models.checkpoint_io import SAFETENSORS_SUFFIXES, read_state_dict
 from modules.models.registry import CheckpointInfo, ModelRegistry
 
 log = logging.getLogger(__name__)
 
-NO_INTERPOLATION = "No interpolation"
-WEIGHTED_SUM = "Weighted sum"
-ADD_DIFFERENCE = "Add difference"
-INTERP_METHODS = (NO_INTERPOLATION, WEIGHTED_SUM, ADD_DIFFERENCE)
-
-CHECKPOINT_FORMATS = ("ckpt", "safetensors")
-CONFIG_SOURCES = ("A, B or C", "B", "C", "Don't")
-NO_VAE = "None"
 
 # kept from A whatever the method (A1111's checkpoint_dict_skip_on_merge)
 SKIP_ON_MERGE = frozenset({"cond_stage_model.transformer.text_model.embeddings.position_ids"})
@@ -61,44 +64,6 @@ VAE_PREFIX = "first_stage_model."
 _VAE_IGNORED = ("loss", "model_ema.")
 
 ProgressFn = Callable[[int, int, str], None]  # (done, total, what)
-
-
-@dataclass(frozen=True)
-class MergeRequest:
-    """The Checkpoint Merger form, with A1111's defaults. Checkpoints are named as in the top-bar
-    dropdown (titles; any registry alias works)."""
-
-    primary_model_name: str | None
-    secondary_model_name: str | None = None
-    tertiary_model_name: str | None = None
-    interp_method: str = WEIGHTED_SUM
-    multiplier: float = 0.3
-    custom_name: str = ""
-    checkpoint_format: str = "safetensors"
-    save_as_half: bool = False
-    config_source: str = CONFIG_SOURCES[0]
-    bake_in_vae: str | None = NO_VAE
-    discard_weights: str = ""
-    save_metadata: bool = True
-    add_merge_recipe: bool = True
-    copy_metadata_fields: bool = True
-    metadata_json: str = "{}"
-
-
-@dataclass
-class MergeResult:
-    path: Path
-    tensors: int  # tensors written
-    merged: int  # tensors combined from two or three models
-    discarded: int
-    is_inpainting: bool
-    is_instruct_pix2pix: bool
-    seconds: float
-    metadata: dict[str, str] = field(default_factory=dict)
-
-    @property
-    def message(self) -> str:
-        return f"Checkpoint saved to {self.path}"
 
 
 # ------------------------------------------------------------------------------ validation

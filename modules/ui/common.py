@@ -16,10 +16,11 @@ import gradio as gr
 from PIL import Image
 
 from modules.core.errors import SdWebuiError
+from modules.core.generation_info import generation_info
 from modules.core.requests import GenerationRequest
-from modules.engine.processing import Result
-from modules.engine.worker import Job
-from modules.services import Services, build_generation_info
+from modules.core.results import Result
+from modules.engine.facade import JobHandle
+from modules.services import Services
 from modules.ui.styles import build_styles_dialog
 
 POLL_SECONDS = 0.25
@@ -105,21 +106,22 @@ def build_prompt_row(prefix: str, services: Services) -> PromptRow:
     return row
 
 
-def submit(services: Services, request: GenerationRequest) -> Job[Result]:
+def submit(services: Services, request: GenerationRequest) -> JobHandle[Result]:
     try:
         return services.engine.submit(request)
     except SdWebuiError as exc:
         raise gr.Error(str(exc)) from exc
 
 
-def follow(services: Services, job: Job[Result], render: Callable[[dict[str, Any]], str]) -> Iterator[tuple[str, Any]]:
+def follow(
+    services: Services, job: JobHandle[Result], render: Callable[[dict[str, Any]], str]
+) -> Iterator[tuple[str, Any]]:
     """While `job` runs: (rendered progress, `[preview]` when a new live preview exists, else
     `gr.skip()`). Returns when the job is done; read it with `result_of`."""
     shown: object = None
     while not job.future.done():
-        data = services.worker.progress(with_preview=False)
-        current = services.worker.current
-        preview = job.context.preview() if current is not None and current.id == job.context.id else None
+        data = services.engine.progress(with_preview=False)
+        preview = job.preview()
         if preview is not None and preview is not shown:
             shown = preview
             yield render(data), [preview]
@@ -174,10 +176,10 @@ def gallery_items(services: Services, request: GenerationRequest, result: Result
     if result.grid is not None:
         images.insert(0, result.grid)
         first = 1
-    return images, json.dumps(build_generation_info(services, request, result, first), default=str)
+    return images, json.dumps(generation_info(request, result, first), default=str)
 
 
-def result_of(job: Job[Result]) -> Result:
+def result_of(job: JobHandle[Result]) -> Result:
     try:
         return job.future.result()
     except SdWebuiError as exc:
@@ -215,10 +217,10 @@ def wire_generate(
 
     def interrupt() -> None:
         row.stop_requested.set()
-        services.worker.interrupt()
+        services.engine.interrupt()
 
     row.interrupt.click(interrupt, None, None, queue=False)
-    row.skip.click(lambda: services.worker.skip(), None, None, queue=False)
+    row.skip.click(lambda: services.engine.skip(), None, None, queue=False)
     row.clear.click(lambda: ("", ""), None, [row.prompt, row.negative], queue=False)
 
 

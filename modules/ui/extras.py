@@ -15,9 +15,10 @@ from PIL import Image
 
 from modules.core.atomic import atomic_write_bytes
 from modules.core.errors import SdWebuiError
-from modules.engine.extras import ExtrasResult
+from modules.core.jobs import ExtrasRequest
+from modules.core.results import ExtrasResult
 from modules.engine.outputs import encode_image
-from modules.services import Services, submit_extras
+from modules.services import Services
 from modules.ui.common import open_image
 
 SINGLE, BATCH, DIRECTORY = 0, 1, 2
@@ -82,7 +83,8 @@ def run_extras_on_worker(
     services: Services, images: Sequence[Image.Image], kwargs: dict[str, Any]
 ) -> list[ExtrasResult]:
     """`run_extras` over `images` as one job on the worker; waits for it."""
-    return submit_extras(services, images, kwargs).future.result()
+    result: list[ExtrasResult] = services.engine.run_sync(ExtrasRequest(images=tuple(images), **kwargs))
+    return result
 
 
 def upscaler_names(services: Services) -> list[str]:

@@ -19,8 +19,8 @@ from PIL import Image
 
 from modules.core.atomic import atomic_write_bytes
 from modules.core.requests import Img2ImgRequest
+from modules.core.results import Result
 from modules.engine.outputs import encode_image
-from modules.engine.processing import Result
 from modules.engine.samplers import list_samplers
 from modules.services import Services
 from modules.ui.common import (
@@ -461,14 +461,14 @@ def run_batch(
         def render(data: dict[str, Any], index: int = index) -> str:
             return batch_progress_html(index, total, data)
 
-        yield render(services.worker.progress(with_preview=False)), gr.skip(), gr.skip(), gr.skip(), gr.skip()
+        yield render(services.engine.progress(with_preview=False)), gr.skip(), gr.skip(), gr.skip(), gr.skip()
         for shown, preview in follow(services, job, render):
             yield shown, preview, gr.skip(), gr.skip(), gr.skip()
         result = result_of(job)
         if plan.output_dir is not None:
             written += len(save_batch_outputs(result, item.path.stem, plan.output_dir))
         results.append(result)
-        if result.interrupted or job.context.interrupted or (stop is not None and stop.is_set()):
+        if result.interrupted or job.interrupted or (stop is not None and stop.is_set()):
             break
     merged = merge_results(results)
     limit = services.options.get("img2img_batch_show_results_limit")
@@ -502,8 +502,7 @@ COPY_TARGETS = (
 
 def is_instruct_pix2pix(services: Services) -> bool:
     """Whether the active checkpoint is an instruct-pix2pix ("edit") model (Image CFG Scale)."""
-    active = services.models.active
-    return active is not None and active.model.family.variant == "ip2p"
+    return services.engine.model_status().variant == "ip2p"
 
 
 @dataclass
@@ -817,7 +816,7 @@ def build_img2img_tab(services: Services) -> Img2ImgTab:
             return
         request = img2img_request_from_ui(**ui)
         job = submit(services, request)
-        yield progress_html(services.worker.progress(with_preview=False)), gr.skip(), "", "", gr.skip()
+        yield progress_html(services.engine.progress(with_preview=False)), gr.skip(), "", "", gr.skip()
         for shown, preview in follow(services, job, progress_html):
             yield shown, preview, gr.skip(), gr.skip(), gr.skip()
         result = result_of(job)

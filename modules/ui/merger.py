@@ -16,7 +16,9 @@ from typing import Any
 import gradio as gr
 
 from modules.core.errors import SdWebuiError
-from modules.engine.worker import Job, JobContext
+from modules.core.jobs import MergeRequest
+from modules.core.results import MergeResult
+from modules.engine.facade import JobHandle
 from modules.models import merge as mg
 from modules.services import Services
 
@@ -58,24 +60,11 @@ def output_dir(services: Services) -> Path:
     return services.settings.ckpt_dir or services.paths.checkpoint_dir
 
 
-def submit_merge(services: Services, request: mg.MergeRequest) -> Job[mg.MergeResult]:
+def submit_merge(services: Services, request: MergeRequest) -> JobHandle[MergeResult]:
     """Validate on the caller's thread, then merge as one job on the worker (progress: one step
     per tensor of A)."""
-    mg.validate_request(request)
-    registry, target = services.registry, output_dir(services)
-
-    def work(ctx: JobContext) -> mg.MergeResult:
-        ctx.begin_image(0, 1)
-
-        def progress(done: int, total: int, what: str) -> None:
-            if ctx.sampling_steps != total:
-                ctx.begin_pass(total)
-            ctx.textinfo = what
-            ctx.step(done)
-
-        return mg.merge_checkpoints(request, registry, target, progress=progress)
-
-    return services.worker.submit(work, description="model-merge")
+    handle: JobHandle[MergeResult] = services.engine.submit(request)
+    return handle
 
 
 def read_metadata_json(services: Services, *names: str | None) -> str:
@@ -106,13 +95,14 @@ def _refresh_button(elem_id: str) -> gr.Button:
     return gr.Button("🔄", elem_id=elem_id, size="sm", scale=0, min_width=40, elem_classes="sdw-merger-refresh")
 
 
-def _progress_html(ctx: JobContext, queued: bool) -> str:
-    if queued:
+def _progress_html(job: JobHandle[MergeResult]) -> str:
+    if not job.is_running():
         return "<p class='sdw-merger-progress'>Waiting for the worker…</p>"
-    total = ctx.sampling_steps
-    what = html.escape(ctx.textinfo or "Merging")
+    state = job.progress()["state"]
+    total = int(state["sampling_steps"])
+    what = html.escape(job.textinfo or "Merging")
     if total:
-        return f"<p class='sdw-merger-progress'>{what}… {ctx.sampling_step}/{total} tensors</p>"
+        return f"<p class='sdw-merger-progress'>{what}… {state['sampling_step']}/{total} tensors</p>"
     return f"<p class='sdw-merger-progress'>{what}…</p>"
 
 
@@ -235,7 +225,7 @@ def build_merger_tab(services: Services) -> MergerTab:
         copy_fields: bool,
         extra_json: str,
     ) -> Iterator[str]:
-        request = mg.MergeRequest(
+        request = MergeRequest(
             primary_model_name=a,
             secondary_model_name=b,
             tertiary_model_name=c,
@@ -257,7 +247,7 @@ def build_merger_tab(services: Services) -> MergerTab:
         except SdWebuiError as exc:
             raise gr.Error(str(exc)) from exc
         while not job.future.done():
-            yield _progress_html(job.context, services.worker.current is not job.context)
+            yield _progress_html(job)
             time.sleep(POLL_SECONDS)
         try:
             outcome = job.future.result()

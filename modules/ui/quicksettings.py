@@ -37,8 +37,7 @@ def checkpoint_titles(services: Services) -> list[str]:
 
 
 def current_checkpoint(services: Services) -> str | None:
-    status = services.models.status()
-    return status.checkpoint.title if status.checkpoint else None
+    return services.engine.model_status().checkpoint
 
 
 def vae_choices(services: Services) -> list[str]:
@@ -109,8 +108,8 @@ def switch_checkpoint(services: Services, title: str | None) -> Iterator[tuple[A
         )
         raise gr.Error(html.escape(message)) from exc
     elapsed = time.perf_counter() - start
-    loaded = services.models.status().checkpoint
-    shown = loaded.name if loaded is not None else name
+    loaded = services.engine.model_status().checkpoint_name
+    shown = loaded if loaded is not None else name
     yield (
         gr.update(value=current_checkpoint(services), interactive=True),
         status_html(f"Loaded {shown} in {elapsed:.1f} s", "done"),

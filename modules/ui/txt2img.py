@@ -12,7 +12,7 @@ from typing import Any
 import gradio as gr
 
 from modules.core.requests import Txt2ImgRequest
-from modules.engine.processing import Result
+from modules.core.results import Result
 from modules.engine.samplers import list_samplers, list_schedulers
 from modules.services import Services
 from modules.ui.common import (
@@ -239,7 +239,7 @@ def build_txt2img_tab(services: Services) -> Txt2ImgTab:
     def run(*values: Any) -> Iterator[tuple[Any, ...]]:
         request = txt2img_request_from_ui(**dict(zip(UI_FIELDS, values, strict=True)))
         job = submit(services, request)
-        yield progress_html(services.worker.progress(with_preview=False)), gr.skip(), "", "", gr.skip()
+        yield progress_html(services.engine.progress(with_preview=False)), gr.skip(), "", "", gr.skip()
         for shown, preview in follow(services, job, progress_html):
             yield shown, preview, gr.skip(), gr.skip(), gr.skip()
         result = result_of(job)

@@ -38,7 +38,7 @@ def api_data_dir(tiny_models: dict[str, Path], tmp_path_factory: pytest.TempPath
 def api_services(api_data_dir: Path) -> Iterator[Services]:
     settings = parse_settings(["--data-dir", str(api_data_dir), "--api"], {})
     services = build_services(settings, api_data_dir, {})
-    services.models.load("sd1.safetensors")
+    services.engine.switch_model(checkpoint="sd1.safetensors")
     yield services
     services.worker.shutdown()
 

@@ -46,7 +46,7 @@ def _build(data_dir: Path, *flags: str) -> Services:
 @pytest.fixture()
 def services(tiny_models: dict[str, Path], tmp_path: Path) -> Iterator[Services]:
     built = _build(_data_dir(tmp_path, tiny_models), "--api-auth", "alice:s3cret")
-    built.models.load("one")
+    built.engine.switch_model(checkpoint="one")
     built.models.wait_for_hashes(30)  # the title and sd_checkpoint_hash settle before the test reads them
     yield built
     built.worker.shutdown()

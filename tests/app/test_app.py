@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 from fastapi.testclient import TestClient
 
-from modules.app import _load_initial_model, build_services, create_app, main
+from modules.app import build_services, create_app, load_initial_model, main
 from modules.core.settings import parse_settings
 
 pytestmark = pytest.mark.usefixtures("no_network")
@@ -52,7 +52,7 @@ def test_setting_the_checkpoint_option_switches_and_reports_title_and_hash(data_
 def test_initial_model_falls_back_when_the_saved_one_is_gone(data_dir: Path) -> None:
     (data_dir / "config.json").write_text('{"sd_model_checkpoint": "deleted.safetensors [0123456789]"}')
     services = build_services(parse_settings(["--data-dir", str(data_dir)], {}), data_dir, {})
-    _load_initial_model(services)
+    load_initial_model(services)
     assert services.models.active.info.name == "one.safetensors"  # type: ignore[union-attr]
 
 
@@ -61,13 +61,13 @@ def test_ckpt_flag_adds_and_loads_a_checkpoint_from_anywhere(data_dir: Path, tin
     settings = parse_settings(["--data-dir", str(data_dir), "--ckpt", str(tiny_models["sdxl"])], {})
     services = build_services(settings, data_dir, {})
     assert tiny_models["sdxl"].name in [c.name for c in services.registry.checkpoints()]
-    _load_initial_model(services)
+    load_initial_model(services)
     assert services.models.active.model.family.id == "sdxl"  # type: ignore[union-attr]
 
 
 def test_minimal_server_routes(data_dir: Path) -> None:
     services = build_services(parse_settings(["--data-dir", str(data_dir)], {}), data_dir, {})
-    services.models.load("one")
+    services.engine.switch_model(checkpoint="one")
     client = TestClient(create_app(services))
     assert client.get("/internal/ping").status_code == 200
     health = client.get("/health").json()

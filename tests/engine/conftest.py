@@ -10,7 +10,7 @@ import pytest
 
 from modules.core.hashes import HashCache
 from modules.core.options import Options, default_option_infos
-from modules.engine.service import EngineService
+from modules.engine.service import GenerationService
 from modules.engine.worker import Worker
 from modules.models.loader import Placement
 from modules.models.manager import ModelManager
@@ -27,7 +27,7 @@ FAMILIES = {
 
 
 @pytest.fixture(scope="module")
-def engine(tiny_models: dict[str, Path], tmp_path_factory: pytest.TempPathFactory) -> Iterator[EngineService]:
+def engine(tiny_models: dict[str, Path], tmp_path_factory: pytest.TempPathFactory) -> Iterator[GenerationService]:
     root = tmp_path_factory.mktemp("engine")
     sd = root / "Stable-diffusion"
     sd.mkdir()
@@ -37,6 +37,6 @@ def engine(tiny_models: dict[str, Path], tmp_path_factory: pytest.TempPathFactor
     models = ModelManager(registry, Placement(), cache_bytes=1 << 34)
     options = Options(default_option_infos(), None)
     worker = Worker()
-    service = EngineService(models, options, worker)
+    service = GenerationService(models, options, worker)
     yield service
     worker.shutdown()

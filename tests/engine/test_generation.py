@@ -16,13 +16,13 @@ from modules.core.options import Options, default_option_infos
 from modules.core.requests import Img2ImgRequest
 from modules.engine import samplers as smp
 from modules.engine.conditioning import Encoder
-from modules.engine.service import EngineService
+from modules.engine.service import GenerationService
 from tests.engine.support import pixels, t2i
 
 pytestmark = pytest.mark.usefixtures("no_network")
 
 
-def test_txt2img_same_seed_same_pixels_and_infotext_roundtrip(engine: EngineService) -> None:
+def test_txt2img_same_seed_same_pixels_and_infotext_roundtrip(engine: GenerationService) -> None:
     a = engine.run_sync(t2i(), 120)
     b = engine.run_sync(t2i(), 120)
     c = engine.run_sync(t2i(seed=1235), 120)
@@ -35,7 +35,7 @@ def test_txt2img_same_seed_same_pixels_and_infotext_roundtrip(engine: EngineServ
     assert parsed["Size-1"] == "64" and parsed["Size-2"] == "64"
 
 
-def test_random_seed_is_resolved_and_batches_use_seed_plus_i(engine: EngineService) -> None:
+def test_random_seed_is_resolved_and_batches_use_seed_plus_i(engine: GenerationService) -> None:
     r = engine.run_sync(t2i(seed=-1, batch_size=2, n_iter=2), 120)
     assert len(r.images) == 4 and r.seeds[0] >= 0
     assert r.seeds == [r.seeds[0] + i for i in range(4)]
@@ -43,7 +43,7 @@ def test_random_seed_is_resolved_and_batches_use_seed_plus_i(engine: EngineServi
     assert np.abs(pixels(alone.images[0]) - pixels(r.images[1])).max() <= 1
 
 
-def test_subseed_strength_zero_equals_no_subseed(engine: EngineService) -> None:
+def test_subseed_strength_zero_equals_no_subseed(engine: GenerationService) -> None:
     a = engine.run_sync(t2i(subseed=99, subseed_strength=0.0), 120)
     b = engine.run_sync(t2i(), 120)
     c = engine.run_sync(t2i(subseed=99, subseed_strength=0.5), 120)
@@ -53,13 +53,13 @@ def test_subseed_strength_zero_equals_no_subseed(engine: EngineService) -> None:
 
 
 @pytest.mark.parametrize("model", ["sd2", "xl", "inpaint", "ip2p", "xlinpaint"])
-def test_txt2img_every_family(engine: EngineService, model: str) -> None:
+def test_txt2img_every_family(engine: GenerationService, model: str) -> None:
     r = engine.run_sync(t2i(override_settings={"sd_model_checkpoint": model}, negative_prompt="blurry"), 120)
     assert r.images[0].size == (64, 64)
     assert np.isfinite(pixels(r.images[0])).all()
 
 
-def test_every_published_sampler_runs(engine: EngineService) -> None:
+def test_every_published_sampler_runs(engine: GenerationService) -> None:
     names = [s.name for s in smp.list_samplers()]
     assert "Euler" in names and "DPM++ 2M" in names
     for name in names:
@@ -67,20 +67,20 @@ def test_every_published_sampler_runs(engine: EngineService) -> None:
         assert len(r.images) == 1, name
 
 
-def test_unknown_sampler_is_rejected_before_queueing(engine: EngineService) -> None:
+def test_unknown_sampler_is_rejected_before_queueing(engine: GenerationService) -> None:
     with pytest.raises(NotFoundError):
         engine.submit(t2i(sampler_name="No Such Sampler"))
     with pytest.raises(ValidationError):
         engine.submit(t2i(steps=0))
 
 
-def test_sizes_round_down_to_multiples_of_8_and_are_reported(engine: EngineService) -> None:
+def test_sizes_round_down_to_multiples_of_8_and_are_reported(engine: GenerationService) -> None:
     r = engine.run_sync(t2i(width=70, height=66), 120)
     assert r.images[0].size == (64, 64)
     assert any("rounded down" in w for w in r.warnings)
 
 
-def test_hires_fix_gives_the_target_size(engine: EngineService) -> None:
+def test_hires_fix_gives_the_target_size(engine: GenerationService) -> None:
     r = engine.run_sync(t2i(enable_hr=True, hr_scale=1.5, hr_second_pass_steps=2, denoising_strength=0.5), 120)
     assert r.images[0].size == (96, 96)
     parsed = parse_infotext(r.infotexts[0])
@@ -89,7 +89,7 @@ def test_hires_fix_gives_the_target_size(engine: EngineService) -> None:
 
 
 def test_prompt_editing_switches_conditioning_at_the_step(
-    engine: EngineService, monkeypatch: pytest.MonkeyPatch
+    engine: GenerationService, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     seen: list[str] = []
     real = Encoder.encode
@@ -109,7 +109,7 @@ def test_prompt_editing_switches_conditioning_at_the_step(
     assert seen == ["cat", "cat", "dog", "cat", "dog", "cat"]
 
 
-def test_break_and_long_prompts_make_more_chunks(engine: EngineService) -> None:
+def test_break_and_long_prompts_make_more_chunks(engine: GenerationService) -> None:
     with engine.models.lease("sd1") as model:
         enc = Encoder(model)
         assert enc.encode("a cat").hidden.shape[1] == 77
@@ -118,7 +118,7 @@ def test_break_and_long_prompts_make_more_chunks(engine: EngineService) -> None:
         assert enc.encode(long_prompt).hidden.shape[1] == 154
 
 
-def test_interrupt_returns_one_partial_image(engine: EngineService) -> None:
+def test_interrupt_returns_one_partial_image(engine: GenerationService) -> None:
     job = engine.submit(t2i(steps=40, n_iter=3))
     while engine.worker.current is None or engine.worker.current.sampling_step < 2:
         time.sleep(0.01)
@@ -128,7 +128,7 @@ def test_interrupt_returns_one_partial_image(engine: EngineService) -> None:
     assert len(engine.run_sync(t2i(), 120).images) == 1  # the next job runs normally
 
 
-def test_skip_with_n_iter_3_returns_2(engine: EngineService) -> None:
+def test_skip_with_n_iter_3_returns_2(engine: GenerationService) -> None:
     job = engine.submit(t2i(steps=30, n_iter=3))
     while engine.worker.current is None or engine.worker.current.sampling_step < 2:
         time.sleep(0.01)
@@ -137,7 +137,7 @@ def test_skip_with_n_iter_3_returns_2(engine: EngineService) -> None:
     assert len(r.images) == 2 and not r.interrupted
 
 
-def test_progress_during_a_run(engine: EngineService) -> None:
+def test_progress_during_a_run(engine: GenerationService) -> None:
     job = engine.submit(t2i(steps=10))
     states = []
     while not job.future.done():
@@ -156,7 +156,7 @@ def _init_image() -> Image.Image:
     return Image.fromarray(rng.integers(0, 255, (64, 64, 3), dtype=np.uint8))
 
 
-def test_img2img_runs_and_denoising_controls_change(engine: EngineService) -> None:
+def test_img2img_runs_and_denoising_controls_change(engine: GenerationService) -> None:
     init = _init_image()
     low = engine.run_sync(
         Img2ImgRequest(
@@ -193,7 +193,7 @@ def test_img2img_runs_and_denoising_controls_change(engine: EngineService) -> No
 
 @pytest.mark.parametrize("model", ["sd1", "inpaint"])
 def test_only_masked_inpaint_leaves_pixels_outside_mask_padding_blur_unchanged(
-    engine: EngineService, model: str
+    engine: GenerationService, model: str
 ) -> None:
     init = _init_image().resize((128, 128))
     mask = Image.new("L", (128, 128), 0)
@@ -224,7 +224,7 @@ def test_only_masked_inpaint_leaves_pixels_outside_mask_padding_blur_unchanged(
     assert not np.array_equal(out[50:70, 50:70], pixels(init)[50:70, 50:70])
 
 
-def test_whole_picture_inpaint_keeps_the_unmasked_area(engine: EngineService) -> None:
+def test_whole_picture_inpaint_keeps_the_unmasked_area(engine: GenerationService) -> None:
     init = _init_image()
     mask = Image.new("L", (64, 64), 0)
     mask.paste(255, (0, 0, 32, 64))
@@ -247,7 +247,7 @@ def test_whole_picture_inpaint_keeps_the_unmasked_area(engine: EngineService) ->
     assert np.array_equal(pixels(r.images[0])[:, 40:], pixels(init)[:, 40:])
 
 
-def test_ip2p_uses_image_cfg(engine: EngineService) -> None:
+def test_ip2p_uses_image_cfg(engine: GenerationService) -> None:
     init = _init_image()
     r = engine.run_sync(
         Img2ImgRequest(
@@ -265,20 +265,25 @@ def test_ip2p_uses_image_cfg(engine: EngineService) -> None:
     assert "Image CFG scale: 1.5" in r.infotexts[0]
 
 
-def test_override_checkpoint_is_restored_afterwards(engine: EngineService) -> None:
-    engine.models.load("sd1")
-    engine.options.set_readonly("sd_model_checkpoint", "sd1.safetensors")
-    engine.run_sync(t2i(override_settings={"sd_model_checkpoint": "sd2"}), 120)
-    assert engine.models.active.info.name == "sd1.safetensors"  # type: ignore[union-attr]
+def test_override_checkpoint_is_for_that_request_only(engine: GenerationService) -> None:
+    selected = engine.selected_checkpoint
+    engine.selected_checkpoint = lambda: "sd1"
+    try:
+        overridden = engine.run_sync(t2i(override_settings={"sd_model_checkpoint": "sd2"}), 120)
+        plain = engine.run_sync(t2i(), 120)
+    finally:
+        engine.selected_checkpoint = selected
+    assert overridden.model.name == "sd2" and "Model: sd2" in overridden.infotexts[0]
+    assert plain.model.name == "sd1" and "Model: sd1" in plain.infotexts[0]
 
 
-def test_concurrent_submissions_each_get_their_own_result(engine: EngineService) -> None:
+def test_concurrent_submissions_each_get_their_own_result(engine: GenerationService) -> None:
     jobs = [engine.submit(t2i(seed=100 + i, steps=2)) for i in range(5)]
     results = [j.future.result(120) for j in jobs]
     assert [r.seeds[0] for r in results] == [100, 101, 102, 103, 104]
 
 
-def test_failing_job_does_not_wedge_the_worker(engine: EngineService, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_failing_job_does_not_wedge_the_worker(engine: GenerationService, monkeypatch: pytest.MonkeyPatch) -> None:
     calls = {"n": 0}
     with engine.models.lease("sd1") as model:
         unet = model.unet
@@ -297,7 +302,7 @@ def test_failing_job_does_not_wedge_the_worker(engine: EngineService, monkeypatc
     assert len(engine.run_sync(t2i(), 120).images) == 1
 
 
-def test_tiling_pads_circularly_during_the_job_only(engine: EngineService, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_tiling_pads_circularly_during_the_job_only(engine: GenerationService, monkeypatch: pytest.MonkeyPatch) -> None:
     with engine.models.lease("sd1") as model:
         conv = model.unet.conv_in
     modes: list[str] = []
@@ -311,7 +316,7 @@ def test_tiling_pads_circularly_during_the_job_only(engine: EngineService, monke
     assert "Tiling: True" in tiled.infotexts[0]
 
 
-def test_face_restore_hook(engine: EngineService) -> None:
+def test_face_restore_hook(engine: GenerationService) -> None:
     class Flip:
         name = "Flipper"
 
@@ -331,7 +336,7 @@ def test_face_restore_hook(engine: EngineService) -> None:
     assert parse_infotext(restored.infotexts[0])["Face restoration"] == "Flipper"
 
 
-def test_saved_images_parse_back_to_the_same_parameters(engine: EngineService, tmp_path: Path) -> None:
+def test_saved_images_parse_back_to_the_same_parameters(engine: GenerationService, tmp_path: Path) -> None:
     from modules.core.paths import Paths
     from modules.core.settings import parse_settings
     from modules.engine.outputs import ImageSaver, read_infotext_from_image
@@ -339,7 +344,7 @@ def test_saved_images_parse_back_to_the_same_parameters(engine: EngineService, t
 
     paths = Paths.from_settings(parse_settings(["--data-dir", str(tmp_path)], {}), tmp_path, {})
     options = Options(default_option_infos(), None)
-    engine.saver = image_saver_for(ImageSaver(options, paths), engine.models)
+    engine.saver = image_saver_for(ImageSaver(options, paths))
     try:
         r = engine.run_sync(
             t2i(prompt='a "quoted", colon: prompt\nsecond line', negative_prompt="ugly, bad", batch_size=2), 120
@@ -371,7 +376,7 @@ def test_outpaint_canvas_masks_the_new_border_and_the_seam() -> None:
 
 
 def test_styles_are_applied_server_side_and_tags_are_not_encoded(
-    engine: EngineService, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    engine: GenerationService, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     from modules.core.styles import PromptStyle, StyleDatabase
 
@@ -395,7 +400,7 @@ def test_styles_are_applied_server_side_and_tags_are_not_encoded(
     assert any("Nope" in w for w in r.warnings) and any("lora:detail" in w for w in r.warnings)
 
 
-def test_pixel_cap_comes_from_the_setting(engine: EngineService) -> None:
+def test_pixel_cap_comes_from_the_setting(engine: GenerationService) -> None:
     engine.options.set("max_pixels_times_batch", 64 * 64 * 2)
     try:
         with pytest.raises(ValidationError, match="exceeds the limit"):

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from modules.engine.service import EngineService
+from modules.engine.service import GenerationService
 from modules.models.families import SD1, SDXL
 from modules.models.taesd import TaesdDecoders, build_decoder
 
@@ -45,7 +45,7 @@ def test_a_wrong_file_is_ignored(tmp_path: Path) -> None:
 
 
 @pytest.mark.usefixtures("no_network")
-def test_live_preview_uses_taesd_when_present(engine: EngineService, tmp_path: Path) -> None:
+def test_live_preview_uses_taesd_when_present(engine: GenerationService, tmp_path: Path) -> None:
     from tests.engine.support import t2i
 
     write_taesd_pth(tmp_path / "taesd_decoder.pth")

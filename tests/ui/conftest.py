@@ -47,7 +47,7 @@ def ui_services(ui_data_dir: Path) -> Iterator[Services]:
     settings = parse_settings(["--data-dir", str(ui_data_dir), "--api"], {})
     services = build_services(settings, ui_data_dir, {})
     services.registry.refresh()
-    services.models.load("sd1.safetensors")
+    services.engine.switch_model(checkpoint="sd1.safetensors")
     services.models.wait_for_hashes(30)
     yield services
     services.worker.shutdown()

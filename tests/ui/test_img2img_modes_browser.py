@@ -235,7 +235,7 @@ def test_image_cfg_scale_only_for_instruct_pix2pix(
     target = ui_services.paths.data_dir / "models" / "Stable-diffusion" / "ip2p.safetensors"
     shutil.copy(tiny_models["sd1-ip2p"], target)
     ui_services.registry.refresh()
-    ui_services.models.load("ip2p.safetensors")
+    ui_services.engine.switch_model(checkpoint="ip2p.safetensors")
     try:
         # selecting the img2img tab again refreshes it
         page.locator("#tabs").get_by_role("tab", name="txt2img", exact=True).click()
@@ -259,7 +259,7 @@ def test_image_cfg_scale_only_for_instruct_pix2pix(
         expect(page.locator("#img2img_image_cfg_scale")).to_be_hidden(timeout=30_000)
         assert page.locator("#tab_img2img-button").get_attribute("aria-selected") == "true"
     finally:
-        ui_services.models.load("sd1.safetensors")
+        ui_services.engine.switch_model(checkpoint="sd1.safetensors")
     page.reload()
     _open_img2img(page)
     expect(page.locator("#img2img_image_cfg_scale")).to_be_hidden()

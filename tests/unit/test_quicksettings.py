@@ -36,8 +36,11 @@ class FakeModels:
     fail: bool = False
     loads: list[str] = field(default_factory=list)
 
-    def status(self) -> Any:
-        return SimpleNamespace(checkpoint=self.active)
+    def model_status(self) -> Any:
+        active = self.active
+        return SimpleNamespace(
+            checkpoint=active.title if active else None, checkpoint_name=active.name if active else None
+        )
 
     def load(self, title: str) -> None:
         self.loads.append(title)
@@ -56,7 +59,7 @@ def make_services(tmp_path: Path, theme: str | None = None) -> Any:
     models = FakeModels(FakeCheckpoint("sd1.safetensors"))
     options.on_change("sd_model_checkpoint", lambda _key, value: models.load(str(value)))
     return SimpleNamespace(
-        options=options, models=models, registry=FakeRegistry(), settings=SimpleNamespace(theme=theme)
+        options=options, engine=models, models=models, registry=FakeRegistry(), settings=SimpleNamespace(theme=theme)
     )
 
 

@@ -20,8 +20,9 @@ from starlette.concurrency import run_in_threadpool
 
 from modules.api.deps import get_services
 from modules.api.images import DecodeOptions, decode_image, encode_b64
-from modules.engine.extras import ExtrasResult
-from modules.services import Services, submit_extras
+from modules.core.jobs import ExtrasRequest
+from modules.core.results import ExtrasResult
+from modules.services import Services
 
 router = APIRouter()
 
@@ -78,9 +79,8 @@ class ExtrasBatchImagesResponse(BaseModel):
 
 
 async def _run(services: Services, body: ExtrasBase, images: list[Image.Image]) -> list[ExtrasResult]:
-    results: list[ExtrasResult] = await asyncio.wrap_future(
-        submit_extras(services, images, body.extras_kwargs()).future
-    )
+    request = ExtrasRequest(images=tuple(images), **body.extras_kwargs())
+    results: list[ExtrasResult] = await asyncio.wrap_future(services.engine.submit(request).future)
     return results
 
 

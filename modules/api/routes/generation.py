@@ -17,9 +17,10 @@ from starlette.concurrency import run_in_threadpool
 from modules.api.deps import get_services
 from modules.api.images import DecodeOptions, encode_b64
 from modules.api.schemas_generation import GenerationPayload, Img2ImgPayload, Txt2ImgPayload, to_img2img, to_txt2img
+from modules.core.generation_info import generation_info
 from modules.core.requests import GenerationRequest
-from modules.engine.processing import Result
-from modules.services import Services, build_generation_info
+from modules.core.results import Result
+from modules.services import Services
 
 
 def _first(values: list[Any], default: Any = None) -> Any:
@@ -46,13 +47,13 @@ def build_response(
             encode_b64(image, services.options, infotext=infotexts[i] if i < len(infotexts) else None)
             for i, image in enumerate(images)
         ]
-    info = build_generation_info(services, request, result, first)
+    info = generation_info(request, result, first)
     return {"images": encoded, "parameters": payload.echo(), "info": json.dumps(info, ensure_ascii=False)}
 
 
 async def _generate(services: Services, payload: GenerationPayload, request: GenerationRequest) -> dict[str, Any]:
-    job = services.engine.submit(request)  # validates; 404/422/429 before anything is queued
-    result: Result = await asyncio.wrap_future(job.future)
+    handle = services.engine.submit(request)  # validates; 404/422/429 before anything is queued
+    result: Result = await asyncio.wrap_future(handle.future)
     return await run_in_threadpool(build_response, services, payload, request, result)
 
 

@@ -6,12 +6,14 @@ routes do nothing, in A1111's shapes, so clients that probe them keep working.
 
 from __future__ import annotations
 
+import asyncio
 from typing import Any
 
 from fastapi import APIRouter, Depends
 
 from modules.api.deps import get_services
 from modules.api.schemas_resources import EmbeddingsResponse, HypernetworkItem, LoraItem, SDModelItem, SDVaeItem
+from modules.core.jobs import ReloadModel, UnloadModel
 from modules.models.registry import CheckpointInfo
 from modules.services import Services
 
@@ -51,16 +53,18 @@ def refresh_vae(services: Services = Depends(get_services)) -> None:
 
 
 @router.post("/unload-checkpoint")
-def unload_checkpoint(services: Services = Depends(get_services)) -> dict[str, Any]:
-    """Take the active model off the device (kept in the RAM cache when it fits)."""
-    services.models.unload()
+async def unload_checkpoint(services: Services = Depends(get_services)) -> dict[str, Any]:
+    """Take the active model off the device (kept in the RAM cache when it fits): a model job,
+    answered when it is done."""
+    await asyncio.wrap_future(services.engine.submit(UnloadModel()).future)
     return {}
 
 
 @router.post("/reload-checkpoint")
-def reload_checkpoint(services: Services = Depends(get_services)) -> dict[str, Any]:
-    """Bring the most recently used checkpoint back (a no-op when one is active)."""
-    services.models.reload()
+async def reload_checkpoint(services: Services = Depends(get_services)) -> dict[str, Any]:
+    """Bring the most recently used checkpoint back (a no-op when one is active): a model job,
+    answered when it is done."""
+    await asyncio.wrap_future(services.engine.submit(ReloadModel()).future)
     return {}
 
 

@@ -4,8 +4,9 @@
 holds, so it answers while a job runs. `POST /options` takes a full round trip of that dict
 (Open WebUI posts the whole object back): unknown and read-only keys are ignored, `restrict_api`
 keys are refused (403) unless sent unchanged. Setting `sd_model_checkpoint` / `sd_vae` switches
-the model through the options' callbacks (wired by the composition root) before the request
-returns; a name that matches nothing is a 404 and the previous model stays active.
+the model through the options' callbacks (`modules.engine.facade.wire_model_options`): a model job
+on the worker, queued behind a running generation, and this request answers only once it is
+loaded; a name that matches nothing is a 404 and the previous model stays active.
 """
 
 from __future__ import annotations
@@ -45,9 +46,9 @@ def set_options(
         raise
     if "sd_model_checkpoint" in result.changed:
         # A client may name the checkpoint by any alias ("two", a hash); report the title, as A1111 does.
-        active = services.models.active
-        if active is not None:
-            options.set_readonly("sd_model_checkpoint", active.info.title)
+        selected = services.engine.selected_checkpoint
+        if selected is not None:
+            options.set_readonly("sd_model_checkpoint", selected)
     if result.ignored_unknown:
         log.debug("POST /options ignored unknown keys: %s", ", ".join(result.ignored_unknown))
     if result.changed:

@@ -22,11 +22,10 @@ internal_router = APIRouter()  # mounted without the /sdapi/v1 prefix
 
 @router.get("/progress")
 def progress(skip_current_image: bool = False, services: Services = Depends(get_services)) -> dict[str, Any]:
-    body = services.worker.progress(with_preview=not skip_current_image)
+    body = services.engine.progress(with_preview=not skip_current_image)
     image = body.get("current_image")
     body["current_image"] = encode_png_b64(image) if image is not None and not skip_current_image else None
-    current = services.worker.current
-    body["current_task"] = current.id if current is not None else None
+    body["current_task"] = services.engine.current_job_id()
     return body
 
 
@@ -48,13 +47,13 @@ async def _task_id(request: Request) -> str | None:
 
 @router.post("/interrupt")
 async def interrupt(request: Request, services: Services = Depends(get_services)) -> dict[str, Any]:
-    services.worker.interrupt(await _task_id(request))
+    services.engine.interrupt(await _task_id(request))
     return {}
 
 
 @router.post("/skip")
 async def skip(request: Request, services: Services = Depends(get_services)) -> None:
-    services.worker.skip(await _task_id(request))
+    services.engine.skip(await _task_id(request))
     return None
 
 
@@ -70,16 +69,16 @@ class InternalProgressRequest(BaseModel):
 def internal_progress(body: InternalProgressRequest, services: Services = Depends(get_services)) -> dict[str, Any]:
     """A1111's per-task progress: queued tasks get "In queue: n/m"."""
     task_id = body.id_task or ""
-    active, queued, completed, position = services.worker.queue_status(task_id)
-    current = services.worker.current
-    if not active or current is None:
+    status = services.engine.queue_status(task_id)
+    current = services.engine.running(task_id) if status.active else None
+    if current is None:
         textinfo = "Waiting..."
-        if queued:
-            textinfo = f"In queue: {position}/{max(services.worker.pending_count(), position)}"
+        if status.queued:
+            textinfo = f"In queue: {status.position}/{max(status.pending, status.position)}"
         return {
             "active": False,
-            "queued": queued,
-            "completed": completed,
+            "queued": status.queued,
+            "completed": status.completed,
             "progress": None,
             "eta": None,
             "live_preview": None,
@@ -89,7 +88,7 @@ def internal_progress(body: InternalProgressRequest, services: Services = Depend
     live_preview: str | None = None
     id_live_preview = body.id_live_preview
     if body.live_preview:
-        version = int(getattr(current, "_preview_version", 0))
+        version = current.preview_version()
         if version != id_live_preview:
             image = current.preview()
             if image is not None:
@@ -99,7 +98,7 @@ def internal_progress(body: InternalProgressRequest, services: Services = Depend
         "active": True,
         "queued": False,
         "completed": False,
-        "progress": current.progress(),
+        "progress": current.fraction(),
         "eta": current.eta(),
         "live_preview": live_preview,
         "id_live_preview": id_live_preview,

@@ -1,0 +1,421 @@
+"""The one job interface. Every door (API, UI, later scripts and replicas) hands the engine a
+plain request from `modules.core` and gets a `JobHandle`; progress, interrupt, skip and results
+are read by job id. Nothing outside the engine touches the worker or the model manager:
+
+    engine.submit(Txt2ImgRequest(...))      -> JobHandle[Result]
+    engine.submit(Img2ImgRequest(...))      -> JobHandle[Result]
+    engine.submit(ExtrasRequest(...))       -> JobHandle[list[ExtrasResult]]
+    engine.submit(MergeRequest(...))        -> JobHandle[MergeResult]
+    engine.submit(SwitchModel(...)) / UnloadModel() / ReloadModel()  -> JobHandle[ModelSwitched]
+    engine.progress(job_id) / interrupt(job_id) / skip(job_id) / result(job_id) / queue_status(job_id)
+    engine.model_status()                   -> ModelStatus (never waits)
+
+Requests and results are plain data, so a job could run in another process (a replica). Model
+switches are jobs on the worker like any other, so only the worker thread touches device weights;
+`switch_model` waits for one (the options' callbacks use it, so `POST /options` answers only when
+the model is loaded). Called from inside a job it runs at once instead of queueing behind itself.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections import OrderedDict
+from collections.abc import Callable, Sequence
+from concurrent.futures import Future
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Generic, TypeVar
+
+from PIL import Image
+
+from modules.core.errors import NotFoundError, UserError
+from modules.core.jobs import ExtrasRequest, MergeRequest, ModelJob, ReloadModel, SwitchModel, UnloadModel
+from modules.core.options import Options
+from modules.core.requests import GenerationRequest
+from modules.core.results import ExtrasResult, MergeResult, ModelStatus, ModelSwitched, Result
+from modules.engine import upscaling
+from modules.engine.extras import dest_side, run_extras
+from modules.engine.hooks import Hooks
+from modules.engine.service import GenerationService
+from modules.engine.worker import IDLE_STATE, Job, JobContext, Worker
+from modules.models import merge as merging
+from modules.models.face_restoration import FaceRestorers
+from modules.models.manager import ModelManager
+from modules.models.registry import CheckpointInfo, ModelRegistry
+from modules.models.upscalers import UpscalerRegistry
+
+log = logging.getLogger(__name__)
+
+T = TypeVar("T")
+Request = GenerationRequest | ExtrasRequest | MergeRequest | SwitchModel | UnloadModel | ReloadModel
+
+_KEEP_HANDLES = 256
+
+
+class JobHandle(Generic[T]):
+    """A submitted job: its id, its future, and its own progress."""
+
+    def __init__(self, job: Job[T], worker: Worker, kind: str) -> None:
+        self._job = job
+        self._worker = worker
+        self.kind = kind
+
+    @property
+    def id(self) -> str:
+        return self._job.context.id
+
+    @property
+    def future(self) -> Future[T]:
+        return self._job.future
+
+    def result(self, timeout: float | None = None) -> T:
+        return self._job.future.result(timeout)
+
+    def done(self) -> bool:
+        return self._job.future.done()
+
+    def is_running(self) -> bool:
+        current = self._worker.current
+        return current is not None and current is self._job.context
+
+    def preview(self) -> Any:
+        """The live preview of this job while it runs, else None."""
+        return self._job.context.preview() if self.is_running() else None
+
+    def progress(self, *, with_preview: bool = False) -> dict[str, Any]:
+        """A1111's `/progress` body for this job (the idle shape unless it is running)."""
+        if not self.is_running():
+            return _idle()
+        return self._worker.progress(with_preview=with_preview)
+
+    @property
+    def textinfo(self) -> str | None:
+        return self._job.context.textinfo
+
+    @property
+    def interrupted(self) -> bool:
+        """Interrupt was asked for this job (it returns what it has)."""
+        return self._job.context.interrupted
+
+    def fraction(self) -> float:
+        """Progress in [0, 1] (A1111's formula)."""
+        return self._job.context.progress()
+
+    def eta(self) -> float:
+        return self._job.context.eta()
+
+    def preview_version(self) -> int:
+        """Grows by one whenever a new live preview source is set."""
+        return self._job.context.preview_version
+
+
+@dataclass(frozen=True)
+class QueueStatus:
+    """Where a job stands (A1111's `/internal/progress`)."""
+
+    active: bool
+    queued: bool
+    completed: bool
+    position: int  # 1-based place in the queue, 0 when not queued
+    pending: int  # jobs waiting behind the running one
+
+
+def _idle() -> dict[str, Any]:
+    return {"progress": 0.0, "eta_relative": 0.0, "state": dict(IDLE_STATE), "current_image": None, "textinfo": None}
+
+
+class Engine:
+    """The facade the composition root hands to the adapters as `services.engine`."""
+
+    def __init__(
+        self,
+        *,
+        worker: Worker,
+        models: ModelManager,
+        registry: ModelRegistry,
+        options: Options,
+        generation: GenerationService,
+        upscalers: UpscalerRegistry | None = None,
+        face_restorers: FaceRestorers | None = None,
+        merge_dir: Path | None = None,
+        hooks: Hooks | None = None,
+    ) -> None:
+        self._worker = worker
+        self._models = models
+        self._registry = registry
+        self._options = options
+        self._generation = generation
+        self._upscalers = upscalers
+        self._face_restorers = face_restorers
+        self._merge_dir = merge_dir
+        self.hooks = hooks if hooks is not None else generation.hooks
+        self._handles: OrderedDict[str, JobHandle[Any]] = OrderedDict()
+        self._lock = threading.Lock()
+        self._selected: CheckpointInfo | None = None
+        self._model_jobs = 0
+        generation.selected_checkpoint = lambda: self._selected
+
+    # -- submitting --------------------------------------------------------------------------
+
+    def submit(self, request: Request) -> JobHandle[Any]:
+        """Validate `request` on the caller's thread (a user error is raised before anything is
+        queued), then queue it on the worker. A full queue is `QueueFullError` (429)."""
+        if isinstance(request, GenerationRequest):
+            job: Job[Any] = self._generation.submit(request)
+            kind = job.context.description
+        elif isinstance(request, ExtrasRequest):
+            job, kind = self._submit_extras(request), "extras"
+        elif isinstance(request, MergeRequest):
+            job, kind = self._submit_merge(request), "model-merge"
+        elif isinstance(request, SwitchModel | UnloadModel | ReloadModel):
+            job, kind = self._submit_model_job(request), "model-switch"
+        else:
+            raise TypeError(f"not a job request: {type(request).__name__}")
+        handle: JobHandle[Any] = JobHandle(job, self._worker, kind)
+        with self._lock:
+            self._handles[handle.id] = handle
+            while len(self._handles) > _KEEP_HANDLES:
+                self._handles.popitem(last=False)
+        return handle
+
+    def run_sync(self, request: Request, timeout: float | None = None) -> Any:
+        """Submit and wait for the result (tests, scripts on another thread)."""
+        return self.submit(request).result(timeout)
+
+    def process(self, request: GenerationRequest, ctx: JobContext, *, hooks: Hooks | None = None) -> Result:
+        """Process a generation request now, inside the running job (worker thread only): for
+        code that runs many generations in one job (loopback, X/Y/Z plot, SD upscale)."""
+        prepared, warnings = self._generation.prepare(request)
+        result = self._generation.process(prepared, ctx, hooks=hooks)
+        result.warnings[:0] = warnings
+        return result
+
+    # -- reading and control -----------------------------------------------------------------
+
+    def handle(self, job_id: str) -> JobHandle[Any]:
+        with self._lock:
+            handle = self._handles.get(job_id)
+        if handle is None:
+            raise NotFoundError(f"job {job_id!r} not found")
+        return handle
+
+    def result(self, job_id: str, timeout: float | None = None) -> Any:
+        return self.handle(job_id).result(timeout)
+
+    def running(self, job_id: str) -> JobHandle[Any] | None:
+        """The handle of `job_id` while it is the running job, else None."""
+        with self._lock:
+            handle = self._handles.get(job_id)
+        return handle if handle is not None and handle.is_running() else None
+
+    def progress(self, job_id: str | None = None, *, with_preview: bool = True) -> dict[str, Any]:
+        """A1111's `/sdapi/v1/progress` body for the running job (or for `job_id` only)."""
+        current = self._worker.current
+        if job_id is not None and (current is None or current.id != job_id):
+            return _idle()
+        return self._worker.progress(with_preview=with_preview)
+
+    def current_job_id(self) -> str | None:
+        current = self._worker.current
+        return current.id if current is not None else None
+
+    def current_textinfo(self) -> str | None:
+        current = self._worker.current
+        return current.textinfo if current is not None else None
+
+    def interrupt(self, job_id: str | None = None) -> None:
+        self._worker.interrupt(job_id)
+
+    def skip(self, job_id: str | None = None) -> None:
+        self._worker.skip(job_id)
+
+    def stop_generating(self, job_id: str | None = None) -> None:
+        self._worker.stop_generating(job_id)
+
+    def queue_status(self, job_id: str) -> QueueStatus:
+        active, queued, completed, position = self._worker.queue_status(job_id)
+        return QueueStatus(active, queued, completed, position, self._worker.pending_count())
+
+    def pending_count(self) -> int:
+        return self._worker.pending_count()
+
+    # -- models ------------------------------------------------------------------------------
+
+    def model_status(self) -> ModelStatus:
+        status = self._models.status()
+        active = self._models.active
+        info = status.checkpoint
+        family = active.model.family if active is not None else None
+        return ModelStatus(
+            checkpoint=info.title if info else None,
+            checkpoint_name=info.name if info else None,
+            model_name=info.model_name if info else None,
+            checkpoint_hash=info.shorthash if info else None,
+            sha256=info.sha256 if info else None,
+            family=family.label if family else None,
+            variant="" if family is None or family.variant == "normal" else family.variant,
+            is_sdxl=bool(family and family.is_sdxl),
+            vae=status.vae.name if status.vae else None,
+            vae_choice=self._models.vae_choice,
+            loading=status.loading,
+            switch_pending=self._model_jobs > 0,
+            last_error=status.last_error,
+            cached=status.cached,
+            cache_bytes_used=status.cache_bytes_used,
+        )
+
+    @property
+    def selected_checkpoint(self) -> str | None:
+        """The title of the checkpoint plain jobs run with (the last one switched to)."""
+        return self._selected.title if self._selected is not None else None
+
+    def switch_model(self, checkpoint: str | None = None, vae: str | None = None) -> ModelSwitched:
+        """Switch on the worker and wait until it is done (errors raised here). From inside a
+        job (e.g. `override_settings_restore_afterwards: false`) it runs at once."""
+        request = SwitchModel(checkpoint=checkpoint, vae=vae)
+        if self._worker.on_worker_thread():
+            return self._run_model_job(request)
+        return self.submit(request).result()
+
+    def _submit_model_job(self, request: ModelJob) -> Job[ModelSwitched]:
+        if isinstance(request, SwitchModel):
+            if request.checkpoint:
+                self._registry.find_checkpoint(request.checkpoint)  # 404 before queueing
+            if request.vae and request.vae not in ("Automatic", "None"):
+                self._registry.find_vae(request.vae)
+        with self._lock:
+            self._model_jobs += 1
+
+        def work(ctx: JobContext) -> ModelSwitched:
+            try:
+                return self._run_model_job(request, ctx)
+            finally:
+                with self._lock:
+                    self._model_jobs -= 1
+
+        return self._worker.submit(work, description="model-switch")
+
+    def _run_model_job(self, request: ModelJob, ctx: JobContext | None = None) -> ModelSwitched:
+        started = time.perf_counter()
+        if isinstance(request, SwitchModel):
+            if ctx is not None:
+                ctx.textinfo = f"Loading {request.checkpoint}" if request.checkpoint else "Changing VAE"
+            if request.vae is not None:
+                self._models.set_vae(request.vae)
+            if request.checkpoint is not None:
+                info = self._models.load(request.checkpoint)
+                self._select(info)
+        elif isinstance(request, UnloadModel):
+            self._models.unload()
+        elif isinstance(request, ReloadModel):
+            info_or_none = self._models.reload()
+            if info_or_none is not None:
+                self._select(info_or_none)
+        status = self._models.status()
+        return ModelSwitched(
+            checkpoint=status.checkpoint.title if status.checkpoint else None,
+            vae=status.vae.name if status.vae else None,
+            seconds=time.perf_counter() - started,
+        )
+
+    def _select(self, info: CheckpointInfo) -> None:
+        """`info` is what plain jobs run with from now on; `sd_model_checkpoint` reports its title
+        (and hash) and is saved so the next start comes back to it."""
+        self._selected = info
+        self.report_checkpoint(info)
+
+    def report_checkpoint(self, info: CheckpointInfo) -> None:
+        """Write the selected checkpoint's title and hash into the options (after a switch, or when
+        its background hash lands)."""
+        if self._selected is None or info.filename != self._selected.filename:
+            return
+        changed = self._options.set_readonly("sd_model_checkpoint", info.title)
+        changed = self._options.set_readonly("sd_checkpoint_hash", info.sha256 or "") or changed
+        if changed and self._options.path is not None:
+            try:
+                self._options.save()
+            except OSError as exc:
+                log.warning("could not save %s: %s", self._options.path, exc)
+
+    # -- extras and merge --------------------------------------------------------------------
+
+    def _submit_extras(self, request: ExtrasRequest) -> Job[list[ExtrasResult]]:
+        """A1111's postprocessing over the request's images as one job (queued behind generation,
+        as A1111's lock does), with the shared upscalers and face restorers."""
+        options = self._options
+        tiles = upscaling.tile_settings(options)
+        order = options.get("postprocessing_operation_order") if "postprocessing_operation_order" in options else []
+        upscalers, restorers = self._upscalers, self._face_restorers
+        kwargs = request.operation_kwargs()
+        images: Sequence[Image.Image] = [image for image in request.images if isinstance(image, Image.Image)]
+        if len(images) != len(request.images):
+            raise UserError("extras: every image must be a decoded image")
+
+        def upscale(image: Image.Image, name: str, scale: float) -> Image.Image:
+            if upscalers is None:
+                raise NotFoundError(f"upscaler {name!r} not found")
+            size = (dest_side(image.width, scale), dest_side(image.height, scale))
+            return upscaling.upscale(image, name, scale, registry=upscalers, tiles=tiles, size=size)
+
+        def restore(image: Image.Image, name: str, visibility: float, weight: float) -> Image.Image:
+            if restorers is None:
+                raise NotFoundError(f"{name}: face restoration is not available")
+            return restorers.get(name, visibility=visibility, codeformer_weight=weight).restore(image)
+
+        def work(ctx: JobContext) -> list[ExtrasResult]:
+            results = []
+            ctx.begin_image(0, len(images))
+            for n, image in enumerate(images):
+                ctx.begin_image(n)
+                ctx.check()
+                results.append(
+                    run_extras(
+                        image,
+                        upscale=upscale,
+                        restore_faces=restore,
+                        operation_order=list(order or []),
+                        **kwargs,  # type: ignore[arg-type]
+                    )
+                )
+            return results
+
+        return self._worker.submit(work, description="extras")
+
+    def _submit_merge(self, request: MergeRequest) -> Job[MergeResult]:
+        """Validate on the caller's thread, then merge as one job on the worker (progress: one
+        step per tensor of A)."""
+        merging.validate_request(request)
+        if self._merge_dir is None:
+            raise UserError("the checkpoint merger has no output folder configured")
+        registry, target = self._registry, self._merge_dir
+
+        def work(ctx: JobContext) -> MergeResult:
+            ctx.begin_image(0, 1)
+
+            def progress(done: int, total: int, what: str) -> None:
+                if ctx.sampling_steps != total:
+                    ctx.begin_pass(total)
+                ctx.textinfo = what
+                ctx.step(done)
+
+            return merging.merge_checkpoints(request, registry, target, progress=progress)
+
+        return self._worker.submit(work, description="model-merge")
+
+
+def wire_model_options(options: Options, engine: Engine, models: ModelManager) -> list[Callable[[], None]]:
+    """Setting `sd_model_checkpoint` / `sd_vae` (API, Settings, top bar, a kept override) switches
+    models through a job on the worker and returns once it is done; a background hash that lands
+    for the selected checkpoint is reported into the options. Returns the unsubscribe functions."""
+
+    def on_checkpoint(_key: str, value: object) -> None:
+        if value:
+            engine.switch_model(checkpoint=str(value))
+
+    def on_vae(_key: str, value: object) -> None:
+        engine.switch_model(vae=str(value))
+
+    models.on_hash.append(engine.report_checkpoint)
+    return [options.on_change("sd_model_checkpoint", on_checkpoint), options.on_change("sd_vae", on_vae)]
