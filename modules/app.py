@@ -33,6 +33,7 @@ from modules.engine.worker import Worker
 from modules.models.devices import policy_from_settings
 from modules.models.face_restoration import FaceRestorers
 from modules.models.manager import ModelManager
+from modules.models.memory import MemoryBudget
 from modules.models.registry import ModelRegistry
 from modules.models.taesd import TaesdDecoders
 from modules.models.upscalers import UpscalerRegistry
@@ -59,19 +60,20 @@ def build_services(
         hashing=not settings.no_hashing,
     )
     policy = policy_from_settings(settings)
+    budget = MemoryBudget(lambda: int(options.get("sd_checkpoint_cache_bytes")))  # type: ignore[call-overload]
     models = ModelManager(
         registry,
         policy.placement,
-        cache_bytes=lambda: int(options.get("sd_checkpoint_cache_bytes")),  # type: ignore[call-overload]
+        budget=budget,
         default_sd2_prediction=lambda: str(options.get("sd2_default_prediction")),
         forced_vae=settings.vae_path,
     )
     worker = Worker()
     saver = image_saver_for(ImageSaver.from_settings(options, paths, settings))
     styles = StyleDatabase(list(paths.styles_files))
-    taesd = TaesdDecoders(paths.vae_taesd_dir)
-    upscalers = UpscalerRegistry.from_paths(paths, policy.placement)
-    face_restorers = FaceRestorers(paths.gfpgan_dir, paths.codeformer_dir)
+    taesd = TaesdDecoders(paths.vae_taesd_dir, budget=budget)
+    upscalers = UpscalerRegistry.from_paths(paths, policy.placement, budget=budget)
+    face_restorers = FaceRestorers(paths.gfpgan_dir, paths.codeformer_dir, budget=budget)
     hooks = Hooks()
     generation = GenerationService(
         models,

@@ -31,6 +31,7 @@ from PIL import Image
 
 from modules.core.errors import ModelFileError, NotFoundError
 from modules.models.checkpoint_io import MODEL_SUFFIXES, read_state_dict
+from modules.models.memory import FACE_RESTORER, MemoryBudget, module_nbytes
 
 if TYPE_CHECKING:
     from spandrel import ArchRegistry
@@ -266,7 +267,9 @@ class FaceRestorer:
 
 
 class FaceRestorers:
-    """Finds, loads (once, lazily, thread-safe) and hands out the face restorers.
+    """Finds, loads (lazily, thread-safe) and hands out the face restorers. Loaded networks are
+    registered with the shared `MemoryBudget` (kind "face-restorer"; an unbounded one of its own
+    without `budget`) and loaded again after it evicts them.
 
     `get(name, ...)` raises FaceRestorerUnavailableError when there are no weights;
     `for_options(options)` is the callable GenerationService takes (None when unavailable)."""
@@ -278,12 +281,14 @@ class FaceRestorers:
         *,
         detector: FaceDetector | None = None,
         device: torch.device | None = None,
+        budget: MemoryBudget | None = None,
     ) -> None:
         self.folders = {GFPGAN: Path(gfpgan_dir), CODEFORMER: Path(codeformer_dir)}
         self.detector: FaceDetector = detector or HaarFaceDetector()
         self.device = device or torch.device("cpu")
+        self.budget = budget if budget is not None else MemoryBudget()
         self._loaded: dict[str, tuple[Path, Any]] = {}
-        self._lock = threading.Lock()
+        self._lock = threading.RLock()
 
     def canonical(self, name: str) -> str:
         for known in RESTORER_NAMES:
@@ -302,15 +307,22 @@ class FaceRestorers:
                 f"{name}: no model file in {folder}. Put the {name} weights (.pth or .safetensors) there; "
                 "nothing is downloaded."
             )
+        key = f"{FACE_RESTORER}:{name}"
         with self._lock:
             cached = self._loaded.get(name)
             if cached is not None and cached[0] == path:
+                self.budget.touch(key)
                 return cached[1]
             descriptor = load_face_model(path, expect=name)
             descriptor.model.to(self.device)
             self._loaded[name] = (path, descriptor)
             log.info("loaded face restorer %s from %s", name, path)
-            return descriptor
+        self.budget.add(key, FACE_RESTORER, module_nbytes(descriptor.model), lambda: self._drop(name))
+        return descriptor
+
+    def _drop(self, name: str) -> None:
+        with self._lock:
+            self._loaded.pop(name, None)
 
     def get(self, name: str, *, visibility: float = 1.0, codeformer_weight: float = 0.5) -> FaceRestorer:
         canonical = self.canonical(name)
@@ -320,7 +332,10 @@ class FaceRestorers:
 
     def unload(self) -> None:
         with self._lock:
+            names = list(self._loaded)
             self._loaded.clear()
+        for name in names:
+            self.budget.remove(f"{FACE_RESTORER}:{name}")
 
     def for_options(self, options: Any) -> Callable[[], FaceRestorer | None]:
         """For `GenerationService(face_restorer=...)`: the restorer named by the option

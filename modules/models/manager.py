@@ -1,9 +1,17 @@
 """The one owner of loaded models.
 
-- One active checkpoint on the device; recently used ones kept in a RAM cache bounded in bytes
-  (`cache_bytes`), so switching back is a move, not a load (on a CPU, not even that).
-- Everything else borrows the active model through `lease()`, a `with` block during which it
-  cannot be switched away.
+- One active checkpoint on the device; recently used ones kept in a RAM cache, so switching back
+  is a move, not a load (on a CPU, not even that). The cache is bounded by the shared
+  `MemoryBudget` (`memory.py`), which also holds separate VAEs, upscalers, face restorers and
+  TAESD decoders; the active checkpoint and the VAE attached to it are pinned there.
+- Everything else borrows the active model through `lease(spec)`, a `with` block during which
+  the spec's checkpoint, VAE and weight patches are in force and cannot be switched away. The
+  spec in force is `leased_spec` (None outside a lease). A nested lease puts the outer spec back
+  when it ends. Weights stay patched after a lease (an unchanged set costs nothing next time)
+  and are restored to pristine before a model is parked in the RAM cache; a model taken from
+  the cache is pristine.
+- A spec's VAE is per lease: `set_vae(choice)` only changes the default choice (`vae_choice`,
+  the `sd_vae` option) used when a spec names none. A VAE change that is not needed costs nothing.
 - A load that fails leaves the previous model active and working; the error says why and is kept
   in `last_error`.
 - VAEs swap without reloading the checkpoint; the checkpoint's own ("baked") VAE comes back for
@@ -25,7 +33,7 @@ import time
 from collections import OrderedDict
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import torch
@@ -39,7 +47,10 @@ from modules.models.loader import (
     load_single_file,
     load_vae_file,
 )
+from modules.models.memory import CHECKPOINT, VAE, HeldModel, MemoryBudget, module_nbytes
+from modules.models.patches import WeightPatcher
 from modules.models.registry import CheckpointInfo, ModelRegistry
+from modules.models.spec import ModelSpec
 
 log = logging.getLogger(__name__)
 
@@ -66,13 +77,15 @@ def release_freed_heap() -> None:
 
 VAE_AUTOMATIC = "Automatic"
 VAE_NONE = "None"
-_VAE_CACHE_SIZE = 2
+_CHECKPOINT_KEY = "checkpoint:"
+_VAE_KEY = "vae:"
 
 
 @dataclass(frozen=True)
 class ActiveModel:
     info: CheckpointInfo
     model: StableDiffusionModel
+    patcher: WeightPatcher = field(compare=False)
 
 
 @dataclass(frozen=True)
@@ -83,8 +96,16 @@ class ManagerStatus:
     vae: Path | None
     loading: str | None
     last_error: str | None
-    cached: tuple[str, ...]
-    cache_bytes_used: int
+    cached: tuple[str, ...]  # checkpoint files parked in the RAM cache, least recently used first
+    cache_bytes_used: int  # their bytes
+    patches: tuple[str, ...] = ()  # identities of the weight patches in force on the active model
+    held: tuple[HeldModel, ...] = ()  # everything the memory budget holds, every kind, LRU first
+    budget_bytes: int = 0  # the budget's limit on what is held for reuse (unpinned entries)
+
+
+def own_nbytes(model: StableDiffusionModel) -> int:
+    """Bytes of a checkpoint's own components (its baked VAE, not a separate one attached)."""
+    return module_nbytes(model.unet, *model.text_encoders, model.baked_vae or model.vae)
 
 
 class ModelManager:
@@ -94,23 +115,26 @@ class ModelManager:
         placement: Placement,
         *,
         cache_bytes: Callable[[], int] | int = 0,
+        budget: MemoryBudget | None = None,
         default_sd2_prediction: Callable[[], str] | str = "v_prediction",
         forced_vae: Path | None = None,
         background_hashing: bool = True,
     ) -> None:
         self.registry = registry
         self.placement = placement
-        self._cache_bytes = cache_bytes
+        self.budget = budget if budget is not None else MemoryBudget(cache_bytes)  # cache_bytes only without one
         self._sd2_default = default_sd2_prediction
         self.forced_vae = forced_vae
         self.background_hashing = background_hashing
         self._lock = threading.RLock()
         self._active: ActiveModel | None = None
+        # What the budget's evict callbacks touch; guarded by its own short lock so that an
+        # eviction from another thread never waits behind a lease.
+        self._cache_lock = threading.Lock()
         self._ram: OrderedDict[str, StableDiffusionModel] = OrderedDict()
-        self._ram_sizes: dict[str, int] = {}
-        self._ram_snapshot: tuple[tuple[str, ...], int] = ((), 0)  # replaced whole, read lock-free
-        self._vae_cache: OrderedDict[tuple[Path, str], torch.nn.Module] = OrderedDict()
+        self._vae_cache: dict[tuple[Path, str], torch.nn.Module] = {}
         self._vae_choice = VAE_AUTOMATIC
+        self._leased_spec: ModelSpec | None = None
         self._loading: str | None = None
         self.last_error: str | None = None
         self._hash_threads: list[threading.Thread] = []
@@ -123,17 +147,73 @@ class ModelManager:
     def active(self) -> ActiveModel | None:
         return self._active
 
+    @property
+    def patcher(self) -> WeightPatcher | None:
+        """The weight patcher of the active model (a fresh one each time a model becomes active:
+        a model only becomes active pristine)."""
+        active = self._active
+        return active.patcher if active is not None else None
+
+    @property
+    def leased_spec(self) -> ModelSpec | None:
+        """The spec in force during the current lease, resolved: `checkpoint` is the
+        `CheckpointInfo`, `vae` the choice applied ("Automatic" / "None" / a name); None outside
+        a lease."""
+        return self._leased_spec
+
     def status(self) -> ManagerStatus:
         active = self._active
-        cached, cached_bytes = self._ram_snapshot
+        held = self.budget.snapshot()
+        parked = [h for h in held if h.kind == CHECKPOINT and not h.pinned and h.key.startswith(_CHECKPOINT_KEY)]
         return ManagerStatus(
             checkpoint=active.info if active else None,
             vae=active.model.vae_source if active else None,
             loading=self._loading,
             last_error=self.last_error,
-            cached=cached,
-            cache_bytes_used=cached_bytes,
+            cached=tuple(h.key.removeprefix(_CHECKPOINT_KEY) for h in parked),
+            cache_bytes_used=sum(h.nbytes for h in parked),
+            patches=active.patcher.identities if active else (),
+            held=held,
+            budget_bytes=self.budget.limit(),
         )
+
+    # -- leases ----------------------------------------------------------------------------
+
+    @contextmanager
+    def lease(self, spec: ModelSpec | str | CheckpointInfo | None = None) -> Iterator[StableDiffusionModel]:
+        """Borrow the model for a job with `spec` in force (a checkpoint alias or info stands for
+        a spec with just that checkpoint; None for the default spec: the active checkpoint, the
+        default VAE choice, no patches). The model stays active until the block ends."""
+        wanted = ModelSpec.of(spec)
+        with self._lock:
+            outer = self._leased_spec
+            in_force = self._establish(wanted)
+            self._leased_spec = in_force
+            try:
+                assert self._active is not None
+                yield self._active.model
+            finally:
+                self._leased_spec = outer
+                if outer is not None and outer != in_force:
+                    self._establish(outer)
+
+    def _establish(self, spec: ModelSpec) -> ModelSpec:
+        choice = spec.vae if spec.vae is not None else self._vae_choice
+        self._check_vae_choice(choice)  # NotFoundError before anything changes
+        info = self.resolve(spec.checkpoint)
+        active = self._active
+        if active is None or active.info.filename != info.filename:
+            self._switch_to(info, choice)
+        else:
+            self._apply_vae(active.model, active.info, choice, active.patcher)
+        active = self._active
+        assert active is not None
+        try:
+            if active.patcher.apply(spec.patches):
+                log.info("weight patches in force: %s", ", ".join(active.patcher.identities) or "none")
+        except (RuntimeError, MemoryError) as exc:
+            raise ModelLoadError(f"applying weight patches failed: {type(exc).__name__}: {exc}") from exc
+        return replace(spec, checkpoint=active.info, vae=choice)
 
     # -- checkpoints -----------------------------------------------------------------------
 
@@ -151,16 +231,17 @@ class ModelManager:
         return found[0]
 
     def load(self, checkpoint: str | CheckpointInfo | None = None) -> CheckpointInfo:
-        """Make `checkpoint` the active model (default: keep the active one, else the first found)."""
+        """Make `checkpoint` the active model (default: keep the active one, else the first found),
+        with the default VAE choice."""
         info = self.resolve(checkpoint)
         with self._lock:
             active = self._active
             if active is not None and active.info.filename == info.filename:
                 return active.info
-            self._switch_to(info)
+            self._switch_to(info, self._vae_choice)
         return info
 
-    def _switch_to(self, info: CheckpointInfo) -> None:
+    def _switch_to(self, info: CheckpointInfo, vae_choice: str) -> None:
         key = str(info.filename)
         cached = self._take_from_cache(key)
         self._loading = info.name
@@ -171,18 +252,19 @@ class ModelManager:
             previous = self._active
             kept = previous is None or self._park(previous)
             try:
-                self._apply_vae(model, info)
+                self._apply_vae(model, info, vae_choice, None)
                 if model.device != self.placement.device:
                     model.to_device(self.placement.device)
             except BaseException:
                 if previous is not None:  # put the previous model back where it was
                     self._take_from_cache(str(previous.info.filename))
                     previous.model.to_device(self.placement.device)
-                    self._active = previous
+                    self._activate(previous)
+                    self._reattach_vae(previous)
                 if cached is not None:
                     self._cache(key, cached)
                 raise
-            self._active = ActiveModel(info, model)
+            self._activate(ActiveModel(info, model, WeightPatcher(model)))
             dropped = not kept
             previous = None  # the last reference to a dropped model: free it below
             self.last_error = None
@@ -198,12 +280,23 @@ class ModelManager:
             self._loading = None
         if dropped:
             self._collect()
-        self._evict()
         how = "from RAM cache" if cached is not None else f"from disk ({model.timings})"
         log.info("switched to %s [%s] %s in %.3fs", info.name, model.family.label, how, time.perf_counter() - started)
         for callback in self.on_loaded:
             callback(info)
         self._hash_later(info)
+
+    def _activate(self, active: ActiveModel) -> None:
+        """`active` becomes the active model, pinned in the budget."""
+        self._active = active
+        key = str(active.info.filename)
+        self.budget.add(_CHECKPOINT_KEY + key, CHECKPOINT, own_nbytes(active.model), self._evictor(key), pinned=True)
+
+    def _reattach_vae(self, active: ActiveModel) -> None:
+        try:
+            self._apply_vae(active.model, active.info, self._vae_choice, active.patcher)
+        except (SdWebuiError, RuntimeError, OSError, ValueError) as exc:
+            log.warning("keeping %s with its own VAE: %s", active.info.name, exc)
 
     def _keeping(self) -> str:
         return f"keeping {self._active.info.name}" if self._active else "no model loaded"
@@ -225,46 +318,46 @@ class ModelManager:
         return model
 
     def _park(self, active: ActiveModel) -> bool:
-        """Move the outgoing model to the RAM cache; False if it does not fit the budget (the
-        caller then drops its last reference and collects)."""
+        """Move the outgoing model, unpatched and with its own VAE, to the RAM cache; False if it
+        does not fit the budget (the caller then drops its last reference and collects)."""
         self._active = None
+        restored = active.patcher.restore()
+        if restored:
+            log.info("restored %d patched weights of %s", restored, active.info.name)
+        self._detach_vae(active.model, active.model.device)
+        key = str(active.info.filename)
         size = active.model.nbytes()
-        if not 0 < size <= self._budget():
+        if not 0 < size <= self.budget.limit():
+            self.budget.remove(_CHECKPOINT_KEY + key)
             return False
         if self.placement.device.type != "cpu":
             active.model.to_device(torch.device("cpu"))
             self._empty_device_cache()
-        self._cache(str(active.info.filename), active.model, size)
+        self._cache(key, active.model, size)
         return True
 
     def _cache(self, key: str, model: StableDiffusionModel, size: int | None = None) -> None:
-        self._ram[key] = model
-        self._ram_sizes[key] = model.nbytes() if size is None else size
-        self._publish_cache()
+        with self._cache_lock:
+            self._ram[key] = model
+            self._ram.move_to_end(key)
+        nbytes = model.nbytes() if size is None else size
+        self.budget.add(_CHECKPOINT_KEY + key, CHECKPOINT, nbytes, self._evictor(key))
 
-    def _publish_cache(self) -> None:
-        self._ram_snapshot = (tuple(self._ram), sum(self._ram_sizes.values()))
+    def _evictor(self, key: str) -> Callable[[], None]:
+        def evict() -> None:
+            with self._cache_lock:
+                model = self._ram.pop(key, None)
+            if model is not None:
+                del model
+                self._collect()
 
-    def _budget(self) -> int:
-        value = self._cache_bytes() if callable(self._cache_bytes) else self._cache_bytes
-        return max(0, int(value))
-
-    def _evict(self) -> None:
-        budget = self._budget()
-        dropped = False
-        while self._ram and sum(self._ram_sizes.values()) > budget:
-            name, _ = self._ram.popitem(last=False)
-            self._ram_sizes.pop(name, None)
-            self._publish_cache()
-            dropped = True
-            log.info("dropped %s from the RAM cache", name)
-        if dropped:
-            self._collect()
+        return evict
 
     def _take_from_cache(self, key: str) -> StableDiffusionModel | None:
-        self._ram_sizes.pop(key, None)
-        model = self._ram.pop(key, None)
-        self._publish_cache()
+        with self._cache_lock:
+            model = self._ram.pop(key, None)
+        if model is not None:
+            self.budget.remove(_CHECKPOINT_KEY + key)
         return model
 
     def _collect(self) -> None:
@@ -291,93 +384,111 @@ class ModelManager:
         with self._lock:
             if self._active is not None:
                 return self._active.info
-            if not self._ram:
+            with self._cache_lock:
+                key = next(reversed(self._ram), None)
+            if key is None:
                 return None
-            key = next(reversed(self._ram))
             info = next((c for c in self.registry.checkpoints() if str(c.filename) == key), None)
             if info is None:
                 self._take_from_cache(key)
                 return None
-            self._switch_to(info)
+            self._switch_to(info, self._vae_choice)
             return info
 
     def clear_cache(self) -> None:
+        """Drop every parked checkpoint and every separate VAE not in use."""
         with self._lock:
-            self._ram.clear()
-            self._ram_sizes.clear()
-            self._publish_cache()
-            self._vae_cache.clear()
+            self.budget.evict_kind(CHECKPOINT)
+            self.budget.evict_kind(VAE)
             self._collect()
-
-    @contextmanager
-    def lease(self, checkpoint: str | CheckpointInfo | None = None) -> Iterator[StableDiffusionModel]:
-        """Borrow the model for a job: switch to `checkpoint` if given (or load the default), and
-        hold it active until the block ends."""
-        with self._lock:
-            self.load(checkpoint)
-            assert self._active is not None
-            yield self._active.model
 
     # -- VAEs ------------------------------------------------------------------------------
 
     @property
     def vae_choice(self) -> str:
+        """The default VAE choice (leases whose spec names no VAE use it)."""
         return self._vae_choice
 
     def set_vae(self, choice: str) -> None:
-        """`Automatic` (same-name VAE next to the checkpoint, else the baked one), `None` (the
-        checkpoint's own) or a VAE name from the registry."""
-        if choice not in (VAE_AUTOMATIC, VAE_NONE):
-            self.registry.find_vae(choice)  # NotFoundError before anything changes
+        """Change the default choice: `Automatic` (same-name VAE next to the checkpoint, else the
+        baked one), `None` (the checkpoint's own) or a VAE name from the registry. Outside a lease
+        the active model gets it at once; inside one, the lease's spec stays in force."""
+        self._check_vae_choice(choice)  # NotFoundError before anything changes
         with self._lock:
             old = self._vae_choice
             self._vae_choice = choice
-            if self._active is not None:
+            active = self._active
+            if active is not None and self._leased_spec is None:
                 try:
-                    self._apply_vae(self._active.model, self._active.info)
+                    self._apply_vae(active.model, active.info, choice, active.patcher)
                 except BaseException:
                     self._vae_choice = old
                     raise
 
-    def _vae_path_for(self, info: CheckpointInfo) -> Path | None:
+    def _check_vae_choice(self, choice: str) -> None:
+        if choice not in (VAE_AUTOMATIC, VAE_NONE):
+            self.registry.find_vae(choice)
+
+    def _vae_path_for(self, info: CheckpointInfo, choice: str) -> Path | None:
         if self.forced_vae is not None:
             return self.forced_vae
-        if self._vae_choice == VAE_NONE:
+        if choice == VAE_NONE:
             return None
-        if self._vae_choice == VAE_AUTOMATIC:
+        if choice == VAE_AUTOMATIC:
             return self.registry.vae_near_checkpoint(info)
-        return self.registry.find_vae(self._vae_choice).filename
+        return self.registry.find_vae(choice).filename
 
-    def _apply_vae(self, model: StableDiffusionModel, info: CheckpointInfo) -> None:
-        path = self._vae_path_for(info)
+    def _apply_vae(
+        self, model: StableDiffusionModel, info: CheckpointInfo, choice: str, patcher: WeightPatcher | None
+    ) -> None:
+        path = self._vae_path_for(info, choice)
         if path == model.vae_source:
             return
-        if path is None:
-            assert model.baked_vae is not None
-            model.vae, model.baked_vae, model.vae_source = model.baked_vae, None, None
-            model.vae.to(device=self.placement.device)
+        vae = self._get_vae(path, model.family) if path is not None else None  # pinned; may raise
+        if patcher is not None:
+            patcher.restore("vae.")  # patches on the outgoing VAE are undone; the next apply redoes them
+        own = self._detach_vae(model, model.device if vae is None else "cpu")
+        if vae is None:
             log.info("VAE: using the checkpoint's own")
             return
-        vae = self._get_vae(path, model.family)
-        if model.baked_vae is None:
-            model.baked_vae = model.vae
-            model.baked_vae.to(device="cpu")
-        elif model.vae is not model.baked_vae:
-            model.vae.to(device="cpu")
-        model.vae = vae.to(device=self.placement.device)  # type: ignore[assignment]
-        model.vae_source = path
+        assert path is not None
+        model.vae, model.baked_vae, model.vae_source = vae.to(device=self.placement.device), own, path  # type: ignore[assignment]
         log.info("VAE: using %s", path.name)
 
+    def _detach_vae(self, model: StableDiffusionModel, own_device: torch.device | str) -> torch.nn.Module:
+        """Put the checkpoint's own VAE back in place (on `own_device`); a separate one goes back
+        to the VAE cache (unpinned, on the CPU). Returns the own VAE."""
+        if model.baked_vae is None:
+            return model.vae
+        separate, source = model.vae, model.vae_source
+        model.vae, model.baked_vae, model.vae_source = model.baked_vae, None, None
+        model.vae.to(device=own_device)
+        separate.to(device="cpu")
+        if source is not None:
+            self.budget.unpin(self._vae_key(source, model.family))
+        return model.vae
+
+    @staticmethod
+    def _vae_key(path: Path, family: ModelFamily) -> str:
+        return f"{_VAE_KEY}{path}:{family.id}"
+
     def _get_vae(self, path: Path, family: ModelFamily) -> torch.nn.Module:
+        """The VAE for `path` and `family`, from the cache or the file, pinned in the budget."""
         key = (path, family.id)
-        vae = self._vae_cache.pop(key, None)
+        with self._cache_lock:
+            vae = self._vae_cache.get(key)
         if vae is None:
             started = time.perf_counter()
             vae = load_vae_file(path, family, self.placement)
             log.info("loaded VAE %s in %.2fs", path.name, time.perf_counter() - started)
-        self._vae_cache[key] = vae
-        while len(self._vae_cache) > _VAE_CACHE_SIZE:
-            self._vae_cache.popitem(last=False)
+        with self._cache_lock:
+            self._vae_cache[key] = vae
+
+        def evict() -> None:
+            with self._cache_lock:
+                self._vae_cache.pop(key, None)
+
+        self.budget.add(self._vae_key(path, family), VAE, module_nbytes(vae), evict, pinned=True)
         return vae
 
     # -- hashing ---------------------------------------------------------------------------

@@ -19,6 +19,7 @@ from diffusers.models.autoencoders.vae import DecoderTiny
 from modules.core.errors import ModelFileError
 from modules.models.checkpoint_io import read_state_dict
 from modules.models.families import ModelFamily
+from modules.models.memory import TAESD, MemoryBudget, module_nbytes
 
 log = logging.getLogger(__name__)
 
@@ -60,18 +61,25 @@ def load_decoder(path: Path) -> DecoderTiny:
 
 
 class TaesdDecoders:
-    """Loads the right TAESD decoder for a family on first use; None when the file is absent."""
+    """Loads the right TAESD decoder for a family on first use; None when the file is absent.
+    Loaded decoders are registered with the shared `MemoryBudget` (kind "taesd"; an unbounded one
+    of its own without `budget`) and loaded again after it evicts them."""
 
-    def __init__(self, folder: Path | None) -> None:
+    def __init__(self, folder: Path | None, *, budget: MemoryBudget | None = None) -> None:
         self.folder = folder
-        self._lock = threading.Lock()
+        self.budget = budget if budget is not None else MemoryBudget()
+        self._lock = threading.RLock()
         self._cache: dict[str, DecoderTiny | None] = {}
 
     def get(self, family: ModelFamily) -> DecoderTiny | None:
         key = "xl" if family.is_sdxl else "sd"
+        budget_key = f"{TAESD}:{key}"
         with self._lock:
             if key in self._cache:
-                return self._cache[key]
+                cached = self._cache[key]
+                if cached is not None:
+                    self.budget.touch(budget_key)
+                return cached
             decoder = None
             for name in decoder_names(family):
                 path = self.folder / name if self.folder is not None else None
@@ -83,4 +91,10 @@ class TaesdDecoders:
                         log.warning("ignoring %s: %s", path, exc)
                     break
             self._cache[key] = decoder
-            return decoder
+        if decoder is not None:
+            self.budget.add(budget_key, TAESD, module_nbytes(decoder), lambda: self._drop(key))
+        return decoder
+
+    def _drop(self, key: str) -> None:
+        with self._lock:
+            self._cache.pop(key, None)

@@ -11,8 +11,10 @@
   architectures of `spandrel_extra_arches`. `spandrel_extra_arches.install()` would mutate the
   global `MAIN_REGISTRY` for every user of spandrel in the process; `ArchRegistry.copy()` is
   copy-on-write, so adding to the copy leaves the global one untouched.
-- Loaded models are kept in a small LRU on the device of the `Placement`, in half precision when
-  the device is CUDA, the placement asks for fp16 (`--no-half` not given) and the model supports it.
+- Loaded models are kept on the device of the `Placement`, in half precision when the device is
+  CUDA, the placement asks for fp16 (`--no-half` not given) and the model supports it. What is
+  kept is registered with the shared `MemoryBudget` (kind "upscaler"), which may evict it; at
+  most `cache_size` of them are kept in any case. `using()` pins a model while it runs.
 """
 
 from __future__ import annotations
@@ -24,6 +26,8 @@ import os
 import re
 import threading
 from collections import OrderedDict
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -33,6 +37,7 @@ import torch
 from modules.core.errors import ModelFileError, NotFoundError
 from modules.models.checkpoint_io import read_state_dict
 from modules.models.loader import Placement
+from modules.models.memory import UPSCALER, MemoryBudget, module_nbytes
 
 if TYPE_CHECKING:
     from spandrel import ArchRegistry, ImageModelDescriptor
@@ -173,7 +178,9 @@ def load_descriptor(path: Path, placement: Placement | None = None) -> ImageMode
 
 
 class UpscalerRegistry:
-    """Lists built-in and file upscalers; loads file upscalers on first use (small LRU).
+    """Lists built-in and file upscalers; loads file upscalers on first use and keeps them while
+    the memory budget allows (at most `cache_size`). Without a `budget` it uses an unbounded one
+    of its own, so only `cache_size` limits it.
 
     Thread-safe: the worker loads, API threads list."""
 
@@ -183,10 +190,12 @@ class UpscalerRegistry:
         placement: Placement | None = None,
         *,
         cache_size: int = DEFAULT_CACHE_SIZE,
+        budget: MemoryBudget | None = None,
     ) -> None:
         self._folders = list(folders.items()) if isinstance(folders, dict) else list(folders)
         self.placement = placement or Placement()
         self.cache_size = max(1, cache_size)
+        self.budget = budget if budget is not None else MemoryBudget()
         self._lock = threading.RLock()
         self._entries: dict[str, UpscalerInfo] | None = None
         self._cache: OrderedDict[str, LoadedUpscaler] = OrderedDict()
@@ -225,9 +234,12 @@ class UpscalerRegistry:
                     entries[name] = info
             self._entries = entries
             live = {i.model_path for i in entries.values()}
-            for key in [k for k, m in self._cache.items() if m.info.model_path not in live]:
+            gone = [k for k, m in self._cache.items() if m.info.model_path not in live]
+            for key in gone:
                 del self._cache[key]
-            return list(entries.values())
+        for key in gone:
+            self.budget.remove(_budget_key(key))
+        return list(entries.values())
 
     def infos(self) -> list[UpscalerInfo]:
         with self._lock:
@@ -271,7 +283,9 @@ class UpscalerRegistry:
             cached = self._cache.get(key)
             if cached is not None:
                 self._cache.move_to_end(key)
-                return cached
+        if cached is not None:
+            self.budget.touch(_budget_key(key))
+            return cached
         # read and build outside the lock: listing (API threads) must not wait behind a load
         path = Path(info.model_path)
         log.info("loading upscaler %s from %s", info.name, path)
@@ -285,9 +299,23 @@ class UpscalerRegistry:
                 self._entries[info.name] = info
             self._cache[key] = loaded
             self._cache.move_to_end(key)
-            while len(self._cache) > self.cache_size:
-                self._cache.popitem(last=False)
+            over = list(self._cache)[: max(0, len(self._cache) - self.cache_size)]
+        # outside the lock: the budget may call back into _drop
+        self.budget.add(_budget_key(key), UPSCALER, module_nbytes(descriptor.model), lambda: self._drop(key))
+        for old in over:
+            self.budget.evict(_budget_key(old))
         return loaded
+
+    @contextmanager
+    def using(self, upscaler: UpscalerInfo | str) -> Iterator[LoadedUpscaler]:
+        """`load`, with the model pinned in the memory budget until the block ends."""
+        loaded = self.load(upscaler)
+        with self.budget.pinned(_budget_key(str(loaded.info.model_path))):
+            yield loaded
+
+    def _drop(self, key: str) -> None:
+        with self._lock:
+            self._cache.pop(key, None)
 
     def detect(self, upscaler: UpscalerInfo | str) -> UpscalerInfo:
         """Load (or reuse) the model and return its entry with architecture and true scale."""
@@ -295,7 +323,10 @@ class UpscalerRegistry:
 
     def unload(self) -> None:
         with self._lock:
+            keys = list(self._cache)
             self._cache.clear()
+        for key in keys:
+            self.budget.remove(_budget_key(key))
         if self.placement.device.type == "cuda":
             torch.cuda.empty_cache()
 
@@ -303,6 +334,10 @@ class UpscalerRegistry:
     def list(self) -> builtins.list[dict[str, Any]]:
         """`GET /sdapi/v1/upscalers`: `[{name, model_name, model_path, model_url, scale}]`."""
         return [i.as_api() for i in self.infos()]
+
+
+def _budget_key(model_path: str) -> str:
+    return f"{UPSCALER}:{model_path}"
 
 
 def _walk_models(folder: Path) -> list[Path]:
