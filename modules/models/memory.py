@@ -68,6 +68,11 @@ class MemoryBudget:
 
     # -- reading (lock-free) ----------------------------------------------------------------
 
+    def set_limit(self, limit: Callable[[], int] | int) -> None:
+        """A new limit (bytes, or a callable read at each check), enforced at once."""
+        self._limit = limit
+        self.enforce()
+
     def limit(self) -> int:
         value = self._limit() if callable(self._limit) else self._limit
         return max(0, int(value))

@@ -126,3 +126,26 @@ def test_checkpoints_and_an_aux_model_share_one_budget(tree: dict[str, Path]) ->
     assert [(h.key, h.pinned) for h in m.status().held] == [(f"checkpoint:{one}", True)]
     with m.lease() as model:
         assert model is m.active.model  # type: ignore[union-attr]
+
+
+def test_upscalers_register_with_the_budget_and_stay_while_in_use(tmp_path: Path) -> None:
+    from modules.models.upscalers import UpscalerRegistry
+    from tests.fixtures.upscaler_models import build_upscaler_set
+
+    build_upscaler_set(tmp_path)
+    budget = MemoryBudget(1 << 40)
+    reg = UpscalerRegistry([("ESRGAN", tmp_path / "ESRGAN"), ("RealESRGAN", tmp_path / "RealESRGAN")], budget=budget)
+    name = "tiny_esrgan_old_4x"
+    first = reg.load(name)
+    (held,) = budget.snapshot()
+    assert held.kind == UPSCALER and held.key.endswith(".pth") and held.nbytes > 0 and not held.pinned
+    assert reg.load(name) is first  # kept
+    budget.evict(held.key)
+    again = reg.load(name)
+    assert again is not first  # the budget dropped it: loaded again
+    with reg.using(name) as model:
+        assert model is again and budget.snapshot()[0].pinned
+        budget.set_limit(0)  # no room at all
+        assert budget.enforce() == []  # in use: kept
+    assert budget.snapshot() == ()  # dropped as soon as it was no longer in use
+    assert reg.load(name) is not again
