@@ -1,5 +1,6 @@
 """Pieces the generation tabs (txt2img, img2img) share: the prompt row with A1111's elem_ids,
-following a job's progress and live preview, and the Generate / Interrupt / Skip wiring."""
+the sampler choices, following a job's progress and live preview through its `JobHandle`, the
+progress and infotext HTML, and the Generate / Interrupt / Skip wiring."""
 
 from __future__ import annotations
 
@@ -20,10 +21,14 @@ from modules.core.generation_info import generation_info
 from modules.core.requests import GenerationRequest
 from modules.core.results import Result
 from modules.engine.facade import JobHandle
+from modules.engine.samplers import list_samplers, list_schedulers
 from modules.services import Services
+from modules.ui.named_inputs import Fields, inputs_of, values_of
 from modules.ui.styles import build_styles_dialog
 
 POLL_SECONDS = 0.25
+DEFAULT_SAMPLER = "DPM++ 2M"
+AUTOMATIC = "Automatic"
 PROMPT_PLACEHOLDER = "Prompt\n(Press Ctrl+Enter to generate, Alt+Enter to skip, Esc to interrupt)"
 NEG_PLACEHOLDER = "Negative prompt\n(Press Ctrl+Enter to generate, Alt+Enter to skip, Esc to interrupt)"
 
@@ -106,6 +111,17 @@ def build_prompt_row(prefix: str, services: Services) -> PromptRow:
     return row
 
 
+def sampler_choices() -> tuple[list[str], str | None]:
+    """(the sampler dropdown's choices, its default): the samplers that can run, DPM++ 2M first choice."""
+    samplers = [s.name for s in list_samplers() if s.available]
+    return samplers, DEFAULT_SAMPLER if DEFAULT_SAMPLER in samplers else (samplers[0] if samplers else None)
+
+
+def scheduler_choices() -> list[str]:
+    """The schedule-type dropdown's choices, Automatic first."""
+    return [AUTOMATIC, *[s.label for s in list_schedulers() if s.label != AUTOMATIC]]
+
+
 def submit(services: Services, request: GenerationRequest) -> JobHandle[Result]:
     try:
         return services.engine.submit(request)
@@ -113,14 +129,12 @@ def submit(services: Services, request: GenerationRequest) -> JobHandle[Result]:
         raise gr.Error(str(exc)) from exc
 
 
-def follow(
-    services: Services, job: JobHandle[Result], render: Callable[[dict[str, Any]], str]
-) -> Iterator[tuple[str, Any]]:
-    """While `job` runs: (rendered progress, `[preview]` when a new live preview exists, else
-    `gr.skip()`). Returns when the job is done; read it with `result_of`."""
+def follow(job: JobHandle[Result], render: Callable[[dict[str, Any]], str]) -> Iterator[tuple[str, Any]]:
+    """While `job` is queued or runs: (its rendered progress, `[preview]` when a new live preview
+    of it exists, else `gr.skip()`). Returns when the job is done; read it with `result_of`."""
     shown: object = None
-    while not job.future.done():
-        data = services.engine.progress(with_preview=False)
+    while not job.done():
+        data = job.progress()
         preview = job.preview()
         if preview is not None and preview is not shown:
             shown = preview
@@ -128,7 +142,31 @@ def follow(
         else:
             yield render(data), gr.skip()
         with contextlib.suppress(Exception):  # done or still running; the outcome is read after
-            job.future.result(timeout=POLL_SECONDS)
+            job.result(timeout=POLL_SECONDS)
+
+
+def progress_html(progress: dict[str, Any]) -> str:
+    """A job's `/progress` body as the bar over the gallery ("waiting…" while it is queued)."""
+    state = progress.get("state", {})
+    percent = round(100 * float(progress.get("progress") or 0.0))
+    step, steps = state.get("sampling_step", 0), state.get("sampling_steps", 0)
+    eta = float(progress.get("eta_relative") or 0.0)
+    text = f"{percent}% · step {step}/{steps} · ETA {eta:.0f}s" if steps else f"{percent}% · waiting…"
+    return (
+        "<div class='sdw-progress'><div class='sdw-progress-bar' "
+        f"style='width:{percent}%'></div><span class='sdw-progress-text'>{html.escape(text)}</span></div>"
+    )
+
+
+def info_html(result: Result) -> str:
+    """The infotext under the gallery: the first image's parameters, warnings, time taken."""
+    if not result.infotexts:
+        return ""
+    lines = "<br>".join(html.escape(line) for line in result.infotexts[0].split("\n"))
+    warnings = "".join(f"<p class='sdw-warning'>{html.escape(w)}</p>" for w in result.warnings)
+    interrupted = "<p class='sdw-warning'>Interrupted</p>" if result.interrupted else ""
+    elapsed = f"<p class='time'>Time taken: <b>{result.elapsed:.1f} sec.</b></p>"
+    return f"<div class='infotext'><p>{lines}</p></div>{interrupted}{warnings}{elapsed}"
 
 
 def open_image(item: Any) -> Image.Image:
@@ -167,7 +205,7 @@ def default_gallery_index(gallery_size: int, info: dict[str, Any]) -> int:
     return min(int(info.get("index_of_first_image", 0) or 0), gallery_size - 1)
 
 
-def gallery_items(services: Services, request: GenerationRequest, result: Result) -> tuple[list[Any], str]:
+def gallery_items(request: GenerationRequest, result: Result) -> tuple[list[Any], str]:
     """(gallery images, generation info JSON) for a finished job: the grid first when there is one
     (A1111's `index_of_first_image` 1), and A1111's `Processed.js()` keys, whose `infotexts` line
     up with the gallery images."""
@@ -181,7 +219,7 @@ def gallery_items(services: Services, request: GenerationRequest, result: Result
 
 def result_of(job: JobHandle[Result]) -> Result:
     try:
-        return job.future.result()
+        return job.result()
     except SdWebuiError as exc:
         raise gr.Error(str(exc)) from exc
 
@@ -189,14 +227,19 @@ def result_of(job: JobHandle[Result]) -> Result:
 def wire_generate(
     services: Services,
     row: PromptRow,
-    run: Callable[..., Iterator[tuple[Any, ...]]],
-    inputs: list[Any],
+    run: Callable[[dict[str, Any]], Iterator[tuple[Any, ...]]],
+    fields: Fields,
     outputs: list[Any],
     *,
-    check: Callable[..., None] | None = None,
+    check: Callable[[dict[str, Any]], None] | None = None,
 ) -> None:
-    """Generate runs `run`; Interrupt and Skip replace Generate while it
-    runs. `check` raises user errors before the buttons change, so an error leaves them as they were."""
+    """Generate runs `run` with the values of `fields` by name; Interrupt and Skip replace Generate
+    while it runs. `check` (same values) raises user errors before the buttons change, so an error
+    leaves them as they were."""
+    inputs = inputs_of(fields)
+
+    def run_named(data: dict[Any, Any]) -> Iterator[tuple[Any, ...]]:
+        yield from run(values_of(fields, data))
 
     def hide_generate() -> tuple[Any, Any, Any]:
         row.stop_requested.clear()
@@ -208,12 +251,17 @@ def wire_generate(
     buttons = [row.generate, row.interrupt, row.skip]
     # Ctrl+Enter clicks Generate (modules/ui/js/shortcuts.js); Enter / Shift+Enter stay newlines, as in A1111
     if check is not None:
-        started = row.generate.click(check, inputs, None, show_progress="hidden").success(
+        check_values = check
+
+        def check_named(data: dict[Any, Any]) -> None:
+            check_values(values_of(fields, data))
+
+        started = row.generate.click(check_named, inputs, None, show_progress="hidden").success(
             hide_generate, None, buttons, queue=False
         )
     else:
         started = row.generate.click(hide_generate, None, buttons, queue=False)
-    started.then(run, inputs, outputs, show_progress="hidden").then(show_generate, None, buttons, queue=False)
+    started.then(run_named, inputs, outputs, show_progress="hidden").then(show_generate, None, buttons, queue=False)
 
     def interrupt() -> None:
         row.stop_requested.set()

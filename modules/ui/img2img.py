@@ -1,27 +1,21 @@
-"""The img2img tab: A1111's six sub-tabs (img2img, Sketch, Inpaint, Inpaint sketch, Inpaint
-upload, Batch), its controls (labels, UI defaults and elem_ids, a1111.md 10.2) bound to one
-converter (`img2img_request_from_ui`) and `EngineService.submit`, with progress polled from the
-worker like the txt2img tab. Batch runs one request per input image, one job after another."""
+"""The img2img tab: layout and wiring. A1111's six sub-tabs (img2img, Sketch, Inpaint, Inpaint
+sketch, Inpaint upload, Batch) and controls (labels, UI defaults and elem_ids, a1111.md 10.2),
+named by the keywords of one converter (`img2img_request_from_ui`) and submitted to the engine
+(`services.engine.submit`), progress followed through the job's handle like the txt2img tab.
+
+The pieces live next door: `img2img_modes` (sub-tab numbers and ids), `img2img_editor` (editor
+values -> image and mask, copy image to), `img2img_request` (the converter, sizes) and
+`img2img_batch` (the Batch sub-tab: one job per image)."""
 
 from __future__ import annotations
 
-import dataclasses
-import html
-import threading
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 import gradio as gr
 from gradio.context import Context
-from PIL import Image
 
-from modules.core.atomic import atomic_write_bytes
-from modules.core.requests import Img2ImgRequest
-from modules.core.results import Result
-from modules.engine.outputs import encode_image
-from modules.engine.samplers import list_samplers
 from modules.services import Services
 from modules.ui.common import (
     OutputButtons,
@@ -31,473 +25,35 @@ from modules.ui.common import (
     build_seed_section,
     follow,
     gallery_items,
-    open_image,
+    info_html,
+    progress_html,
     result_of,
+    sampler_choices,
+    scheduler_choices,
     submit,
     wire_generate,
 )
-from modules.ui.extras import IMAGE_SUFFIXES, server_dir
-from modules.ui.token_counter import wire_token_counters
-from modules.ui.txt2img import (
-    DEFAULT_SAMPLER,
-    _scheduler_choices,
-    info_html,
-    progress_html,
+from modules.ui.img2img_batch import BATCH_FROM_DIR, BATCH_UPLOAD, batch_plan, run_batch
+from modules.ui.img2img_editor import COPY_TARGETS, image_of_mode, image_to_copy
+from modules.ui.img2img_modes import (
+    BATCH,
+    IMG2IMG,
+    INPAINT,
+    INPAINT_MODES,
+    INPAINT_SKETCH,
+    INPAINT_UPLOAD,
+    SKETCH,
+    SUBTAB_IDS,
 )
+from modules.ui.img2img_request import RESIZE_BY, RESIZE_TO, img2img_request_from_ui, resolution_preview
+from modules.ui.named_inputs import inputs_of, values_of
+from modules.ui.token_counter import wire_token_counters
 
-# sub-tab numbers as A1111 counts them (its `mode` / `tabnum`)
-IMG2IMG, SKETCH, INPAINT, INPAINT_SKETCH, INPAINT_UPLOAD, BATCH = 0, 1, 2, 3, 4, 5
-INPAINT_MODES = (INPAINT, INPAINT_SKETCH, INPAINT_UPLOAD, BATCH)  # where the inpaint controls show
 RESIZE_MODES = ("Just resize", "Crop and resize", "Resize and fill", "Just resize (latent upscale)")
 MASK_MODES = ("Inpaint masked", "Inpaint not masked")
 FILL_MODES = ("fill", "original", "latent noise", "latent nothing")
 INPAINT_AREAS = ("Whole picture", "Only masked")
-RESIZE_TO, RESIZE_BY = 0, 1  # the `#img2img_tabs_resize` tabs
-BATCH_UPLOAD, BATCH_FROM_DIR = "upload", "from dir"  # the `#img2img_batch_source` tabs
 SKETCH_COLORS = ("#ffffff", "#000000", "#ff0000", "#ffa500", "#ffff00", "#00ff00", "#0000ff", "#800080")
-
-EditorValue = Mapping[str, Any]
-
-
-def _rgb(image: Image.Image) -> Image.Image:
-    """An upload as RGB; transparent parts become white (A1111 flattens the same way)."""
-    if image.mode in ("RGBA", "LA", "P"):
-        rgba = image.convert("RGBA")
-        flat = Image.new("RGB", rgba.size, (255, 255, 255))
-        flat.paste(rgba, mask=rgba.getchannel("A"))
-        return flat
-    return image.convert("RGB")
-
-
-def editor_value(image: Image.Image) -> dict[str, Any]:
-    """An ImageEditor value with `image` as the background and nothing painted (send to inpaint)."""
-    return {"background": image, "layers": [], "composite": image}
-
-
-def _layers(editor: EditorValue | None, size: tuple[int, int]) -> list[Image.Image]:
-    """The editor's painted layers as RGBA images of `size`."""
-    out = []
-    for layer in (editor or {}).get("layers") or ():
-        if layer is None:
-            continue
-        rgba = layer.convert("RGBA")
-        out.append(rgba if rgba.size == size else rgba.resize(size))
-    return out
-
-
-def painted_mask(editor: EditorValue | None, size: tuple[int, int]) -> Image.Image:
-    """White wherever any painted layer is not transparent ("L", `size`)."""
-    mask = Image.new("L", size, 0)
-    for layer in _layers(editor, size):
-        mask.paste(255, mask=layer.getchannel("A").point(lambda a: 255 if a > 0 else 0))
-    return mask
-
-
-def editor_composite(editor: EditorValue | None, opacity: float = 1.0) -> Image.Image | None:
-    """What the editor shows, as RGB: the background with the painted layers over it (their alpha
-    scaled by `opacity`); the editor's own composite when the strokes are fully opaque. None when
-    no image was uploaded."""
-    background = (editor or {}).get("background")
-    if background is None:
-        return None
-    composite = (editor or {}).get("composite")
-    if opacity >= 1.0 and composite is not None:
-        return _rgb(composite if composite.size == background.size else composite.resize(background.size))
-    canvas = _rgb(background).convert("RGBA")
-    for layer in _layers(editor, canvas.size):
-        if opacity < 1.0:
-            layer.putalpha(layer.getchannel("A").point(lambda a: round(a * max(opacity, 0.0))))
-        canvas.alpha_composite(layer)
-    return canvas.convert("RGB")
-
-
-def editor_image_and_mask(editor: EditorValue | None) -> tuple[Image.Image, Image.Image]:
-    """The Inpaint editor's value as (image, mask): the background is the image; the mask is white
-    wherever any painted layer is not transparent."""
-    background = (editor or {}).get("background")
-    if background is None:
-        raise gr.Error("Please upload an image to inpaint")
-    mask = painted_mask(editor, background.size)
-    if mask.getbbox() is None:
-        raise gr.Error("Please paint the area to inpaint (the mask is empty)")
-    return _rgb(background), mask
-
-
-def inpaint_sketch_image_and_mask(editor: EditorValue | None, mask_alpha: float) -> tuple[Image.Image, Image.Image]:
-    """The Inpaint sketch editor's value as (image, mask): the image is the background with the
-    colour strokes over it ("Mask transparency" % makes the strokes that much more transparent);
-    the mask is wherever something was painted."""
-    image = editor_composite(editor, 1.0 - float(mask_alpha) / 100.0)
-    if image is None:
-        raise gr.Error("Please upload an image to sketch on")
-    mask = painted_mask(editor, image.size)
-    if mask.getbbox() is None:
-        raise gr.Error("Please paint over the area to inpaint (nothing is painted)")
-    return image, mask
-
-
-def scaled_size(width: int, height: int, scale: float) -> tuple[int, int]:
-    """ "Resize by": the image's size times `scale`, rounded down to multiples of 8 (as A1111)."""
-    w, h = int(width * scale), int(height * scale)
-    return w - w % 8, h - h % 8
-
-
-def resolution_preview(size: tuple[int, int] | None, scale: float) -> str:
-    """`#img2img_scale_resolution_preview`: "from WxH to WxH" for the current image."""
-    if size is None:
-        return ""
-    tw, th = scaled_size(size[0], size[1], scale)
-    return (
-        f"<span>from <span class='resolution'>{size[0]}x{size[1]}</span> "
-        f"to <span class='resolution'>{tw}x{th}</span></span>"
-    )
-
-
-def image_of_mode(
-    mode: int,
-    init_image: Image.Image | None,
-    sketch: EditorValue | None,
-    inpaint_editor: EditorValue | None,
-    inpaint_sketch: EditorValue | None,
-    inpaint_base: Image.Image | None,
-) -> Image.Image | None:
-    """The image sub-tab `mode` works from (before any painting): used by 📐, "Resize by"'s preview
-    and "Copy image to". Sketches count their strokes (A1111's sketch tools bake them in)."""
-    if mode == IMG2IMG:
-        return init_image
-    if mode in (SKETCH, INPAINT_SKETCH):
-        return editor_composite(sketch if mode == SKETCH else inpaint_sketch)
-    if mode == INPAINT:
-        return (inpaint_editor or {}).get("background")
-    if mode == INPAINT_UPLOAD:
-        return inpaint_base
-    return None
-
-
-def request_for_image(values: Mapping[str, Any], image: Image.Image, mask: Image.Image | None) -> Img2ImgRequest:
-    """A request from the tab's values for one (image, mask); "Resize by" sizes it from `image`."""
-    width, height = int(values["width"]), int(values["height"])
-    if int(values["selected_scale_tab"]) == RESIZE_BY:
-        width, height = scaled_size(image.width, image.height, float(values["scale_by"]))
-        if width < 8 or height < 8:
-            raise gr.Error(f"Resize by {values['scale_by']} makes the image too small ({width}x{height})")
-    return Img2ImgRequest(
-        prompt=values["prompt"] or "",
-        negative_prompt=values["negative_prompt"] or "",
-        styles=tuple(values["styles"] or ()),
-        init_images=(image,),
-        mask=mask,
-        resize_mode=int(values["resize_mode"]),
-        mask_blur=int(values["mask_blur"]),
-        inpainting_mask_invert=int(values["inpainting_mask_invert"]),
-        inpainting_fill=int(values["inpainting_fill"]),
-        inpaint_full_res=bool(values["inpaint_full_res"]),
-        inpaint_full_res_padding=int(values["inpaint_full_res_padding"]),
-        sampler_name=values["sampler_name"] or None,
-        scheduler=values["scheduler"] or None,
-        steps=int(values["steps"]),
-        width=width,
-        height=height,
-        n_iter=int(values["n_iter"]),
-        batch_size=int(values["batch_size"]),
-        cfg_scale=float(values["cfg_scale"]),
-        image_cfg_scale=float(values["image_cfg_scale"]),
-        denoising_strength=float(values["denoising_strength"]),
-        seed=int(values["seed"]),
-        subseed=int(values["subseed"]),
-        subseed_strength=float(values["subseed_strength"]),
-        seed_resize_from_w=int(values["seed_resize_from_w"]),
-        seed_resize_from_h=int(values["seed_resize_from_h"]),
-    )
-
-
-def img2img_request_from_ui(
-    *,
-    mode: int,
-    init_image: Image.Image | None,
-    sketch: EditorValue | None,
-    inpaint_editor: EditorValue | None,
-    inpaint_sketch: EditorValue | None,
-    inpaint_base: Image.Image | None,
-    inpaint_mask: Image.Image | None,
-    mask_alpha: float,
-    prompt: str,
-    negative_prompt: str,
-    styles: list[str] | tuple[str, ...] | None,
-    resize_mode: int,
-    mask_blur: float,
-    inpainting_mask_invert: int,
-    inpainting_fill: int,
-    inpaint_full_res: int,
-    inpaint_full_res_padding: float,
-    sampler_name: str,
-    scheduler: str,
-    steps: float,
-    selected_scale_tab: int,
-    width: float,
-    height: float,
-    scale_by: float,
-    n_iter: float,
-    batch_size: float,
-    cfg_scale: float,
-    image_cfg_scale: float,
-    denoising_strength: float,
-    seed: float,
-    subseed: float,
-    subseed_strength: float,
-    seed_resize_from_w: float,
-    seed_resize_from_h: float,
-) -> Img2ImgRequest:
-    """The UI's values as a request; the sub-tab decides where the image and mask come from.
-    Raises `gr.Error` when an image (or the mask) is missing. Batch (mode 5) makes one request
-    per image: see `batch_items` and `request_for_image`."""
-    values = dict(locals())
-    mask: Image.Image | None = None
-    if mode == INPAINT:
-        image, mask = editor_image_and_mask(inpaint_editor)
-    elif mode == INPAINT_SKETCH:
-        image, mask = inpaint_sketch_image_and_mask(inpaint_sketch, mask_alpha)
-    elif mode == INPAINT_UPLOAD:
-        if inpaint_base is None:
-            raise gr.Error("Please upload an image to inpaint")
-        if inpaint_mask is None:
-            raise gr.Error("Please upload a mask")
-        image, mask = _rgb(inpaint_base), _rgb(inpaint_mask).convert("L")
-    elif mode == SKETCH:
-        sketched = editor_composite(sketch)
-        if sketched is None:
-            raise gr.Error("Please upload an image to sketch on")
-        image = sketched
-    elif mode == BATCH:
-        raise gr.Error("Batch makes one request per image (batch_items)")
-    else:
-        if init_image is None:
-            raise gr.Error("Please upload an image for img2img")
-        image = _rgb(init_image)
-    return request_for_image(values, image, mask)
-
-
-# the converter's keyword names, in the order the tab passes its input components
-UI_FIELDS = (
-    "mode",
-    "init_image",
-    "sketch",
-    "inpaint_editor",
-    "inpaint_sketch",
-    "inpaint_base",
-    "inpaint_mask",
-    "mask_alpha",
-    "prompt",
-    "negative_prompt",
-    "styles",
-    "resize_mode",
-    "mask_blur",
-    "inpainting_mask_invert",
-    "inpainting_fill",
-    "inpaint_full_res",
-    "inpaint_full_res_padding",
-    "sampler_name",
-    "scheduler",
-    "steps",
-    "selected_scale_tab",
-    "width",
-    "height",
-    "scale_by",
-    "n_iter",
-    "batch_size",
-    "cfg_scale",
-    "image_cfg_scale",
-    "denoising_strength",
-    "seed",
-    "subseed",
-    "subseed_strength",
-    "seed_resize_from_w",
-    "seed_resize_from_h",
-)
-# the Batch sub-tab's inputs, passed after `UI_FIELDS`
-BATCH_FIELDS = ("batch_source", "batch_files", "batch_input_dir", "batch_output_dir", "batch_inpaint_mask_dir")
-
-
-# -- Batch -------------------------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class BatchItem:
-    """One input image of a batch and its mask file (from the mask directory), if any."""
-
-    path: Path
-    mask_path: Path | None = None
-
-
-@dataclass(frozen=True)
-class BatchPlan:
-    items: tuple[BatchItem, ...]
-    output_dir: Path | None = None  # None: the normal outputs folder
-
-
-def _folder_images(folder: Path, label: str) -> list[Path]:
-    if not folder.is_dir():
-        raise gr.Error(f"{label} not found: {html.escape(str(folder))}")
-    return sorted(p for p in folder.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
-
-
-def _upload_path(item: Any) -> Path:
-    path = getattr(item, "path", None) or (item.get("path") if isinstance(item, dict) else item)
-    return Path(str(path))
-
-
-def batch_plan(
-    services: Services,
-    *,
-    batch_source: str,
-    batch_files: Sequence[Any] | None,
-    batch_input_dir: str,
-    batch_output_dir: str,
-    batch_inpaint_mask_dir: str,
-) -> BatchPlan:
-    """The Batch sub-tab's inputs as a list of images (and masks) to process. Server folders must be
-    inside the data dir or the outputs folder (`server_dir`); no images is an error. With a mask
-    directory each image takes the mask with its file stem (or the only mask there is)."""
-    if batch_source != BATCH_FROM_DIR:
-        files = [_upload_path(f) for f in batch_files or () if f is not None]
-        if not files:
-            raise gr.Error("Please upload the images to process")
-        return BatchPlan(tuple(BatchItem(p) for p in files))
-    input_dir = server_dir(services, batch_input_dir, "Input directory")
-    images = _folder_images(input_dir, "Input directory")
-    if not images:
-        raise gr.Error(f"Input directory has no images ({', '.join(IMAGE_SUFFIXES)})")
-    output_dir = server_dir(services, batch_output_dir, "Output directory") if batch_output_dir.strip() else None
-    masks: dict[str, Path] = {}
-    single_mask: Path | None = None
-    if batch_inpaint_mask_dir.strip():
-        mask_dir = server_dir(services, batch_inpaint_mask_dir, "Inpaint batch mask directory")
-        found = _folder_images(mask_dir, "Inpaint batch mask directory")
-        if not found:
-            raise gr.Error("Inpaint batch mask directory has no images")
-        single_mask = found[0] if len(found) == 1 else None
-        masks = {p.stem: p for p in found}
-    items = []
-    for path in images:
-        mask = single_mask or masks.get(path.stem)
-        if masks and mask is None:
-            raise gr.Error(
-                f"No mask for {html.escape(path.name)} in the inpaint batch mask directory (same name needed)"
-            )
-        items.append(BatchItem(path, mask))
-    return BatchPlan(tuple(items), output_dir)
-
-
-def save_batch_outputs(result: Result, stem: str, folder: Path) -> list[Path]:
-    """The batch results of one input as PNGs with their infotext (`parameters`), named after the
-    input (`stem.png`, or `stem-1.png`... when it made several), each written atomically."""
-    written = []
-    for i, image in enumerate(result.images):
-        infotext = result.infotexts[i] if i < len(result.infotexts) else None
-        path = folder / (f"{stem}.png" if len(result.images) == 1 else f"{stem}-{i + 1}.png")
-        atomic_write_bytes(path, encode_image(image, "png", infotext=infotext))
-        written.append(path)
-    return written
-
-
-def batch_progress_html(index: int, total: int, progress: Mapping[str, Any]) -> str:
-    return f"<div class='sdw-batch-progress'>image {index}/{total}</div>" + progress_html(dict(progress))
-
-
-def merge_results(results: Sequence[Result]) -> Result:
-    """The batch's results as one (the gallery and its generation info)."""
-    merged = Result()
-    for result in results:
-        for name in ("images", "infotexts", "seeds", "subseeds", "prompts", "negative_prompts", "params", "warnings"):
-            getattr(merged, name).extend(getattr(result, name))
-        merged.elapsed += result.elapsed
-        merged.interrupted = merged.interrupted or result.interrupted
-    if results:
-        merged.width, merged.height = results[-1].width, results[-1].height
-        merged.job_timestamp = results[-1].job_timestamp
-    return merged
-
-
-def limit_results(result: Result, limit: int) -> Result:
-    """The first `limit` images (and their infotexts, seeds...); all of them when `limit` is -1."""
-    if limit < 0 or len(result.images) <= limit:
-        return result
-    cut = {
-        name: getattr(result, name)[:limit]
-        for name in ("images", "infotexts", "seeds", "subseeds", "prompts", "negative_prompts", "params")
-    }
-    return dataclasses.replace(result, **cut)
-
-
-def _shown(services: Services, folder: Path) -> str:
-    """A server folder as the user typed it: relative to the data dir (or the outputs folder)."""
-    for root in (services.paths.data_dir.resolve(), services.paths.outputs_dir.resolve()):
-        if folder == root or root in folder.parents:
-            return str(folder.relative_to(root)) or "."
-    return folder.name
-
-
-def run_batch(
-    services: Services, values: Mapping[str, Any], plan: BatchPlan, stop: threading.Event | None = None
-) -> Iterator[tuple[Any, ...]]:
-    """Each image as its own request, one job after another (Interrupt stops the batch, also
-    when it comes between two jobs: `stop`); yields (progress, gallery, info html, generation
-    info, last seed) like the single-image run."""
-    total = len(plan.items)
-    results: list[Result] = []
-    first: Img2ImgRequest | None = None
-    written = 0
-    for index, item in enumerate(plan.items, start=1):
-        image = _rgb(open_image(item.path))
-        mask = _rgb(open_image(item.mask_path)).convert("L") if item.mask_path is not None else None
-        request = dataclasses.replace(
-            request_for_image(values, image, mask),
-            do_not_save_grid=True,
-            do_not_save_samples=plan.output_dir is not None,
-        )
-        first = first or request
-        job = submit(services, request)
-
-        def render(data: dict[str, Any], index: int = index) -> str:
-            return batch_progress_html(index, total, data)
-
-        yield render(services.engine.progress(with_preview=False)), gr.skip(), gr.skip(), gr.skip(), gr.skip()
-        for shown, preview in follow(services, job, render):
-            yield shown, preview, gr.skip(), gr.skip(), gr.skip()
-        result = result_of(job)
-        if plan.output_dir is not None:
-            written += len(save_batch_outputs(result, item.path.stem, plan.output_dir))
-        results.append(result)
-        if result.interrupted or job.interrupted or (stop is not None and stop.is_set()):
-            break
-    merged = merge_results(results)
-    limit = services.options.get("img2img_batch_show_results_limit")
-    shown_result = limit_results(merged, int(limit) if isinstance(limit, int | float) else -1)
-    assert first is not None
-    images, info = gallery_items(services, first, shown_result)
-    where = f"; {written} files written to {html.escape(_shown(services, plan.output_dir))}" if plan.output_dir else ""
-    summary = f"<p class='sdw-batch-summary'>Processed {len(results)}/{total} images{where}.</p>"
-    yield "", images, summary + info_html(merged), info, (merged.seeds[0] if merged.seeds else -1)
-
-
-# -- the tab -----------------------------------------------------------------------------------
-
-# sub-tab number -> the gr.Tab id (and elem_id) in `mode_img2img`, A1111's names
-SUBTAB_IDS = {
-    IMG2IMG: "img2img_img2img_tab",
-    SKETCH: "img2img_img2img_sketch_tab",
-    INPAINT: "img2img_inpaint_tab",
-    INPAINT_SKETCH: "img2img_inpaint_sketch_tab",
-    INPAINT_UPLOAD: "img2img_inpaint_upload_tab",
-    BATCH: "img2img_batch_tab",
-}
-# "Copy image to:" targets: (sub-tab, button text, elem_id suffix)
-COPY_TARGETS = (
-    (IMG2IMG, "img2img", "img2img"),
-    (SKETCH, "sketch", "sketch"),
-    (INPAINT, "inpaint", "inpaint"),
-    (INPAINT_SKETCH, "inpaint sketch", "inpaint_sketch"),
-)
 
 
 def is_instruct_pix2pix(services: Services) -> bool:
@@ -517,13 +73,13 @@ class Img2ImgTab:
     mode: gr.State
     mode_tabs: gr.Tabs
     inpaint_controls: gr.Group
-    # the input components by `UI_FIELDS` name, plus "subseed_show" (the send-to buttons fill them)
+    # the input components by converter keyword, plus "subseed_show" (send-to and paste fill them)
     fields: dict[str, Any] = field(default_factory=dict)
     mask_alpha: gr.Slider | None = None
     sketch: gr.ImageEditor | None = None
     inpaint_sketch: gr.ImageEditor | None = None
     image_cfg_scale: gr.Slider | None = None
-    # the Batch sub-tab's components by `BATCH_FIELDS` name
+    # the Batch sub-tab's components by `batch_plan` keyword
     batch_fields: dict[str, Any] = field(default_factory=dict)
 
     @property
@@ -578,8 +134,7 @@ def _sketch_brush(services: Services, option: str) -> gr.Brush:
 def build_img2img_tab(services: Services) -> Img2ImgTab:
     parent_tab = Context.block  # the top-level img2img tab this is built in
     root = Context.root_block
-    samplers = [s.name for s in list_samplers() if s.available]
-    sampler_default = DEFAULT_SAMPLER if DEFAULT_SAMPLER in samplers else (samplers[0] if samplers else None)
+    samplers, sampler_default = sampler_choices()
     mode = gr.State(IMG2IMG)
     selected_scale_tab = gr.State(RESIZE_TO)
     batch_source = gr.State(BATCH_UPLOAD)
@@ -722,7 +277,7 @@ def build_img2img_tab(services: Services) -> Img2ImgTab:
                     label="Sampling method", choices=samplers, value=sampler_default, elem_id="img2img_sampling"
                 )
                 scheduler = gr.Dropdown(
-                    label="Schedule type", choices=_scheduler_choices(), value="Automatic", elem_id="img2img_scheduler"
+                    label="Schedule type", choices=scheduler_choices(), value="Automatic", elem_id="img2img_scheduler"
                 )
                 steps = gr.Slider(1, 150, value=20, step=1, label="Sampling steps", elem_id="img2img_steps")
             with gr.Row(equal_height=False, elem_id="img2img_dimensions_row"):
@@ -765,66 +320,72 @@ def build_img2img_tab(services: Services) -> Img2ImgTab:
     generation_info, output_buttons = results.generation_info, results.output_buttons
     last_seeds = seeds.last_seeds
 
-    inputs = [
-        mode,
-        init_image,
-        sketch,
-        inpaint_editor,
-        inpaint_sketch,
-        inpaint_base,
-        inpaint_mask,
-        mask_alpha,
-        prompt,
-        negative,
-        style_dropdown,
-        resize_mode,
-        mask_blur,
-        mask_mode,
-        inpainting_fill,
-        inpaint_full_res,
-        padding,
-        sampler,
-        scheduler,
-        steps,
-        selected_scale_tab,
-        width,
-        height,
-        scale_by,
-        n_iter,
-        batch_size,
-        cfg,
-        image_cfg,
-        denoise,
-        seed,
-        subseed,
-        subseed_strength,
-        resize_w,
-        resize_h,
-    ]
-    assert len(inputs) == len(UI_FIELDS)
-    batch_inputs = [batch_source, batch_files, batch_input_dir, batch_output_dir, batch_mask_dir]
-    assert len(batch_inputs) == len(BATCH_FIELDS)
+    # the controls by the converter's keywords (and the Batch sub-tab's by `batch_plan`'s): the
+    # handlers get their values by these names
+    request_fields: dict[str, Any] = {
+        "mode": mode,
+        "init_image": init_image,
+        "sketch": sketch,
+        "inpaint_editor": inpaint_editor,
+        "inpaint_sketch": inpaint_sketch,
+        "inpaint_base": inpaint_base,
+        "inpaint_mask": inpaint_mask,
+        "mask_alpha": mask_alpha,
+        "prompt": prompt,
+        "negative_prompt": negative,
+        "styles": style_dropdown,
+        "resize_mode": resize_mode,
+        "mask_blur": mask_blur,
+        "inpainting_mask_invert": mask_mode,
+        "inpainting_fill": inpainting_fill,
+        "inpaint_full_res": inpaint_full_res,
+        "inpaint_full_res_padding": padding,
+        "sampler_name": sampler,
+        "scheduler": scheduler,
+        "steps": steps,
+        "selected_scale_tab": selected_scale_tab,
+        "width": width,
+        "height": height,
+        "scale_by": scale_by,
+        "n_iter": n_iter,
+        "batch_size": batch_size,
+        "cfg_scale": cfg,
+        "image_cfg_scale": image_cfg,
+        "denoising_strength": denoise,
+        "seed": seed,
+        "subseed": subseed,
+        "subseed_strength": subseed_strength,
+        "seed_resize_from_w": resize_w,
+        "seed_resize_from_h": resize_h,
+    }
+    batch_fields: dict[str, Any] = {
+        "batch_source": batch_source,
+        "batch_files": batch_files,
+        "batch_input_dir": batch_input_dir,
+        "batch_output_dir": batch_output_dir,
+        "batch_inpaint_mask_dir": batch_mask_dir,
+    }
 
-    def split(values: Sequence[Any]) -> tuple[dict[str, Any], dict[str, Any]]:
-        n = len(UI_FIELDS)
-        return dict(zip(UI_FIELDS, values[:n], strict=True)), dict(zip(BATCH_FIELDS, values[n:], strict=True))
+    def split(values: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:
+        """(the converter's values, `batch_plan`'s values)."""
+        return {k: values[k] for k in request_fields}, {k: values[k] for k in batch_fields}
 
-    def run(*values: Any) -> Iterator[tuple[Any, ...]]:
+    def run(values: dict[str, Any]) -> Iterator[tuple[Any, ...]]:
         ui, batch = split(values)
         if int(ui["mode"]) == BATCH:
             yield from run_batch(services, ui, batch_plan(services, **batch), row.stop_requested)
             return
         request = img2img_request_from_ui(**ui)
         job = submit(services, request)
-        yield progress_html(services.engine.progress(with_preview=False)), gr.skip(), "", "", gr.skip()
-        for shown, preview in follow(services, job, progress_html):
+        yield progress_html(job.progress()), gr.skip(), "", "", gr.skip()
+        for shown, preview in follow(job, progress_html):
             yield shown, preview, gr.skip(), gr.skip(), gr.skip()
         result = result_of(job)
-        images, info = gallery_items(services, request, result)
+        images, info = gallery_items(request, result)
         seeds = (result.seeds[0] if result.seeds else -1, result.subseeds[0] if result.subseeds else -1)
         yield "", images, info_html(result), info, seeds
 
-    def check(*values: Any) -> None:
+    def check(values: dict[str, Any]) -> None:
         """User errors (no image, empty mask, a refused folder) before the buttons change: an
         error here leaves Generate as it is."""
         ui, batch = split(values)
@@ -833,9 +394,8 @@ def build_img2img_tab(services: Services) -> Img2ImgTab:
         else:
             img2img_request_from_ui(**ui)
 
-    all_inputs = [*inputs, *batch_inputs]
     outputs = [progress, gallery, html_info, generation_info, last_seeds]
-    wire_generate(services, row, run, all_inputs, outputs, check=check)
+    wire_generate(services, row, run, {**request_fields, **batch_fields}, outputs, check=check)
 
     # -- sub-tabs, copy image to, resize ---------------------------------------------------
     def select_mode(number: int) -> Callable[[], tuple[int, Any, Any]]:
@@ -850,21 +410,22 @@ def build_img2img_tab(services: Services) -> Img2ImgTab:
     batch_upload_tab.select(lambda: BATCH_UPLOAD, None, batch_source, queue=False)
     batch_dir_tab.select(lambda: BATCH_FROM_DIR, None, batch_source, queue=False)
 
-    image_inputs = [mode, init_image, sketch, inpaint_editor, inpaint_sketch, inpaint_base]
+    # the image each sub-tab shows, by `image_of_mode`'s parameter names
+    image_fields: dict[str, Any] = {
+        "mode": mode,
+        "init_image": init_image,
+        "sketch": sketch,
+        "inpaint_editor": inpaint_editor,
+        "inpaint_sketch": inpaint_sketch,
+        "inpaint_base": inpaint_base,
+    }
     targets = {IMG2IMG: init_image, SKETCH: sketch, INPAINT: inpaint_editor, INPAINT_SKETCH: inpaint_sketch}
     mode_updates = [mode, mode_tabs, inpaint_controls, mask_alpha]
 
     def copy_image(source: int, target: int) -> Callable[[Any], dict[Any, Any]]:
         def copy(value: Any) -> dict[Any, Any]:
-            images: dict[int, Any] = {source: value}
-            image = image_of_mode(
-                source, images.get(IMG2IMG), images.get(SKETCH), images.get(INPAINT), images.get(INPAINT_SKETCH), None
-            )
-            if image is None:
-                raise gr.Error("There is no image to copy: upload one first")
-            image = _rgb(image)
             return {
-                targets[target]: image if target == IMG2IMG else editor_value(image),
+                targets[target]: image_to_copy(source, value, target),
                 mode: target,
                 mode_tabs: gr.Tabs(selected=SUBTAB_IDS[target]),
                 inpaint_controls: gr.update(visible=target in INPAINT_MODES),
@@ -877,19 +438,23 @@ def build_img2img_tab(services: Services) -> Img2ImgTab:
         for target, button in buttons.items():
             button.click(copy_image(source, target), targets[source], [targets[target], *mode_updates], queue=False)
 
-    def current_size(number: int, *images: Any) -> tuple[int, int] | None:
-        image = image_of_mode(int(number), *images)
+    def current_size(data: dict[Any, Any]) -> tuple[int, int] | None:
+        values = values_of(image_fields, data)
+        values["mode"] = int(values["mode"])
+        image = image_of_mode(**values)
         return None if image is None else (image.width, image.height)
 
-    def detect_size(number: int, *images: Any) -> tuple[int, int]:
-        size = current_size(number, *images)
+    def detect_size(data: dict[Any, Any]) -> tuple[int, int]:
+        size = current_size(data)
         if size is None:
             raise gr.Error("There is no image in this sub-tab to take the size from")
         # within the sliders' range (64..2048)
         return min(max(size[0], 64), 2048), min(max(size[1], 64), 2048)
 
-    def preview(number: int, *rest: Any) -> str:
-        return resolution_preview(current_size(number, *rest[:-1]), float(rest[-1]))
+    preview_fields = {**image_fields, "scale_by": scale_by}
+
+    def preview(data: dict[Any, Any]) -> str:
+        return resolution_preview(current_size(data), float(values_of(preview_fields, data)["scale_by"]))
 
     gr.on(
         [
@@ -903,14 +468,14 @@ def build_img2img_tab(services: Services) -> Img2ImgTab:
             inpaint_base.change,
         ],
         preview,
-        [*image_inputs, scale_by],
+        inputs_of(preview_fields),
         scale_preview,
         queue=False,
         show_progress="hidden",
     )
     to_tab.select(lambda: RESIZE_TO, None, selected_scale_tab, queue=False)
     by_tab.select(lambda: RESIZE_BY, None, selected_scale_tab, queue=False)
-    detect.click(detect_size, image_inputs, [width, height], queue=False)
+    detect.click(detect_size, inputs_of(image_fields), [width, height], queue=False)
     swap.click(lambda w, h: (h, w), [width, height], [width, height], queue=False)
 
     # -- Image CFG Scale only for instruct-pix2pix models -----------------------------------
@@ -923,11 +488,9 @@ def build_img2img_tab(services: Services) -> Img2ImgTab:
     if triggers:
         gr.on(triggers, image_cfg_visibility, None, image_cfg, queue=False, show_progress="hidden")
 
-    # -- seeds ---------------------------------------------------------------------------
-
     wire_token_counters(services, row, steps)
 
-    fields = {**dict(zip(UI_FIELDS, inputs, strict=True)), "subseed_show": extra}
+    fields = {**request_fields, "subseed_show": extra}
     return Img2ImgTab(
         row,
         gallery,
@@ -944,5 +507,5 @@ def build_img2img_tab(services: Services) -> Img2ImgTab:
         sketch=sketch,
         inpaint_sketch=inpaint_sketch,
         image_cfg_scale=image_cfg,
-        batch_fields=dict(zip(BATCH_FIELDS, batch_inputs, strict=True)),
+        batch_fields=batch_fields,
     )

@@ -24,7 +24,9 @@ from modules.core.errors import SdWebuiError
 from modules.services import Services
 from modules.ui.common import open_image, parse_generation_info
 from modules.ui.extras import SINGLE, ExtrasTab
-from modules.ui.img2img import IMG2IMG, INPAINT, Img2ImgTab, editor_value
+from modules.ui.img2img import Img2ImgTab
+from modules.ui.img2img_editor import editor_value
+from modules.ui.img2img_modes import IMG2IMG, INPAINT
 from modules.ui.paste import looks_like_infotext, parse_for_paste, paste_fields
 from modules.ui.pnginfo import PngInfoTab
 from modules.ui.save import chosen_items, download_copies, save_images

@@ -1,10 +1,10 @@
-"""The txt2img tab: A1111's controls (labels, defaults and elem_ids, a1111.md 10.1) bound to one
-converter (`txt2img_request_from_ui`) and `EngineService.submit`; progress is polled from the
-worker while the job runs and shown with the live preview in the gallery."""
+"""The txt2img tab: A1111's controls (labels, defaults and elem_ids, a1111.md 10.1), named by the
+keywords of one converter (`txt2img_request_from_ui`), submitted to the engine
+(`services.engine.submit`); the job's progress is polled through its handle while it runs and
+shown with the live preview in the gallery."""
 
 from __future__ import annotations
 
-import html
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any
@@ -12,10 +12,9 @@ from typing import Any
 import gradio as gr
 
 from modules.core.requests import Txt2ImgRequest
-from modules.core.results import Result
-from modules.engine.samplers import list_samplers, list_schedulers
 from modules.services import Services
 from modules.ui.common import (
+    AUTOMATIC,
     OutputButtons,
     PromptRow,
     build_prompt_row,
@@ -23,14 +22,17 @@ from modules.ui.common import (
     build_seed_section,
     follow,
     gallery_items,
+    info_html,
+    progress_html,
     result_of,
+    sampler_choices,
+    scheduler_choices,
     submit,
     wire_generate,
 )
+from modules.ui.named_inputs import inputs_of, values_of
 from modules.ui.token_counter import wire_token_counters
 
-DEFAULT_SAMPLER = "DPM++ 2M"
-AUTOMATIC = "Automatic"
 LATENT_UPSCALERS = (
     "Latent",
     "Latent (antialiased)",
@@ -95,56 +97,6 @@ def txt2img_request_from_ui(
     )
 
 
-# the converter's keyword names, in the order the tab passes its input components
-UI_FIELDS = (
-    "prompt",
-    "negative_prompt",
-    "styles",
-    "sampler_name",
-    "scheduler",
-    "steps",
-    "enable_hr",
-    "hr_upscaler",
-    "hr_second_pass_steps",
-    "denoising_strength",
-    "hr_scale",
-    "hr_resize_x",
-    "hr_resize_y",
-    "width",
-    "height",
-    "n_iter",
-    "batch_size",
-    "cfg_scale",
-    "seed",
-    "subseed",
-    "subseed_strength",
-    "seed_resize_from_w",
-    "seed_resize_from_h",
-)
-
-
-def progress_html(progress: dict[str, Any]) -> str:
-    state = progress.get("state", {})
-    percent = round(100 * float(progress.get("progress") or 0.0))
-    step, steps = state.get("sampling_step", 0), state.get("sampling_steps", 0)
-    eta = float(progress.get("eta_relative") or 0.0)
-    text = f"{percent}% · step {step}/{steps} · ETA {eta:.0f}s" if steps else f"{percent}% · waiting…"
-    return (
-        "<div class='sdw-progress'><div class='sdw-progress-bar' "
-        f"style='width:{percent}%'></div><span class='sdw-progress-text'>{html.escape(text)}</span></div>"
-    )
-
-
-def info_html(result: Result) -> str:
-    if not result.infotexts:
-        return ""
-    lines = "<br>".join(html.escape(line) for line in result.infotexts[0].split("\n"))
-    warnings = "".join(f"<p class='sdw-warning'>{html.escape(w)}</p>" for w in result.warnings)
-    interrupted = "<p class='sdw-warning'>Interrupted</p>" if result.interrupted else ""
-    elapsed = f"<p class='time'>Time taken: <b>{result.elapsed:.1f} sec.</b></p>"
-    return f"<div class='infotext'><p>{lines}</p></div>{interrupted}{warnings}{elapsed}"
-
-
 @dataclass
 class Txt2ImgTab:
     row: PromptRow
@@ -152,17 +104,27 @@ class Txt2ImgTab:
     html_info: gr.HTML
     generation_info: gr.Textbox
     output_buttons: OutputButtons
-    # the input components by `UI_FIELDS` name, plus "subseed_show" (the send-to buttons fill them)
+    # the input components by converter keyword, plus "subseed_show" (send-to and paste fill them)
     fields: dict[str, Any] = field(default_factory=dict)
 
 
-def _scheduler_choices() -> list[str]:
-    return [AUTOMATIC, *[s.label for s in list_schedulers() if s.label != AUTOMATIC]]
+def final_resolution(
+    *, enable_hr: bool, width: float, height: float, hr_scale: float, hr_resize_x: float, hr_resize_y: float
+) -> str:
+    """`#txtimg_hr_finalres`: the size hires. fix makes ("from WxH to WxH"); empty when it is off."""
+    if not enable_hr:
+        return ""
+    w, h = int(width), int(height)
+    if hr_resize_x or hr_resize_y:
+        tw = int(hr_resize_x) or int(w * int(hr_resize_y) / h)
+        th = int(hr_resize_y) or int(h * int(hr_resize_x) / w)
+    else:
+        tw, th = int(w * hr_scale), int(h * hr_scale)
+    return f"<span>from <b>{w}x{h}</b> to <b>{tw}x{th}</b></span>"
 
 
 def build_txt2img_tab(services: Services) -> Txt2ImgTab:
-    samplers = [s.name for s in list_samplers() if s.available]
-    sampler_default = DEFAULT_SAMPLER if DEFAULT_SAMPLER in samplers else (samplers[0] if samplers else None)
+    samplers, sampler_default = sampler_choices()
 
     row = build_prompt_row("txt2img", services)
     prompt, negative, style_dropdown = row.prompt, row.negative, row.styles
@@ -174,7 +136,7 @@ def build_txt2img_tab(services: Services) -> Txt2ImgTab:
                     label="Sampling method", choices=samplers, value=sampler_default, elem_id="txt2img_sampling"
                 )
                 scheduler = gr.Dropdown(
-                    label="Schedule type", choices=_scheduler_choices(), value=AUTOMATIC, elem_id="txt2img_scheduler"
+                    label="Schedule type", choices=scheduler_choices(), value=AUTOMATIC, elem_id="txt2img_scheduler"
                 )
                 steps = gr.Slider(1, 150, value=20, step=1, label="Sampling steps", elem_id="txt2img_steps")
             with gr.Accordion("Hires. fix", open=False, elem_id="txt2img_hr"):
@@ -209,63 +171,66 @@ def build_txt2img_tab(services: Services) -> Txt2ImgTab:
     generation_info, output_buttons = results.generation_info, results.output_buttons
     last_seeds = seeds.last_seeds
 
-    inputs = [
-        prompt,
-        negative,
-        style_dropdown,
-        sampler,
-        scheduler,
-        steps,
-        enable_hr,
-        hr_upscaler,
-        hr_steps,
-        hr_denoise,
-        hr_scale,
-        hr_x,
-        hr_y,
-        width,
-        height,
-        n_iter,
-        batch_size,
-        cfg,
-        seed,
-        subseed,
-        subseed_strength,
-        resize_w,
-        resize_h,
-    ]
-    assert len(inputs) == len(UI_FIELDS)
+    # the controls by the converter's keywords: the handler gets their values by these names
+    request_fields: dict[str, Any] = {
+        "prompt": prompt,
+        "negative_prompt": negative,
+        "styles": style_dropdown,
+        "sampler_name": sampler,
+        "scheduler": scheduler,
+        "steps": steps,
+        "enable_hr": enable_hr,
+        "hr_upscaler": hr_upscaler,
+        "hr_second_pass_steps": hr_steps,
+        "denoising_strength": hr_denoise,
+        "hr_scale": hr_scale,
+        "hr_resize_x": hr_x,
+        "hr_resize_y": hr_y,
+        "width": width,
+        "height": height,
+        "n_iter": n_iter,
+        "batch_size": batch_size,
+        "cfg_scale": cfg,
+        "seed": seed,
+        "subseed": subseed,
+        "subseed_strength": subseed_strength,
+        "seed_resize_from_w": resize_w,
+        "seed_resize_from_h": resize_h,
+    }
 
-    def run(*values: Any) -> Iterator[tuple[Any, ...]]:
-        request = txt2img_request_from_ui(**dict(zip(UI_FIELDS, values, strict=True)))
+    def run(values: dict[str, Any]) -> Iterator[tuple[Any, ...]]:
+        request = txt2img_request_from_ui(**values)
         job = submit(services, request)
-        yield progress_html(services.engine.progress(with_preview=False)), gr.skip(), "", "", gr.skip()
-        for shown, preview in follow(services, job, progress_html):
+        yield progress_html(job.progress()), gr.skip(), "", "", gr.skip()
+        for shown, preview in follow(job, progress_html):
             yield shown, preview, gr.skip(), gr.skip(), gr.skip()
         result = result_of(job)
-        images, info = gallery_items(services, request, result)
+        images, info = gallery_items(request, result)
         seeds = (result.seeds[0] if result.seeds else -1, result.subseeds[0] if result.subseeds else -1)
         yield "", images, info_html(result), info, seeds
 
-    wire_generate(services, row, run, inputs, [progress, gallery, html_info, generation_info, last_seeds])
+    wire_generate(services, row, run, request_fields, [progress, gallery, html_info, generation_info, last_seeds])
 
     swap.click(lambda w, h: (h, w), [width, height], [width, height], queue=False)
 
     wire_token_counters(services, row, steps)
 
-    def final_resolution(on: bool, w: float, h: float, scale: float, rx: float, ry: float) -> str:
-        if not on:
-            return ""
-        if rx or ry:
-            tw = int(rx) or int(int(w) * int(ry) / int(h))
-            th = int(ry) or int(int(h) * int(rx) / int(w))
-        else:
-            tw, th = int(int(w) * scale), int(int(h) * scale)
-        return f"<span>from <b>{int(w)}x{int(h)}</b> to <b>{tw}x{th}</b></span>"
+    hr_fields = {
+        "enable_hr": enable_hr,
+        "width": width,
+        "height": height,
+        "hr_scale": hr_scale,
+        "hr_resize_x": hr_x,
+        "hr_resize_y": hr_y,
+    }
+    gr.on(
+        [comp.change for comp in hr_fields.values()],
+        lambda data: final_resolution(**values_of(hr_fields, data)),
+        inputs_of(hr_fields),
+        hr_final,
+        queue=False,
+        show_progress="hidden",
+    )
 
-    hr_inputs = [enable_hr, width, height, hr_scale, hr_x, hr_y]
-    for comp in hr_inputs:
-        comp.change(final_resolution, hr_inputs, hr_final, queue=False, show_progress="hidden")
-
-    fields = {**dict(zip(UI_FIELDS, inputs, strict=True)), "subseed_show": extra}
+    fields = {**request_fields, "subseed_show": extra}
     return Txt2ImgTab(row, gallery, html_info, generation_info, output_buttons, fields)

@@ -9,7 +9,7 @@ from pathlib import Path
 from PIL import Image
 
 from modules.services import Services
-from modules.ui.img2img import BatchItem, BatchPlan, run_batch
+from modules.ui.img2img_batch import BatchItem, BatchPlan, run_batch
 from tests.ui.test_img2img_modes_unit import DEFAULTS
 
 

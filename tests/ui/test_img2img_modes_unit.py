@@ -5,6 +5,7 @@ masks matched by name, results written with their infotext) and the errors for m
 from __future__ import annotations
 
 import dataclasses
+import inspect
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
@@ -16,34 +17,17 @@ from PIL import Image
 
 from modules.app import build_services
 from modules.core.requests import Img2ImgRequest
+from modules.core.results import Result
 from modules.core.settings import parse_settings
-from modules.engine.processing import Result
 from modules.services import Services
-from modules.ui.img2img import (
-    BATCH,
-    BATCH_FROM_DIR,
-    BATCH_UPLOAD,
-    IMG2IMG,
-    INPAINT,
-    INPAINT_SKETCH,
-    INPAINT_UPLOAD,
-    RESIZE_BY,
-    RESIZE_TO,
-    SKETCH,
-    SUBTAB_IDS,
-    UI_FIELDS,
-    build_img2img_tab,
-    img2img_request_from_ui,
-    is_instruct_pix2pix,
-    limit_results,
-    merge_results,
-    resolution_preview,
-    save_batch_outputs,
-    scaled_size,
-)
-from modules.ui.img2img import (
-    batch_plan as _batch_plan,
-)
+from modules.ui.img2img import build_img2img_tab, is_instruct_pix2pix
+from modules.ui.img2img_batch import BATCH_FROM_DIR, BATCH_UPLOAD, limit_results, merge_results, save_batch_outputs
+from modules.ui.img2img_batch import batch_plan as _batch_plan
+from modules.ui.img2img_modes import BATCH, IMG2IMG, INPAINT, INPAINT_SKETCH, INPAINT_UPLOAD, SKETCH, SUBTAB_IDS
+from modules.ui.img2img_request import RESIZE_BY, RESIZE_TO, img2img_request_from_ui, resolution_preview, scaled_size
+
+# the converter's keyword names: the tab's fields by name
+UI_FIELDS = tuple(inspect.signature(img2img_request_from_ui).parameters)
 
 RED, BLUE = (200, 30, 30), (20, 40, 220)
 

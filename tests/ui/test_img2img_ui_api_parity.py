@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import base64
 import dataclasses
+import inspect
 import io
 from typing import Any
 
@@ -16,19 +17,11 @@ from PIL import Image
 from modules.api.images import DecodeOptions
 from modules.api.schemas_generation import Img2ImgPayload, to_img2img
 from modules.core.requests import Img2ImgRequest
-from modules.ui.img2img import (
-    IMG2IMG,
-    INPAINT,
-    INPAINT_SKETCH,
-    INPAINT_UPLOAD,
-    RESIZE_BY,
-    RESIZE_TO,
-    SKETCH,
-    UI_FIELDS,
-    img2img_request_from_ui,
-    scaled_size,
-)
+from modules.ui.img2img_modes import IMG2IMG, INPAINT, INPAINT_SKETCH, INPAINT_UPLOAD, SKETCH
+from modules.ui.img2img_request import RESIZE_BY, RESIZE_TO, img2img_request_from_ui, scaled_size
 
+# the converter's keyword names (the tab's fields by name)
+UI_FIELDS = tuple(inspect.signature(img2img_request_from_ui).parameters)
 IMAGE_FIELDS = ("init_images", "mask", "latent_mask")
 DECODE = DecodeOptions(max_pixels=4096 * 4096, allow_urls=False)
 

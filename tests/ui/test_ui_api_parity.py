@@ -3,13 +3,17 @@
 
 from __future__ import annotations
 
+import inspect
 from typing import Any
 
 import pytest
 
 from modules.api.schemas_generation import Txt2ImgPayload, to_txt2img
 from modules.core.requests import Txt2ImgRequest
-from modules.ui.txt2img import UI_FIELDS, txt2img_request_from_ui
+from modules.ui.txt2img import txt2img_request_from_ui
+
+# the converter's keyword names (the tab's fields by name)
+UI_FIELDS = tuple(inspect.signature(txt2img_request_from_ui).parameters)
 
 DEFAULTS: dict[str, Any] = {
     "prompt": "a red cube on a table",
