@@ -37,6 +37,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import torch
+from diffusers import AutoencoderKL
 
 from modules.core.errors import ModelLoadError, NotFoundError, SdWebuiError
 from modules.models.families import ModelFamily
@@ -132,7 +133,7 @@ class ModelManager:
         # eviction from another thread never waits behind a lease.
         self._cache_lock = threading.Lock()
         self._ram: OrderedDict[str, StableDiffusionModel] = OrderedDict()
-        self._vae_cache: dict[tuple[Path, str], torch.nn.Module] = {}
+        self._vae_cache: dict[tuple[Path, str], AutoencoderKL] = {}
         self._vae_choice = VAE_AUTOMATIC
         self._leased_spec: ModelSpec | None = None
         self._loading: str | None = None
@@ -455,7 +456,7 @@ class ModelManager:
         model.vae, model.baked_vae, model.vae_source = vae.to(device=self.placement.device), own, path  # type: ignore[assignment]
         log.info("VAE: using %s", path.name)
 
-    def _detach_vae(self, model: StableDiffusionModel, own_device: torch.device | str) -> torch.nn.Module:
+    def _detach_vae(self, model: StableDiffusionModel, own_device: torch.device | str) -> AutoencoderKL:
         """Put the checkpoint's own VAE back in place (on `own_device`); a separate one goes back
         to the VAE cache (unpinned, on the CPU). Returns the own VAE."""
         if model.baked_vae is None:
@@ -472,7 +473,7 @@ class ModelManager:
     def _vae_key(path: Path, family: ModelFamily) -> str:
         return f"{_VAE_KEY}{path}:{family.id}"
 
-    def _get_vae(self, path: Path, family: ModelFamily) -> torch.nn.Module:
+    def _get_vae(self, path: Path, family: ModelFamily) -> AutoencoderKL:
         """The VAE for `path` and `family`, from the cache or the file, pinned in the budget."""
         key = (path, family.id)
         with self._cache_lock:

@@ -217,11 +217,14 @@ class MemoryBudget:
         self._snapshot = tuple(HeldModel(k, e.kind, e.nbytes, e.pins > 0) for k, e in self._entries.items())
 
 
-def module_nbytes(*modules: torch.nn.Module) -> int:
-    """Bytes of the parameters and buffers of torch modules (shared tensors counted once)."""
+def module_nbytes(*modules: object) -> int:
+    """Bytes of the parameters and buffers of torch modules (shared tensors counted once).
+    Typed `object`: diffusers' and spandrel's modules are `torch.nn.Module`s their stubs hide."""
     seen: set[int] = set()
     total = 0
     for module in modules:
+        if not isinstance(module, torch.nn.Module):
+            raise TypeError(f"not a torch module: {type(module).__name__}")
         for tensor in (*module.parameters(), *module.buffers()):
             if id(tensor) not in seen:
                 seen.add(id(tensor))

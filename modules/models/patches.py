@@ -27,7 +27,7 @@ import hashlib
 import json
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Protocol, runtime_checkable
+from typing import TYPE_CHECKING, Protocol, cast, runtime_checkable
 
 import torch
 
@@ -81,10 +81,10 @@ def patch_set_key(patches: Sequence[WeightPatch]) -> str:
 
 def namespace(model: StableDiffusionModel) -> dict[str, torch.nn.Module]:
     """The modules patches address, by the prefix of their parameter names."""
-    modules: dict[str, torch.nn.Module] = {"unet": model.unet, "vae": model.vae}
+    modules: dict[str, object] = {"unet": model.unet, "vae": model.vae}
     for index, encoder in enumerate(model.text_encoders):
         modules["text_encoder" if index == 0 else f"text_encoder_{index + 1}"] = encoder
-    return modules
+    return {k: cast(torch.nn.Module, v) for k, v in modules.items()}
 
 
 @dataclass
@@ -211,8 +211,8 @@ class WeightPatcher:
         return param
 
     def _write(self, plan: dict[str, _Planned]) -> None:
-        for name, record in list(self._touched.items()):
-            if name not in plan or plan[name].param is not record.param:
+        for name, old in list(self._touched.items()):
+            if name not in plan or plan[name].param is not old.param:
                 self._restore_one(name)
         for name, planned in plan.items():
             contributions = tuple(identity for identity, _ in planned.items)
