@@ -4,55 +4,53 @@ The table follows A1111's `/samplers` and `/schedulers` order (reference/a1111.m
 is published only if a diffusers scheduler runs its update rule; the ones diffusers cannot run
 are left out and listed in `OMITTED_SAMPLERS` / `OMITTED_SCHEDULES` with the reason.
 
-How a schedule reaches a scheduler. A1111 computes every k-diffusion sigma schedule itself (its
-`sd_schedulers`); diffusers only offers Karras / exponential / beta flags whose details differ
-(SDXL's "leading" spacing shrinks their sigma range, its uniform spacing interpolates sigma
-linearly where k-diffusion interpolates log sigma, ...). So the schedule functions here are written
-from A1111's documented definitions, and they are handed to the diffusers scheduler through its
-`use_karras_sigmas` branch: our subclasses override `_convert_to_karras` (the one method every
-k-style diffusers scheduler calls to turn "n steps" into sigmas) to return the selected schedule.
-The scheduler keeps its own layout logic (Heun/DPM2 interleaving, final zero sigma, timestep
-lookup), and `scheduler.sigmas` ends up holding A1111's sigmas. `use_karras_sigmas=True` in such
-a scheduler's config therefore means "use the hooked A1111 schedule", whatever its name: build
-schedulers with `build_scheduler` (a `from_config` copy loses the hook and refuses to run).
-
-k-diffusion feeds the UNet a fractional timestep (log-sigma interpolation, no quantisation by
-default); where a diffusers scheduler rounds it (DPM-Solver multistep, DPM2) the subclasses put
-the fractional value back.
+The sigma schedules themselves are computed in `modules.engine.schedules` and reach the diffusers
+steppers through the subclasses in `modules.engine.scheduler_classes`; `build_scheduler` here is
+the one way to build them (it installs the selected schedule before the scheduler initialises).
 """
 
 from __future__ import annotations
 
 import importlib.util
 import inspect
-import math
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
-from functools import cache, partial
+from functools import partial
 from typing import TYPE_CHECKING, Any, Literal
 
 import numpy as np
-import torch
 from diffusers.schedulers.scheduling_ddim import DDIMScheduler
-from diffusers.schedulers.scheduling_dpmsolver_multistep import DPMSolverMultistepScheduler
-from diffusers.schedulers.scheduling_euler_ancestral_discrete import (
-    EulerAncestralDiscreteScheduler,
-    EulerAncestralDiscreteSchedulerOutput,
-)
-from diffusers.schedulers.scheduling_euler_discrete import EulerDiscreteScheduler
-from diffusers.schedulers.scheduling_heun_discrete import HeunDiscreteScheduler
-from diffusers.schedulers.scheduling_k_dpm_2_ancestral_discrete import KDPM2AncestralDiscreteScheduler
-from diffusers.schedulers.scheduling_k_dpm_2_discrete import KDPM2DiscreteScheduler
-from diffusers.schedulers.scheduling_lcm import LCMScheduler
-
-# Imported from its module: the package-level name is a dummy when scipy is missing, and the only
-# scipy use in it (the LMS coefficient integral) is replaced below.
-from diffusers.schedulers.scheduling_lms_discrete import LMSDiscreteScheduler
 from diffusers.schedulers.scheduling_pndm import PNDMScheduler
 from diffusers.schedulers.scheduling_unipc_multistep import UniPCMultistepScheduler
 from diffusers.schedulers.scheduling_utils import SchedulerMixin
 
 from modules.core.errors import NotFoundError, ValidationError
+from modules.engine.scheduler_classes import (
+    A1111DPMSolverMultistepScheduler,
+    A1111EulerAncestralDiscreteScheduler,
+    A1111EulerDiscreteScheduler,
+    A1111HeunDiscreteScheduler,
+    A1111KDPM2AncestralDiscreteScheduler,
+    A1111KDPM2DiscreteScheduler,
+    A1111LCMScheduler,
+    A1111LMSDiscreteScheduler,
+    dpmsolver_sde_class,
+)
+from modules.engine.schedules import (
+    ModelSigmas,
+    ScheduleParams,
+    SigmaFn,
+    align_your_steps_sigmas,
+    ddim_uniform_sigmas,
+    discarding_next_to_last,
+    exponential_sigmas,
+    karras_sigmas,
+    kl_optimal_sigmas,
+    normal_sigmas,
+    polyexponential_sigmas,
+    simple_sigmas,
+    uniform_sigmas,
+)
 
 if TYPE_CHECKING:
     from modules.engine.noise import ImageRNG
@@ -60,10 +58,8 @@ if TYPE_CHECKING:
 __all__ = [
     "OMITTED_SAMPLERS",
     "OMITTED_SCHEDULES",
-    "ModelSigmas",
     "SamplerInfo",
     "ScheduleInfo",
-    "ScheduleParams",
     "build_scheduler",
     "initial_noise_scale",
     "list_samplers",
@@ -73,147 +69,6 @@ __all__ = [
     "schedule_sigmas",
     "step_noise_kwargs",
 ]
-
-# --------------------------------------------------------------------------------------------
-# Model sigmas and A1111's schedules
-# --------------------------------------------------------------------------------------------
-
-
-@dataclass(frozen=True, eq=False)
-class ModelSigmas:
-    """A model's discrete noise levels, ascending; index i is training timestep i.
-
-    `t_to_sigma` / `sigma_to_t` interpolate linearly in log sigma between neighbouring indices, as
-    k-diffusion's discrete denoisers do (fractional timesteps, no quantisation).
-    """
-
-    sigmas: np.ndarray  # float64, ascending, one per training timestep
-
-    @classmethod
-    def from_alphas_cumprod(cls, alphas_cumprod: torch.Tensor | np.ndarray) -> ModelSigmas:
-        ac = np.asarray(torch.as_tensor(alphas_cumprod).detach().cpu().numpy(), dtype=np.float64)
-        return cls(np.sqrt((1.0 - ac) / ac))
-
-    @property
-    def log_sigmas(self) -> np.ndarray:
-        return np.log(self.sigmas)
-
-    @property
-    def sigma_min(self) -> float:
-        return float(self.sigmas[0])
-
-    @property
-    def sigma_max(self) -> float:
-        return float(self.sigmas[-1])
-
-    @property
-    def t_max(self) -> float:
-        return float(len(self.sigmas) - 1)
-
-    def t_to_sigma(self, t: np.ndarray | Sequence[float]) -> np.ndarray:
-        t = np.asarray(t, dtype=np.float64)
-        return np.exp(np.interp(t, np.arange(len(self.sigmas), dtype=np.float64), self.log_sigmas))
-
-    def sigma_to_t(self, sigma: np.ndarray | Sequence[float] | torch.Tensor) -> np.ndarray:
-        s = np.asarray(torch.as_tensor(sigma).detach().cpu().numpy() if isinstance(sigma, torch.Tensor) else sigma)
-        log_s = np.log(np.maximum(s.astype(np.float64), 1e-10))
-        return np.interp(log_s, self.log_sigmas, np.arange(len(self.sigmas), dtype=np.float64))
-
-
-@dataclass(frozen=True)
-class ScheduleParams:
-    """A1111's schedule settings: `sigma_min`, `sigma_max`, `rho` (None = the schedule's default) and
-    the model kind Align Your Steps picks its table by."""
-
-    sigma_min: float | None = None
-    sigma_max: float | None = None
-    rho: float | None = None
-    is_sdxl: bool = False
-
-
-SigmaFn = Callable[[ModelSigmas, int, ScheduleParams], np.ndarray]
-
-# NVIDIA's Align Your Steps 10-step sigma tables (11 points, the last being the model's sigma_min).
-_AYS_SD15 = (14.615, 6.475, 3.861, 2.697, 1.886, 1.396, 0.963, 0.652, 0.399, 0.152, 0.029)
-_AYS_SDXL = (14.615, 6.315, 3.771, 2.181, 1.342, 0.862, 0.555, 0.380, 0.234, 0.113, 0.029)
-
-
-def _range(ms: ModelSigmas, p: ScheduleParams) -> tuple[float, float]:
-    lo = p.sigma_min if p.sigma_min else ms.sigma_min
-    hi = p.sigma_max if p.sigma_max else ms.sigma_max
-    return float(lo), float(hi)
-
-
-def _uniform(ms: ModelSigmas, n: int, p: ScheduleParams) -> np.ndarray:
-    # The model's own sigmas (k-diffusion `get_sigmas`): n timesteps evenly from t_max down to 0.
-    return ms.t_to_sigma(np.linspace(ms.t_max, 0.0, n))
-
-
-def _normal(ms: ModelSigmas, n: int, p: ScheduleParams, *, sgm: bool = False) -> np.ndarray:
-    lo, hi = _range(ms, p)
-    start, end = float(ms.sigma_to_t([hi])[0]), float(ms.sigma_to_t([lo])[0])
-    t = np.linspace(start, end, n + 1)[:-1] if sgm else np.linspace(start, end, n)
-    return ms.t_to_sigma(t)
-
-
-def _karras(ms: ModelSigmas, n: int, p: ScheduleParams) -> np.ndarray:
-    # Karras et al. 2022, eq. 5.
-    lo, hi = _range(ms, p)
-    rho = p.rho if p.rho else 7.0
-    ramp = np.linspace(0.0, 1.0, n)
-    inv_hi, inv_lo = hi ** (1.0 / rho), lo ** (1.0 / rho)
-    return (inv_hi + ramp * (inv_lo - inv_hi)) ** rho
-
-
-def _exponential(ms: ModelSigmas, n: int, p: ScheduleParams) -> np.ndarray:
-    lo, hi = _range(ms, p)
-    return np.exp(np.linspace(math.log(hi), math.log(lo), n))
-
-
-def _polyexponential(ms: ModelSigmas, n: int, p: ScheduleParams) -> np.ndarray:
-    lo, hi = _range(ms, p)
-    rho = p.rho if p.rho else 1.0
-    ramp = np.linspace(1.0, 0.0, n) ** rho
-    return np.exp(ramp * (math.log(hi) - math.log(lo)) + math.log(lo))
-
-
-def _kl_optimal(ms: ModelSigmas, n: int, p: ScheduleParams) -> np.ndarray:
-    lo, hi = _range(ms, p)
-    if n == 1:
-        return np.array([hi])
-    w = np.arange(n, dtype=np.float64) / (n - 1)
-    return np.tan(w * math.atan(lo) + (1.0 - w) * math.atan(hi))
-
-
-def _align_your_steps(ms: ModelSigmas, n: int, p: ScheduleParams) -> np.ndarray:
-    # NVIDIA's recipe for other step counts: interpolate log sigma linearly over [0, 1].
-    table = np.asarray(_AYS_SDXL if p.is_sdxl else _AYS_SD15, dtype=np.float64)
-    xs = np.linspace(0.0, 1.0, len(table))
-    ys = np.log(table[::-1])
-    return np.exp(np.interp(np.linspace(0.0, 1.0, n), xs, ys))[::-1].copy()
-
-
-def _simple(ms: ModelSigmas, n: int, p: ScheduleParams) -> np.ndarray:
-    # Every (len/n)-th model sigma from the top.
-    stride = len(ms.sigmas) / n
-    return np.array([ms.sigmas[-(1 + int(x * stride))] for x in range(n)])
-
-
-def _ddim_uniform(ms: ModelSigmas, n: int, p: ScheduleParams) -> np.ndarray:
-    # Model sigmas at 1, 1+s, 1+2s, ... (s = len // n), highest first; like A1111 this can give a
-    # few more than n sigmas when n does not divide the number of training timesteps.
-    stride = max(len(ms.sigmas) // n, 1)
-    return ms.sigmas[np.arange(1, len(ms.sigmas), stride)][::-1].copy()
-
-
-def _discarding_next_to_last(fn: SigmaFn) -> SigmaFn:
-    """A1111's `discard_next_to_last_sigma`: compute n+1 sigmas and drop the last non-zero one."""
-
-    def wrapped(ms: ModelSigmas, n: int, p: ScheduleParams) -> np.ndarray:
-        return fn(ms, n + 1, p)[:-1]
-
-    return wrapped
-
 
 # --------------------------------------------------------------------------------------------
 # Schedule table
@@ -246,18 +101,22 @@ AUTOMATIC = ScheduleInfo("automatic", "Automatic")
 
 _SCHEDULES: tuple[ScheduleInfo, ...] = (
     AUTOMATIC,
-    ScheduleInfo("uniform", "Uniform", need_inner_model=True, sigmas=_uniform),
-    ScheduleInfo("karras", "Karras", default_rho=7.0, sigmas=_karras),
-    ScheduleInfo("exponential", "Exponential", sigmas=_exponential),
-    ScheduleInfo("polyexponential", "Polyexponential", default_rho=1.0, sigmas=_polyexponential),
+    ScheduleInfo("uniform", "Uniform", need_inner_model=True, sigmas=uniform_sigmas),
+    ScheduleInfo("karras", "Karras", default_rho=7.0, sigmas=karras_sigmas),
+    ScheduleInfo("exponential", "Exponential", sigmas=exponential_sigmas),
+    ScheduleInfo("polyexponential", "Polyexponential", default_rho=1.0, sigmas=polyexponential_sigmas),
     ScheduleInfo(
-        "sgm_uniform", "SGM Uniform", aliases=("SGMUniform",), need_inner_model=True, sigmas=partial(_normal, sgm=True)
+        "sgm_uniform",
+        "SGM Uniform",
+        aliases=("SGMUniform",),
+        need_inner_model=True,
+        sigmas=partial(normal_sigmas, sgm=True),
     ),
-    ScheduleInfo("kl_optimal", "KL Optimal", sigmas=_kl_optimal),
-    ScheduleInfo("align_your_steps", "Align Your Steps", sigmas=_align_your_steps),
-    ScheduleInfo("simple", "Simple", need_inner_model=True, sigmas=_simple),
-    ScheduleInfo("normal", "Normal", need_inner_model=True, sigmas=_normal),
-    ScheduleInfo("ddim", "DDIM", need_inner_model=True, sigmas=_ddim_uniform),
+    ScheduleInfo("kl_optimal", "KL Optimal", sigmas=kl_optimal_sigmas),
+    ScheduleInfo("align_your_steps", "Align Your Steps", sigmas=align_your_steps_sigmas),
+    ScheduleInfo("simple", "Simple", need_inner_model=True, sigmas=simple_sigmas),
+    ScheduleInfo("normal", "Normal", need_inner_model=True, sigmas=normal_sigmas),
+    ScheduleInfo("ddim", "DDIM", need_inner_model=True, sigmas=ddim_uniform_sigmas),
 )
 
 OMITTED_SCHEDULES: Mapping[str, str] = {
@@ -267,286 +126,6 @@ OMITTED_SCHEDULES: Mapping[str, str] = {
         "selection; it is not offered rather than approximated"
     ),
 }
-
-
-# --------------------------------------------------------------------------------------------
-# diffusers subclasses
-# --------------------------------------------------------------------------------------------
-
-HookedSigmas = Callable[[ModelSigmas, int], np.ndarray]
-
-
-class _HookedSchedule:
-    """Mixin: the scheduler's `use_karras_sigmas` branch returns `a1111_sigmas(model_sigmas, n)`."""
-
-    a1111_sigmas: HookedSigmas | None = None
-    alphas_cumprod: torch.Tensor
-    num_inference_steps: int | None
-
-    def _convert_to_karras(self, in_sigmas: Any, num_inference_steps: int | None = None) -> np.ndarray:
-        if self.a1111_sigmas is None:
-            raise RuntimeError(
-                f"{type(self).__name__} runs A1111 schedules and must be built with "
-                "modules.engine.samplers.build_scheduler (a config copy loses the schedule)"
-            )
-        n = num_inference_steps if num_inference_steps is not None else self.num_inference_steps
-        if n is None:
-            raise ValueError("number of inference steps unknown")
-        return np.asarray(self.a1111_sigmas(self.model_sigmas(), int(n)), dtype=np.float64)
-
-    def model_sigmas(self) -> ModelSigmas:
-        return ModelSigmas.from_alphas_cumprod(self.alphas_cumprod)
-
-    def _sigma_to_t(self, sigma: Any, log_sigmas: Any) -> Any:
-        # The same log-sigma interpolation as diffusers' (and k-diffusion's), vectorised: diffusers
-        # calls it once per sigma with a full-table comparison, which made building DPM2 take 0.15 s.
-        log_s = np.log(np.maximum(np.asarray(sigma, dtype=np.float64), 1e-10))
-        table = np.asarray(log_sigmas, dtype=np.float64)
-        return np.interp(log_s, table, np.arange(len(table), dtype=np.float64))
-
-
-def _fractional(model_sigmas: ModelSigmas, sigmas: torch.Tensor, device: torch.device) -> torch.Tensor:
-    return torch.from_numpy(model_sigmas.sigma_to_t(sigmas).astype(np.float32)).to(device)
-
-
-class A1111EulerDiscreteScheduler(_HookedSchedule, EulerDiscreteScheduler):
-    """k-diffusion `sample_euler` (s_churn = 0). Exact: same update, same sigmas, fractional t."""
-
-
-class A1111HeunDiscreteScheduler(_HookedSchedule, HeunDiscreteScheduler):
-    """k-diffusion `sample_heun` (s_churn = 0): same update and sigmas; last step is Euler."""
-
-
-class A1111LMSDiscreteScheduler(_HookedSchedule, LMSDiscreteScheduler):
-    """k-diffusion `sample_lms` (order 4). The coefficient is the integral of a Lagrange basis
-    polynomial (degree <= 3), integrated exactly by 4-point Gauss-Legendre instead of scipy's quad."""
-
-    _GAUSS = np.polynomial.legendre.leggauss(4)
-
-    def get_lms_coefficient(self, order: int, t: int, current_order: int) -> float:
-        s = [float(x) for x in self.sigmas]
-        a, b = s[t], s[t + 1]
-        nodes, weights = self._GAUSS
-        taus = 0.5 * (b - a) * nodes + 0.5 * (a + b)
-        values = np.ones_like(taus)
-        for k in range(order):
-            if k != current_order:
-                values *= (taus - s[t - k]) / (s[t - current_order] - s[t - k])
-        return float(0.5 * (b - a) * np.sum(weights * values))
-
-
-class _FractionalMainTimesteps:
-    """Mixin for DPM2 / DPM2 a: their main timesteps (even positions) are rounded by diffusers;
-    k-diffusion feeds the UNet the fractional value."""
-
-    sigmas: torch.Tensor
-    timesteps: torch.Tensor
-
-    def set_timesteps(self, *args: Any, **kwargs: Any) -> None:
-        super().set_timesteps(*args, **kwargs)  # type: ignore[misc]
-        ms = self.model_sigmas()  # type: ignore[attr-defined]
-        main = self.sigmas[0::2][: (len(self.timesteps) + 1) // 2]
-        ts = self.timesteps.to(torch.float32).clone()
-        ts[0::2] = _fractional(ms, main, ts.device)
-        self.timesteps = ts
-
-
-class A1111KDPM2DiscreteScheduler(_FractionalMainTimesteps, _HookedSchedule, KDPM2DiscreteScheduler):
-    """k-diffusion `sample_dpm_2`: midpoint in log sigma, last step Euler."""
-
-
-class A1111KDPM2AncestralDiscreteScheduler(_FractionalMainTimesteps, _HookedSchedule, KDPM2AncestralDiscreteScheduler):
-    """k-diffusion `sample_dpm_2_ancestral` (eta 1): one noise draw per step, after the second
-    evaluation."""
-
-
-class _KDiffusionStart:
-    """`init_noise_sigma` for schedulers whose sample is variance-preserving (x / sqrt(1 + sigma^2)):
-    k-diffusion starts from x = noise * sigma_0, i.e. noise * sigma_0 / sqrt(1 + sigma_0^2) here.
-    diffusers says 1.0, which for SD starts 0.2 % further out. Before `set_timesteps` it is 1.0."""
-
-    _unset_init_noise_sigma: float = 1.0
-
-    def _first_sigma(self) -> float:
-        return float(self.sigmas[0])  # type: ignore[attr-defined]
-
-    @property
-    def init_noise_sigma(self) -> float:
-        if getattr(self, "num_inference_steps", None) is None:
-            return self._unset_init_noise_sigma
-        sigma = self._first_sigma()
-        return sigma / math.sqrt(1.0 + sigma * sigma)
-
-    @init_noise_sigma.setter
-    def init_noise_sigma(self, value: float) -> None:  # diffusers assigns 1.0 in __init__
-        self._unset_init_noise_sigma = float(value)
-
-
-class A1111DPMSolverMultistepScheduler(_KDiffusionStart, _HookedSchedule, DPMSolverMultistepScheduler):
-    """k-diffusion DPM++ 2M / 2M SDE / 3M SDE.
-
-    diffusers works on the variance-preserving sample x / sqrt(1 + sigma^2) where k-diffusion works
-    on x; the updates are the same algebra (lambda = -log sigma). Two corrections: fractional
-    timesteps for the UNet, and the third-order SDE coefficient of D2 (diffusers 0.42 has
-    `- 0.5` where the exponential-integrator expansion, and k-diffusion's `sample_dpmpp_3m_sde`,
-    give `+ 0.5`; with `- 0.5` the term does not vanish as h -> 0).
-    """
-
-    def set_timesteps(self, *args: Any, **kwargs: Any) -> None:
-        super().set_timesteps(*args, **kwargs)
-        self.timesteps = _fractional(self.model_sigmas(), self.sigmas[:-1], self.timesteps.device)
-
-    def multistep_dpm_solver_third_order_update(
-        self,
-        model_output_list: list[torch.Tensor],
-        *args: Any,
-        sample: torch.Tensor | None = None,
-        noise: torch.Tensor | None = None,
-        **kwargs: Any,
-    ) -> torch.Tensor:
-        if self.config.algorithm_type != "sde-dpmsolver++" or args or kwargs:
-            return super().multistep_dpm_solver_third_order_update(
-                model_output_list, *args, sample=sample, noise=noise, **kwargs
-            )
-        if sample is None or noise is None:
-            raise ValueError("sample and noise are required")
-        i = self.step_index
-        alpha_t, sigma_t = self._sigma_to_alpha_sigma_t(self.sigmas[i + 1])
-        alpha_s0, sigma_s0 = self._sigma_to_alpha_sigma_t(self.sigmas[i])
-        alpha_s1, sigma_s1 = self._sigma_to_alpha_sigma_t(self.sigmas[i - 1])
-        alpha_s2, sigma_s2 = self._sigma_to_alpha_sigma_t(self.sigmas[i - 2])
-        lambda_t = torch.log(alpha_t) - torch.log(sigma_t)
-        lambda_s0 = torch.log(alpha_s0) - torch.log(sigma_s0)
-        lambda_s1 = torch.log(alpha_s1) - torch.log(sigma_s1)
-        lambda_s2 = torch.log(alpha_s2) - torch.log(sigma_s2)
-        m0, m1, m2 = model_output_list[-1], model_output_list[-2], model_output_list[-3]
-        h, h_0, h_1 = lambda_t - lambda_s0, lambda_s0 - lambda_s1, lambda_s1 - lambda_s2
-        r0, r1 = h_0 / h, h_1 / h
-        d1_0, d1_1 = (m0 - m1) / r0, (m1 - m2) / r1
-        d1 = d1_0 + (r0 / (r0 + r1)) * (d1_0 - d1_1)
-        d2 = (d1_0 - d1_1) / (r0 + r1)
-        h2 = 2.0 * h
-        phi_1 = -torch.expm1(-h2)  # 1 - e^{-2h}
-        phi_2 = 1.0 - phi_1 / h2
-        phi_3 = phi_2 / h2 - 0.5
-        return (
-            (sigma_t / sigma_s0 * torch.exp(-h)) * sample
-            + alpha_t * phi_1 * m0
-            + alpha_t * phi_2 * d1
-            - alpha_t * phi_3 * d2
-            + sigma_t * torch.sqrt(phi_1) * noise
-        )
-
-
-class A1111EulerAncestralDiscreteScheduler(EulerAncestralDiscreteScheduler):
-    """k-diffusion `sample_euler_ancestral` (eta 1). diffusers' class has no schedule flags, so
-    `set_timesteps` installs the A1111 schedule directly; `step` also takes `variance_noise` (the
-    noise for this step, e.g. `ImageRNG.next()`), so any noise source can drive it."""
-
-    a1111_sigmas: HookedSigmas | None = None
-
-    def model_sigmas(self) -> ModelSigmas:
-        return ModelSigmas.from_alphas_cumprod(self.alphas_cumprod)
-
-    def set_timesteps(self, num_inference_steps: int, device: str | torch.device | None = None) -> None:
-        if self.a1111_sigmas is None:
-            raise RuntimeError(
-                f"{type(self).__name__} runs A1111 schedules and must be built with "
-                "modules.engine.samplers.build_scheduler"
-            )
-        ms = self.model_sigmas()
-        sig = np.asarray(self.a1111_sigmas(ms, int(num_inference_steps)), dtype=np.float64)
-        self.num_inference_steps = len(sig)
-        self.sigmas = torch.from_numpy(np.append(sig, 0.0).astype(np.float32))
-        self.timesteps = torch.from_numpy(ms.sigma_to_t(sig).astype(np.float32)).to(device=device)
-        self._step_index = None
-        self._begin_index = None
-
-    def step(  # type: ignore[override]
-        self,
-        model_output: torch.Tensor,
-        timestep: float | torch.Tensor,
-        sample: torch.Tensor,
-        generator: torch.Generator | list[torch.Generator] | None = None,
-        return_dict: bool = True,
-        variance_noise: torch.Tensor | None = None,
-    ) -> EulerAncestralDiscreteSchedulerOutput | tuple[torch.Tensor, torch.Tensor]:
-        if variance_noise is None:
-            return super().step(model_output, timestep, sample, generator=generator, return_dict=return_dict)
-        if self.step_index is None:
-            self._init_step_index(timestep)
-        i = self.step_index
-        sigma, sigma_to = self.sigmas[i], self.sigmas[i + 1]
-        sample = sample.to(torch.float32)
-        if self.config.prediction_type == "epsilon":
-            denoised = sample - sigma * model_output
-        elif self.config.prediction_type == "v_prediction":
-            denoised = model_output * (-sigma / (sigma**2 + 1) ** 0.5) + sample / (sigma**2 + 1)
-        else:
-            raise ValueError(f"prediction_type {self.config.prediction_type!r} is not supported")
-        sigma_up = (sigma_to**2 * (sigma**2 - sigma_to**2) / sigma**2) ** 0.5
-        sigma_down = (sigma_to**2 - sigma_up**2) ** 0.5
-        prev = sample + (sample - denoised) / sigma * (sigma_down - sigma)
-        prev = prev + variance_noise.to(device=prev.device, dtype=prev.dtype) * sigma_up
-        prev = prev.to(model_output.dtype)
-        self._step_index += 1
-        if not return_dict:
-            return prev, denoised
-        return EulerAncestralDiscreteSchedulerOutput(prev_sample=prev, pred_original_sample=denoised)
-
-
-class A1111LCMScheduler(_KDiffusionStart, LCMScheduler):
-    """A1111's LCM sampler: k-diffusion style over the 50-point LCM timestep grid (19, 39, ..., 999).
-
-    The selected schedule is computed on the grid's sigmas and every sigma is snapped to the
-    nearest grid timestep (what A1111's LCM denoiser does when it calls the UNet); consecutive
-    duplicates are merged because diffusers' LCM needs strictly descending timesteps. The step
-    (boundary-condition scalings with timestep_scaling 10, denoise, re-noise to the next level)
-    is diffusers' LCM step.
-    """
-
-    a1111_sigmas: HookedSigmas | None = None
-
-    def _first_sigma(self) -> float:
-        ac = float(self.alphas_cumprod[int(self.timesteps[0])])
-        return math.sqrt((1.0 - ac) / ac)
-
-    def grid_timesteps(self) -> np.ndarray:
-        k = self.config.num_train_timesteps // self.config.original_inference_steps
-        return np.arange(1, self.config.original_inference_steps + 1) * k - 1
-
-    def set_timesteps(
-        self,
-        num_inference_steps: int | None = None,
-        device: str | torch.device | None = None,
-        original_inference_steps: int | None = None,
-        timesteps: list[int] | None = None,
-        strength: float = 1.0,
-    ) -> None:
-        if timesteps is not None or num_inference_steps is None or original_inference_steps is not None:
-            return super().set_timesteps(num_inference_steps, device, original_inference_steps, timesteps, strength)
-        if self.a1111_sigmas is None:
-            raise RuntimeError(f"{type(self).__name__} must be built with modules.engine.samplers.build_scheduler")
-        grid = self.grid_timesteps()
-        full = ModelSigmas.from_alphas_cumprod(self.alphas_cumprod)
-        grid_sigmas = ModelSigmas(full.sigmas[grid])
-        sig = self.a1111_sigmas(grid_sigmas, int(num_inference_steps))
-        idx = np.clip(np.rint(grid_sigmas.sigma_to_t(sig)).astype(np.int64), 0, len(grid) - 1)
-        chosen: list[int] = []
-        for t in grid[idx]:
-            if not chosen or int(t) < chosen[-1]:
-                chosen.append(int(t))
-        return super().set_timesteps(device=device, timesteps=chosen, strength=strength)
-
-
-@cache
-def _dpmsolver_sde_class() -> type[SchedulerMixin]:
-    from diffusers.schedulers.scheduling_dpmsolver_sde import DPMSolverSDEScheduler
-
-    class A1111DPMSolverSDEScheduler(_HookedSchedule, DPMSolverSDEScheduler):
-        """k-diffusion `sample_dpmpp_sde` (diffusers' port, Brownian-tree noise seeded per image)."""
-
-    return A1111DPMSolverSDEScheduler
 
 
 # --------------------------------------------------------------------------------------------
@@ -669,7 +248,7 @@ _SAMPLERS: tuple[SamplerInfo, ...] = (
         stochastic=True,
         noise_input="brownian",
         scheduler_kwargs=dict(_K),
-        loader=_dpmsolver_sde_class,
+        loader=dpmsolver_sde_class,
         requires=("torchsde",),
         faithfulness="diffusers' port of sample_dpmpp_sde; published only when torchsde is installed",
     ),
@@ -971,7 +550,7 @@ def _effective_sigma_fn(sampler: SamplerInfo, schedule: ScheduleInfo) -> SigmaFn
     fn = chosen.sigmas
     if fn is None:  # pragma: no cover - every non-automatic schedule has a function
         raise ValidationError(f"Schedule type {schedule.label} cannot be computed")
-    return _discarding_next_to_last(fn) if sampler.discard_next_to_last_sigma else fn
+    return discarding_next_to_last(fn) if sampler.discard_next_to_last_sigma else fn
 
 
 def schedule_sigmas(

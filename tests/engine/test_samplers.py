@@ -14,6 +14,7 @@ import torch
 from modules.core.errors import NotFoundError, ValidationError
 from modules.engine import samplers as smp
 from modules.engine.noise import ImageRNG
+from modules.engine.schedules import ModelSigmas, ScheduleParams
 from modules.models.architecture import SCHEDULER_BASE
 
 SD_CONFIG = dict(SCHEDULER_BASE, prediction_type="epsilon")
@@ -39,8 +40,8 @@ def schedule(name: str) -> smp.ScheduleInfo:
     return next(s for s in smp.list_schedulers() if s.name == name)
 
 
-def sd_sigmas() -> smp.ModelSigmas:
-    return smp.ModelSigmas.from_alphas_cumprod(
+def sd_sigmas() -> ModelSigmas:
+    return ModelSigmas.from_alphas_cumprod(
         smp.build_scheduler(sampler("Euler"), schedule("uniform"), SD_CONFIG).alphas_cumprod
     )
 
@@ -315,7 +316,7 @@ def test_model_sigmas_of_sd() -> None:
 
 
 def sigmas_of(sched: str, n: int, sampler_name: str = "Euler", **params: object) -> np.ndarray:
-    return smp.schedule_sigmas(sampler(sampler_name), schedule(sched), sd_sigmas(), n, smp.ScheduleParams(**params))  # type: ignore[arg-type]
+    return smp.schedule_sigmas(sampler(sampler_name), schedule(sched), sd_sigmas(), n, ScheduleParams(**params))  # type: ignore[arg-type]
 
 
 def test_uniform_is_the_models_own_sigmas() -> None:
@@ -411,7 +412,7 @@ def toy_eps(x_in: torch.Tensor, t: float | torch.Tensor) -> torch.Tensor:
     return 0.8 * torch.tanh(x_in) + 0.1 * torch.sin(3.0 * x_in) + 0.05 * (t / 1000.0) * x_in
 
 
-def make_denoiser(ms: smp.ModelSigmas) -> Denoiser:
+def make_denoiser(ms: ModelSigmas) -> Denoiser:
     def denoise(x: torch.Tensor, sigma: float) -> torch.Tensor:
         t = float(ms.sigma_to_t([sigma])[0])
         return x - sigma * toy_eps(x / math.sqrt(sigma**2 + 1.0), t)
@@ -581,7 +582,7 @@ def test_matches_the_k_diffusion_update(name: str, sched: str) -> None:
     scheduler = smp.build_scheduler(s, sc, SD_CONFIG)
     steps = 7
     scheduler.set_timesteps(steps)
-    ms = smp.ModelSigmas.from_alphas_cumprod(scheduler.alphas_cumprod)
+    ms = ModelSigmas.from_alphas_cumprod(scheduler.alphas_cumprod)
     sig = [float(v) for v in smp.schedule_sigmas(s, sc, ms, steps).astype(np.float32)] + [0.0]
 
     rng = ImageRNG((4, 8, 8), [21, 22])
