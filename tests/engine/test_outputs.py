@@ -23,17 +23,16 @@ from modules.core.infotext import build_infotext, parse_infotext
 from modules.core.options import Options, default_option_infos
 from modules.core.paths import Paths
 from modules.core.settings import parse_settings
-from modules.engine import outputs
-from modules.engine.outputs import (
-    ImageSaver,
+from modules.engine import outputs, publishing
+from modules.engine.grids import grid_rows, make_grid
+from modules.engine.image_metadata import (
     decode_user_comment,
     encode_image,
     exif_with_user_comment,
-    grid_rows,
-    make_grid,
     read_image_info,
     read_infotext_from_image,
 )
+from modules.engine.outputs import ImageSaver
 
 ROOT = Path(__file__).resolve().parents[2]
 NOW = datetime(2024, 7, 27, 13, 5, 9)
@@ -445,7 +444,7 @@ def _slow_next_number(folder: object, basename: str = "") -> int:
 def test_eight_threads_get_eight_consecutive_numbers(
     saver: ImageSaver, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, same_seed: bool
 ) -> None:
-    monkeypatch.setattr(outputs, "next_sequence_number", _slow_next_number)
+    monkeypatch.setattr(publishing, "next_sequence_number", _slow_next_number)
     out = tmp_path / "out"
     barrier = threading.Barrier(8)
     results: list[Path] = []
@@ -486,7 +485,7 @@ from modules.core.options import Options, default_option_infos
 from modules.core.paths import Paths
 from modules.core.settings import parse_settings
 from modules.core.filenames import next_sequence_number
-from modules.engine import outputs
+from modules.engine import publishing
 from modules.engine.outputs import ImageSaver
 from PIL import Image
 
@@ -495,7 +494,7 @@ def slow(folder, basename=""):
     time.sleep(0.02)  # widen the race window between looking and claiming
     return number
 
-outputs.next_sequence_number = slow
+publishing.next_sequence_number = slow
 
 out, go, wid = Path(sys.argv[1]), Path(sys.argv[2]), int(sys.argv[3])
 paths = Paths.from_settings(parse_settings(["--data-dir", str(out)]), out, environ={})
@@ -547,7 +546,7 @@ def test_failed_publish_leaves_no_file(saver: ImageSaver, tmp_path: Path, monkey
     def broken(tmp: Path, target: Path) -> bool:
         raise OSError(errno.EIO, "I/O error")
 
-    monkeypatch.setattr(outputs, "_publish_new", broken)
+    monkeypatch.setattr(publishing, "publish_new", broken)
     with pytest.raises(OSError):
         saver.save_image(picture(), out, ctx(), save_to_dirs=False)
     assert files(out) == []
@@ -571,7 +570,7 @@ def test_without_hard_links_names_are_claimed_exclusively(
     def no_link(src: object, dst: object) -> None:
         raise PermissionError(errno.EPERM, "Operation not permitted")
 
-    monkeypatch.setattr(outputs.os, "link", no_link)
+    monkeypatch.setattr(publishing.os, "link", no_link)
     a = saver.save_image(picture(seed=1), out, ctx(seed=1), infotext=INFOTEXT, save_to_dirs=False)
     b = saver.save_image(picture(seed=2), out, ctx(seed=2), save_to_dirs=False)
     assert files(out) == ["00000-1.png", "00001-2.png"]
@@ -587,7 +586,7 @@ def test_without_hard_links_names_are_claimed_exclusively(
             raise OSError(errno.EIO, "I/O error")
         real_replace(src, dst)  # type: ignore[arg-type]
 
-    monkeypatch.setattr(outputs.os, "replace", broken_replace)
+    monkeypatch.setattr(publishing.os, "replace", broken_replace)
     with pytest.raises(OSError):
         saver.save_image(picture(), out, ctx(seed=3), save_to_dirs=False)
     assert files(out) == ["00000-1.png", "00001-2.png"]  # no empty placeholder, no temp file
