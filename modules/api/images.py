@@ -28,7 +28,7 @@ from PIL import Image
 
 from modules.core.errors import ValidationError
 from modules.core.options import Options
-from modules.engine.outputs import encode_image
+from modules.engine.image_metadata import encode_image
 
 DATA_URI = re.compile(r"^data:[\w.+/-]*(;[\w.+-]+=[\w.+-]+)*;base64,", re.IGNORECASE)
 MAX_REDIRECTS = 3

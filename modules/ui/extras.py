@@ -17,7 +17,7 @@ from modules.core.atomic import atomic_write_bytes
 from modules.core.errors import SdWebuiError
 from modules.core.jobs import ExtrasRequest
 from modules.core.results import ExtrasResult
-from modules.engine.outputs import encode_image
+from modules.engine.image_metadata import encode_image
 from modules.services import Services
 from modules.ui.common import open_image
 

@@ -18,7 +18,7 @@ import gradio as gr
 from modules.core.atomic import atomic_write_bytes
 from modules.core.requests import Img2ImgRequest
 from modules.core.results import Result
-from modules.engine.outputs import encode_image
+from modules.engine.image_metadata import encode_image
 from modules.services import Services
 from modules.ui.common import follow, gallery_items, info_html, open_image, progress_html, result_of, submit
 from modules.ui.extras import IMAGE_SUFFIXES, server_dir

@@ -11,7 +11,7 @@ from dataclasses import dataclass
 import gradio as gr
 from PIL import Image
 
-from modules.engine.outputs import read_image_info
+from modules.engine.image_metadata import read_image_info
 from modules.services import Services
 
 NOTHING_FOUND = "<div><p>Nothing found in the image.</p></div>"

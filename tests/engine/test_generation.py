@@ -339,7 +339,8 @@ def test_face_restore_hook(engine: GenerationService) -> None:
 def test_saved_images_parse_back_to_the_same_parameters(engine: GenerationService, tmp_path: Path) -> None:
     from modules.core.paths import Paths
     from modules.core.settings import parse_settings
-    from modules.engine.outputs import ImageSaver, read_infotext_from_image
+    from modules.engine.image_metadata import read_infotext_from_image
+    from modules.engine.outputs import ImageSaver
     from modules.engine.service import image_saver_for
 
     paths = Paths.from_settings(parse_settings(["--data-dir", str(tmp_path)], {}), tmp_path, {})

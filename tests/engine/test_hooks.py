@@ -18,7 +18,8 @@ from modules.core.options import Options, default_option_infos
 from modules.core.paths import Paths
 from modules.core.settings import parse_settings
 from modules.engine.hooks import BatchEvent, Hooks, ImageEvent, ProcessEvent, SaveEvent
-from modules.engine.outputs import ImageSaver, read_infotext_from_image
+from modules.engine.image_metadata import read_infotext_from_image
+from modules.engine.outputs import ImageSaver
 from modules.engine.sampling import SamplingJob, StepConds, StepInfo, TextCond, UNetCall, UNetFn, model_output, sample
 from modules.engine.service import GenerationService, image_saver_for
 from modules.engine.worker import JobContext

@@ -11,7 +11,7 @@ import pytest
 from PIL import Image
 
 from modules.core.infotext import parse_infotext
-from modules.engine.outputs import encode_image
+from modules.engine.image_metadata import encode_image
 from modules.ui.paste import infotext_values, paste_fields
 from modules.ui.pnginfo import info_html
 from tests.ui.conftest import screenshot_dirs

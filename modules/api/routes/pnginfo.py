@@ -11,7 +11,7 @@ from starlette.concurrency import run_in_threadpool
 from modules.api.deps import get_services
 from modules.api.images import DecodeOptions, decode_image
 from modules.core.infotext import parse_infotext
-from modules.engine.outputs import read_image_info
+from modules.engine.image_metadata import read_image_info
 from modules.services import Services
 
 router = APIRouter()
