@@ -1,12 +1,13 @@
 """The Extras tab (a1111.md 10.3): Single Image / Batch Process sources, the Upscale, GFPGAN and
-CodeFormer settings with A1111's labels, defaults and elem_ids, bound to `run_extras`, which runs
-on the single worker (queued behind generation, like the `/sdapi/v1/extra-*` routes)."""
+CodeFormer settings with A1111's labels, defaults and elem_ids, named by the keywords of one
+converter (`extras_request_from_ui`) and submitted to the engine as an `ExtrasRequest` job
+(queued behind generation, like the `/sdapi/v1/extra-*` routes)."""
 
 from __future__ import annotations
 
 import html
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -20,6 +21,7 @@ from modules.core.results import ExtrasResult
 from modules.engine.image_metadata import encode_image
 from modules.services import Services
 from modules.ui.common import open_image
+from modules.ui.named_inputs import inputs_of, values_of
 
 SINGLE, BATCH, DIRECTORY = 0, 1, 2
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".bmp")
@@ -27,8 +29,9 @@ SCALE_BY, SCALE_TO = 0, 1
 NONE = "None"
 
 
-def extras_kwargs_from_ui(
+def extras_request_from_ui(
     *,
+    images: Sequence[Image.Image],
     resize_mode: int,
     upscale_enabled: bool,
     upscaler_1: str | None,
@@ -43,48 +46,32 @@ def extras_kwargs_from_ui(
     codeformer_enabled: bool,
     codeformer_visibility: float,
     codeformer_weight: float,
-) -> dict[str, Any]:
-    """The UI's values as `run_extras` keyword arguments; a disabled section does nothing."""
-    return {
-        "resize_mode": int(resize_mode),
-        "upscaling_resize": float(upscaling_resize),
-        "upscaling_resize_w": int(upscaling_resize_w),
-        "upscaling_resize_h": int(upscaling_resize_h),
-        "upscaling_crop": bool(upscaling_crop),
-        "upscaler_1": (upscaler_1 or NONE) if upscale_enabled else NONE,
-        "upscaler_2": upscaler_2 or NONE,
-        "extras_upscaler_2_visibility": float(upscaler_2_visibility),
-        "gfpgan_visibility": float(gfpgan_visibility) if gfpgan_enabled else 0.0,
-        "codeformer_visibility": float(codeformer_visibility) if codeformer_enabled else 0.0,
-        "codeformer_weight": float(codeformer_weight),
-    }
+) -> ExtrasRequest:
+    """The UI's settings for `images` as one request; a disabled section does nothing."""
+    return ExtrasRequest(
+        images=tuple(images),
+        resize_mode=int(resize_mode),
+        upscaling_resize=float(upscaling_resize),
+        upscaling_resize_w=int(upscaling_resize_w),
+        upscaling_resize_h=int(upscaling_resize_h),
+        upscaling_crop=bool(upscaling_crop),
+        upscaler_1=(upscaler_1 or NONE) if upscale_enabled else NONE,
+        upscaler_2=upscaler_2 or NONE,
+        extras_upscaler_2_visibility=float(upscaler_2_visibility),
+        gfpgan_visibility=float(gfpgan_visibility) if gfpgan_enabled else 0.0,
+        codeformer_visibility=float(codeformer_visibility) if codeformer_enabled else 0.0,
+        codeformer_weight=float(codeformer_weight),
+    )
 
 
-# the converter's keyword names, in the order the tab passes its setting components
-UI_FIELDS = (
-    "resize_mode",
-    "upscale_enabled",
-    "upscaler_1",
-    "upscaler_2",
-    "upscaler_2_visibility",
-    "upscaling_resize",
-    "upscaling_resize_w",
-    "upscaling_resize_h",
-    "upscaling_crop",
-    "gfpgan_enabled",
-    "gfpgan_visibility",
-    "codeformer_enabled",
-    "codeformer_visibility",
-    "codeformer_weight",
-)
-
-
-def run_extras_on_worker(
-    services: Services, images: Sequence[Image.Image], kwargs: dict[str, Any]
-) -> list[ExtrasResult]:
-    """`run_extras` over `images` as one job on the worker; waits for it."""
-    result: list[ExtrasResult] = services.engine.run_sync(ExtrasRequest(images=tuple(images), **kwargs))
-    return result
+def run_on_engine(services: Services, request: ExtrasRequest) -> list[ExtrasResult]:
+    """The request as one job on the engine (queued behind generation); waits for it. Errors are
+    `gr.Error`s."""
+    try:
+        results: list[ExtrasResult] = services.engine.submit(request).result()
+    except SdWebuiError as exc:
+        raise gr.Error(str(exc)) from exc
+    return results
 
 
 def upscaler_names(services: Services) -> list[str]:
@@ -132,6 +119,8 @@ class ExtrasTab:
     image: gr.Image
     mode: gr.State
     mode_tabs: gr.Tabs
+    # Generate's inputs by name: the source, then the settings by `extras_request_from_ui` keyword
+    fields: dict[str, Any] = field(default_factory=dict)
 
 
 def build_extras_tab(services: Services) -> ExtrasTab:
@@ -243,38 +232,41 @@ def build_extras_tab(services: Services) -> ExtrasTab:
             )
             html_info = gr.HTML("", elem_id="html_info_x")
 
-    settings = [
-        resize_mode,
-        upscale_enabled,
-        upscaler_1,
-        upscaler_2,
-        upscaler_2_visibility,
-        upscaling_resize,
-        resize_w,
-        resize_h,
-        crop,
-        gfpgan_enabled,
-        gfpgan_visibility,
-        codeformer_enabled,
-        codeformer_visibility,
-        codeformer_weight,
-    ]
-    assert len(settings) == len(UI_FIELDS)
+    # the settings by the converter's keywords, then where the images come from
+    settings_fields: dict[str, Any] = {
+        "resize_mode": resize_mode,
+        "upscale_enabled": upscale_enabled,
+        "upscaler_1": upscaler_1,
+        "upscaler_2": upscaler_2,
+        "upscaler_2_visibility": upscaler_2_visibility,
+        "upscaling_resize": upscaling_resize,
+        "upscaling_resize_w": resize_w,
+        "upscaling_resize_h": resize_h,
+        "upscaling_crop": crop,
+        "gfpgan_enabled": gfpgan_enabled,
+        "gfpgan_visibility": gfpgan_visibility,
+        "codeformer_enabled": codeformer_enabled,
+        "codeformer_visibility": codeformer_visibility,
+        "codeformer_weight": codeformer_weight,
+    }
+    source_fields: dict[str, Any] = {
+        "source_mode": mode,
+        "image": image,
+        "batch_files": batch_files,
+        "input_dir": input_dir,
+        "output_dir": output_dir,
+        "show_results": show_results,
+    }
+    fields = {**source_fields, **settings_fields}
 
-    def run(
-        source_mode: int,
-        single: Image.Image | None,
-        files: list[Any] | None,
-        in_dir: str,
-        out_dir: str,
-        show: bool,
-        *values: Any,
-    ) -> tuple[Any, Any, str]:
-        kwargs = extras_kwargs_from_ui(**dict(zip(UI_FIELDS, values, strict=True)))
+    def run(data: dict[Any, Any]) -> tuple[Any, Any, str]:
+        values = values_of(fields, data)
+        source_mode = int(values["source_mode"])
         names: list[Path] = []
         target: Path | None = None
         if source_mode == DIRECTORY:
-            names = _directory_images(server_dir(services, in_dir, "Input directory"))
+            names = _directory_images(server_dir(services, values["input_dir"], "Input directory"))
+            out_dir = values["output_dir"]
             default_out = services.options.get("outdir_extras_samples") or "outputs/extras-images"
             target = (
                 server_dir(services, out_dir, "Output directory")
@@ -283,34 +275,27 @@ def build_extras_tab(services: Services) -> ExtrasTab:
             )
             images = _open_files([str(p) for p in names])
         elif source_mode == BATCH:
-            images = _open_files(files)
+            images = _open_files(values["batch_files"])
         else:
-            images = [single] if single is not None else []
+            images = [values["image"]] if values["image"] is not None else []
         if not images:
             raise gr.Error("Please upload an image" if source_mode == SINGLE else "No images to process")
-        try:
-            results = run_extras_on_worker(services, images, kwargs)
-        except SdWebuiError as exc:
-            raise gr.Error(str(exc)) from exc
+        settings = {name: values[name] for name in settings_fields}
+        results = run_on_engine(services, extras_request_from_ui(images=images, **settings))
         if target is not None:
             _save_results(results, names, target)
         info = f"<div class='infotext'>{results[0].html_info}</div>" if results else ""
         # one image: shown whole; a batch: a gallery
         if source_mode == SINGLE:
             return gr.update(value=results[0].image, visible=True), gr.update(value=None, visible=False), info
-        shown = [r.image for r in results] if (show or source_mode == BATCH) else []
+        shown = [r.image for r in results] if (values["show_results"] or source_mode == BATCH) else []
         return gr.update(value=None, visible=False), gr.update(value=shown, visible=True), info
 
-    generate.click(
-        run,
-        [mode, image, batch_files, input_dir, output_dir, show_results, *settings],
-        [output_image, gallery, html_info],
-        show_progress="minimal",
-    )
+    generate.click(run, inputs_of(fields), [output_image, gallery, html_info], show_progress="minimal")
     single_tab.select(lambda: SINGLE, None, mode, queue=False)
     batch_tab.select(lambda: BATCH, None, mode, queue=False)
     directory_tab.select(lambda: DIRECTORY, None, mode, queue=False)
     scale_by_tab.select(lambda: SCALE_BY, None, resize_mode, queue=False)
     scale_to_tab.select(lambda: SCALE_TO, None, resize_mode, queue=False)
     switch.click(lambda w, h: (h, w), [resize_w, resize_h], [resize_w, resize_h], queue=False)
-    return ExtrasTab(generate, output_image, gallery, html_info, image, mode, mode_tabs)
+    return ExtrasTab(generate, output_image, gallery, html_info, image, mode, mode_tabs, fields)

@@ -1,7 +1,8 @@
 """The Checkpoint Merger tab (a1111.md 10.5, NOTES "Checkpoint Merger"): A1111's controls, labels,
-defaults and elem_ids, bound to `modules.models.merge`. The merge runs as one job on the single
-worker (never alongside a generation); the result box follows its progress (tensors done / total)
-and then says where the checkpoint was saved. Errors are `gr.Error`s."""
+defaults and elem_ids, named by `MergeRequest`'s fields (`merge_request_from_ui`). The merge is
+one job on the engine (`services.engine.submit(MergeRequest(...))`, never alongside a
+generation); the result box follows its handle's progress (tensors done / total) and then says
+where the checkpoint was saved. Errors are `gr.Error`s."""
 
 from __future__ import annotations
 
@@ -9,25 +10,34 @@ import html
 import json
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass
-from pathlib import Path
+from dataclasses import dataclass, field
 from typing import Any
 
 import gradio as gr
 
 from modules.core.errors import SdWebuiError
-from modules.core.jobs import MergeRequest
+from modules.core.jobs import (
+    ADD_DIFFERENCE,
+    CHECKPOINT_FORMATS,
+    CONFIG_SOURCES,
+    INTERP_METHODS,
+    NO_INTERPOLATION,
+    NO_VAE,
+    WEIGHTED_SUM,
+    MergeRequest,
+)
 from modules.core.results import MergeResult
 from modules.engine.facade import JobHandle
-from modules.models import merge as mg
+from modules.models.merge import iter_titles, read_metadata
 from modules.services import Services
+from modules.ui.named_inputs import inputs_of, values_of
 
 DESCRIPTIONS = {
-    mg.NO_INTERPOLATION: "No interpolation will be used. Requires one model; A. "
+    NO_INTERPOLATION: "No interpolation will be used. Requires one model; A. "
     "Allows for format conversion and VAE baking.",
-    mg.WEIGHTED_SUM: "A weighted sum will be used for interpolation. Requires two models; A and B. "
+    WEIGHTED_SUM: "A weighted sum will be used for interpolation. Requires two models; A and B. "
     "The result is calculated as A * (1 - M) + B * M",
-    mg.ADD_DIFFERENCE: "The difference between the last two models will be added to the first. "
+    ADD_DIFFERENCE: "The difference between the last two models will be added to the first. "
     "Requires three models; A, B and C. The result is calculated as A + (B - C) * M",
 }
 POLL_SECONDS = 0.25
@@ -38,11 +48,11 @@ def description_html(method: str) -> str:
 
 
 def checkpoint_choices(services: Services) -> list[str]:
-    return list(mg.iter_titles(services.registry))
+    return list(iter_titles(services.registry))
 
 
 def vae_choices(services: Services) -> list[str]:
-    return [mg.NO_VAE] + [v.name for v in services.registry.vaes()]
+    return [NO_VAE] + [v.name for v in services.registry.vaes()]
 
 
 def current_title(services: Services, value: str | None) -> str | None:
@@ -55,15 +65,51 @@ def current_title(services: Services, value: str | None) -> str | None:
         return None
 
 
-def output_dir(services: Services) -> Path:
-    """A1111's `--ckpt-dir` or models/Stable-diffusion."""
-    return services.settings.ckpt_dir or services.paths.checkpoint_dir
+def merge_request_from_ui(
+    *,
+    primary_model_name: str | None,
+    secondary_model_name: str | None,
+    tertiary_model_name: str | None,
+    interp_method: str,
+    multiplier: float,
+    custom_name: str | None,
+    checkpoint_format: str,
+    save_as_half: bool,
+    config_source: str,
+    bake_in_vae: str | None,
+    discard_weights: str | None,
+    save_metadata: bool,
+    add_merge_recipe: bool,
+    copy_metadata_fields: bool,
+    metadata_json: str | None,
+) -> MergeRequest:
+    """The form's values as a request (empty boxes as A1111's defaults)."""
+    return MergeRequest(
+        primary_model_name=primary_model_name,
+        secondary_model_name=secondary_model_name,
+        tertiary_model_name=tertiary_model_name,
+        interp_method=interp_method,
+        multiplier=float(multiplier),
+        custom_name=custom_name or "",
+        checkpoint_format=checkpoint_format,
+        save_as_half=bool(save_as_half),
+        config_source=config_source,
+        bake_in_vae=bake_in_vae or NO_VAE,
+        discard_weights=discard_weights or "",
+        save_metadata=bool(save_metadata),
+        add_merge_recipe=bool(add_merge_recipe),
+        copy_metadata_fields=bool(copy_metadata_fields),
+        metadata_json=metadata_json or "{}",
+    )
 
 
 def submit_merge(services: Services, request: MergeRequest) -> JobHandle[MergeResult]:
-    """Validate on the caller's thread, then merge as one job on the worker (progress: one step
-    per tensor of A)."""
-    handle: JobHandle[MergeResult] = services.engine.submit(request)
+    """The engine validates on the caller's thread (a user error is a `gr.Error` before anything
+    is queued), then merges as one job (progress: one step per tensor of A)."""
+    try:
+        handle: JobHandle[MergeResult] = services.engine.submit(request)
+    except SdWebuiError as exc:
+        raise gr.Error(str(exc)) from exc
     return handle
 
 
@@ -78,7 +124,7 @@ def read_metadata_json(services: Services, *names: str | None) -> str:
         except SdWebuiError:
             continue
         if not info.is_folder:
-            metadata.update(mg.read_metadata(info.filename))
+            metadata.update(read_metadata(info.filename))
     return json.dumps(metadata, indent=4, ensure_ascii=False)
 
 
@@ -89,6 +135,8 @@ class MergerTab:
     tertiary: gr.Dropdown
     result: gr.HTML
     merge: gr.Button
+    # Merge's inputs by `MergeRequest` field name
+    fields: dict[str, Any] = field(default_factory=dict)
 
 
 def _refresh_button(elem_id: str) -> gr.Button:
@@ -110,7 +158,7 @@ def build_merger_tab(services: Services) -> MergerTab:
     choices = checkpoint_choices(services)
     with gr.Row(equal_height=False, elem_id="modelmerger_row"):
         with gr.Column(scale=3, variant="compact", elem_id="modelmerger_inputs"):
-            description = gr.HTML(description_html(mg.WEIGHTED_SUM), elem_id="modelmerger_interp_description")
+            description = gr.HTML(description_html(WEIGHTED_SUM), elem_id="modelmerger_interp_description")
             with gr.Row(elem_id="modelmerger_models"):
                 with gr.Row(elem_classes="sdw-merger-model"):
                     primary = gr.Dropdown(
@@ -143,29 +191,29 @@ def build_merger_tab(services: Services) -> MergerTab:
                 elem_id="modelmerger_interp_amount",
             )
             method = gr.Radio(
-                choices=list(mg.INTERP_METHODS),
-                value=mg.WEIGHTED_SUM,
+                choices=list(INTERP_METHODS),
+                value=WEIGHTED_SUM,
                 label="Interpolation Method",
                 elem_id="modelmerger_interp_method",
             )
             with gr.Row():
                 fmt = gr.Radio(
-                    choices=list(mg.CHECKPOINT_FORMATS),
+                    choices=list(CHECKPOINT_FORMATS),
                     value="safetensors",
                     label="Checkpoint format",
                     elem_id="modelmerger_checkpoint_format",
                 )
                 save_as_half = gr.Checkbox(value=False, label="Save as float16", elem_id="modelmerger_save_as_half")
             config = gr.Radio(
-                choices=list(mg.CONFIG_SOURCES),
-                value=mg.CONFIG_SOURCES[0],
+                choices=list(CONFIG_SOURCES),
+                value=CONFIG_SOURCES[0],
                 label="Copy config from",
                 elem_id="modelmerger_config_method",
             )
             with gr.Row(elem_classes="sdw-merger-model"):
                 bake_vae = gr.Dropdown(
                     choices=vae_choices(services),
-                    value=mg.NO_VAE,
+                    value=NO_VAE,
                     label="Bake in VAE",
                     elem_id="modelmerger_bake_in_vae",
                 )
@@ -208,49 +256,32 @@ def build_merger_tab(services: Services) -> MergerTab:
         lambda a, b, c: read_metadata_json(services, a, b, c), [primary, secondary, tertiary], metadata_json
     )
 
-    def run_merge(
-        a: str | None,
-        b: str | None,
-        c: str | None,
-        interp_method: str,
-        multiplier: float,
-        name: str,
-        checkpoint_format: str,
-        half: bool,
-        config_source: str,
-        vae: str | None,
-        discard_weights: str,
-        with_metadata: bool,
-        recipe: bool,
-        copy_fields: bool,
-        extra_json: str,
-    ) -> Iterator[str]:
-        request = MergeRequest(
-            primary_model_name=a,
-            secondary_model_name=b,
-            tertiary_model_name=c,
-            interp_method=interp_method,
-            multiplier=float(multiplier),
-            custom_name=name or "",
-            checkpoint_format=checkpoint_format,
-            save_as_half=bool(half),
-            config_source=config_source,
-            bake_in_vae=vae or mg.NO_VAE,
-            discard_weights=discard_weights or "",
-            save_metadata=bool(with_metadata),
-            add_merge_recipe=bool(recipe),
-            copy_metadata_fields=bool(copy_fields),
-            metadata_json=extra_json or "{}",
-        )
-        try:
-            job = submit_merge(services, request)
-        except SdWebuiError as exc:
-            raise gr.Error(str(exc)) from exc
-        while not job.future.done():
+    # the form by `MergeRequest`'s field names
+    fields: dict[str, Any] = {
+        "primary_model_name": primary,
+        "secondary_model_name": secondary,
+        "tertiary_model_name": tertiary,
+        "interp_method": method,
+        "multiplier": amount,
+        "custom_name": custom_name,
+        "checkpoint_format": fmt,
+        "save_as_half": save_as_half,
+        "config_source": config,
+        "bake_in_vae": bake_vae,
+        "discard_weights": discard,
+        "save_metadata": save_metadata,
+        "add_merge_recipe": add_recipe,
+        "copy_metadata_fields": copy_metadata,
+        "metadata_json": metadata_json,
+    }
+
+    def run_merge(data: dict[Any, Any]) -> Iterator[str]:
+        job = submit_merge(services, merge_request_from_ui(**values_of(fields, data)))
+        while not job.done():
             yield _progress_html(job)
             time.sleep(POLL_SECONDS)
         try:
-            outcome = job.future.result()
+            outcome = job.result()
         except SdWebuiError as exc:
             raise gr.Error(str(exc)) from exc
         message = html.escape(outcome.message)
@@ -259,25 +290,9 @@ def build_merger_tab(services: Services) -> MergerTab:
 
     merge.click(
         run_merge,
-        [
-            primary,
-            secondary,
-            tertiary,
-            method,
-            amount,
-            custom_name,
-            fmt,
-            save_as_half,
-            config,
-            bake_vae,
-            discard,
-            save_metadata,
-            add_recipe,
-            copy_metadata,
-            metadata_json,
-        ],
+        inputs_of(fields),
         result,
         concurrency_limit=1,
         show_progress="minimal",
     ).success(refresh_models, models, models, queue=False, show_progress="hidden")
-    return MergerTab(primary=primary, secondary=secondary, tertiary=tertiary, result=result, merge=merge)
+    return MergerTab(primary=primary, secondary=secondary, tertiary=tertiary, result=result, merge=merge, fields=fields)
