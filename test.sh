@@ -1,6 +1,12 @@
 #!/usr/bin/env bash
 # Runs the test suite: ./test.sh [pytest args...]   (default args come from pyproject.toml)
 #
+#   ./test.sh                         everything (what CI runs, as ./test.sh -q)
+#   ./test.sh -m "not browser"        the fast lane: all but the Chromium-driven UI tests
+#   ./test.sh -m "not browser and not slow"   faster still: also skips the server-process tests
+#   ./test.sh -m browser              only the browser tests (they share one server and one Chromium)
+#   ./test.sh tests/ui/test_txt2img_browser.py::test_generate_interrupt_switch_checkpoint_and_screenshot
+#
 # Prepares the same venv as webui.sh, through the same install logic (scripts/prepare_env.sh),
 # plus the "test" extra of pyproject.toml. venv_dir, python_cmd and TORCH_COMMAND are read from
 # webui-user.sh when present, so the tests run in the app's own environment. Works as root (it is

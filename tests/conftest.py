@@ -1,4 +1,5 @@
-"""Test-session setup: no model hub, an empty HF cache, tiny checkpoints built once."""
+"""Test-session setup: no model hub, an empty HF cache, tiny checkpoints built once; the
+`browser` marker (every test that drives the browser) and those tests run last."""
 
 from __future__ import annotations
 
@@ -23,6 +24,27 @@ os.environ["HF_HUB_OFFLINE"] = "1"
 os.environ["TRANSFORMERS_OFFLINE"] = "1"
 os.environ["HF_HUB_DISABLE_TELEMETRY"] = "1"
 os.environ["HF_HOME"] = tempfile.mkdtemp(prefix="sdwebui-empty-hf-home-")
+
+
+# fixtures of tests/ui/conftest.py that drive Chromium
+BROWSER_FIXTURES = frozenset({"browser", "page"})
+
+
+@pytest.hookimpl(tryfirst=True)
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Mark the tests that use a browser fixture `browser` (first, so `-m` sees the marker;
+    `-m "not browser"` is the fast lane) and move them, in their order, after all the others:
+    the browser is shared by the whole run, and Playwright's sync API keeps an asyncio loop
+    running on the main thread while it is up, so no other test may run after it starts."""
+    browser_tests: list[pytest.Item] = []
+    others: list[pytest.Item] = []
+    for item in items:
+        if BROWSER_FIXTURES.intersection(getattr(item, "fixturenames", ())):
+            item.add_marker(pytest.mark.browser)
+            browser_tests.append(item)
+        else:
+            others.append(item)
+    items[:] = others + browser_tests
 
 
 class NetworkAttempt(AssertionError):
