@@ -14,7 +14,9 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from modules.api.images import DecodeOptions, decode_image
 from modules.core.errors import NotFoundError, ValidationError
+from modules.core.fields import HIRES, IMG2IMG, TXT2IMG, option_fields, overrides_from_infotext, values_from_infotext
 from modules.core.infotext import parse_infotext
+from modules.core.option_defaults import unimplemented_options
 from modules.core.requests import GenerationRequest, Img2ImgRequest, Txt2ImgRequest
 
 
@@ -75,8 +77,9 @@ class GenerationPayload(BaseModel):
         return data
 
     def check_scripts(self) -> None:
-        """No selectable scripts exist yet: naming one is A1111's 422; always-on script args are
-        accepted and ignored (clients send `{}` or entries for extensions that are not here)."""
+        """No selectable scripts exist yet: naming one is A1111's 422. Always-on script args and
+        `script_args` reach the core request, whose validation warns about each one set (clients
+        send `{}` or entries for extensions that are not here)."""
         if self.script_name:
             raise ValidationError(f"Selectable script not found: {self.script_name!r}")
 
@@ -130,56 +133,44 @@ class Img2ImgPayload(GenerationPayload):
 
 # -- infotext -> fields ----------------------------------------------------------------------
 
-# infotext key -> (field, type); applied only to fields the client did not send
-_INFOTEXT_FIELDS: dict[str, tuple[str, type]] = {
-    "Prompt": ("prompt", str),
-    "Negative prompt": ("negative_prompt", str),
-    "Steps": ("steps", int),
-    "Sampler": ("sampler_name", str),
-    "Schedule type": ("scheduler", str),
-    "CFG scale": ("cfg_scale", float),
-    "Seed": ("seed", int),
-    "Size-1": ("width", int),
-    "Size-2": ("height", int),
-    "Variation seed": ("subseed", int),
-    "Variation seed strength": ("subseed_strength", float),
-    "Seed resize from-1": ("seed_resize_from_w", int),
-    "Seed resize from-2": ("seed_resize_from_h", int),
-    "Denoising strength": ("denoising_strength", float),
-    "Image CFG scale": ("image_cfg_scale", float),
-    "Mask blur": ("mask_blur", int),
-    "Hires steps": ("hr_second_pass_steps", int),
-    "Hires upscale": ("hr_scale", float),
-    "Hires upscaler": ("hr_upscaler", str),
-    "Hires resize-1": ("hr_resize_x", int),
-    "Hires resize-2": ("hr_resize_y", int),
-}
-# infotext key -> setting, added to override_settings unless the client set that setting
-_INFOTEXT_SETTINGS = {"Clip skip": "CLIP_stop_at_last_layers", "ENSD": "eta_noise_seed_delta", "RNG": "randn_source"}
+# Settings the API's `infotext` may override (A1111's get_override_settings): the options of the
+# field table that something acts on, except the model choices (a pasted infotext never switches
+# the checkpoint or the VAE: A1111's disable_weights_auto_swap default).
+INFOTEXT_OVERRIDES: frozenset[str] = frozenset(
+    entry.option
+    for entry in option_fields()
+    if entry.option is not None
+    and entry.option not in unimplemented_options()
+    and entry.option not in ("sd_model_checkpoint", "sd_vae")
+)
+
+
+def _tabs(payload: GenerationPayload) -> tuple[str, ...] | None:
+    if isinstance(payload, Txt2ImgPayload):
+        return (TXT2IMG, HIRES)
+    if isinstance(payload, Img2ImgPayload):
+        return (IMG2IMG,)
+    return None
 
 
 def infotext_values(payload: GenerationPayload) -> dict[str, Any]:
-    """Field values from `payload.infotext` for the fields the client did not send."""
+    """Field values from `payload.infotext` for the fields the client did not send (the field table
+    in `modules.core.fields`), plus settings overrides for the settings it did not override."""
     if not payload.infotext:
         return {}
     parsed = parse_infotext(payload.infotext)
     sent = payload.model_fields_set
     fields = type(payload).model_fields
-    values: dict[str, Any] = {}
-    for key, (name, kind) in _INFOTEXT_FIELDS.items():
-        if key not in parsed or name in sent or name not in fields:
-            continue
-        try:
-            values[name] = kind(float(str(parsed[key]))) if kind is int else kind(parsed[key])
-        except (TypeError, ValueError):
-            continue
+    values = {
+        name: value
+        for name, value in values_from_infotext(parsed, _tabs(payload)).items()
+        if name not in sent and name in fields
+    }
     if values.get("scheduler") == "Automatic":
         values.pop("scheduler")
     overrides = dict(payload.override_settings or {})
-    for key, setting in _INFOTEXT_SETTINGS.items():
-        if key in parsed and setting not in overrides:
-            value = parsed[key]
-            overrides[setting] = int(str(value)) if str(value).lstrip("-").isdigit() else value
+    for setting, value in overrides_from_infotext(parsed, INFOTEXT_OVERRIDES).items():
+        overrides.setdefault(setting, value)
     if overrides.get("CLIP_stop_at_last_layers") == 1 and "Clip skip" not in payload.infotext:
         overrides.pop("CLIP_stop_at_last_layers")
     if overrides != (payload.override_settings or {}):
@@ -195,6 +186,8 @@ def _common(payload: GenerationPayload) -> dict[str, Any]:
     data.update(infotext_values(payload))
     common = {name: data[name] for name in GenerationRequest.__dataclass_fields__ if name in data}
     common["styles"] = tuple(data.get("styles") or ())
+    common["script_args"] = tuple(data.get("script_args") or ())
+    common["alwayson_scripts"] = dict(data.get("alwayson_scripts") or {})
     common["override_settings"] = dict(data.get("override_settings") or {})
     common["do_not_save_samples"] = not payload.save_images
     common["do_not_save_grid"] = not payload.save_images

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import functools
+from collections.abc import Mapping
+from types import MappingProxyType
 from typing import Any
 
 from modules.core.option_info import OptionInfo
@@ -53,6 +56,251 @@ UI_COLOR_MODES: tuple[str, ...] = ("Auto (browser)", "Light", "Dark")
 """`ui_color_mode` choices (ours): light/dark page when no `--theme` flag is given."""
 
 
+_LATER = "not implemented yet"
+NOT_ACTED_ON: dict[str, tuple[str, ...]] = {
+    f"{_LATER}: the web UI always saves generated images": ("samples_save",),
+    f"{_LATER}: grids carry no text annotations": (
+        "font",
+        "grid_text_active_color",
+        "grid_text_inactive_color",
+        "grid_background_color",
+    ),
+    f"{_LATER}: no extra copies (before face restoration / hires fix / color correction, masks, init "
+    "images, interrupted images) are saved": (
+        "save_images_before_face_restoration",
+        "save_images_before_highres_fix",
+        "save_images_before_color_correction",
+        "save_mask",
+        "save_mask_composite",
+        "save_init_img",
+        "outdir_init_images",
+        "save_incomplete_images",
+    ),
+    f"{_LATER}: output file names always follow the filename pattern": (
+        "use_original_name_batch",
+        "use_upscaler_name_as_suffix",
+    ),
+    f"{_LATER}: the Save button always writes to its folder without subfolders": ("use_save_to_dirs_for_ui",),
+    f"{_LATER}: [prompt_words] uses a fixed word count": ("directories_max_prompt_words",),
+    f"{_LATER}: Gradio's own temporary folder is used": ("temp_dir", "clean_temp_dir_at_start"),
+    f"{_LATER}: no notification sound": ("notification_audio", "notification_volume"),
+    f"{_LATER}: model upscalers use their own tile size": (
+        "ESRGAN_tile",
+        "ESRGAN_tile_overlap",
+        "DAT_tile",
+        "DAT_tile_overlap",
+    ),
+    f"{_LATER}: img2img resizes with the resize mode only": ("upscaler_for_img2img",),
+    f"{_LATER}: the Extras tab does not change 'Upscale by'": ("set_scale_by_when_changing_upscaler",),
+    f"{_LATER}: restore_faces is off unless a request asks for it": ("face_restoration",),
+    f"{_LATER}: face restoration models stay where they are": ("face_restoration_unload",),
+    f"{_LATER}: the server does not open a browser": ("auto_launch_browser",),
+    f"{_LATER}: console output is the log": (
+        "enable_console_prompts",
+        "show_warnings",
+        "samples_log_stdout",
+        "multiple_tqdm",
+        "enable_upscale_progressbar",
+    ),
+    f"{_LATER}: no VRAM polling": ("memmon_poll_rate",),
+    f"{_LATER}: model folders are always scanned the same way": ("list_hidden_files",),
+    f"{_LATER}: .safetensors files are always memory-mapped": ("disable_mmap_load_safetensors",),
+    f"{_LATER}: image URLs are refused for local addresses whatever this says": ("api_forbid_local_requests",),
+    f"{_LATER}: there is no training": (
+        "unload_models_when_training",
+        "pin_memory",
+        "save_optimizer_state",
+        "save_training_settings_to_txt",
+        "dataset_filename_word_regex",
+        "dataset_filename_join_string",
+        "training_image_repeats_per_epoch",
+        "training_write_csv_every",
+        "training_xattention_optimizations",
+        "training_enable_tensorboard",
+    ),
+    f"{_LATER}: the RAM cache is bounded by sd_checkpoint_cache_bytes": (
+        "sd_checkpoints_limit",
+        "sd_checkpoints_keep_in_cpu",
+        "sd_checkpoint_cache",
+        "sd_vae_checkpoint_cache",
+    ),
+    f"{_LATER}: the checkpoint's own UNet is used": ("sd_unet",),
+    f"{_LATER}: samplers run with their standard values": (
+        "enable_quantization",
+        "eta_ddim",
+        "eta_ancestral",
+        "ddim_discretize",
+        "s_churn",
+        "s_tmin",
+        "s_tmax",
+        "s_noise",
+        "sigma_min",
+        "sigma_max",
+        "rho",
+        "always_discard_next_to_last_sigma",
+        "sgm_noise_multiplier",
+        "uni_pc_variant",
+        "uni_pc_skip_type",
+        "uni_pc_order",
+        "uni_pc_lower_order_final",
+        "sd_noise_schedule",
+        "skip_early_cond",
+        "beta_dist_alpha",
+        "beta_dist_beta",
+        "s_min_uncond",
+    ),
+    f"{_LATER}: batches use per-image seeds as A1111's default does": ("enable_batch_seeds",),
+    f"{_LATER}: SDXL conditioning uses fixed values": (
+        "sdxl_clip_l_skip",
+        "sdxl_crop_top",
+        "sdxl_crop_left",
+        "sdxl_refiner_low_aesthetic_score",
+        "sdxl_refiner_high_aesthetic_score",
+    ),
+    f"{_LATER}: attention runs in the model's precision with torch SDPA": (
+        "upcast_attn",
+        "cross_attention_optimization",
+    ),
+    f"{_LATER}: seamless tiling is on only when a request asks for it": ("tiling",),
+    f"{_LATER}: there is no refiner pass": ("hires_fix_refiner_pass", "refiner_switch_by_sample_steps"),
+    f"{_LATER}: the VAE choice is the sd_vae setting": ("sd_vae_overrides_per_model_preferences",),
+    f"{_LATER}: the VAE runs in the precision the flags choose": ("auto_vae_precision_bfloat16", "auto_vae_precision"),
+    f"{_LATER}: the full VAE is always used (TAESD only for previews)": (
+        "sd_vae_encode_method",
+        "sd_vae_decode_method",
+    ),
+    f"{_LATER}: img2img adds no extra noise": ("img2img_extra_noise",),
+    f"{_LATER}: img2img has no color correction": ("img2img_color_correction",),
+    f"{_LATER}: transparent parts of init images are not filled": ("img2img_background_color",),
+    f"{_LATER}: the inpaint mask brush has Gradio's default color": ("img2img_inpaint_mask_brush_color",),
+    f"{_LATER}: results hold the generated images only": ("return_mask", "return_mask_composite"),
+    f"{_LATER}: inpainting results are not overlaid on the original": ("overlay_inpaint",),
+    f"{_LATER}: no token merging": ("token_merging_ratio", "token_merging_ratio_img2img", "token_merging_ratio_hr"),
+    f"{_LATER}: conditioning is computed per job, prompt and negative prompt unpadded and batched together": (
+        "pad_cond_uncond",
+        "pad_cond_uncond_v0",
+        "persistent_cond_cache",
+        "batch_cond_uncond",
+    ),
+    f"{_LATER}: no fp8 weights": ("fp8_storage", "cache_fp16_weight"),
+    f"{_LATER}: no switch back to old behaviour": (
+        "use_old_emphasis_implementation",
+        "use_old_karras_scheduler_sigmas",
+        "no_dpmpp_sde_batch_determinism",
+        "use_old_hires_fix_width_height",
+        "hires_fix_use_firstpass_conds",
+        "use_downcasted_alpha_bar",
+    ),
+    f"{_LATER}: there is no interrogator": (
+        "interrogate_keep_models_in_memory",
+        "interrogate_return_ranks",
+        "interrogate_clip_num_beams",
+        "interrogate_clip_min_length",
+        "interrogate_clip_max_length",
+        "interrogate_clip_dict_limit",
+        "interrogate_clip_skip_categories",
+        "interrogate_deepbooru_score_threshold",
+        "deepbooru_sort_alpha",
+        "deepbooru_use_spaces",
+        "deepbooru_escape",
+        "deepbooru_filter_tags",
+    ),
+    f"{_LATER}: there is no Extra Networks page, LoRA or textual inversion support": (
+        "extra_networks_show_hidden_directories",
+        "extra_networks_dir_button_function",
+        "extra_networks_hidden_models",
+        "extra_networks_default_multiplier",
+        "extra_networks_card_width",
+        "extra_networks_card_height",
+        "extra_networks_card_text_scale",
+        "extra_networks_card_show_desc",
+        "extra_networks_card_description_is_html",
+        "extra_networks_card_order_field",
+        "extra_networks_card_order",
+        "extra_networks_tree_view_style",
+        "extra_networks_tree_view_default_enabled",
+        "extra_networks_add_text_separator",
+        "ui_extra_networks_tab_reorder",
+        "textual_inversion_print_at_load",
+        "textual_inversion_add_hashes_to_infotext",
+        "sd_hypernetwork",
+        "sd_lora",
+        "lora_preferred_name",
+        "lora_add_hashes_to_infotext",
+        "lora_bundled_ti_to_infotext",
+        "lora_show_all",
+        "lora_hide_unknown_for_versions",
+        "lora_in_memory_limit",
+        "lora_not_found_warning_console",
+        "lora_not_found_gradio_warning",
+    ),
+    f"{_LATER}: Ctrl+Up/Down use fixed steps and delimiters": (
+        "keyedit_precision_attention",
+        "keyedit_precision_extra",
+        "keyedit_delimiters",
+        "keyedit_move",
+    ),
+    f"{_LATER}: the web UI layout is fixed": (
+        "disable_token_counters",
+        "do_not_show_images",
+        "js_modal_lightbox",
+        "js_modal_lightbox_initially_zoomed",
+        "js_modal_lightbox_gamepad",
+        "gallery_height",
+        "open_dir_button_choice",
+        "compact_prompt_box",
+        "samplers_in_dropdown",
+        "dimensions_and_batch_together",
+        "sd_checkpoint_dropdown_use_short",
+        "hires_fix_show_sampler",
+        "hires_fix_show_prompts",
+        "txt2img_settings_accordion",
+        "img2img_settings_accordion",
+        "localization",
+        "ui_tab_order",
+        "hidden_tabs",
+        "ui_reorder_list",
+        "show_progress_in_title",
+        "hide_samplers",
+    ),
+    f"{_LATER}: Interrupt stops at the next step": ("interrupt_after_current",),
+    f"{_LATER}: infotext always has the model name and hash, the VAE name and the version, never the user": (
+        "add_model_name_to_info",
+        "add_model_hash_to_info",
+        "add_vae_name_to_info",
+        "add_vae_hash_to_info",
+        "add_user_name_to_info",
+        "add_version_to_infotext",
+    ),
+    f"{_LATER}: pasting never switches the checkpoint": ("disable_weights_auto_swap",),
+    f"{_LATER}: pasting does not infer styles": ("infotext_styles",),
+    f"{_LATER}: the progress bar and live previews always show, as PNG, the prompt's preview": (
+        "show_progressbar",
+        "live_previews_enable",
+        "live_previews_image_format",
+        "show_progress_grid",
+        "live_preview_allow_lowvram_full",
+        "live_preview_content",
+        "live_preview_refresh_period",
+        "live_preview_fast_interrupt",
+        "js_live_preview_in_modal_lightbox",
+        "prevent_screen_sleep_during_generation",
+    ),
+    f"{_LATER}: Extras runs its operations in the fixed order and the main tabs have none": (
+        "postprocessing_enable_in_main_ui",
+        "postprocessing_disable_in_extras",
+        "upscaling_max_images_in_cache",
+        "postprocessing_existing_caption_action",
+    ),
+    f"{_LATER}: there is no extension loading": ("disabled_extensions", "disable_all_extensions"),
+    f"{_LATER}: there are no config states": ("restore_config_state_file",),
+}
+"""Options accepted and stored (clients send them, /options lists them) that nothing reads yet,
+grouped by why. `_opt` marks them `implemented=False` with the reason as their `note`."""
+
+_NOTES: dict[str, str] = {key: reason for reason, keys in NOT_ACTED_ON.items() for key in keys}
+
+
 def _type_of(default: object) -> type:
     for candidate in (bool, int, float, str, list):
         if isinstance(default, candidate):
@@ -61,6 +309,8 @@ def _type_of(default: object) -> type:
 
 
 def _opt(key: str, default: object, label: str, section: str, **kw: Any) -> OptionInfo:
+    if key in _NOTES:
+        kw.update(implemented=False, note=_NOTES[key])
     return OptionInfo(key=key, default=default, label=label, section=section, type=_type_of(default), **kw)
 
 
@@ -191,7 +441,7 @@ def _upscaling_and_faces() -> list[OptionInfo]:
         _opt("DAT_tile_overlap", 8, "Tile overlap for DAT upscalers, in pixels", up, minimum=0, maximum=48),
         _opt("upscaler_for_img2img", "None", "Upscaler for img2img", up),
         _opt("set_scale_by_when_changing_upscaler", False, "Set 'Upscale by' from the upscaler's scale", up),
-        _opt("face_restoration", False, "Restore faces", fr, infotext="Face restoration"),
+        _opt("face_restoration", False, "Restore faces", fr),
         _opt("face_restoration_model", "CodeFormer", "Face restoration model", fr),
         _opt("code_former_weight", 0.5, "CodeFormer weight; 0 = maximum effect", fr, minimum=0.0, maximum=1.0),
         _opt(
@@ -276,7 +526,6 @@ def _stable_diffusion() -> list[OptionInfo]:
             "",
             "Stable Diffusion checkpoint",
             s,
-            infotext="Model hash",
             comment="title of the active checkpoint ('name.safetensors [shorthash]'); the model "
             "manager attaches the checkpoint list as choices and an alias-resolving validator",
         ),
@@ -298,7 +547,7 @@ def _stable_diffusion() -> list[OptionInfo]:
             minimum=0,
             comment="ours: byte budget of the RAM cache of recently used checkpoints (the model "
             "manager evicts the least recently used ones beyond it); A1111's sd_checkpoint_cache "
-            "count is honoured as well",
+            "count is not read",
         ),
         _opt(
             "sd_checkpoint_hash",
@@ -339,7 +588,6 @@ def _stable_diffusion() -> list[OptionInfo]:
             "Emphasis mode",
             s,
             choices=("Original", "No norm", "Ignore", "None"),
-            infotext="Emphasis",
         ),
         _opt(
             "enable_batch_seeds",
@@ -356,7 +604,7 @@ def _stable_diffusion() -> list[OptionInfo]:
             maximum=74,
         ),
         _opt("sdxl_clip_l_skip", False, "Clip skip SDXL", s),
-        _opt("CLIP_stop_at_last_layers", 1, "Clip skip", s, minimum=1, maximum=12, step=1, infotext="Clip skip"),
+        _opt("CLIP_stop_at_last_layers", 1, "Clip skip", s, minimum=1, maximum=12, step=1),
         _opt("upcast_attn", False, "Upcast cross attention layer to float32", s),
         _opt(
             "randn_source",
@@ -364,9 +612,8 @@ def _stable_diffusion() -> list[OptionInfo]:
             "Random number generator source",
             s,
             choices=("GPU", "CPU", "NV"),
-            infotext="RNG",
         ),
-        _opt("tiling", False, "Tiling", s, infotext="Tiling"),
+        _opt("tiling", False, "Tiling", s),
         _opt(
             "hires_fix_refiner_pass",
             "second pass",
@@ -390,7 +637,6 @@ def _vae_and_img2img() -> list[OptionInfo]:
             "Automatic",
             "SD VAE",
             v,
-            infotext="VAE",
             comment='"Automatic" (same-name VAE next to the checkpoint), "None", or a VAE file name',
         ),
         _opt("sd_vae_overrides_per_model_preferences", True, "Selected VAE overrides per-model preferences", v),
@@ -402,7 +648,6 @@ def _vae_and_img2img() -> list[OptionInfo]:
             "VAE type for encode",
             v,
             choices=("Full", "TAESD"),
-            infotext="VAE Encoder",
         ),
         _opt(
             "sd_vae_decode_method",
@@ -410,7 +655,6 @@ def _vae_and_img2img() -> list[OptionInfo]:
             "VAE type for decode",
             v,
             choices=("Full", "TAESD"),
-            infotext="VAE Decoder",
         ),
         _opt(
             "inpainting_mask_weight",
@@ -419,7 +663,6 @@ def _vae_and_img2img() -> list[OptionInfo]:
             i,
             minimum=0.0,
             maximum=1.0,
-            infotext="Conditional mask weight",
         ),
         _opt(
             "initial_noise_multiplier",
@@ -428,7 +671,6 @@ def _vae_and_img2img() -> list[OptionInfo]:
             i,
             minimum=0.0,
             maximum=1.5,
-            infotext="Noise multiplier",
         ),
         _opt(
             "img2img_extra_noise",
@@ -437,7 +679,6 @@ def _vae_and_img2img() -> list[OptionInfo]:
             i,
             minimum=0.0,
             maximum=1.0,
-            infotext="Extra noise",
         ),
         _opt(
             "img2img_color_correction",
@@ -474,7 +715,6 @@ def _optimizations_and_compat() -> list[OptionInfo]:
             o,
             minimum=0.0,
             maximum=15.0,
-            infotext="NGMS",
         ),
         _opt(
             "token_merging_ratio",
@@ -483,7 +723,6 @@ def _optimizations_and_compat() -> list[OptionInfo]:
             o,
             minimum=0.0,
             maximum=0.9,
-            infotext="Token merging ratio",
         ),
         _opt("token_merging_ratio_img2img", 0.0, "Token merging ratio for img2img", o, minimum=0.0, maximum=0.9),
         _opt(
@@ -493,10 +732,9 @@ def _optimizations_and_compat() -> list[OptionInfo]:
             o,
             minimum=0.0,
             maximum=0.9,
-            infotext="Token merging ratio hr",
         ),
-        _opt("pad_cond_uncond", False, "Pad prompt/negative prompt to be same length", o, infotext="Pad conds"),
-        _opt("pad_cond_uncond_v0", False, "Pad prompt/negative prompt (v0)", o, infotext="Pad conds v0"),
+        _opt("pad_cond_uncond", False, "Pad prompt/negative prompt to be same length", o),
+        _opt("pad_cond_uncond_v0", False, "Pad prompt/negative prompt (v0)", o),
         _opt("persistent_cond_cache", True, "Persistent cond cache", o),
         _opt("batch_cond_uncond", True, "Batch cond/uncond", o),
         _opt(
@@ -505,7 +743,6 @@ def _optimizations_and_compat() -> list[OptionInfo]:
             "FP8 weight",
             o,
             choices=("Disable", "Enable for SDXL", "Enable"),
-            infotext="FP8 weight",
         ),
         _opt("cache_fp16_weight", False, "Cache FP16 weight for LoRA", o),
         _opt("auto_backcompat", True, "Automatic backward compatibility for pasted infotexts", c),
@@ -529,21 +766,18 @@ def _optimizations_and_compat() -> list[OptionInfo]:
             False,
             "Use old prompt editing timelines",
             c,
-            infotext="Old prompt editing timelines",
         ),
         _opt(
             "use_downcasted_alpha_bar",
             False,
             "Downcast model alphas_cumprod to fp16 before sampling",
             c,
-            infotext="Downcast alphas_cumprod",
         ),
         _opt(
             "refiner_switch_by_sample_steps",
             False,
             "Switch to refiner by sampling steps instead of model timesteps",
             c,
-            infotext="Refiner switch by sampling steps",
         ),
     ]
 
@@ -835,32 +1069,30 @@ def _sampler_params() -> list[OptionInfo]:
     sp = "sampler-params"
     return [
         _opt("hide_samplers", [], "Hide samplers in user interface", sp),
-        _opt("eta_ddim", 0.0, "Eta for DDIM", sp, minimum=0.0, maximum=1.0, infotext="Eta DDIM"),
-        _opt("eta_ancestral", 1.0, "Eta for k-diffusion samplers", sp, minimum=0.0, maximum=1.0, infotext="Eta"),
+        _opt("eta_ddim", 0.0, "Eta for DDIM", sp, minimum=0.0, maximum=1.0),
+        _opt("eta_ancestral", 1.0, "Eta for k-diffusion samplers", sp, minimum=0.0, maximum=1.0),
         _opt("ddim_discretize", "uniform", "img2img DDIM discretize", sp, choices=("uniform", "quad")),
-        _opt("s_churn", 0.0, "sigma churn", sp, minimum=0.0, maximum=100.0, infotext="Sigma churn"),
-        _opt("s_tmin", 0.0, "sigma tmin", sp, minimum=0.0, maximum=10.0, infotext="Sigma tmin"),
-        _opt("s_tmax", 0.0, "sigma tmax; 0 = inf", sp, minimum=0.0, maximum=999.0, infotext="Sigma tmax"),
-        _opt("s_noise", 1.0, "sigma noise", sp, minimum=0.0, maximum=1.1, infotext="Sigma noise"),
-        _opt("sigma_min", 0.0, "sigma min; 0 = default", sp, minimum=0.0, infotext="Schedule min sigma"),
-        _opt("sigma_max", 0.0, "sigma max; 0 = default", sp, minimum=0.0, infotext="Schedule max sigma"),
-        _opt("rho", 0.0, "rho; 0 = default", sp, minimum=0.0, infotext="Schedule rho"),
-        _opt("eta_noise_seed_delta", 0, "Eta noise seed delta (ENSD)", sp, minimum=0, infotext="ENSD"),
+        _opt("s_churn", 0.0, "sigma churn", sp, minimum=0.0, maximum=100.0),
+        _opt("s_tmin", 0.0, "sigma tmin", sp, minimum=0.0, maximum=10.0),
+        _opt("s_tmax", 0.0, "sigma tmax; 0 = inf", sp, minimum=0.0, maximum=999.0),
+        _opt("s_noise", 1.0, "sigma noise", sp, minimum=0.0, maximum=1.1),
+        _opt("sigma_min", 0.0, "sigma min; 0 = default", sp, minimum=0.0),
+        _opt("sigma_max", 0.0, "sigma max; 0 = default", sp, minimum=0.0),
+        _opt("rho", 0.0, "rho; 0 = default", sp, minimum=0.0),
+        _opt("eta_noise_seed_delta", 0, "Eta noise seed delta (ENSD)", sp, minimum=0),
         _opt(
             "always_discard_next_to_last_sigma",
             False,
             "Always discard next-to-last sigma",
             sp,
-            infotext="Discard penultimate sigma",
         ),
-        _opt("sgm_noise_multiplier", False, "SGM noise multiplier", sp, infotext="SGM noise multiplier"),
+        _opt("sgm_noise_multiplier", False, "SGM noise multiplier", sp),
         _opt(
             "uni_pc_variant",
             "bh1",
             "UniPC variant",
             sp,
             choices=("bh1", "bh2", "vary_coeff"),
-            infotext="UniPC variant",
         ),
         _opt(
             "uni_pc_skip_type",
@@ -868,9 +1100,8 @@ def _sampler_params() -> list[OptionInfo]:
             "UniPC skip type",
             sp,
             choices=("time_uniform", "time_quadratic", "logSNR"),
-            infotext="UniPC skip type",
         ),
-        _opt("uni_pc_order", 3, "UniPC order", sp, minimum=1, maximum=50, infotext="UniPC order"),
+        _opt("uni_pc_order", 3, "UniPC order", sp, minimum=1, maximum=50),
         _opt("uni_pc_lower_order_final", True, "UniPC lower order final", sp),
         _opt(
             "sd_noise_schedule",
@@ -878,7 +1109,6 @@ def _sampler_params() -> list[OptionInfo]:
             "Noise schedule for sampling",
             sp,
             choices=("Default", "Zero Terminal SNR"),
-            infotext="Noise Schedule",
         ),
         _opt(
             "skip_early_cond",
@@ -887,7 +1117,6 @@ def _sampler_params() -> list[OptionInfo]:
             sp,
             minimum=0.0,
             maximum=1.0,
-            infotext="Skip Early CFG",
         ),
         _opt(
             "beta_dist_alpha",
@@ -896,7 +1125,6 @@ def _sampler_params() -> list[OptionInfo]:
             sp,
             minimum=0.01,
             maximum=1.0,
-            infotext="Beta schedule alpha",
         ),
         _opt(
             "beta_dist_beta",
@@ -905,7 +1133,6 @@ def _sampler_params() -> list[OptionInfo]:
             sp,
             minimum=0.01,
             maximum=1.0,
-            infotext="Beta schedule beta",
         ),
     ]
 
@@ -973,3 +1200,9 @@ def default_option_infos() -> list[OptionInfo]:
         *_sampler_params(),
         *_postprocessing_and_hidden(),
     ]
+
+
+@functools.cache
+def unimplemented_options() -> Mapping[str, str]:
+    """Built-in option key -> why nothing acts on it yet (read-only view)."""
+    return MappingProxyType({info.key: info.note for info in default_option_infos() if not info.implemented})

@@ -26,7 +26,8 @@ class OptionInfo:
     on every write, callable ones on `set`/`update` but not on `load` (files come and go).
     For list options, choices constrain the items. `restrict_api`: an API client may not
     change it (paths and security switches). `readonly`: only the app sets it
-    (`Options.set_readonly`); clients' values are ignored.
+    (`Options.set_readonly`); clients' values are ignored. The infotext key an option is written
+    as lives in `modules.core.fields` (the one table of infotext keys, request fields and options).
     """
 
     key: str
@@ -41,8 +42,11 @@ class OptionInfo:
     restrict_api: bool = False
     requires_restart: bool = False
     readonly: bool = False
-    infotext: str | None = None
-    """Infotext key this option is written as / read from (e.g. "Clip skip")."""
+    implemented: bool = True
+    """False: accepted and stored (clients send it; /options lists it) but nothing acts on it yet;
+    the Settings tab does not show it and a request overriding it gets a warning."""
+    note: str = ""
+    """Why an option is not implemented (shown in warnings)."""
     comment: str = ""
     validator: Validator | None = field(default=None, compare=False)
 

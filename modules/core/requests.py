@@ -9,11 +9,13 @@ Images are opaque here (PIL images at run time): core imports no imaging library
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Mapping
+from collections.abc import Collection, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
 from modules.core.errors import ValidationError
+from modules.core.fields import ignored_field_warnings
+from modules.core.option_defaults import unimplemented_options
 
 # img2img resize modes (A1111 numbering)
 RESIZE_JUST = 0
@@ -66,6 +68,9 @@ class GenerationRequest:
     disable_extra_networks: bool = False
     comments: Mapping[str, Any] | None = None
     force_task_id: str | None = None
+    firstpass_image: Any | None = None  # as the client sent it (not decoded while it is ignored)
+    script_args: tuple[Any, ...] = ()
+    alwayson_scripts: Mapping[str, Any] = field(default_factory=dict)
 
     @property
     def effective_sampler(self) -> str:
@@ -130,15 +135,31 @@ class Limits:
     max_n_iter: int = 1000
 
 
+def override_warnings(request: GenerationRequest) -> list[str]:
+    """One warning per `override_settings` key that is a built-in option nothing acts on yet."""
+    unread = unimplemented_options()
+    return [
+        f"override_settings: {key!r} is accepted but not acted on ({unread[key]})"
+        for key in request.override_settings
+        if key in unread
+    ]
+
+
 def _require(ok: bool, message: str) -> None:
     if not ok:
         raise ValidationError(message)
 
 
-def validate_request(request: GenerationRequest, limits: Limits = Limits()) -> tuple[GenerationRequest, list[str]]:
+def validate_request(
+    request: GenerationRequest, limits: Limits = Limits(), installed_scripts: Collection[str] = ()
+) -> tuple[GenerationRequest, list[str]]:
     """Check a request; sizes are rounded down to multiples of 8 (A1111 does the same, silently;
-    we report it). Raises `ValidationError` with a message naming the field."""
-    warnings: list[str] = []
+    we report it). Raises `ValidationError` with a message naming the field.
+
+    The warnings also name every field the caller set that we accept but do not act on
+    (`fields.IGNORED_FIELDS`), `alwayson_scripts` entries for scripts not in `installed_scripts`,
+    and `override_settings` keys of built-in options nothing reads yet."""
+    warnings: list[str] = ignored_field_warnings(request, installed_scripts) + override_warnings(request)
     _require(request.steps >= 1, f"steps must be at least 1 (got {request.steps})")
     _require(request.steps <= limits.max_steps, f"steps must be at most {limits.max_steps} (got {request.steps})")
     _require(1 <= request.batch_size <= limits.max_batch_size, f"batch_size must be 1..{limits.max_batch_size}")

@@ -1,6 +1,7 @@
 """Restoring generation parameters into a tab's fields (A1111's paste fields, a1111.md 3.3): the
 infotext of a PNG, of a gallery image or typed into the prompt box, parsed with `parse_infotext`
-and mapped onto the components by field name."""
+and mapped onto the components by field name through the one field table (`modules.core.fields`),
+which the API's `infotext` field reads too."""
 
 from __future__ import annotations
 
@@ -9,6 +10,7 @@ from typing import Any
 
 import gradio as gr
 
+from modules.core.fields import values_from_infotext
 from modules.core.infotext import parse_infotext
 from modules.services import Services
 
@@ -31,55 +33,13 @@ def looks_like_infotext(text: str) -> bool:
     return "Steps: " in last
 
 
-# infotext key -> field name (the tabs' `UI_FIELDS`) and how the text becomes a value
-_INT, _FLOAT, _STR = int, float, str
-PASTE_KEYS: tuple[tuple[str, str, Any], ...] = (
-    ("Prompt", "prompt", _STR),
-    ("Negative prompt", "negative_prompt", _STR),
-    ("Steps", "steps", _INT),
-    ("Sampler", "sampler_name", _STR),
-    ("Schedule type", "scheduler", _STR),
-    ("CFG scale", "cfg_scale", _FLOAT),
-    ("Seed", "seed", _INT),
-    ("Size-1", "width", _INT),
-    ("Size-2", "height", _INT),
-    ("Variation seed", "subseed", _INT),
-    ("Variation seed strength", "subseed_strength", _FLOAT),
-    ("Seed resize from-1", "seed_resize_from_w", _INT),
-    ("Seed resize from-2", "seed_resize_from_h", _INT),
-    ("Denoising strength", "denoising_strength", _FLOAT),
-    ("Hires upscale", "hr_scale", _FLOAT),
-    ("Hires upscaler", "hr_upscaler", _STR),
-    ("Hires steps", "hr_second_pass_steps", _INT),
-    ("Hires resize-1", "hr_resize_x", _INT),
-    ("Hires resize-2", "hr_resize_y", _INT),
-    ("Mask blur", "mask_blur", _INT),
-    ("Image CFG scale", "image_cfg_scale", _FLOAT),
-)
-
-
-def _convert(kind: Any, value: object) -> object | None:
-    try:
-        if kind is _INT:
-            return int(float(str(value)))
-        if kind is _FLOAT:
-            return float(str(value))
-    except ValueError:
-        return None
-    return str(value)
-
-
 def infotext_values(parsed: Mapping[str, object]) -> dict[str, object]:
-    """txt2img field name -> value for the keys present in a `parse_infotext` result.
+    """Field name (the tabs' `UI_FIELDS`) -> value for the keys present in a `parse_infotext`
+    result, as the field table in `modules.core.fields` maps them.
 
     Hires. fix is enabled when the infotext has a denoising strength and a hires upscale,
     upscaler or resize (as A1111 decides); the seed "Extra" box opens for a variation seed."""
-    values: dict[str, object] = {}
-    for key, name, kind in PASTE_KEYS:
-        if key in parsed:
-            converted = _convert(kind, parsed[key])
-            if converted is not None:
-                values[name] = converted
+    values = values_from_infotext(parsed)
     resized = any(values.get(k) for k in ("hr_resize_x", "hr_resize_y"))
     values["enable_hr"] = "Denoising strength" in parsed and (
         "Hires upscale" in parsed or "Hires upscaler" in parsed or resized
