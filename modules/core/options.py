@@ -49,6 +49,9 @@ class Options:
         self._data: dict[str, object] = {}
         self._callbacks: dict[str, list[OnChange]] = {}
         self._lock = threading.RLock()
+        self._frozen_all = False
+        self._frozen_sections: frozenset[str] = frozenset()
+        self._frozen_keys: frozenset[str] = frozenset()
 
     # --- registry ---
 
@@ -74,6 +77,34 @@ class Options:
         with self._lock:
             return key in self._infos
 
+    # --- freezing (--freeze-settings, --freeze-settings-in-sections, --freeze-specific-settings) ---
+
+    def freeze(self, *, everything: bool = False, sections: Iterable[str] = (), keys: Iterable[str] = ()) -> None:
+        """Refuse changes from now on (A1111's freeze flags): to every option (`everything`), to the
+        options of `sections` (section ids, e.g. "saving-images"), to the options in `keys`.
+        Values the app records with `set_readonly` (e.g. the loaded checkpoint) still change."""
+        with self._lock:
+            self._frozen_all = self._frozen_all or everything
+            self._frozen_sections = self._frozen_sections | {s.strip() for s in sections if s.strip()}
+            self._frozen_keys = self._frozen_keys | {k.strip() for k in keys if k.strip()}
+
+    def frozen_reason(self, key: str) -> str | None:
+        """Why `key` cannot be changed now (the flag that froze it), or None."""
+        with self._lock:
+            info = self._infos.get(key)
+            if self._frozen_all:
+                return "--freeze-settings"
+            if info is not None and info.section in self._frozen_sections:
+                return f"--freeze-settings-in-sections ({info.section})"
+            if key in self._frozen_keys:
+                return "--freeze-specific-settings"
+        return None
+
+    def _check_not_frozen(self, key: str) -> None:
+        reason = self.frozen_reason(key)
+        if reason is not None:
+            raise ForbiddenError(f"setting {key} cannot be changed: settings are frozen ({reason})")
+
     # --- reading ---
 
     def get(self, key: str) -> object:
@@ -98,13 +129,17 @@ class Options:
     def set(self, key: str, value: object) -> bool:
         """Validate and set one option; True if the value changed.
 
-        NotFoundError for unknown keys, ValidationError for bad values or read-only keys. If an
-        on_change callback raises, the old value is restored and the error propagates.
+        NotFoundError for unknown keys, ValidationError for bad values or read-only keys,
+        ForbiddenError for a frozen key given a new value. If an on_change callback raises, the
+        old value is restored and the error propagates.
         """
         info = self.info(key)
         if info.readonly:
             raise ValidationError(f"setting {key} is read-only")
-        return self._apply(key, info.coerce(value))
+        value = info.coerce(value)
+        if not _same(value, self.get(key)):
+            self._check_not_frozen(key)
+        return self._apply(key, value)
 
     def set_readonly(self, key: str, value: object, *, notify: bool = False) -> bool:
         """Record a value the app owns or reports (e.g. `sd_checkpoint_hash`, the title of the
@@ -132,8 +167,9 @@ class Options:
 
         Read-only keys are ignored; unknown keys are ignored (or NotFoundError when
         `ignore_unknown` is false). A `restrict_api` key may only be sent with its current
-        value unless `allow_restricted` (else ForbiddenError). Every value is validated before
-        anything is applied; then keys are applied one by one with their callbacks.
+        value unless `allow_restricted` (else ForbiddenError); so may a frozen key (see `freeze`),
+        whatever `allow_restricted` says. Every value is validated before anything is applied;
+        then keys are applied one by one with their callbacks.
         """
         unknown: list[str] = []
         readonly: list[str] = []
@@ -160,6 +196,7 @@ class Options:
             if _same(value, current):
                 unchanged.append(key)
             else:
+                self._check_not_frozen(key)
                 pending.append((key, value))
         changed = [key for key, value in pending if self._apply(key, value)]
         unchanged.extend(key for key, _ in pending if key not in changed)

@@ -59,6 +59,65 @@ LEGACY_FLAGS: tuple[tuple[str, bool], ...] = (
 )
 _LEGACY_PREFIX = "legacy__"
 
+_SDPA = "attention uses torch SDPA"
+_NO_OFFLOAD = "not implemented yet: the whole model stays on the GPU"
+_NO_EXTENSIONS = "not implemented yet: no extensions are loaded"
+_NOT_WIRED = "not implemented yet: settings stay changeable"
+NOT_ACTED_ON_FLAGS: dict[str, str] = {
+    "share": "no Gradio share links: nothing is opened to the internet",
+    "ngrok": "no ngrok tunnels",
+    "ngrok_options": "no ngrok tunnels",
+    "disable_tls_verify": "not implemented yet",
+    "gradio_allowed_path": "not implemented yet: the UI serves files from its own folders only",
+    "enable_insecure_extension_access": "not implemented yet: there are no extension installs",
+    "config": "model configs come from the checkpoint's tensors (and a <name>.yaml beside it)",
+    "lowram": "not implemented yet: weights are loaded into RAM first",
+    "medvram": _NO_OFFLOAD,
+    "medvram_sdxl": _NO_OFFLOAD,
+    "lowvram": _NO_OFFLOAD,
+    "upcast_sampling": "not implemented yet: sampling runs in the model's precision (--no-half gives fp32)",
+    "xformers": _SDPA,
+    "force_enable_xformers": _SDPA,
+    "xformers_flash_attention": _SDPA,
+    "opt_sdp_no_mem_attention": f"{_SDPA} with its default kernels",
+    "opt_split_attention": _SDPA,
+    "opt_sub_quad_attention": _SDPA,
+    "opt_split_attention_v1": _SDPA,
+    "opt_split_attention_invokeai": _SDPA,
+    "disable_opt_split_attention": _SDPA,
+    "opt_channelslast": "not implemented yet",
+    "use_ipex": "no Intel XPU support",
+    "reinstall_xformers": "the launcher does not install xformers",
+    "uv": "the launcher installs with pip",
+    "disable_safe_unpickle": "pickled checkpoints always load through an allow-list",
+    "allow_code": "there is no custom-code feature",
+    "freeze_settings": _NOT_WIRED,
+    "freeze_settings_in_sections": _NOT_WIRED,
+    "freeze_specific_settings": _NOT_WIRED,
+    "hide_ui_dir_config": "not implemented yet: directory settings stay visible (the API still refuses changes)",
+    "disable_all_extensions": _NO_EXTENSIONS,
+    "disable_extra_extensions": _NO_EXTENSIONS,
+    "update_all_extensions": _NO_EXTENSIONS,
+    "update_check": "no update check",
+    "no_gradio_queue": "the Gradio queue is always used",
+    "autolaunch": "the server does not open a browser",
+    "ui_debug_mode": "not implemented yet (--skip-load-model-at-start starts without a model)",
+}
+"""Flags accepted (A1111 launch lines keep working) that nothing acts on: `Settings.warnings` says
+so at start-up for each one given."""
+
+ALREADY_SO_FLAGS: dict[str, str] = {
+    "opt_sdp_attention": _SDPA,
+    "skip_torch_cuda_test": "start-up never requires CUDA (no GPU: the CPU is used)",
+    "skip_version_check": "no version checks are run",
+    "skip_python_version_check": "no version checks are run",
+    "disable_nan_check": "there is no NaN check",
+    "do_not_download_clip": "nothing is ever downloaded",
+    "no_download_sd_model": "nothing is ever downloaded",
+    "disable_console_progressbars": "there are no console progress bars",
+}
+"""Flags that ask for what happens anyway: nothing reads them, and no warning is needed."""
+
 # Fields whose value is a secret: replaced by REDACTED in `redacted_dict()`.
 SECRET_FIELDS = frozenset({"api_auth", "gradio_auth", "ngrok", "ngrok_options"})
 
@@ -552,6 +611,17 @@ def _is_true_env(value: str | None) -> bool:
     return value is not None and value.strip().lower() not in ("", "0", "false", "no", "off")
 
 
+def not_acted_on_warnings(values: Mapping[str, object]) -> list[str]:
+    """ "--flag: accepted, not acted on (why)" for each flag of `NOT_ACTED_ON_FLAGS` given a value
+    other than its default."""
+    defaults = {f.name: f.default for f in flag_fields()}
+    return [
+        f"--{name.replace('_', '-')}: accepted, not acted on ({reason})"
+        for name, reason in NOT_ACTED_ON_FLAGS.items()
+        if values.get(name, defaults[name]) != defaults[name]
+    ]
+
+
 def parse_settings(argv: Sequence[str], environ: Mapping[str, str] | None = None) -> Settings:
     """Parse `argv` (without the program name) plus env COMMANDLINE_ARGS into `Settings`."""
     env: Mapping[str, str] = environ if environ is not None else {}
@@ -575,5 +645,6 @@ def parse_settings(argv: Sequence[str], environ: Mapping[str, str] | None = None
         values.update(api=True, skip_torch_cuda_test=True, disable_nan_check=True)
     for key in ("use_cpu", "styles_file", "gradio_allowed_path"):
         values[key] = tuple(values[key] or ())
+    warnings.extend(not_acted_on_warnings(values))
 
     return Settings(**values, warnings=tuple(warnings))

@@ -1,8 +1,10 @@
 """The Settings tab (a1111.md 10.7), generated from the options registry: a list of sections on
 the left, one group of fields per section, each field chosen from its option's type, choices and
-range, with elem_id `setting_<key>`. "Apply settings" validates and applies the changed values
-and saves config.json; "Reload UI" reloads the page. Values are filled in by a page-load event,
-so a reload shows what is saved now, not what was current when the page was built."""
+range, with elem_id `setting_<key>`. Options nothing acts on yet (`OptionInfo.implemented`) are
+left out; frozen ones (--freeze-settings...) are shown read-only. "Apply settings" validates and
+applies the changed values and saves config.json; "Reload UI" reloads the page. Values are filled
+in by a page-load event, so a reload shows what is saved now, not what was current when the page
+was built."""
 
 from __future__ import annotations
 
@@ -46,15 +48,24 @@ def quicksettings_keys(services: Services) -> list[str]:
         if info is None or info.section in HIDDEN_SECTIONS:
             log.warning("quicksettings_list: %r is not a setting that can be shown; skipped", key)
             continue
+        if not info.implemented:
+            log.warning("quicksettings_list: %r is not acted on yet (%s); skipped", key, info.note)
+            continue
         if key not in out:
             out.append(key)
     return out
 
 
 def shown_options(infos: Sequence[OptionInfo], quick: Collection[str] = QUICKSETTINGS) -> list[OptionInfo]:
-    """The Settings tab's fields: not hidden, not in the quicksettings row (`quick`: A1111 shows a
-    quicksetting only above the tabs, and one page holds each `setting_<key>` elem_id once)."""
-    return [i for i in infos if i.section not in HIDDEN_SECTIONS and i.key not in QUICKSETTINGS and i.key not in quick]
+    """The Settings tab's fields: implemented (an option nothing acts on yet is not offered as if it
+    worked; the API still lists and stores it), not hidden, not in the quicksettings row (`quick`:
+    A1111 shows a quicksetting only above the tabs, and one page holds each `setting_<key>` elem_id
+    once)."""
+    return [
+        i
+        for i in infos
+        if i.implemented and i.section not in HIDDEN_SECTIONS and i.key not in QUICKSETTINGS and i.key not in quick
+    ]
 
 
 def section_label(section: str) -> str:
@@ -209,7 +220,9 @@ def build_settings_tab(services: Services) -> SettingsTab:
                 with gr.Column(visible=index == 0, elem_id=f"settings_section_{section}") as column:
                     gr.Markdown(f"### {html.escape(section_label(section))}")
                     for info in by_section[section]:
-                        fields[info.key] = make_component(info, services.options.get(info.key))
+                        frozen = services.options.frozen_reason(info.key) is not None
+                        layout = {"interactive": False} if frozen else {}
+                        fields[info.key] = make_component(info, services.options.get(info.key), **layout)
                 groups.append(column)
 
     components = [fields[info.key] for info in ordered]
