@@ -1,0 +1,92 @@
+"""The Settings tab without a browser: built inside gr.Blocks over real Options, it offers the options
+something acts on and leaves out the ones nothing reads yet (the API still lists and stores those);
+frozen options are shown read-only and applying a change to one is refused."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable
+from pathlib import Path
+from types import SimpleNamespace
+from typing import Any, TypeVar
+
+import gradio as gr
+import pytest
+
+from modules.core.option_defaults import default_option_infos, unimplemented_options
+from modules.core.options import Options
+from modules.ui.settings import SettingsTab, apply_settings, build_settings_tab, quicksettings_keys
+
+T = TypeVar("T")
+
+
+def in_a_loop(fn: Callable[[], T]) -> T:
+    """Build Blocks with a running event loop, closed afterwards (Gradio leaks one per Blocks
+    otherwise)."""
+
+    async def call() -> T:
+        return fn()
+
+    loop = asyncio.new_event_loop()
+    try:
+        return loop.run_until_complete(call())
+    finally:
+        loop.close()
+        asyncio.set_event_loop(None)
+
+
+def build(services: Any) -> tuple[gr.Blocks, SettingsTab]:
+    def make() -> tuple[gr.Blocks, SettingsTab]:
+        with gr.Blocks() as blocks:
+            tab = build_settings_tab(services)
+        return blocks, tab
+
+    return in_a_loop(make)
+
+
+def elem_ids(blocks: gr.Blocks) -> set[str]:
+    return {str(c.elem_id) for c in blocks.blocks.values() if getattr(c, "elem_id", None)}
+
+
+@pytest.fixture()
+def services(tmp_path: Path) -> Any:
+    options = Options(default_option_infos(), tmp_path / "config.json")
+    return SimpleNamespace(options=options)
+
+
+def test_unread_options_are_not_offered_and_read_ones_are(services: Any) -> None:
+    blocks, tab = build(services)
+    ids = elem_ids(blocks)
+    for key in ("eta_ddim", "s_churn", "samples_save", "token_merging_ratio"):  # nothing reads these
+        assert key in unimplemented_options()
+        assert f"setting_{key}" not in ids and key not in tab.fields
+    for key in ("jpeg_quality", "CLIP_stop_at_last_layers", "emphasis", "samples_format"):  # the engine reads these
+        assert f"setting_{key}" in ids and key in tab.fields
+    assert not set(tab.fields) & set(unimplemented_options())
+    # the API side is unchanged: listed and stored
+    assert "eta_ddim" in services.options.as_dict()
+    assert services.options.apply_update({"eta_ddim": 0.5}).changed == ["eta_ddim"]
+
+
+def test_a_section_of_unread_options_only_has_no_entry(services: Any) -> None:
+    blocks, _ = build(services)
+    ids = elem_ids(blocks)
+    assert "settings_section_interrogate" not in ids and "settings_section_training" not in ids
+    assert "settings_section_saving-images" in ids
+
+
+def test_an_unread_option_in_quicksettings_list_is_skipped(services: Any, caplog: pytest.LogCaptureFixture) -> None:
+    services.options.set("quicksettings_list", ["sd_model_checkpoint", "eta_ddim", "CLIP_stop_at_last_layers"])
+    assert quicksettings_keys(services) == ["sd_model_checkpoint", "CLIP_stop_at_last_layers"]
+    assert "'eta_ddim' is not acted on yet" in caplog.text
+
+
+def test_frozen_options_are_read_only_and_changes_are_refused(services: Any) -> None:
+    services.options.freeze(keys=["jpeg_quality"])
+    _, tab = build(services)
+    assert tab.fields["jpeg_quality"].interactive is False
+    assert tab.fields["samples_format"].interactive is not False
+    info = services.options.info("jpeg_quality")
+    with pytest.raises(gr.Error, match="frozen"):
+        apply_settings(services, [info], [70])
+    assert services.options.get("jpeg_quality") == 80
