@@ -12,9 +12,8 @@ records the model it ran with. The adapters do not use this class: they go throu
 
 from __future__ import annotations
 
-import contextlib
 import logging
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from typing import Any, Protocol
 
 from PIL import Image
@@ -41,6 +40,7 @@ from modules.engine.worker import Job, JobContext, Worker
 from modules.models.loader import StableDiffusionModel
 from modules.models.manager import ModelManager
 from modules.models.registry import CheckpointInfo
+from modules.models.spec import ModelSpec
 from modules.models.taesd import TaesdDecoders
 
 log = logging.getLogger(__name__)
@@ -201,7 +201,7 @@ class GenerationService:
             raise RuntimeError("GenerationService.process runs on the worker thread only; submit a job instead")
         hooks = self.hooks.combined(hooks)
         overrides = dict(request.override_settings)
-        with self._lease(overrides) as model:
+        with self.models.lease(self.spec_for(request)) as model:
             used = self._model_used(model)
             settings = options_to_settings(self.options.get, overrides)
             preview_kind = str(overrides.get("show_progress_type", self._option("show_progress_type", "Approx NN")))
@@ -245,27 +245,17 @@ class GenerationService:
             self._keep_overrides(overrides)
         return result
 
-    @contextlib.contextmanager
-    def _lease(self, overrides: dict[str, Any]) -> Iterator[StableDiffusionModel]:
-        """The model for one request: its `override_settings` checkpoint / VAE, else the selected
-        ones. The VAE choice of a request is put back after it (the checkpoint stays loaded until
-        the next job asks for another: the next plain job goes back to the selected one)."""
+    def spec_for(self, request: GenerationRequest) -> ModelSpec:
+        """The model a request runs with: its `override_settings` checkpoint / VAE / clip skip,
+        else the selected checkpoint, the default VAE choice and the option's clip skip. A
+        per-request choice is part of the lease, never a change of the defaults."""
+        overrides = request.override_settings
         checkpoint = overrides.get("sd_model_checkpoint") or self.selected_checkpoint()
+        if checkpoint is not None and not isinstance(checkpoint, CheckpointInfo):
+            checkpoint = str(checkpoint)
         vae = overrides.get("sd_vae")
-        previous_vae = self.models.vae_choice
-        if vae is not None:
-            self.models.set_vae(str(vae))
-        try:
-            if checkpoint is not None and not isinstance(checkpoint, CheckpointInfo):
-                checkpoint = str(checkpoint)
-            with self.models.lease(checkpoint or None) as model:
-                yield model
-        finally:
-            if vae is not None and self.models.vae_choice != previous_vae:
-                try:
-                    self.models.set_vae(previous_vae)
-                except Exception as exc:  # the job's result stands; the restore problem is logged
-                    log.warning("could not restore the VAE after the job: %s", exc)
+        clip_skip = options_to_settings(self.options.get, overrides).clip_skip
+        return ModelSpec(checkpoint=checkpoint or None, vae=None if vae is None else str(vae), clip_skip=clip_skip)
 
     def _model_used(self, model: StableDiffusionModel) -> ModelUsed:
         active = self.models.active
