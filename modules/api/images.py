@@ -182,7 +182,7 @@ def open_image(data: bytes, field: str, max_pixels: int, *, convert: bool = True
             if width < 1 or height < 1:
                 raise ValidationError(f"{field}: image has no pixels")
             probe.verify()
-            image = Image.open(io.BytesIO(data))
+            image: Image.Image = Image.open(io.BytesIO(data))
             image.load()
     except ValidationError:
         raise

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Literal
+from typing import Literal, cast
 
 import torch
 
@@ -106,8 +106,8 @@ class Encoder:
         family = self.model.family
         if family.is_sdxl and is_negative and text == "":
             zero = self._encode(text, False)  # shape donor
-            pooled = None if zero.pooled is None else torch.zeros_like(zero.pooled)
-            return TextCond(torch.zeros_like(zero.hidden), pooled)
+            zero_pooled = None if zero.pooled is None else torch.zeros_like(zero.pooled)
+            return TextCond(torch.zeros_like(zero.hidden), zero_pooled)
         hidden_parts: list[torch.Tensor] = []
         pooled: torch.Tensor | None = None
         chunk_counts = set()
@@ -144,7 +144,9 @@ class Encoder:
         if skip == 1:
             return out.last_hidden_state, None
         text_model = getattr(encoder, "text_model", encoder)
-        z = text_model.final_layer_norm(out.hidden_states[-skip])
+        # a submodule read as an attribute types as Tensor | Module
+        final_layer_norm = cast(torch.nn.Module, text_model.final_layer_norm)
+        z = final_layer_norm(out.hidden_states[-skip])
         return z, None
 
 

@@ -26,7 +26,7 @@ from collections.abc import Callable, Sequence
 from concurrent.futures import Future
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Generic, TypeVar
+from typing import Any, Generic, TypeVar, cast
 
 from PIL import Image
 
@@ -346,7 +346,11 @@ class Engine:
         as A1111's lock does), with the shared upscalers and face restorers."""
         options = self._options
         tiles = upscaling.tile_settings(options)
-        order = options.get("postprocessing_operation_order") if "postprocessing_operation_order" in options else []
+        # a list of operation names (Options validates the value against its default's type)
+        order = cast(
+            "list[str]",
+            options.get("postprocessing_operation_order") if "postprocessing_operation_order" in options else [],
+        )
         upscalers, restorers = self._upscalers, self._face_restorers
         kwargs = request.operation_kwargs()
         images: Sequence[Image.Image] = [image for image in request.images if isinstance(image, Image.Image)]

@@ -22,7 +22,7 @@ import logging
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Generic, TypeVar
+from typing import Any, Generic, TypeVar, cast
 
 from modules.core.requests import GenerationRequest
 from modules.engine.sampling import StepInfo, UNetWrapper
@@ -141,7 +141,8 @@ class Hooks:
         """The per-step callback for the sampling loop, or None when nobody listens (no cost)."""
         if not len(self.on_step):
             return None
-        return self.on_step.fire
+        # `fire` hands the event back; the loop ignores what its callback returns
+        return cast("Callable[[StepInfo], None]", self.on_step.fire)
 
     # -- combining ---------------------------------------------------------------------------
 

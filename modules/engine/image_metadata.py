@@ -17,6 +17,7 @@ import json
 import logging
 import struct
 from collections.abc import Mapping
+from typing import cast
 
 from PIL import Image, PngImagePlugin, features
 
@@ -256,7 +257,8 @@ def read_image_info(image: Image.Image) -> tuple[str | None, dict[str, object]]:
     the image has EXIF; a GIF `comment` otherwise; NovelAI PNGs get a synthesized infotext.
     Items are `image.info` without the infotext and without format details (IGNORED_INFO_KEYS).
     """
-    items: dict[str, object] = dict(image.info or {})
+    # PIL types info keys as str | tuple[int, int]; the keys read here are strings
+    items: dict[str, object] = dict(cast("Mapping[str, object]", image.info or {}))
     geninfo_raw = items.pop(PNGINFO_SECTION, None)
     geninfo = geninfo_raw if isinstance(geninfo_raw, str) else None
     if "exif" in items:

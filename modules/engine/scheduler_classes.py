@@ -90,15 +90,20 @@ def _fractional(model_sigmas: ModelSigmas, sigmas: torch.Tensor, device: torch.d
     return torch.from_numpy(model_sigmas.sigma_to_t(sigmas).astype(np.float32)).to(device)
 
 
-class A1111EulerDiscreteScheduler(_HookedSchedule, EulerDiscreteScheduler):
+# The A1111 subclasses below carry `# type: ignore[misc]` on their class line: diffusers' own
+# SchedulerMixin and ConfigMixin disagree on `config_name`, and each base scheduler types
+# `_convert_to_karras` / `num_inference_steps` its own way, which the shared hook cannot match.
+
+
+class A1111EulerDiscreteScheduler(_HookedSchedule, EulerDiscreteScheduler):  # type: ignore[misc]
     """k-diffusion `sample_euler` (s_churn = 0). Exact: same update, same sigmas, fractional t."""
 
 
-class A1111HeunDiscreteScheduler(_HookedSchedule, HeunDiscreteScheduler):
+class A1111HeunDiscreteScheduler(_HookedSchedule, HeunDiscreteScheduler):  # type: ignore[misc]
     """k-diffusion `sample_heun` (s_churn = 0): same update and sigmas; last step is Euler."""
 
 
-class A1111LMSDiscreteScheduler(_HookedSchedule, LMSDiscreteScheduler):
+class A1111LMSDiscreteScheduler(_HookedSchedule, LMSDiscreteScheduler):  # type: ignore[misc]
     """k-diffusion `sample_lms` (order 4). The coefficient is the integral of a Lagrange basis
     polynomial (degree <= 3), integrated exactly by 4-point Gauss-Legendre instead of scipy's quad."""
 
@@ -132,11 +137,11 @@ class _FractionalMainTimesteps:
         self.timesteps = ts
 
 
-class A1111KDPM2DiscreteScheduler(_FractionalMainTimesteps, _HookedSchedule, KDPM2DiscreteScheduler):
+class A1111KDPM2DiscreteScheduler(_FractionalMainTimesteps, _HookedSchedule, KDPM2DiscreteScheduler):  # type: ignore[misc]
     """k-diffusion `sample_dpm_2`: midpoint in log sigma, last step Euler."""
 
 
-class A1111KDPM2AncestralDiscreteScheduler(_FractionalMainTimesteps, _HookedSchedule, KDPM2AncestralDiscreteScheduler):
+class A1111KDPM2AncestralDiscreteScheduler(_FractionalMainTimesteps, _HookedSchedule, KDPM2AncestralDiscreteScheduler):  # type: ignore[misc]
     """k-diffusion `sample_dpm_2_ancestral` (eta 1): one noise draw per step, after the second
     evaluation."""
 
@@ -163,7 +168,7 @@ class _KDiffusionStart:
         self._unset_init_noise_sigma = float(value)
 
 
-class A1111DPMSolverMultistepScheduler(_KDiffusionStart, _HookedSchedule, DPMSolverMultistepScheduler):
+class A1111DPMSolverMultistepScheduler(_KDiffusionStart, _HookedSchedule, DPMSolverMultistepScheduler):  # type: ignore[misc]
     """k-diffusion DPM++ 2M / 2M SDE / 3M SDE.
 
     diffusers works on the variance-preserving sample x / sqrt(1 + sigma^2) where k-diffusion works
@@ -185,7 +190,7 @@ class A1111DPMSolverMultistepScheduler(_KDiffusionStart, _HookedSchedule, DPMSol
         noise: torch.Tensor | None = None,
         **kwargs: Any,
     ) -> torch.Tensor:
-        if self.config.algorithm_type != "sde-dpmsolver++" or args or kwargs:
+        if self.config["algorithm_type"] != "sde-dpmsolver++" or args or kwargs:
             return super().multistep_dpm_solver_third_order_update(
                 model_output_list, *args, sample=sample, noise=noise, **kwargs
             )
@@ -237,13 +242,13 @@ class A1111EulerAncestralDiscreteScheduler(EulerAncestralDiscreteScheduler):
             )
         ms = self.model_sigmas()
         sig = np.asarray(self.a1111_sigmas(ms, int(num_inference_steps)), dtype=np.float64)
-        self.num_inference_steps = len(sig)
+        self.num_inference_steps = len(sig)  # type: ignore[assignment]  # diffusers declares it None
         self.sigmas = torch.from_numpy(np.append(sig, 0.0).astype(np.float32))
         self.timesteps = torch.from_numpy(ms.sigma_to_t(sig).astype(np.float32)).to(device=device)
         self._step_index = None
         self._begin_index = None
 
-    def step(  # type: ignore[override]
+    def step(
         self,
         model_output: torch.Tensor,
         timestep: float | torch.Tensor,
@@ -253,30 +258,36 @@ class A1111EulerAncestralDiscreteScheduler(EulerAncestralDiscreteScheduler):
         variance_noise: torch.Tensor | None = None,
     ) -> EulerAncestralDiscreteSchedulerOutput | tuple[torch.Tensor, torch.Tensor]:
         if variance_noise is None:
-            return super().step(model_output, timestep, sample, generator=generator, return_dict=return_dict)
+            return super().step(
+                model_output,
+                timestep,
+                sample,
+                generator=generator,  # type: ignore[arg-type]  # randn_tensor takes a list of generators too
+                return_dict=return_dict,
+            )
         if self.step_index is None:
             self._init_step_index(timestep)
         i = self.step_index
         sigma, sigma_to = self.sigmas[i], self.sigmas[i + 1]
         sample = sample.to(torch.float32)
-        if self.config.prediction_type == "epsilon":
+        if self.config["prediction_type"] == "epsilon":
             denoised = sample - sigma * model_output
-        elif self.config.prediction_type == "v_prediction":
+        elif self.config["prediction_type"] == "v_prediction":
             denoised = model_output * (-sigma / (sigma**2 + 1) ** 0.5) + sample / (sigma**2 + 1)
         else:
-            raise ValueError(f"prediction_type {self.config.prediction_type!r} is not supported")
+            raise ValueError(f"prediction_type {self.config['prediction_type']!r} is not supported")
         sigma_up = (sigma_to**2 * (sigma**2 - sigma_to**2) / sigma**2) ** 0.5
         sigma_down = (sigma_to**2 - sigma_up**2) ** 0.5
         prev = sample + (sample - denoised) / sigma * (sigma_down - sigma)
         prev = prev + variance_noise.to(device=prev.device, dtype=prev.dtype) * sigma_up
         prev = prev.to(model_output.dtype)
-        self._step_index += 1
+        self._step_index += 1  # type: ignore[assignment,operator]  # diffusers declares it None
         if not return_dict:
             return prev, denoised
         return EulerAncestralDiscreteSchedulerOutput(prev_sample=prev, pred_original_sample=denoised)
 
 
-class A1111LCMScheduler(_KDiffusionStart, LCMScheduler):
+class A1111LCMScheduler(_KDiffusionStart, LCMScheduler):  # type: ignore[misc]
     """A1111's LCM sampler: k-diffusion style over the 50-point LCM timestep grid (19, 39, ..., 999).
 
     The selected schedule is computed on the grid's sigmas and every sigma is snapped to the
@@ -293,8 +304,8 @@ class A1111LCMScheduler(_KDiffusionStart, LCMScheduler):
         return math.sqrt((1.0 - ac) / ac)
 
     def grid_timesteps(self) -> np.ndarray:
-        k = self.config.num_train_timesteps // self.config.original_inference_steps
-        return np.arange(1, self.config.original_inference_steps + 1) * k - 1
+        k = self.config["num_train_timesteps"] // self.config["original_inference_steps"]
+        return np.arange(1, self.config["original_inference_steps"] + 1) * k - 1
 
     def set_timesteps(
         self,
@@ -324,7 +335,7 @@ class A1111LCMScheduler(_KDiffusionStart, LCMScheduler):
 def dpmsolver_sde_class() -> type[SchedulerMixin]:
     from diffusers.schedulers.scheduling_dpmsolver_sde import DPMSolverSDEScheduler
 
-    class A1111DPMSolverSDEScheduler(_HookedSchedule, DPMSolverSDEScheduler):
+    class A1111DPMSolverSDEScheduler(_HookedSchedule, DPMSolverSDEScheduler):  # type: ignore[misc]
         """k-diffusion `sample_dpmpp_sde` (diffusers' port, Brownian-tree noise seeded per image)."""
 
     return A1111DPMSolverSDEScheduler

@@ -67,7 +67,7 @@ def tile_settings(options: Mapping[str, object] | object | None, upscaler: Upsca
             value = get(key)
         except KeyError:
             return default
-        return default if value is None else int(value)  # type: ignore[call-overload]
+        return default if value is None else int(value)
 
     return TileSettings(
         tile=read(f"{prefix}_tile", DEFAULT_TILE), overlap=read(f"{prefix}_tile_overlap", DEFAULT_OVERLAP)

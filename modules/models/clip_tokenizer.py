@@ -83,7 +83,8 @@ def _build(pad_token: str) -> CLIPTokenizer:
     vocab, merges = clip_vocab_and_merges()
     return CLIPTokenizer(
         vocab=dict(vocab),
-        merges=[tuple(m.split(" ")) for m in merges],
+        # transformers annotates list[str]; its BPE model takes (left, right) pairs as well
+        merges=[tuple(m.split(" ")) for m in merges],  # type: ignore[misc]
         pad_token=pad_token,
         model_max_length=MAX_LENGTH,
     )

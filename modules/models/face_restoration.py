@@ -77,7 +77,8 @@ class HaarFaceDetector:
             if self._cascade is None:
                 import cv2
 
-                path = str(Path(cv2.data.haarcascades) / "haarcascade_frontalface_default.xml")
+                # opencv-python ships cv2.data at runtime but its stubs omit it
+                path = str(Path(cv2.data.haarcascades) / "haarcascade_frontalface_default.xml")  # type: ignore[attr-defined]
                 cascade = cv2.CascadeClassifier(path)
                 if cascade.empty():
                     raise ModelFileError(f"cannot load OpenCV's face cascade from {path}")

@@ -21,12 +21,16 @@ from typing import Any
 
 import torch
 from accelerate import init_empty_weights
-from diffusers import AutoencoderKL, UNet2DConditionModel
 from diffusers.loaders.single_file_utils import (
     convert_ldm_unet_checkpoint,
     convert_ldm_vae_checkpoint,
     convert_open_clip_checkpoint,
 )
+
+# From their modules: under TYPE_CHECKING diffusers' package namespace resolves to its dummy objects,
+# so a type checker would see placeholder classes instead of these nn.Modules.
+from diffusers.models.autoencoders.autoencoder_kl import AutoencoderKL
+from diffusers.models.unets.unet_2d_condition import UNet2DConditionModel
 from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection, CLIPTokenizer
 
 from modules.core.errors import ModelFileError, UnknownModelError, UnsafeModelFileError
@@ -112,12 +116,13 @@ class StableDiffusionModel:
     def to_device(self, device: torch.device) -> None:
         """Move every active component to `device` (dtypes were fixed when the model was built).
         A baked VAE that a separate VAE replaces waits on the CPU."""
-        self.unet.to(device=device)
-        self.vae.to(device=device)
-        for encoder in self.text_encoders:
-            encoder.to(device=device)
-        if self.baked_vae is not None:
-            self.baked_vae.to(device="cpu")
+        # as plain nn.Modules: diffusers wraps ModelMixin.to in a way type checkers misread
+        active: list[torch.nn.Module] = [self.unet, self.vae, *self.text_encoders]
+        for module in active:
+            module.to(device=device)
+        baked: torch.nn.Module | None = self.baked_vae
+        if baked is not None:
+            baked.to(device="cpu")
 
 
 # ------------------------------------------------------------------------------ single files
