@@ -131,6 +131,132 @@ def _sketch_brush(services: Services, option: str) -> gr.Brush:
     return gr.Brush(default_size="auto", colors=list(colors), default_color=color, color_mode="defaults")
 
 
+@dataclass
+class ImageSources:
+    """The six sub-tabs (`mode_img2img`) and their inputs: where a request's image comes from."""
+
+    mode_tabs: gr.Tabs
+    subtabs: dict[int, gr.Tab]
+    copy_buttons: dict[int, dict[int, gr.Button]]  # source sub-tab -> target sub-tab -> button
+    init_image: gr.Image
+    sketch: gr.ImageEditor
+    inpaint_editor: gr.ImageEditor
+    inpaint_sketch: gr.ImageEditor
+    inpaint_base: gr.Image
+    inpaint_mask: gr.Image
+    batch_upload_tab: gr.Tab
+    batch_dir_tab: gr.Tab
+    batch_files: gr.File
+    batch_input_dir: gr.Textbox
+    batch_output_dir: gr.Textbox
+    batch_mask_dir: gr.Textbox
+
+
+def _subtab(label: str, number: int) -> gr.Tab:
+    return gr.Tab(label, id=SUBTAB_IDS[number], elem_id=SUBTAB_IDS[number])
+
+
+def _build_image_sources(services: Services) -> ImageSources:
+    """img2img, Sketch, Inpaint, Inpaint sketch, Inpaint upload and Batch, with A1111's ids."""
+    copy_buttons: dict[int, dict[int, gr.Button]] = {}
+    subtabs: dict[int, gr.Tab] = {}
+    with gr.Tabs(elem_id="mode_img2img") as mode_tabs:
+        with _subtab("img2img", IMG2IMG) as subtabs[IMG2IMG]:
+            init_image = gr.Image(
+                label="Image for img2img",
+                type="pil",
+                image_mode=None,
+                sources=["upload", "clipboard"],
+                height=360,
+                elem_id="img2img_image",
+            )
+            copy_buttons[IMG2IMG] = _copy_row("img2img")
+        with _subtab("Sketch", SKETCH) as subtabs[SKETCH]:
+            sketch = _editor(
+                "Image for img2img",
+                "img2img_sketch",
+                _sketch_brush(services, "img2img_sketch_default_brush_color"),
+            )
+            copy_buttons[SKETCH] = _copy_row("sketch")
+        with _subtab("Inpaint", INPAINT) as subtabs[INPAINT]:
+            inpaint_editor = _editor(
+                "Image for inpainting with mask",
+                "img2maskimg",
+                gr.Brush(default_size="auto", colors=[("#ffffff", 0.7)], color_mode="fixed"),
+            )
+            copy_buttons[INPAINT] = _copy_row("inpaint")
+        with _subtab("Inpaint sketch", INPAINT_SKETCH) as subtabs[INPAINT_SKETCH]:
+            inpaint_sketch = _editor(
+                "Color sketch inpainting",
+                "inpaint_sketch",
+                _sketch_brush(services, "img2img_inpaint_sketch_default_brush_color"),
+            )
+            copy_buttons[INPAINT_SKETCH] = _copy_row("inpaint_sketch")
+        with _subtab("Inpaint upload", INPAINT_UPLOAD) as subtabs[INPAINT_UPLOAD]:
+            inpaint_base = gr.Image(
+                label="Image for img2img",
+                type="pil",
+                image_mode=None,
+                sources=["upload", "clipboard"],
+                height=240,
+                elem_id="img_inpaint_base",
+            )
+            inpaint_mask = gr.Image(
+                label="Mask",
+                type="pil",
+                image_mode=None,
+                sources=["upload", "clipboard"],
+                height=240,
+                elem_id="img_inpaint_mask",
+            )
+        with (
+            _subtab("Batch", BATCH) as subtabs[BATCH],
+            gr.Tabs(elem_id="img2img_batch_source"),
+        ):
+            with gr.Tab(
+                "Upload", id="img2img_batch_upload_tab", elem_id="img2img_batch_upload_tab"
+            ) as batch_upload_tab:
+                batch_files = gr.File(
+                    label="Files",
+                    file_count="multiple",
+                    file_types=["image"],
+                    elem_id="img2img_batch_upload",
+                )
+            with gr.Tab(
+                "From directory", id="img2img_batch_from_dir_tab", elem_id="img2img_batch_from_dir_tab"
+            ) as batch_dir_tab:
+                gr.HTML(
+                    "<p class='sdw-hint'>Process images in a folder on the server: folders are relative "
+                    "to the data dir and must be inside it or inside the outputs folder. Leave the "
+                    "output directory empty to save to the usual outputs folder. With a mask "
+                    "directory, each image is inpainted with the mask of the same name.</p>",
+                    elem_id="img2img_batch_hint",
+                )
+                batch_input_dir = gr.Textbox(label="Input directory", elem_id="img2img_batch_input_dir")
+                batch_output_dir = gr.Textbox(label="Output directory", elem_id="img2img_batch_output_dir")
+                batch_mask_dir = gr.Textbox(
+                    label="Inpaint batch mask directory (required for inpaint batch processing only)",
+                    elem_id="img2img_batch_inpaint_mask_dir",
+                )
+    return ImageSources(
+        mode_tabs,
+        subtabs,
+        copy_buttons,
+        init_image,
+        sketch,
+        inpaint_editor,
+        inpaint_sketch,
+        inpaint_base,
+        inpaint_mask,
+        batch_upload_tab,
+        batch_dir_tab,
+        batch_files,
+        batch_input_dir,
+        batch_output_dir,
+        batch_mask_dir,
+    )
+
+
 def build_img2img_tab(services: Services) -> Img2ImgTab:
     parent_tab = Context.block  # the top-level img2img tab this is built in
     root = Context.root_block
@@ -141,93 +267,19 @@ def build_img2img_tab(services: Services) -> Img2ImgTab:
 
     row = build_prompt_row("img2img", services)
     prompt, negative, style_dropdown = row.prompt, row.negative, row.styles
-    copy_buttons: dict[int, dict[int, gr.Button]] = {}
-    subtabs: dict[int, gr.Tab] = {}
 
     with gr.Row(elem_id="img2img_settings_and_results", equal_height=False):
         with gr.Column(scale=1, elem_id="img2img_settings"):
-            with gr.Tabs(elem_id="mode_img2img") as mode_tabs:
-                with gr.Tab("img2img", id=SUBTAB_IDS[IMG2IMG], elem_id=SUBTAB_IDS[IMG2IMG]) as subtabs[IMG2IMG]:
-                    init_image = gr.Image(
-                        label="Image for img2img",
-                        type="pil",
-                        image_mode=None,
-                        sources=["upload", "clipboard"],
-                        height=360,
-                        elem_id="img2img_image",
-                    )
-                    copy_buttons[IMG2IMG] = _copy_row("img2img")
-                with gr.Tab("Sketch", id=SUBTAB_IDS[SKETCH], elem_id=SUBTAB_IDS[SKETCH]) as subtabs[SKETCH]:
-                    sketch = _editor(
-                        "Image for img2img",
-                        "img2img_sketch",
-                        _sketch_brush(services, "img2img_sketch_default_brush_color"),
-                    )
-                    copy_buttons[SKETCH] = _copy_row("sketch")
-                with gr.Tab("Inpaint", id=SUBTAB_IDS[INPAINT], elem_id=SUBTAB_IDS[INPAINT]) as subtabs[INPAINT]:
-                    inpaint_editor = _editor(
-                        "Image for inpainting with mask",
-                        "img2maskimg",
-                        gr.Brush(default_size="auto", colors=[("#ffffff", 0.7)], color_mode="fixed"),
-                    )
-                    copy_buttons[INPAINT] = _copy_row("inpaint")
-                with gr.Tab(
-                    "Inpaint sketch", id=SUBTAB_IDS[INPAINT_SKETCH], elem_id=SUBTAB_IDS[INPAINT_SKETCH]
-                ) as subtabs[INPAINT_SKETCH]:
-                    inpaint_sketch = _editor(
-                        "Color sketch inpainting",
-                        "inpaint_sketch",
-                        _sketch_brush(services, "img2img_inpaint_sketch_default_brush_color"),
-                    )
-                    copy_buttons[INPAINT_SKETCH] = _copy_row("inpaint_sketch")
-                with gr.Tab(
-                    "Inpaint upload", id=SUBTAB_IDS[INPAINT_UPLOAD], elem_id=SUBTAB_IDS[INPAINT_UPLOAD]
-                ) as subtabs[INPAINT_UPLOAD]:
-                    inpaint_base = gr.Image(
-                        label="Image for img2img",
-                        type="pil",
-                        image_mode=None,
-                        sources=["upload", "clipboard"],
-                        height=240,
-                        elem_id="img_inpaint_base",
-                    )
-                    inpaint_mask = gr.Image(
-                        label="Mask",
-                        type="pil",
-                        image_mode=None,
-                        sources=["upload", "clipboard"],
-                        height=240,
-                        elem_id="img_inpaint_mask",
-                    )
-                with (
-                    gr.Tab("Batch", id=SUBTAB_IDS[BATCH], elem_id=SUBTAB_IDS[BATCH]) as subtabs[BATCH],
-                    gr.Tabs(elem_id="img2img_batch_source"),
-                ):
-                    with gr.Tab(
-                        "Upload", id="img2img_batch_upload_tab", elem_id="img2img_batch_upload_tab"
-                    ) as batch_upload_tab:
-                        batch_files = gr.File(
-                            label="Files",
-                            file_count="multiple",
-                            file_types=["image"],
-                            elem_id="img2img_batch_upload",
-                        )
-                    with gr.Tab(
-                        "From directory", id="img2img_batch_from_dir_tab", elem_id="img2img_batch_from_dir_tab"
-                    ) as batch_dir_tab:
-                        gr.HTML(
-                            "<p class='sdw-hint'>Process images in a folder on the server: folders are relative "
-                            "to the data dir and must be inside it or inside the outputs folder. Leave the "
-                            "output directory empty to save to the usual outputs folder. With a mask "
-                            "directory, each image is inpainted with the mask of the same name.</p>",
-                            elem_id="img2img_batch_hint",
-                        )
-                        batch_input_dir = gr.Textbox(label="Input directory", elem_id="img2img_batch_input_dir")
-                        batch_output_dir = gr.Textbox(label="Output directory", elem_id="img2img_batch_output_dir")
-                        batch_mask_dir = gr.Textbox(
-                            label="Inpaint batch mask directory (required for inpaint batch processing only)",
-                            elem_id="img2img_batch_inpaint_mask_dir",
-                        )
+            sources = _build_image_sources(services)
+            mode_tabs, subtabs, copy_buttons = sources.mode_tabs, sources.subtabs, sources.copy_buttons
+            init_image, sketch, inpaint_editor = sources.init_image, sources.sketch, sources.inpaint_editor
+            inpaint_sketch, inpaint_base, inpaint_mask = (
+                sources.inpaint_sketch,
+                sources.inpaint_base,
+                sources.inpaint_mask,
+            )
+            batch_files, batch_input_dir = sources.batch_files, sources.batch_input_dir
+            batch_output_dir, batch_mask_dir = sources.batch_output_dir, sources.batch_mask_dir
             resize_mode = gr.Radio(
                 label="Resize mode",
                 choices=list(RESIZE_MODES),
@@ -407,8 +459,8 @@ def build_img2img_tab(services: Services) -> Img2ImgTab:
 
     for number, subtab in subtabs.items():
         subtab.select(select_mode(number), None, [mode, inpaint_controls, mask_alpha], queue=False)
-    batch_upload_tab.select(lambda: BATCH_UPLOAD, None, batch_source, queue=False)
-    batch_dir_tab.select(lambda: BATCH_FROM_DIR, None, batch_source, queue=False)
+    sources.batch_upload_tab.select(lambda: BATCH_UPLOAD, None, batch_source, queue=False)
+    sources.batch_dir_tab.select(lambda: BATCH_FROM_DIR, None, batch_source, queue=False)
 
     # the image each sub-tab shows, by `image_of_mode`'s parameter names
     image_fields: dict[str, Any] = {
