@@ -5,7 +5,6 @@ converter (`extras_request_from_ui`) and submitted to the engine as an `ExtrasRe
 
 from __future__ import annotations
 
-import html
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -22,9 +21,9 @@ from modules.engine.image_metadata import encode_image
 from modules.services import Services
 from modules.ui.common import open_image
 from modules.ui.named_inputs import inputs_of, values_of
+from modules.ui.server_folders import folder_images, server_dir
 
 SINGLE, BATCH, DIRECTORY = 0, 1, 2
-IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".bmp")
 SCALE_BY, SCALE_TO = 0, 1
 NONE = "None"
 
@@ -80,27 +79,6 @@ def upscaler_names(services: Services) -> list[str]:
 
 def _open_files(files: Sequence[Any] | None) -> list[Image.Image]:
     return [open_image(item) for item in files or ()]
-
-
-def server_dir(services: Services, value: str, label: str) -> Path:
-    """A folder on the server named in the UI: relative to the data dir, and only inside the data
-    dir or the outputs folder (anything else is refused)."""
-    if not value or not value.strip():
-        raise gr.Error(f"{label}: please enter a folder")
-    path = Path(value.strip()).expanduser()
-    if not path.is_absolute():
-        path = services.paths.data_dir / path
-    path = path.resolve()
-    roots = {services.paths.data_dir.resolve(), services.paths.outputs_dir.resolve()}
-    if not any(path == root or root in path.parents for root in roots):
-        raise gr.Error(f"{label}: only folders inside the data dir or the outputs folder are allowed")
-    return path
-
-
-def _directory_images(folder: Path) -> list[Path]:
-    if not folder.is_dir():
-        raise gr.Error(f"Input directory not found: {html.escape(folder.name)}")
-    return sorted(p for p in folder.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
 
 
 def _save_results(results: Sequence[ExtrasResult], names: Sequence[Path], folder: Path) -> None:
@@ -265,11 +243,12 @@ def build_extras_tab(services: Services) -> ExtrasTab:
         names: list[Path] = []
         target: Path | None = None
         if source_mode == DIRECTORY:
-            names = _directory_images(server_dir(services, values["input_dir"], "Input directory"))
+            in_dir = server_dir(services.paths, values["input_dir"], "Input directory")
+            names = folder_images(services.paths, in_dir, "Input directory")
             out_dir = values["output_dir"]
             default_out = services.options.get("outdir_extras_samples") or "outputs/extras-images"
             target = (
-                server_dir(services, out_dir, "Output directory")
+                server_dir(services.paths, out_dir, "Output directory")
                 if out_dir and out_dir.strip()
                 else services.paths.output_path(str(default_out))
             )

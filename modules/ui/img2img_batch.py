@@ -21,9 +21,9 @@ from modules.core.results import Result
 from modules.engine.image_metadata import encode_image
 from modules.services import Services
 from modules.ui.common import follow, gallery_items, info_html, open_image, progress_html, result_of, submit
-from modules.ui.extras import IMAGE_SUFFIXES, server_dir
 from modules.ui.img2img_editor import to_rgb
 from modules.ui.img2img_request import request_for_image
+from modules.ui.server_folders import IMAGE_SUFFIXES, folder_images, server_dir, shown_folder
 
 BATCH_UPLOAD, BATCH_FROM_DIR = "upload", "from dir"  # the `#img2img_batch_source` tabs
 
@@ -40,12 +40,6 @@ class BatchItem:
 class BatchPlan:
     items: tuple[BatchItem, ...]
     output_dir: Path | None = None  # None: the normal outputs folder
-
-
-def _folder_images(folder: Path, label: str) -> list[Path]:
-    if not folder.is_dir():
-        raise gr.Error(f"{label} not found: {html.escape(str(folder))}")
-    return sorted(p for p in folder.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
 
 
 def _upload_path(item: Any) -> Path:
@@ -70,16 +64,16 @@ def batch_plan(
         if not files:
             raise gr.Error("Please upload the images to process")
         return BatchPlan(tuple(BatchItem(p) for p in files))
-    input_dir = server_dir(services, batch_input_dir, "Input directory")
-    images = _folder_images(input_dir, "Input directory")
+    input_dir = server_dir(services.paths, batch_input_dir, "Input directory")
+    images = folder_images(services.paths, input_dir, "Input directory")
     if not images:
         raise gr.Error(f"Input directory has no images ({', '.join(IMAGE_SUFFIXES)})")
-    output_dir = server_dir(services, batch_output_dir, "Output directory") if batch_output_dir.strip() else None
+    output_dir = server_dir(services.paths, batch_output_dir, "Output directory") if batch_output_dir.strip() else None
     masks: dict[str, Path] = {}
     single_mask: Path | None = None
     if batch_inpaint_mask_dir.strip():
-        mask_dir = server_dir(services, batch_inpaint_mask_dir, "Inpaint batch mask directory")
-        found = _folder_images(mask_dir, "Inpaint batch mask directory")
+        mask_dir = server_dir(services.paths, batch_inpaint_mask_dir, "Inpaint batch mask directory")
+        found = folder_images(services.paths, mask_dir, "Inpaint batch mask directory")
         if not found:
             raise gr.Error("Inpaint batch mask directory has no images")
         single_mask = found[0] if len(found) == 1 else None
@@ -136,14 +130,6 @@ def limit_results(result: Result, limit: int) -> Result:
     return dataclasses.replace(result, **cut)
 
 
-def _shown(services: Services, folder: Path) -> str:
-    """A server folder as the user typed it: relative to the data dir (or the outputs folder)."""
-    for root in (services.paths.data_dir.resolve(), services.paths.outputs_dir.resolve()):
-        if folder == root or root in folder.parents:
-            return str(folder.relative_to(root)) or "."
-    return folder.name
-
-
 def run_batch(
     services: Services, values: Mapping[str, Any], plan: BatchPlan, stop: threading.Event | None = None
 ) -> Iterator[tuple[Any, ...]]:
@@ -182,6 +168,8 @@ def run_batch(
     shown_result = limit_results(merged, int(limit) if isinstance(limit, int | float) else -1)
     assert first is not None
     images, info = gallery_items(first, shown_result)
-    where = f"; {written} files written to {html.escape(_shown(services, plan.output_dir))}" if plan.output_dir else ""
+    where = ""
+    if plan.output_dir is not None:
+        where = f"; {written} files written to {html.escape(shown_folder(services.paths, plan.output_dir))}"
     summary = f"<p class='sdw-batch-summary'>Processed {len(results)}/{total} images{where}.</p>"
     yield "", images, summary + info_html(merged), info, (merged.seeds[0] if merged.seeds else -1)
