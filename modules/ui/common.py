@@ -224,6 +224,20 @@ def result_of(job: JobHandle[Result]) -> Result:
         raise gr.Error(str(exc)) from exc
 
 
+def run_generation(services: Services, request: GenerationRequest) -> Iterator[tuple[Any, ...]]:
+    """Submit `request` and follow it: yields the results column's outputs (progress, gallery,
+    info HTML, generation info, last seeds), first the progress and live previews, then the
+    finished images with their infotext and the seeds ♻️ reuses."""
+    job = submit(services, request)
+    yield progress_html(job.progress()), gr.skip(), "", "", gr.skip()
+    for shown, preview in follow(job, progress_html):
+        yield shown, preview, gr.skip(), gr.skip(), gr.skip()
+    result = result_of(job)
+    images, info = gallery_items(request, result)
+    seeds = (result.seeds[0] if result.seeds else -1, result.subseeds[0] if result.subseeds else -1)
+    yield "", images, info_html(result), info, seeds
+
+
 def wire_generate(
     services: Services,
     row: PromptRow,

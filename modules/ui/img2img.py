@@ -23,14 +23,9 @@ from modules.ui.common import (
     build_prompt_row,
     build_results_column,
     build_seed_section,
-    follow,
-    gallery_items,
-    info_html,
-    progress_html,
-    result_of,
+    run_generation,
     sampler_choices,
     scheduler_choices,
-    submit,
     wire_generate,
 )
 from modules.ui.img2img_batch import BATCH_FROM_DIR, BATCH_UPLOAD, batch_plan, run_batch
@@ -427,15 +422,7 @@ def build_img2img_tab(services: Services) -> Img2ImgTab:
         if int(ui["mode"]) == BATCH:
             yield from run_batch(services, ui, batch_plan(services, **batch), row.stop_requested)
             return
-        request = img2img_request_from_ui(**ui)
-        job = submit(services, request)
-        yield progress_html(job.progress()), gr.skip(), "", "", gr.skip()
-        for shown, preview in follow(job, progress_html):
-            yield shown, preview, gr.skip(), gr.skip(), gr.skip()
-        result = result_of(job)
-        images, info = gallery_items(request, result)
-        seeds = (result.seeds[0] if result.seeds else -1, result.subseeds[0] if result.subseeds else -1)
-        yield "", images, info_html(result), info, seeds
+        yield from run_generation(services, img2img_request_from_ui(**ui))
 
     def check(values: dict[str, Any]) -> None:
         """User errors (no image, empty mask, a refused folder) before the buttons change: an

@@ -20,14 +20,9 @@ from modules.ui.common import (
     build_prompt_row,
     build_results_column,
     build_seed_section,
-    follow,
-    gallery_items,
-    info_html,
-    progress_html,
-    result_of,
+    run_generation,
     sampler_choices,
     scheduler_choices,
-    submit,
     wire_generate,
 )
 from modules.ui.named_inputs import inputs_of, values_of
@@ -199,15 +194,7 @@ def build_txt2img_tab(services: Services) -> Txt2ImgTab:
     }
 
     def run(values: dict[str, Any]) -> Iterator[tuple[Any, ...]]:
-        request = txt2img_request_from_ui(**values)
-        job = submit(services, request)
-        yield progress_html(job.progress()), gr.skip(), "", "", gr.skip()
-        for shown, preview in follow(job, progress_html):
-            yield shown, preview, gr.skip(), gr.skip(), gr.skip()
-        result = result_of(job)
-        images, info = gallery_items(request, result)
-        seeds = (result.seeds[0] if result.seeds else -1, result.subseeds[0] if result.subseeds else -1)
-        yield "", images, info_html(result), info, seeds
+        yield from run_generation(services, txt2img_request_from_ui(**values))
 
     wire_generate(services, row, run, request_fields, [progress, gallery, html_info, generation_info, last_seeds])
 
