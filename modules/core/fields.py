@@ -29,6 +29,7 @@ __all__ = [
     "IgnoredField",
     "InfotextField",
     "ignored_field_warnings",
+    "infotext_for_field",
     "infotext_for_option",
     "option_fields",
     "option_for_infotext",
@@ -189,6 +190,12 @@ def option_for_infotext(key: str) -> str | None:
 def infotext_for_option(option: str) -> str | None:
     """The infotext key an option is written as ("CLIP_stop_at_last_layers" -> "Clip skip")."""
     return next((f.key for f in INFOTEXT_FIELDS if f.option == option), None)
+
+
+def infotext_for_field(field: str) -> str | None:
+    """The infotext key a request field is written as ("steps" -> "Steps", "width" -> "Size-1":
+    the writer joins the -1/-2 pair as "WxH" under "Size")."""
+    return next((f.key for f in INFOTEXT_FIELDS if f.field == field), None)
 
 
 def values_from_infotext(parsed: Mapping[str, object], tabs: Collection[str] | None = None) -> dict[str, object]:

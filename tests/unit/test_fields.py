@@ -18,6 +18,7 @@ from modules.core.fields import (
     INFOTEXT_FIELDS,
     TXT2IMG,
     ignored_field_warnings,
+    infotext_for_field,
     infotext_for_option,
     option_fields,
     option_for_infotext,
@@ -114,6 +115,8 @@ def test_option_lookups_both_ways() -> None:
     assert option_for_infotext("Clip skip") == "CLIP_stop_at_last_layers"
     assert infotext_for_option("CLIP_stop_at_last_layers") == "Clip skip"
     assert option_for_infotext("Steps") is None and infotext_for_option("samples_format") is None
+    assert infotext_for_field("steps") == "Steps" and infotext_for_field("width") == "Size-1"
+    assert infotext_for_field("eta") is None
     for entry in option_fields():
         assert entry.option is not None
         assert option_for_infotext(entry.key) == entry.option
