@@ -230,7 +230,7 @@ class IgnoredField:
     """A request field we accept (A1111 clients send it) but do not act on yet.
 
     `unset` lists values that mean "not asked for" besides the field's default and empty values
-    (e.g. A1111's "Use same checkpoint")."""
+    (A1111's "Use same checkpoint"; the standard value the engine runs with anyway)."""
 
     field: str
     reason: str
@@ -242,11 +242,13 @@ _NO_REFINER = "not implemented yet: there is no refiner pass"
 _LEGACY_HIRES = "legacy field of the old hires fix, ignored as in A1111: width/height give the first pass"
 
 IGNORED_FIELDS: tuple[IgnoredField, ...] = (
-    IgnoredField("eta", f"{_NO_SAMPLER_PARAMS} (ancestral eta 1, DDIM eta 0)"),
-    IgnoredField("s_churn", _NO_SAMPLER_PARAMS),
-    IgnoredField("s_tmin", _NO_SAMPLER_PARAMS),
-    IgnoredField("s_tmax", _NO_SAMPLER_PARAMS),
-    IgnoredField("s_noise", _NO_SAMPLER_PARAMS),
+    # the standard values (A1111's option defaults, which clients such as webuiapi always send) are
+    # what the samplers run with, so they are no warning
+    IgnoredField("eta", f"{_NO_SAMPLER_PARAMS} (ancestral eta 1, DDIM eta 0)", unset=(1.0,)),
+    IgnoredField("s_churn", f"{_NO_SAMPLER_PARAMS} (s_churn 0)", unset=(0.0,)),
+    IgnoredField("s_tmin", f"{_NO_SAMPLER_PARAMS} (s_tmin 0)", unset=(0.0,)),
+    IgnoredField("s_tmax", f"{_NO_SAMPLER_PARAMS} (s_tmax 0 = infinity)", unset=(0.0, float("inf"))),
+    IgnoredField("s_noise", f"{_NO_SAMPLER_PARAMS} (s_noise 1)", unset=(1.0,)),
     IgnoredField("s_min_uncond", "not implemented yet: the negative prompt is used on every step"),
     IgnoredField("refiner_checkpoint", _NO_REFINER, unset=("None",)),
     IgnoredField("refiner_switch_at", _NO_REFINER),

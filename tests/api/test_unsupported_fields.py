@@ -73,15 +73,22 @@ def test_txt2img_warns_for_each_ignored_field_it_was_sent(client: TestClient) ->
     assert "alwayson_scripts: script 'ADetailer' is not installed; its args were ignored" in warnings
 
 
-def test_defaults_and_empty_values_are_no_warning(client: TestClient) -> None:
-    payload = {
+def test_defaults_empty_and_standard_values_are_no_warning(client: TestClient) -> None:
+    payload = {  # what the webuiapi package sends when its caller sets none of these
         **SMALL,
         "prompt": "p",
         "alwayson_scripts": {},
         "script_args": [],
         "comments": {},
-        "eta": None,
-        "hr_checkpoint_name": "Use same checkpoint",
+        "eta": 1.0,
+        "s_churn": 0,
+        "s_tmax": 0,
+        "s_tmin": 0,
+        "s_noise": 1,
+        "firstphase_width": 0,
+        "firstphase_height": 0,
+        "hr_checkpoint_name": None,
+        "refiner_checkpoint": None,
     }
     assert warnings_of(client.post("/sdapi/v1/txt2img", json=payload)) == []
 

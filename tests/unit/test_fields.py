@@ -217,9 +217,13 @@ def test_an_ignored_field_that_is_set_is_a_warning(name: str) -> None:
     assert len(warnings) == 1 and warnings[0].startswith(f"{name}: accepted but not acted on (")
 
 
-def test_defaults_empty_values_and_a1111_same_as_values_are_no_warning() -> None:
+def test_defaults_empty_values_and_values_that_change_nothing_are_no_warning() -> None:
     quiet = Txt2ImgRequest(
-        eta=None,
+        eta=1.0,
+        s_churn=0,
+        s_tmin=0.0,
+        s_tmax=0,
+        s_noise=1,
         comments={},
         script_args=(),
         alwayson_scripts={},
