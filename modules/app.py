@@ -52,6 +52,12 @@ def build_services(
     options = Options(default_option_infos(), paths.config_file)
     for warning in options.load():
         log.warning("%s", warning)
+    if settings.freeze_settings or settings.freeze_settings_in_sections or settings.freeze_specific_settings:
+        options.freeze(
+            everything=settings.freeze_settings,
+            sections=(settings.freeze_settings_in_sections or "").split(","),
+            keys=(settings.freeze_specific_settings or "").split(","),
+        )
     registry = ModelRegistry(
         paths.checkpoint_dirs,
         paths.vae_dirs,

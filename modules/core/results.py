@@ -11,6 +11,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from modules.core.infotext import format_params_line
+
 
 @dataclass(frozen=True)
 class ModelUsed:
@@ -50,18 +52,9 @@ class Result:
     version: str = ""  # the engine's version string ("sd-webui-x.y.z")
 
 
-def _fmt(value: Any) -> str:
-    if isinstance(value, float):
-        return f"{value:g}"
-    text = str(value)
-    if any(c in text for c in ',:"'):
-        return '"' + text.replace("\\", "\\\\").replace('"', '\\"') + '"'
-    return text
-
-
 def extras_infotext(info: dict[str, Any]) -> str:
-    """`key: value, key: value` (values quoted when they hold `,` `:` or `"`), Nones left out."""
-    return ", ".join(f"{k}: {_fmt(v)}" for k, v in info.items() if v is not None)
+    """A1111's params line (`key: value, ...`, quoted where needed, Nones left out), floats as %g."""
+    return format_params_line({k: (f"{v:g}" if isinstance(v, float) else v) for k, v in info.items()})
 
 
 def plaintext_to_html(text: str) -> str:

@@ -20,6 +20,7 @@ from PIL import Image
 
 from modules import __version__
 from modules.core.errors import ValidationError
+from modules.core.fields import infotext_for_option
 from modules.core.filenames import FilenameContext
 from modules.core.infotext import build_infotext, order_params
 from modules.core.options import Options
@@ -89,7 +90,7 @@ def image_saver_for(saver: ImageSaver) -> Saver:
                 batch_size=request.batch_size,
                 generation_number=i,
                 n_iter=request.n_iter,
-                clip_skip=int(params.get("Clip skip", 1)),
+                clip_skip=int(params.get(_CLIP_SKIP, 1)),
                 denoising=request.denoising_strength,
                 job_timestamp=result.job_timestamp,
             )
@@ -115,6 +116,21 @@ def image_saver_for(saver: ImageSaver) -> Saver:
 
 def _fmt(value: float) -> str:
     return f"{value:g}"
+
+
+def _written_as(option: str) -> str:
+    """The infotext key an option is written under, from the one field table in core."""
+    key = infotext_for_option(option)
+    if key is None:
+        raise KeyError(f"{option} has no infotext key in modules.core.fields")
+    return key
+
+
+_CLIP_SKIP = _written_as("CLIP_stop_at_last_layers")
+_RNG = _written_as("randn_source")
+_ENSD = _written_as("eta_noise_seed_delta")
+_EMPHASIS = _written_as("emphasis")
+_MASK_WEIGHT = _written_as("inpainting_mask_weight")
 
 
 class GenerationService:
@@ -312,8 +328,8 @@ class GenerationService:
                 "Size": f"{request.width}x{request.height}",
                 "Model hash": used.shorthash,
                 "VAE": model.vae_source.name if model.vae_source else None,
-                "Clip skip": settings.clip_skip if settings.clip_skip > 1 else None,
-                "RNG": settings.rng_source if settings.rng_source != "GPU" else None,
+                _CLIP_SKIP: settings.clip_skip if settings.clip_skip > 1 else None,
+                _RNG: settings.rng_source if settings.rng_source != "GPU" else None,
                 "Tiling": "True" if request.tiling else None,
                 "Version": VERSION,
             }
@@ -327,7 +343,7 @@ class GenerationService:
             if request.seed_resize_from_w > 0 and request.seed_resize_from_h > 0:
                 p["Seed resize from"] = f"{request.seed_resize_from_w}x{request.seed_resize_from_h}"
             if settings.eta_noise_seed_delta and sampler.uses_ensd:
-                p["ENSD"] = settings.eta_noise_seed_delta
+                p[_ENSD] = settings.eta_noise_seed_delta
             if isinstance(request, Img2ImgRequest):
                 p["Denoising strength"] = _fmt(request.denoising_strength or 0.75)
                 if request.mask is not None:
@@ -343,7 +359,7 @@ class GenerationService:
                         p["Inpaint area"] = "Only masked"
                         p["Masked area padding"] = request.inpaint_full_res_padding
                 if model.family.variant == "inpaint":
-                    p["Conditional mask weight"] = _fmt(settings.inpainting_mask_weight)
+                    p[_MASK_WEIGHT] = _fmt(settings.inpainting_mask_weight)
             if isinstance(request, Txt2ImgRequest) and request.enable_hr:
                 p["Denoising strength"] = _fmt(
                     request.denoising_strength if request.denoising_strength is not None else 0.75
@@ -362,7 +378,7 @@ class GenerationService:
                 if request.hr_negative_prompt and request.hr_negative_prompt != request.negative_prompt:
                     p["Hires negative prompt"] = request.hr_negative_prompt
             if settings.emphasis != "Original":
-                p["Emphasis"] = settings.emphasis
+                p[_EMPHASIS] = settings.emphasis
             return order_params({k: v for k, v in p.items() if v is not None})
 
         return params

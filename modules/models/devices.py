@@ -73,8 +73,6 @@ def policy_from_settings(settings: Settings, device: torch.device | None = None)
             log.warning("--xformers given but xformers is not installed; using PyTorch SDPA attention")
         else:
             attention = "xformers"
-    if settings.disable_safe_unpickle:
-        log.warning("--disable-safe-unpickle is ignored: pickled checkpoints always load through an allow-list")
     return DevicePolicy(
         placement=Placement(device=device, dtype=dtype, vae_dtype=vae_dtype, text_encoder_dtype=dtype),
         memory_mode=mode,

@@ -80,3 +80,24 @@ def test_bad_flag_is_a_clear_error_not_a_traceback(capsys: pytest.CaptureFixture
     assert main(["--port", "abc"], {}) == 2
     assert "--port" in capsys.readouterr().out
     assert main(["--no-such-flag"], {}) == 2
+
+
+def test_freeze_settings_flag_makes_options_read_only(data_dir: Path) -> None:
+    services = build_services(
+        parse_settings(["--data-dir", str(data_dir), "--api", "--freeze-settings"], {}), data_dir, {}
+    )
+    client = TestClient(create_app(services))
+    response = client.post("/sdapi/v1/options", json={"CLIP_stop_at_last_layers": 3})
+    assert response.status_code == 403, response.text
+    assert "--freeze-settings" in response.text
+    assert services.options.get("CLIP_stop_at_last_layers") == 1
+    assert not any("freeze" in warning for warning in services.settings.warnings)
+
+
+def test_freeze_specific_settings_leaves_the_others_changeable(data_dir: Path) -> None:
+    settings = parse_settings(
+        ["--data-dir", str(data_dir), "--api", "--freeze-specific-settings", "CLIP_stop_at_last_layers"], {}
+    )
+    client = TestClient(create_app(build_services(settings, data_dir, {})))
+    assert client.post("/sdapi/v1/options", json={"CLIP_stop_at_last_layers": 3}).status_code == 403
+    assert client.post("/sdapi/v1/options", json={"eta_noise_seed_delta": 31337}).status_code == 200

@@ -134,9 +134,7 @@ def test_flags_nothing_acts_on_are_declared_and_the_rest_are_read() -> None:
         (["--medvram"], "--medvram: accepted, not acted on (not implemented yet: the whole model stays on the GPU)"),
         (["--lowvram"], "--lowvram: accepted, not acted on (not implemented yet: the whole model stays on the GPU)"),
         (["--upcast-sampling"], "--upcast-sampling: accepted, not acted on (not implemented yet: "),
-        (["--freeze-settings"], "--freeze-settings: accepted, not acted on ("),
         (["--gradio-allowed-path", "/tmp"], "--gradio-allowed-path: accepted, not acted on ("),
-        (["--freeze-specific-settings", "a,b"], "--freeze-specific-settings: accepted, not acted on ("),
     ],
 )
 def test_a_flag_nothing_acts_on_is_reported_at_start_up(argv: list[str], expected: str) -> None:
