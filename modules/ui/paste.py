@@ -34,7 +34,7 @@ def looks_like_infotext(text: str) -> bool:
 
 
 def infotext_values(parsed: Mapping[str, object]) -> dict[str, object]:
-    """Field name (the tabs' `UI_FIELDS`) -> value for the keys present in a `parse_infotext`
+    """Field name (the tabs' field names: the converters' keywords) -> value for the keys present in a `parse_infotext`
     result, as the field table in `modules.core.fields` maps them.
 
     Hires. fix is enabled when the infotext has a denoising strength and a hires upscale,
@@ -65,7 +65,7 @@ def paste_fields(
 ) -> dict[Any, object]:
     """txt2img component -> value restored from a parsed infotext (A1111's PasteField list).
 
-    `fields` maps `UI_FIELDS` names to components (`Txt2ImgTab.fields`, `Img2ImgTab.fields`);
+    `fields` maps the tabs' field names to components (`Txt2ImgTab.fields`, `Img2ImgTab.fields`);
     fields the infotext says nothing about, fields in `skip`, and values a dropdown does not offer
     are left out (left unchanged)."""
     out: dict[Any, object] = {}
