@@ -85,6 +85,9 @@ class MergeRequest:
 
 # -- Model jobs: only the worker thread touches device weights ---------------------------------
 
+VAE_AUTOMATIC = "Automatic"  # a same-name VAE next to the checkpoint, else the checkpoint's own
+VAE_NONE = "None"  # the checkpoint's own (baked) VAE
+
 
 @dataclass(frozen=True)
 class SwitchModel:

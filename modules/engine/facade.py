@@ -39,6 +39,7 @@ from modules.engine import upscaling
 from modules.engine.extras import dest_side, run_extras
 from modules.engine.hooks import Hooks
 from modules.engine.service import GenerationService
+from modules.engine.token_count import count_tokens
 from modules.engine.worker import IDLE_STATE, Job, JobContext, Worker
 from modules.models import merge as merging
 from modules.models.face_restoration import FaceRestorers
@@ -240,6 +241,10 @@ class Engine:
 
     def pending_count(self) -> int:
         return self._worker.pending_count()
+
+    def count_tokens(self, prompt: str, steps: int, *, is_positive: bool = True) -> tuple[int, int]:
+        """A1111's prompt token counter: (CLIP tokens used, limit in chunks of 75)."""
+        return count_tokens(prompt, steps, is_positive=is_positive)
 
     # -- models ------------------------------------------------------------------------------
 

@@ -39,6 +39,7 @@ from pathlib import Path
 import torch
 from diffusers import AutoencoderKL
 
+from modules.core.jobs import VAE_AUTOMATIC, VAE_NONE
 from modules.core.errors import ModelLoadError, NotFoundError, SdWebuiError
 from modules.models.families import ModelFamily
 from modules.models.loader import (
@@ -76,8 +77,6 @@ def release_freed_heap() -> None:
         trim(0)
 
 
-VAE_AUTOMATIC = "Automatic"
-VAE_NONE = "None"
 _CHECKPOINT_KEY = "checkpoint:"
 _VAE_KEY = "vae:"
 

@@ -11,6 +11,7 @@ import json
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import gradio as gr
@@ -27,8 +28,8 @@ from modules.core.jobs import (
     MergeRequest,
 )
 from modules.core.results import MergeResult
+from modules.core.safetensors_header import read_safetensors_header
 from modules.engine.facade import JobHandle
-from modules.models.merge import iter_titles, read_metadata
 from modules.services import Services
 from modules.ui.named_inputs import inputs_of, values_of
 
@@ -48,7 +49,7 @@ def description_html(method: str) -> str:
 
 
 def checkpoint_choices(services: Services) -> list[str]:
-    return list(iter_titles(services.registry))
+    return [info.title for info in services.registry.checkpoints() if not info.is_folder]  # folders cannot be merged
 
 
 def vae_choices(services: Services) -> list[str]:
@@ -113,6 +114,13 @@ def submit_merge(services: Services, request: MergeRequest) -> JobHandle[MergeRe
     return handle
 
 
+def _safetensors_metadata(path: Path) -> dict[str, str]:
+    """A checkpoint's safetensors `__metadata__` (empty for other formats)."""
+    if path.suffix.lower() != ".safetensors" or not path.is_file():
+        return {}
+    return dict(read_safetensors_header(path).metadata)
+
+
 def read_metadata_json(services: Services, *names: str | None) -> str:
     """ "Read metadata from selected checkpoints": A's, B's and C's safetensors metadata, merged."""
     metadata: dict[str, Any] = {}
@@ -124,7 +132,7 @@ def read_metadata_json(services: Services, *names: str | None) -> str:
         except SdWebuiError:
             continue
         if not info.is_folder:
-            metadata.update(read_metadata(info.filename))
+            metadata.update(_safetensors_metadata(info.filename))
     return json.dumps(metadata, indent=4, ensure_ascii=False)
 
 

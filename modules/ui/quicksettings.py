@@ -19,8 +19,8 @@ from typing import Any
 import gradio as gr
 
 from modules.core.errors import SdWebuiError
+from modules.core.jobs import VAE_AUTOMATIC, VAE_NONE
 from modules.core.option_info import OptionInfo
-from modules.models.manager import VAE_AUTOMATIC, VAE_NONE
 from modules.services import Services
 from modules.ui.settings import from_ui, make_component, quicksettings_keys, to_ui
 from modules.ui.theme import APPLY_MODE_JS, color_mode

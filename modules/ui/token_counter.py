@@ -4,7 +4,6 @@ the selected styles too when `include_styles_into_token_counters` is on."""
 from __future__ import annotations
 
 from collections.abc import Callable
-from functools import lru_cache
 from typing import Any
 
 from modules.services import Services
@@ -12,32 +11,10 @@ from modules.ui.common import PromptRow
 from modules.ui.styles import text_for_token_counter
 
 
-@lru_cache(maxsize=1)
-def _tokenizer() -> Any:
-    from modules.models.clip_tokenizer import build_clip_tokenizer
-
-    return build_clip_tokenizer()
-
-
-def token_counter_html(prompt: str, steps: float, *, is_positive: bool = True) -> str:
-    """A1111's `used/limit` counter (CLIP tokens, 75 per chunk)."""
-    from modules.core.prompt_syntax import prompt_token_count
-
-    if not prompt:
-        return "<span>0/75</span>"
-    tok = _tokenizer()
-
-    def tokenize(texts: list[str]) -> list[list[int]]:
-        return tok(texts, add_special_tokens=False, truncation=False).input_ids  # type: ignore[no-any-return]
-
+def token_counter_html(services: Services, prompt: str, steps: float, *, is_positive: bool = True) -> str:
+    """A1111's `used/limit` counter (CLIP tokens, 75 per chunk), counted by the engine."""
     try:
-        used, limit = prompt_token_count(
-            prompt,
-            tokenize,
-            steps=max(int(steps), 1),
-            is_positive=is_positive,
-            comma_token=tok.convert_tokens_to_ids(",</w>"),
-        )
+        used, limit = services.engine.count_tokens(prompt, int(steps), is_positive=is_positive)
     except Exception:  # a half-typed prompt must never break the page
         return "<span>?/75</span>"
     return f"<span>{used}/{limit}</span>"
@@ -49,7 +26,7 @@ def wire_token_counters(services: Services, row: PromptRow, steps: Any) -> None:
     def counter(positive: bool) -> Callable[[str, list[str] | None, float], str]:
         def count(text: str, names: list[str] | None, n: float) -> str:
             counted = text_for_token_counter(services.styles, services.options, text, names, is_positive=positive)
-            return token_counter_html(counted, n, is_positive=positive)
+            return token_counter_html(services, counted, n, is_positive=positive)
 
         return count
 

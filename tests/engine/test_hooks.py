@@ -233,3 +233,13 @@ def test_a_broken_hook_fails_the_job_loudly_and_the_worker_goes_on(engine: Gener
     finally:
         remove()
     assert len(engine.run_sync(t2i(), 120).images) == 1
+
+
+def test_token_counting_is_an_engine_service() -> None:
+    from modules.engine.token_count import count_tokens
+
+    assert count_tokens("", 20) == (0, 75)
+    used, limit = count_tokens("a photo of a cat", 20)
+    assert used == 5 and limit == 75
+    used, limit = count_tokens(", ".join(["word"] * 60), 20)
+    assert used == 119 and limit == 150

@@ -1,0 +1,37 @@
+"""A1111's prompt token counter (`used/limit`, 75 CLIP tokens per chunk) for the prompt boxes.
+
+The engine owns the tokenizer (later, textual-inversion embeddings change what a word costs), so
+the UI asks the engine facade (`Engine.count_tokens`) instead of building a tokenizer itself.
+"""
+
+from __future__ import annotations
+
+from functools import lru_cache
+from typing import Any
+
+from modules.core.prompt_syntax import prompt_token_count
+from modules.models.clip_tokenizer import build_clip_tokenizer
+
+
+@lru_cache(maxsize=1)
+def _tokenizer() -> Any:
+    return build_clip_tokenizer()
+
+
+def count_tokens(prompt: str, steps: int, *, is_positive: bool = True) -> tuple[int, int]:
+    """(tokens used, current limit): the limit grows by 75 per chunk, the most of any step's
+    prompt (prompt editing) counts. Raises on a prompt the parser cannot read."""
+    if not prompt:
+        return 0, 75
+    tok = _tokenizer()
+
+    def tokenize(texts: list[str]) -> list[list[int]]:
+        return tok(texts, add_special_tokens=False, truncation=False).input_ids  # type: ignore[no-any-return]
+
+    return prompt_token_count(
+        prompt,
+        tokenize,
+        steps=max(int(steps), 1),
+        is_positive=is_positive,
+        comma_token=tok.convert_tokens_to_ids(",</w>"),
+    )
