@@ -94,7 +94,7 @@ def preview_decoder(
 
 def _decode(model: StableDiffusionModel, latents: torch.Tensor) -> list[Image.Image]:
     vae = model.vae
-    scale = float(vae.config.scaling_factor)
+    scale = float(vae.config["scaling_factor"])
     with torch.no_grad():
         pixels = vae.decode(latents.to(vae.dtype) / scale).sample
     return imgops.to_images(pixels)
@@ -104,7 +104,7 @@ def _encode(model: StableDiffusionModel, pixels: torch.Tensor) -> torch.Tensor:
     vae = model.vae
     with torch.no_grad():
         latents = vae.encode(pixels.to(vae.dtype)).latent_dist.mean  # deterministic (mode)
-    return latents.float() * float(vae.config.scaling_factor)
+    return latents.float() * float(vae.config["scaling_factor"])
 
 
 def _time_ids(model: StableDiffusionModel, width: int, height: int, batch: int) -> torch.Tensor | None:
@@ -129,7 +129,7 @@ class _Pass:
 
 def _scheduler_for(model: StableDiffusionModel, p: _Pass, seeds: list[int] | None = None) -> Any:
     """A fresh scheduler for one pass; `seeds` seed the Brownian tree of DPM++ SDE (per image)."""
-    scheduler = smp.build_scheduler(
+    scheduler: Any = smp.build_scheduler(
         p.sampler, p.schedule, model.scheduler_config, is_sdxl=model.family.is_sdxl, seeds=seeds
     )
     scheduler.set_timesteps(p.steps, device=model.device)
@@ -372,6 +372,7 @@ def run_txt2img(processor: Processor, request: Txt2ImgRequest, ctx: JobContext |
         except ImageSkipped:
             continue
         except JobInterrupted:
+            assert processor.partial is not None  # set by _denoise before it re-raises
             images = processor._finish_batch(
                 result, processor.partial, prompts, negatives, b_seeds, b_subseeds, batch.start, width, height
             )
@@ -603,7 +604,7 @@ def run_img2img(processor: Processor, request: Img2ImgRequest, ctx: JobContext |
         elif family.variant == "inpaint":
             image_cond = processor._image_cond_txt2img(len(batch), width, height)
         if family.variant == "ip2p":
-            image_cond = (init_latents / float(model.vae.config.scaling_factor)).to(model.unet.dtype)
+            image_cond = (init_latents / float(model.vae.config["scaling_factor"])).to(model.unet.dtype)
         t0 = scheduler.timesteps[start : start + 1]
         multiplier = request.initial_noise_multiplier or processor.settings.initial_noise_multiplier
         latents = scheduler.add_noise(init_latents, noise * multiplier, t0)

@@ -18,7 +18,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import Any, Literal, cast
 
 import torch
 
@@ -120,7 +120,7 @@ class SamplingJob:
 
 def _call_unet(job: SamplingJob, call: UNetCall) -> torch.Tensor:
     """The innermost function of the wrapper chain: the UNet itself, in its dtype."""
-    dtype = job.unet.dtype  # type: ignore[attr-defined]
+    dtype = cast(torch.dtype, job.unet.dtype)
     x = call.x
     if call.image_cond is not None:
         x = torch.cat([x, call.image_cond.to(x.dtype)], dim=1)

@@ -26,7 +26,8 @@ def count_tokens(prompt: str, steps: int, *, is_positive: bool = True) -> tuple[
     tok = _tokenizer()
 
     def tokenize(texts: list[str]) -> list[list[int]]:
-        return tok(texts, add_special_tokens=False, truncation=False).input_ids  # type: ignore[no-any-return]
+        ids: list[list[int]] = tok(texts, add_special_tokens=False, truncation=False).input_ids
+        return ids
 
     return prompt_token_count(
         prompt,

@@ -37,7 +37,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import torch
-from diffusers import AutoencoderKL
+from diffusers.models.autoencoders.autoencoder_kl import AutoencoderKL
 
 from modules.core.jobs import VAE_AUTOMATIC, VAE_NONE
 from modules.core.errors import ModelLoadError, NotFoundError, SdWebuiError
@@ -106,6 +106,14 @@ class ManagerStatus:
 def own_nbytes(model: StableDiffusionModel) -> int:
     """Bytes of a checkpoint's own components (its baked VAE, not a separate one attached)."""
     return module_nbytes(model.unet, *model.text_encoders, model.baked_vae or model.vae)
+
+
+def _moved(vae: AutoencoderKL, device: torch.device | str) -> AutoencoderKL:
+    """`vae` moved to `device` in place (as a plain nn.Module: diffusers wraps ModelMixin.to in a
+    way type checkers misread)."""
+    module: torch.nn.Module = vae
+    module.to(device=device)
+    return vae
 
 
 class ModelManager:
@@ -452,7 +460,7 @@ class ModelManager:
             log.info("VAE: using the checkpoint's own")
             return
         assert path is not None
-        model.vae, model.baked_vae, model.vae_source = vae.to(device=self.placement.device), own, path  # type: ignore[assignment]
+        model.vae, model.baked_vae, model.vae_source = _moved(vae, self.placement.device), own, path
         log.info("VAE: using %s", path.name)
 
     def _detach_vae(self, model: StableDiffusionModel, own_device: torch.device | str) -> AutoencoderKL:
@@ -462,8 +470,8 @@ class ModelManager:
             return model.vae
         separate, source = model.vae, model.vae_source
         model.vae, model.baked_vae, model.vae_source = model.baked_vae, None, None
-        model.vae.to(device=own_device)
-        separate.to(device="cpu")
+        _moved(model.vae, own_device)
+        _moved(separate, "cpu")
         if source is not None:
             self.budget.unpin(self._vae_key(source, model.family))
         return model.vae

@@ -15,12 +15,13 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
+from gradio.blocks import Block
 from gradio.components import Component
 
 Fields = Mapping[str, Component]
 
 
-def inputs_of(fields: Fields) -> set[Component]:
+def inputs_of(fields: Fields) -> set[Block]:
     """The event's `inputs`: a set, so the handler receives one `{component: value}` dict."""
     return set(fields.values())
 

@@ -19,7 +19,7 @@ NOTHING_FOUND = "<div><p>Nothing found in the image.</p></div>"
 
 def info_html(infotext: str | None, items: Mapping[str, object]) -> str:
     """A1111's PNG Info HTML: `parameters` first, then every other metadata item."""
-    shown = {"parameters": infotext} if infotext else {}
+    shown: dict[str, object] = {"parameters": infotext} if infotext else {}
     shown.update({k: v for k, v in items.items() if isinstance(v, str | int | float)})
     if not shown:
         return NOTHING_FOUND

@@ -79,7 +79,8 @@ def _is_int(info: OptionInfo) -> bool:
 def to_ui(info: OptionInfo, value: object) -> Any:
     """An option value as its component shows it."""
     if info.type is list and info.choices is None:
-        return ", ".join(str(v) for v in value or [])  # type: ignore[union-attr]
+        items = value if isinstance(value, list | tuple) else []
+        return ", ".join(str(v) for v in items)
     return value
 
 
@@ -97,7 +98,7 @@ def from_ui(info: OptionInfo, value: Any) -> object:
     return value
 
 
-def make_component(info: OptionInfo, value: object, **layout: Any) -> gr.components.Component:
+def make_component(info: OptionInfo, value: Any, **layout: Any) -> gr.components.Component:
     """The field for one option: checkbox, dropdown, slider, number or textbox. `layout`: extra
     keyword arguments for the component (scale, min_width...), as the quicksettings row uses."""
     elem_id = f"setting_{info.key}"

@@ -211,7 +211,7 @@ def build_txt2img_tab(services: Services) -> Txt2ImgTab:
         "hr_resize_y": hr_y,
     }
     gr.on(
-        [comp.change for comp in hr_fields.values()],
+        [enable_hr.change, width.change, height.change, hr_scale.change, hr_x.change, hr_y.change],
         lambda data: final_resolution(**values_of(hr_fields, data)),
         inputs_of(hr_fields),
         hr_final,

@@ -86,7 +86,7 @@ def _walk(block: Block, path: str) -> Iterator[tuple[str, Tracked]]:
         return
     label = _label(block)
     if label is not None:
-        yield f"{path}/{label}", block  # type: ignore[misc]
+        yield f"{path}/{label}", block
 
 
 def _top_tabs(root: BlockContext) -> gr.Tabs | None:
