@@ -10,8 +10,6 @@ from __future__ import annotations
 import dataclasses
 import json
 import re
-import shutil
-import threading
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -21,7 +19,7 @@ import pytest
 
 from modules.app import create_app
 from modules.services import Services
-from tests.ui.conftest import CHECKPOINTS, screenshot_dirs
+from tests.ui.conftest import make_ui_data_dir, screenshot_dirs, serve
 
 expect = pytest.importorskip("playwright.sync_api").expect
 
@@ -32,39 +30,19 @@ DARK_LUMINANCE = 0.3
 
 @pytest.fixture(scope="module")
 def ui_data_dir(tiny_models: dict[str, Path], tmp_path_factory: pytest.TempPathFactory) -> Path:
-    root = tmp_path_factory.mktemp("frame-data")
-    sd = root / "models" / "Stable-diffusion"
-    sd.mkdir(parents=True)
-    for family, name in CHECKPOINTS.items():
-        shutil.copy(tiny_models[family], sd / name)
+    """Its own data dir, so its own server (the browser is still shared)."""
+    root = make_ui_data_dir(tiny_models, tmp_path_factory.mktemp("frame-data"))
     (root / "config.json").write_text(json.dumps({"quicksettings_list": QUICKSETTINGS}), encoding="utf-8")
     (root / "ui-config.json").write_text(json.dumps(UI_CONFIG), encoding="utf-8")
     return root
-
-
-def _serve(app: Any) -> Iterator[str]:
-    import uvicorn
-
-    config = uvicorn.Config(app, host="127.0.0.1", port=0, log_level="warning", lifespan="on")
-    server = uvicorn.Server(config)
-    thread = threading.Thread(target=server.run, name="frame-test-uvicorn", daemon=True)
-    thread.start()
-    deadline = time.monotonic() + 30
-    while not server.started:
-        if not thread.is_alive() or time.monotonic() > deadline:
-            raise RuntimeError("uvicorn did not start")
-        time.sleep(0.02)
-    port = server.servers[0].sockets[0].getsockname()[1]
-    yield f"http://127.0.0.1:{port}"
-    server.should_exit = True
-    thread.join(10)
 
 
 @pytest.fixture(scope="module")
 def dark_server(ui_services: Services) -> Iterator[str]:
     """A second app over the same models, started as with `--theme dark`."""
     settings = dataclasses.replace(ui_services.settings, theme="dark")
-    yield from _serve(create_app(dataclasses.replace(ui_services, settings=settings)))
+    with serve(create_app(dataclasses.replace(ui_services, settings=settings)), "frame-test-uvicorn") as url:
+        yield url
 
 
 def wait_for(condition: Callable[[], bool], timeout: float = 30) -> None:

@@ -3,40 +3,24 @@ browser's auth prompt); with them the UI loads and the txt2img prompt box is the
 
 from __future__ import annotations
 
-import threading
-import time
 from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
 import pytest
 
-from modules.app import build_services, create_app
-from modules.core.settings import parse_settings
+from modules.app import create_app
+from tests.ui.conftest import serve, start_services
 
 
 @pytest.fixture(scope="module")
 def auth_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    import uvicorn
-
-    data_dir: Path = tmp_path_factory.mktemp("auth-data")
-    settings = parse_settings(["--data-dir", str(data_dir), "--api", "--gradio-auth", "user:pass"], {})
-    services = build_services(settings, data_dir, {})
-    services.registry.refresh()
-    app = create_app(services)
-    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=0, log_level="warning", lifespan="on"))
-    thread = threading.Thread(target=server.run, name="auth-test-uvicorn", daemon=True)
-    thread.start()
-    deadline = time.monotonic() + 30
-    while not server.started:
-        if not thread.is_alive() or time.monotonic() > deadline:
-            raise RuntimeError("uvicorn did not start")
-        time.sleep(0.02)
-    port = server.servers[0].sockets[0].getsockname()[1]
-    yield f"http://127.0.0.1:{port}"
-    server.should_exit = True
-    thread.join(10)
-    services.worker.shutdown()
+    """A server of its own (other flags; no models), in the shared browser."""
+    services = start_services(tmp_path_factory.mktemp("auth-data"), "--gradio-auth", "user:pass")
+    try:
+        with serve(create_app(services), "auth-test-uvicorn") as url:
+            yield url
+    finally:
+        services.worker.shutdown()
 
 
 def main_page_status(browser: Any, url: str, **context_args: Any) -> tuple[int, str]:
