@@ -12,6 +12,9 @@ from pathlib import Path
 import httpx
 import pytest
 
+# each test starts webui.py as a process (torch, diffusers and Gradio imported from scratch)
+pytestmark = pytest.mark.slow
+
 ROOT = Path(__file__).resolve().parents[2]
 
 
