@@ -140,6 +140,7 @@ class ModelManager:
         # eviction from another thread never waits behind a lease.
         self._cache_lock = threading.Lock()
         self._ram: OrderedDict[str, StableDiffusionModel] = OrderedDict()
+        self._sizes: dict[str, int] = {}  # checkpoint key -> own_nbytes, reset on each load from disk
         self._vae_cache: dict[tuple[Path, str], AutoencoderKL] = {}
         self._vae_choice = VAE_AUTOMATIC
         self._leased_spec: ModelSpec | None = None
@@ -298,7 +299,9 @@ class ModelManager:
         """`active` becomes the active model, pinned in the budget."""
         self._active = active
         key = str(active.info.filename)
-        self.budget.add(_CHECKPOINT_KEY + key, CHECKPOINT, own_nbytes(active.model), self._evictor(key), pinned=True)
+        self.budget.add(
+            _CHECKPOINT_KEY + key, CHECKPOINT, self._own_size(key, active.model), self._evictor(key), pinned=True
+        )
 
     def _reattach_vae(self, active: ActiveModel) -> None:
         try:
@@ -323,6 +326,7 @@ class ModelManager:
             sd2 = self._sd2_default() if callable(self._sd2_default) else self._sd2_default
             model = load_single_file(info.filename, cpu, default_sd2_prediction=sd2)
         log.info("loaded %s from disk: %s", info.name, model.timings)
+        self._sizes.pop(str(info.filename), None)  # a new load: count it again
         return model
 
     def _park(self, active: ActiveModel) -> bool:
@@ -334,7 +338,7 @@ class ModelManager:
             log.info("restored %d patched weights of %s", restored, active.info.name)
         self._detach_vae(active.model, active.model.device)
         key = str(active.info.filename)
-        size = active.model.nbytes()
+        size = self._own_size(key, active.model)  # its own VAE is back in place: nothing separate counted
         if not 0 < size <= self.budget.limit():
             self.budget.remove(_CHECKPOINT_KEY + key)
             return False
@@ -344,11 +348,20 @@ class ModelManager:
         self._cache(key, active.model, size)
         return True
 
+    def _own_size(self, key: str, model: StableDiffusionModel) -> int:
+        """`own_nbytes(model)` of checkpoint `key`, counted once per load from disk: walking every
+        tensor of an SDXL model takes milliseconds, and sizes never change while it stays loaded
+        (patches keep shapes and dtypes)."""
+        size = self._sizes.get(key)
+        if size is None:
+            size = self._sizes[key] = own_nbytes(model)
+        return size
+
     def _cache(self, key: str, model: StableDiffusionModel, size: int | None = None) -> None:
         with self._cache_lock:
             self._ram[key] = model
             self._ram.move_to_end(key)
-        nbytes = model.nbytes() if size is None else size
+        nbytes = self._own_size(key, model) if size is None else size
         self.budget.add(_CHECKPOINT_KEY + key, CHECKPOINT, nbytes, self._evictor(key))
 
     def _evictor(self, key: str) -> Callable[[], None]:
