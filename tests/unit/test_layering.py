@@ -15,6 +15,8 @@ from pathlib import Path
 
 import pytest
 
+from tests.source_ast import parse_source
+
 ROOT = Path(__file__).resolve().parents[2]
 HEAVY = {"torch", "torchvision", "diffusers", "transformers", "safetensors", "numpy", "gradio", "fastapi", "starlette"}
 ADAPTERS = {"gradio", "fastapi", "starlette", "uvicorn"}
@@ -33,7 +35,7 @@ def _imported_roots(package: str) -> dict[str, set[str]]:
     found: dict[str, set[str]] = {}
     for path in sorted((ROOT / "modules" / package).rglob("*.py")):
         roots: set[str] = set()
-        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+        for node in ast.walk(parse_source(path)):
             if isinstance(node, ast.Import):
                 roots.update(alias.name.split(".")[0] for alias in node.names)
             elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
@@ -117,7 +119,7 @@ def _our_imports(path: Path, name: str | None = None) -> set[str]:
     name = name or _module_name(path)
     package = name if path.name == "__init__.py" else name.rpartition(".")[0]
     found: set[str] = set()
-    for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+    for node in ast.walk(parse_source(path)):
         if isinstance(node, ast.Import):
             found.update(alias.name for alias in node.names if alias.name.split(".")[0] == "modules")
         elif isinstance(node, ast.ImportFrom):

@@ -21,6 +21,7 @@ from modules.core.settings import (
     not_acted_on_warnings,
     parse_settings,
 )
+from tests.source_ast import parse_source
 
 ROOT = Path(__file__).resolve().parents[2]
 MODULES = ROOT / "modules"
@@ -92,7 +93,7 @@ def test_every_unimplemented_option_has_a_reason_and_exists() -> None:
 
 def _settings_members_using() -> dict[str, set[str]]:
     """Settings property/method name -> the flag fields it reads (`self.<field>`)."""
-    tree = ast.parse((MODULES / "core" / "settings.py").read_text(encoding="utf-8"))
+    tree = parse_source(MODULES / "core" / "settings.py")
     cls = next(n for n in tree.body if isinstance(n, ast.ClassDef) and n.name == "Settings")
     out: dict[str, set[str]] = {}
     for node in cls.body:
