@@ -371,6 +371,7 @@ def test_progress_during_a_run_then_interrupt_returns_a_partial_image(live_serve
 def test_twenty_concurrent_requests(live_server: str) -> None:
     n = 20
     timings: dict[str, list[float]] = {"txt2img": [], "progress": []}
+    busy_polls: list[str] = []  # the job each poll saw running
     stop = threading.Event()
 
     def one(i: int) -> tuple[int, dict[str, Any]]:
@@ -388,6 +389,8 @@ def test_twenty_concurrent_requests(live_server: str) -> None:
             r = httpx.get(live_server + "/sdapi/v1/progress", timeout=30)
             timings["progress"].append(time.monotonic() - start)
             assert r.status_code == 200
+            if r.json()["state"]["job"]:
+                busy_polls.append(r.json()["current_task"])
             time.sleep(0.1)
 
     poller = threading.Thread(target=poll)
@@ -412,4 +415,6 @@ def test_twenty_concurrent_requests(live_server: str) -> None:
         f"max {max(timings['txt2img']):.2f}s; {len(progress)} progress polls during the run: "
         f"median {sorted(progress)[len(progress) // 2] * 1000:.1f} ms, max {max(progress) * 1000:.1f} ms"
     )
-    assert max(progress) < 1.0
+    # /progress answered while the jobs ran, not behind them: several polls saw different jobs
+    # running (timings are printed above, never asserted: they depend on the machine's load)
+    assert len(set(busy_polls)) >= 2, busy_polls
