@@ -101,7 +101,6 @@ def build_services(
         upscalers=upscalers,
         face_restorers=face_restorers,
         merge_dir=settings.ckpt_dir or paths.checkpoint_dir,
-        hooks=hooks,
     )
     wire_model_options(options, engine, models)
     return Services(

@@ -7,7 +7,7 @@ Images are opaque here (PIL images at run time): core imports no imaging library
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 
 # -- Extras ------------------------------------------------------------------------------------
 
@@ -34,20 +34,7 @@ class ExtrasRequest:
 
     def operation_kwargs(self) -> dict[str, object]:
         """Everything but the images, as keyword arguments of `run_extras`."""
-        return {
-            "resize_mode": self.resize_mode,
-            "upscaling_resize": self.upscaling_resize,
-            "upscaling_resize_w": self.upscaling_resize_w,
-            "upscaling_resize_h": self.upscaling_resize_h,
-            "upscaling_crop": self.upscaling_crop,
-            "upscaler_1": self.upscaler_1,
-            "upscaler_2": self.upscaler_2,
-            "extras_upscaler_2_visibility": self.extras_upscaler_2_visibility,
-            "gfpgan_visibility": self.gfpgan_visibility,
-            "codeformer_visibility": self.codeformer_visibility,
-            "codeformer_weight": self.codeformer_weight,
-            "upscale_first": self.upscale_first,
-        }
+        return {f.name: getattr(self, f.name) for f in fields(self) if f.name != "images"}
 
 
 # -- Checkpoint Merger -------------------------------------------------------------------------

@@ -119,7 +119,6 @@ class ModelStatus:
     vae: str | None = None  # the separate VAE file in use, None = the checkpoint's own
     vae_choice: str = "Automatic"  # the selected VAE choice (the sd_vae option's value)
     loading: str | None = None  # name of a checkpoint being loaded now
-    switch_pending: bool = False  # a model job is queued or running
     last_error: str | None = None
     cached: tuple[str, ...] = ()
     cache_bytes_used: int = 0

@@ -31,7 +31,16 @@ from typing import Any, Generic, TypeVar, cast
 from PIL import Image
 
 from modules.core.errors import NotFoundError, UserError
-from modules.core.jobs import ExtrasRequest, MergeRequest, ModelJob, ReloadModel, SwitchModel, UnloadModel
+from modules.core.jobs import (
+    VAE_AUTOMATIC,
+    VAE_NONE,
+    ExtrasRequest,
+    MergeRequest,
+    ModelJob,
+    ReloadModel,
+    SwitchModel,
+    UnloadModel,
+)
 from modules.core.options import Options
 from modules.core.requests import GenerationRequest
 from modules.core.results import ExtrasResult, MergeResult, ModelStatus, ModelSwitched, Result
@@ -40,7 +49,7 @@ from modules.engine.extras import dest_side, run_extras
 from modules.engine.hooks import Hooks
 from modules.engine.service import GenerationService
 from modules.engine.token_count import count_tokens
-from modules.engine.worker import IDLE_STATE, Job, JobContext, Worker
+from modules.engine.worker import Job, JobContext, Worker, idle_progress
 from modules.models import merge as merging
 from modules.models.face_restoration import FaceRestorers
 from modules.models.manager import ModelManager
@@ -88,7 +97,7 @@ class JobHandle(Generic[T]):
     def progress(self, *, with_preview: bool = False) -> dict[str, Any]:
         """A1111's `/progress` body for this job (the idle shape unless it is running)."""
         if not self.is_running():
-            return _idle()
+            return idle_progress()
         return self._worker.progress(with_preview=with_preview)
 
     @property
@@ -123,10 +132,6 @@ class QueueStatus:
     pending: int  # jobs waiting behind the running one
 
 
-def _idle() -> dict[str, Any]:
-    return {"progress": 0.0, "eta_relative": 0.0, "state": dict(IDLE_STATE), "current_image": None, "textinfo": None}
-
-
 class Engine:
     """The facade the composition root hands to the adapters as `services.engine`."""
 
@@ -141,7 +146,6 @@ class Engine:
         upscalers: UpscalerRegistry | None = None,
         face_restorers: FaceRestorers | None = None,
         merge_dir: Path | None = None,
-        hooks: Hooks | None = None,
     ) -> None:
         self._worker = worker
         self._models = models
@@ -151,11 +155,10 @@ class Engine:
         self._upscalers = upscalers
         self._face_restorers = face_restorers
         self._merge_dir = merge_dir
-        self.hooks = hooks if hooks is not None else generation.hooks
+        self.hooks: Hooks = generation.hooks  # extensions register here; every generation job fires them
         self._handles: OrderedDict[str, JobHandle[Any]] = OrderedDict()
         self._lock = threading.Lock()
         self._selected: CheckpointInfo | None = None
-        self._model_jobs = 0
         generation.selected_checkpoint = lambda: self._selected
 
     # -- submitting --------------------------------------------------------------------------
@@ -215,16 +218,12 @@ class Engine:
         """A1111's `/sdapi/v1/progress` body for the running job (or for `job_id` only)."""
         current = self._worker.current
         if job_id is not None and (current is None or current.id != job_id):
-            return _idle()
+            return idle_progress()
         return self._worker.progress(with_preview=with_preview)
 
     def current_job_id(self) -> str | None:
         current = self._worker.current
         return current.id if current is not None else None
-
-    def current_textinfo(self) -> str | None:
-        current = self._worker.current
-        return current.textinfo if current is not None else None
 
     def interrupt(self, job_id: str | None = None) -> None:
         self._worker.interrupt(job_id)
@@ -265,7 +264,6 @@ class Engine:
             vae=status.vae.name if status.vae else None,
             vae_choice=self._models.vae_choice,
             loading=status.loading,
-            switch_pending=self._model_jobs > 0,
             last_error=status.last_error,
             cached=status.cached,
             cache_bytes_used=status.cache_bytes_used,
@@ -288,17 +286,11 @@ class Engine:
         if isinstance(request, SwitchModel):
             if request.checkpoint:
                 self._registry.find_checkpoint(request.checkpoint)  # 404 before queueing
-            if request.vae and request.vae not in ("Automatic", "None"):
+            if request.vae and request.vae not in (VAE_AUTOMATIC, VAE_NONE):
                 self._registry.find_vae(request.vae)
-        with self._lock:
-            self._model_jobs += 1
 
         def work(ctx: JobContext) -> ModelSwitched:
-            try:
-                return self._run_model_job(request, ctx)
-            finally:
-                with self._lock:
-                    self._model_jobs -= 1
+            return self._run_model_job(request, ctx)
 
         return self._worker.submit(work, description="model-switch")
 

@@ -124,7 +124,6 @@ class _Pass:
     schedule: smp.ScheduleInfo
     steps: int
     start_index: int = 0
-    end_index: int | None = None  # stop before this schedule index (the refiner switch)
 
 
 def _scheduler_for(model: StableDiffusionModel, p: _Pass, seeds: list[int] | None = None) -> Any:
@@ -255,7 +254,6 @@ class Processor:
             mask_blend=mask_blend,
             step_noise=lambda: smp.step_noise_kwargs(self.sampler if p is None else p.sampler, rng),
             start_index=p.start_index,
-            end_index=p.end_index,
             unet_wrappers=self.hooks.unet_wrappers,
             on_step=self.hooks.step_callback(),
             context=self.ctx,

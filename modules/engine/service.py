@@ -217,9 +217,9 @@ class GenerationService:
             raise RuntimeError("GenerationService.process runs on the worker thread only; submit a job instead")
         hooks = self.hooks.combined(hooks)
         overrides = dict(request.override_settings)
-        with self.models.lease(self.spec_for(request)) as model:
+        settings = options_to_settings(self.options.get, overrides)
+        with self.models.lease(self.spec_for(request, settings.clip_skip)) as model:
             used = self._model_used(model)
-            settings = options_to_settings(self.options.get, overrides)
             preview_kind = str(overrides.get("show_progress_type", self._option("show_progress_type", "Approx NN")))
             taesd = None
             if self.taesd is not None and preview_kind != "Approx cheap":
@@ -261,16 +261,15 @@ class GenerationService:
             self._keep_overrides(overrides)
         return result
 
-    def spec_for(self, request: GenerationRequest) -> ModelSpec:
-        """The model a request runs with: its `override_settings` checkpoint / VAE / clip skip,
-        else the selected checkpoint, the default VAE choice and the option's clip skip. A
+    def spec_for(self, request: GenerationRequest, clip_skip: int) -> ModelSpec:
+        """The model a request runs with: its `override_settings` checkpoint / VAE, else the
+        selected checkpoint and the default VAE choice; `clip_skip` as the job resolved it. A
         per-request choice is part of the lease, never a change of the defaults."""
         overrides = request.override_settings
         checkpoint = overrides.get("sd_model_checkpoint") or self.selected_checkpoint()
         if checkpoint is not None and not isinstance(checkpoint, CheckpointInfo):
             checkpoint = str(checkpoint)
         vae = overrides.get("sd_vae")
-        clip_skip = options_to_settings(self.options.get, overrides).clip_skip
         return ModelSpec(checkpoint=checkpoint or None, vae=None if vae is None else str(vae), clip_skip=clip_skip)
 
     def _model_used(self, model: StableDiffusionModel) -> ModelUsed:

@@ -147,6 +147,11 @@ IDLE_STATE: dict[str, Any] = {
 }
 
 
+def idle_progress() -> dict[str, Any]:
+    """A1111's `/sdapi/v1/progress` body when nothing runs."""
+    return {"progress": 0.0, "eta_relative": 0.0, "state": dict(IDLE_STATE), "current_image": None, "textinfo": None}
+
+
 class Worker:
     """Runs submitted jobs one at a time on its own thread."""
 
@@ -282,13 +287,7 @@ class Worker:
         """A1111's `/sdapi/v1/progress` body (without base64 encoding of the preview)."""
         context = self.current
         if context is None:
-            return {
-                "progress": 0.0,
-                "eta_relative": 0.0,
-                "state": dict(IDLE_STATE),
-                "current_image": None,
-                "textinfo": None,
-            }
+            return idle_progress()
         return {
             "progress": context.progress(),
             "eta_relative": context.eta(),

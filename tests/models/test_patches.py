@@ -4,7 +4,6 @@ set, unpatched before parking, per-lease VAE."""
 from __future__ import annotations
 
 import hashlib
-import shutil
 from pathlib import Path
 
 import pytest
@@ -24,20 +23,6 @@ BIG = 1 << 40
 
 UNET = "unet.conv_in.weight"
 VAE_W = "vae.decoder.conv_out.weight"
-
-
-@pytest.fixture()
-def tree(tiny_models: dict[str, Path], tmp_path: Path) -> dict[str, Path]:
-    sd, vae = tmp_path / "Stable-diffusion", tmp_path / "VAE"
-    sd.mkdir()
-    vae.mkdir()
-    out = {"sd": sd, "vae_dir": vae, "cache": tmp_path / "cache.json"}
-    for name, key in (("one.safetensors", "sd1"), ("two.safetensors", "sd1-inpaint"), ("xl.safetensors", "sdxl")):
-        out[name] = sd / name
-        shutil.copy(tiny_models[key], sd / name)
-    out["vae"] = vae / "vae-tiny.safetensors"
-    shutil.copy(tiny_models["vae"], out["vae"])
-    return out
 
 
 def _manager(tree: dict[str, Path]) -> ModelManager:
