@@ -18,8 +18,10 @@ def to_tensor(images: list[Image.Image], device: torch.device, dtype: torch.dtyp
 
 
 def to_images(pixels: torch.Tensor) -> list[Image.Image]:
-    """(B, 3, H, W) in [-1, 1] -> RGB images."""
-    arr = ((pixels.float().clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8).permute(0, 2, 3, 1).cpu().numpy()
+    """(B, 3, H, W) in [-1, 1] -> RGB images, converted as A1111 does: (x + 1) / 2 clamped to
+    [0, 1], times 255 in float32, then truncated (not rounded) to uint8."""
+    unit = torch.clamp((pixels.float() + 1.0) / 2.0, min=0.0, max=1.0)
+    arr = (255.0 * unit).to(torch.uint8).permute(0, 2, 3, 1).cpu().numpy()
     return [Image.fromarray(a) for a in arr]
 
 

@@ -4,6 +4,10 @@ full-size one take the same code path and no config is ever fetched.
 What shapes cannot tell is fixed per family and written here once:
 - SD 1.x UNets use 8 attention heads per block; SD 2.x and SDXL UNets use 64-channel heads.
 - Text encoders use 64-channel heads; OpenAI CLIP-L uses quick_gelu, OpenCLIP uses gelu.
+- Narrow test models (an SD 1.x UNet narrower than 320 channels, an OpenAI CLIP tower narrower
+  than 512) are not released architectures, so their head counts are a convention: we follow the
+  small A1111 parity checkpoint (`shared/parity/`), whose pixels A1111 made with 2 UNet heads per
+  block and 32-channel CLIP heads; any other count gives a different picture.
 - SDXL's extra conditioning embeds each micro-condition number with 256 channels.
 - SD 2.x runs the OpenCLIP text tower up to its penultimate layer, so its last layer is dropped.
 """
@@ -32,6 +36,22 @@ Shapes = Mapping[str, Sequence[int]]
 SDXL_TIME_EMBED_DIM = 256
 HEAD_CHANNELS = 64
 SD1_UNET_HEADS = 8
+SD1_UNET_WIDTH = 320  # every released SD 1.x UNet
+NARROW_SD1_UNET_HEADS = 2
+NARROW_CLIP_WIDTH = 512  # CLIP towers narrower than this are test models
+NARROW_CLIP_HEAD_CHANNELS = 32
+
+
+def sd1_unet_heads(model_channels: int) -> int:
+    """Attention heads per block of an SD 1.x UNet whose first level is `model_channels` wide."""
+    return SD1_UNET_HEADS if model_channels >= SD1_UNET_WIDTH else NARROW_SD1_UNET_HEADS
+
+
+def clip_heads(hidden: int) -> int:
+    """Attention heads of an OpenAI CLIP text tower of width `hidden`."""
+    if hidden >= NARROW_CLIP_WIDTH:
+        return max(1, hidden // HEAD_CHANNELS)
+    return max(1, hidden // NARROW_CLIP_HEAD_CHANNELS)
 CLIP_BOS_ID = 49406
 CLIP_EOS_ID = 49407
 
@@ -128,7 +148,7 @@ def unet_config(shapes: Shapes, family: ModelFamily) -> dict[str, Any]:
             )
 
     if family.base == "sd1":
-        heads: int | list[int] = SD1_UNET_HEADS
+        heads: int | list[int] = sd1_unet_heads(model_channels)
     else:
         heads = [max(1, c // HEAD_CHANNELS) for c in block_out]
 
@@ -223,7 +243,7 @@ def _clip_config(shapes: Shapes, prefix: str) -> dict[str, Any]:
         "hidden_size": hidden,
         "intermediate_size": int(_shape(shapes, tm + "encoder.layers.0.mlp.fc1.weight")[0]),
         "num_hidden_layers": len(layers),
-        "num_attention_heads": max(1, hidden // HEAD_CHANNELS),
+        "num_attention_heads": clip_heads(hidden),
         "max_position_embeddings": int(_shape(shapes, tm + "embeddings.position_embedding.weight")[0]),
         "hidden_act": "quick_gelu",
         "layer_norm_eps": 1e-5,
