@@ -197,9 +197,11 @@ def _common(payload: GenerationPayload) -> dict[str, Any]:
     return {**data, **common}
 
 
-def to_txt2img(payload: Txt2ImgPayload) -> Txt2ImgRequest:
+def to_txt2img(payload: Txt2ImgPayload, decode: DecodeOptions) -> Txt2ImgRequest:
     payload.check_scripts()
     data = _common(payload)
+    if payload.firstpass_image:
+        data["firstpass_image"] = decode_image(payload.firstpass_image, "firstpass_image", decode)
     fields = Txt2ImgRequest.__dataclass_fields__
     return Txt2ImgRequest(**{k: v for k, v in data.items() if k in fields})
 

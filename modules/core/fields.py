@@ -237,30 +237,11 @@ class IgnoredField:
     unset: tuple[object, ...] = ()
 
 
-_NO_SAMPLER_PARAMS = "not implemented yet: samplers run with their standard values"
-_NO_REFINER = "not implemented yet: there is no refiner pass"
 _LEGACY_HIRES = "legacy field of the old hires fix, ignored as in A1111: width/height give the first pass"
 
 IGNORED_FIELDS: tuple[IgnoredField, ...] = (
-    # the standard values (A1111's option defaults, which clients such as webuiapi always send) are
-    # what the samplers run with, so they are no warning
-    IgnoredField("eta", f"{_NO_SAMPLER_PARAMS} (ancestral eta 1, DDIM eta 0)", unset=(1.0,)),
-    IgnoredField("s_churn", f"{_NO_SAMPLER_PARAMS} (s_churn 0)", unset=(0.0,)),
-    IgnoredField("s_tmin", f"{_NO_SAMPLER_PARAMS} (s_tmin 0)", unset=(0.0,)),
-    IgnoredField("s_tmax", f"{_NO_SAMPLER_PARAMS} (s_tmax 0 = infinity)", unset=(0.0, float("inf"))),
-    IgnoredField("s_noise", f"{_NO_SAMPLER_PARAMS} (s_noise 1)", unset=(1.0,)),
-    IgnoredField("s_min_uncond", "not implemented yet: the negative prompt is used on every step"),
-    IgnoredField("refiner_checkpoint", _NO_REFINER, unset=("None",)),
-    IgnoredField("refiner_switch_at", _NO_REFINER),
-    IgnoredField(
-        "hr_checkpoint_name",
-        "not implemented yet: hires fix runs with the first pass's checkpoint",
-        unset=("Use same checkpoint",),
-    ),
-    IgnoredField("firstpass_image", "not implemented yet: hires fix always runs its own first pass"),
     IgnoredField("firstphase_width", _LEGACY_HIRES),
     IgnoredField("firstphase_height", _LEGACY_HIRES),
-    IgnoredField("latent_mask", "not implemented yet: the mask is used for the latent blend too"),
     IgnoredField("comments", "not implemented yet: comments are neither shown nor saved"),
     IgnoredField("script_args", "no script is selected (script_name), so there is nothing to pass them to"),
 )

@@ -68,7 +68,7 @@ class GenerationRequest:
     disable_extra_networks: bool = False
     comments: Mapping[str, Any] | None = None
     force_task_id: str | None = None
-    firstpass_image: Any | None = None  # as the client sent it (not decoded while it is ignored)
+    firstpass_image: Any | None = None  # a decoded image: hires fix starts from it instead of a first pass
     script_args: tuple[Any, ...] = ()
     alwayson_scripts: Mapping[str, Any] = field(default_factory=dict)
 

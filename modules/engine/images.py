@@ -12,9 +12,64 @@ from modules.core.requests import RESIZE_CROP, RESIZE_FILL
 
 
 def to_tensor(images: list[Image.Image], device: torch.device, dtype: torch.dtype) -> torch.Tensor:
-    """RGB images -> (B, 3, H, W) in [-1, 1]."""
-    arrays = [np.asarray(im.convert("RGB"), dtype=np.float32) / 127.5 - 1.0 for im in images]
-    return torch.from_numpy(np.stack(arrays)).permute(0, 3, 1, 2).to(device=device, dtype=dtype)
+    """RGB images -> (B, 3, H, W) in [-1, 1], as A1111 computes it (x / 255 in float32, then
+    2x - 1)."""
+    arrays = [np.asarray(im.convert("RGB")).astype(np.float32) / 255.0 for im in images]
+    unit = torch.from_numpy(np.stack(arrays)).permute(0, 3, 1, 2).to(device=device, dtype=dtype)
+    return unit * 2 - 1
+
+
+def flatten(image: Image.Image, background: str = "#ffffff") -> Image.Image:
+    """An init image as A1111 reads it: transparent parts composited over `background` (the
+    `img2img_background_color` option), RGB."""
+    if image.mode == "P":
+        image = image.convert("RGBA")
+    if image.mode in ("RGBA", "LA", "PA") or (image.mode == "RGB" and "transparency" in image.info):
+        rgba = image.convert("RGBA")
+        base = Image.new("RGBA", rgba.size, background)
+        base.paste(rgba, mask=rgba)
+        return base.convert("RGB")
+    return image.convert("RGB")
+
+
+def binary_mask(image: Image.Image, *, round_mask: bool = True) -> Image.Image:
+    """A1111's `create_binary_mask`: an RGBA mask that is transparent somewhere is read from its
+    alpha channel (thresholded at 128 when rounding); anything else, including an RGBA mask that
+    is opaque everywhere (what browser canvases send), by its luminance."""
+    if image.mode == "RGBA" and image.getextrema()[-1] != (255, 255):
+        alpha = image.split()[-1].convert("L")
+        return alpha.point(lambda v: 255 if v > 128 else 0) if round_mask else alpha
+    return image.convert("L")
+
+
+def uncrop(image: Image.Image, size: tuple[int, int], paste_loc: tuple[int, int, int, int]) -> Image.Image:
+    """A generated crop back at its place (x, y, w, h) on a transparent canvas of `size`."""
+    x, y, w, h = paste_loc
+    base = Image.new("RGBA", size)
+    base.paste(resize_image(RESIZE_CROP, image, w, h), (x, y))
+    return base
+
+
+def apply_overlay(
+    image: Image.Image, paste_loc: tuple[int, int, int, int] | None, overlay: Image.Image | None
+) -> Image.Image:
+    """A1111's inpaint composite: the generated image (uncropped for "only masked"), with the
+    original's unmasked part (`overlay`, transparent where the mask repaints) composited over it."""
+    if overlay is None:
+        return image
+    if paste_loc is not None:
+        image = uncrop(image, (overlay.width, overlay.height), paste_loc)
+    composed = image.convert("RGBA")
+    composed.alpha_composite(overlay)
+    return composed.convert("RGB")
+
+
+def overlay_image(image: Image.Image, mask_for_overlay: Image.Image) -> Image.Image:
+    """The original with the repainted area cut out: RGBA, alpha = 255 - mask (premultiplied the
+    way A1111 builds it, through an "RGBa" image)."""
+    masked = Image.new("RGBa", (image.width, image.height))
+    masked.paste(image.convert("RGBA").convert("RGBa"), mask=ImageOps.invert(mask_for_overlay.convert("L")))
+    return masked.convert("RGBA")
 
 
 def to_images(pixels: torch.Tensor) -> list[Image.Image]:

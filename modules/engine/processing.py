@@ -9,17 +9,20 @@ import contextlib
 import logging
 import time
 from collections.abc import Callable, Iterator, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from functools import partial
 from typing import Any
 
+import numpy as np
 import torch
-from PIL import Image
+from PIL import Image, ImageOps
 
 from modules.core.errors import ValidationError
 from modules.core.requests import (
     FILL_FILL,
     FILL_LATENT_NOISE,
     FILL_LATENT_NOTHING,
+    RESIZE_FILL,
     RESIZE_LATENT,
     GenerationRequest,
     Img2ImgRequest,
@@ -32,7 +35,8 @@ from modules.engine import noise as noise_mod
 from modules.engine import samplers as smp
 from modules.engine.conditioning import ConditioningSettings, Encoder, PromptPlan, step_conds
 from modules.engine.hooks import BatchEvent, Hooks
-from modules.engine.sampling import MaskBlend, SamplingJob, sample
+from modules.engine.sampler_runner import SamplerOptions, SamplerPass, img2img_steps
+from modules.engine.sampling import CFGDenoiser, LatentMask, SamplingJob, a1111_alphas_cumprod
 from modules.engine.worker import ImageSkipped, JobContext, JobInterrupted
 from modules.models.loader import StableDiffusionModel
 
@@ -70,6 +74,16 @@ class EngineSettings:
     inpainting_mask_weight: float = 1.0
     preview_every: int = 0
     use_old_scheduling: bool = False
+    sampler: SamplerOptions = field(default_factory=SamplerOptions)
+    img2img_background_color: str = "#ffffff"
+    overlay_inpaint: bool = True
+    hires_fix_use_firstpass_conds: bool = False
+    refiner_switch_by_sample_steps: bool = False
+    hires_fix_refiner_pass: str = "second pass"
+    sdxl_refiner_low_aesthetic_score: float = 2.5
+    sdxl_refiner_high_aesthetic_score: float = 6.0
+    sdxl_crop_top: int = 0
+    sdxl_crop_left: int = 0
 
 
 def preview_decoder(
@@ -107,13 +121,37 @@ def _encode(model: StableDiffusionModel, pixels: torch.Tensor) -> torch.Tensor:
     return latents.float() * float(vae.config["scaling_factor"])
 
 
-def _time_ids(model: StableDiffusionModel, width: int, height: int, batch: int) -> torch.Tensor | None:
+def _time_ids(
+    model: StableDiffusionModel,
+    width: int,
+    height: int,
+    batch: int,
+    settings: EngineSettings,
+    *,
+    negative: bool = False,
+) -> torch.Tensor | None:
+    """SDXL micro-conditioning as A1111 sets it: the base model gets original size, crop
+    (`sdxl_crop_top/left`) and target size; the refiner gets size, crop and an aesthetic score,
+    6.0 for the prompt and 2.5 for the negative prompt (`sdxl_refiner_high/low_aesthetic_score`)."""
     if not model.family.is_sdxl:
         return None
-    # base: original size, crop top-left, target size; the refiner: size, crop, aesthetic score
-    refiner = model.family.base == "sdxl-refiner"
-    ids = [height, width, 0, 0, 6.0] if refiner else [height, width, 0, 0, height, width]
+    top, left = settings.sdxl_crop_top, settings.sdxl_crop_left
+    if model.family.base == "sdxl-refiner":
+        score = settings.sdxl_refiner_low_aesthetic_score if negative else settings.sdxl_refiner_high_aesthetic_score
+        ids = [height, width, top, left, score]
+    else:
+        ids = [height, width, top, left, height, width]
     return torch.tensor([ids] * batch, dtype=torch.float32, device=model.device)
+
+
+@dataclass(frozen=True)
+class ModelAccess:
+    """How a job reaches a second checkpoint (hires checkpoint, SDXL refiner): `lease(name)` makes
+    it the active model for a block (the job's own model stays pinned in the RAM cache and comes
+    back afterwards); `title()` is the active checkpoint's short title ("name [hash]")."""
+
+    lease: Callable[[str], contextlib.AbstractContextManager[StableDiffusionModel]]
+    title: Callable[[], str]
 
 
 @dataclass
@@ -123,16 +161,6 @@ class _Pass:
     sampler: smp.SamplerInfo
     schedule: smp.ScheduleInfo
     steps: int
-    start_index: int = 0
-
-
-def _scheduler_for(model: StableDiffusionModel, p: _Pass, seeds: list[int] | None = None) -> Any:
-    """A fresh scheduler for one pass; `seeds` seed the Brownian tree of DPM++ SDE (per image)."""
-    scheduler: Any = smp.build_scheduler(
-        p.sampler, p.schedule, model.scheduler_config, is_sdxl=model.family.is_sdxl, seeds=seeds
-    )
-    scheduler.set_timesteps(p.steps, device=model.device)
-    return scheduler
 
 
 class Processor:
@@ -149,6 +177,7 @@ class Processor:
         preview_taesd: torch.nn.Module | None = None,
         model_upscale: Callable[[Image.Image, str, tuple[int, int]], Image.Image] | None = None,
         hooks: Hooks | None = None,
+        models: ModelAccess | None = None,
     ) -> None:
         self.model_upscale = model_upscale
         self.hooks = hooks if hooks is not None else Hooks()
@@ -156,23 +185,31 @@ class Processor:
         self.request = request
         self.settings = settings
         self.ctx = ctx
+        self.models = models
         self.sampler, self.schedule = smp.resolve_sampler(request.effective_sampler, request.scheduler)
-        self.encoder = Encoder(
-            model,
-            ConditioningSettings(
-                clip_skip=settings.clip_skip,
-                emphasis=settings.emphasis,  # type: ignore[arg-type]
-                comma_padding_backtrack=settings.comma_padding_backtrack,
-                use_old_scheduling=settings.use_old_scheduling,
-            ),
-        )
+        self.encoder = self._encoder_for(model)
         self.infotext_params = infotext_params
         self._seeds: tuple[list[int], list[int]] | None = None
         self.warnings: list[str] = []
         self.partial: torch.Tensor | None = None
+        self.extra_params: dict[str, Any] = {}  # infotext entries the passes added (A1111's extra_generation_params)
+        self.preview_taesd = preview_taesd
+        self.current_model = model  # the model the batch decodes with (a refiner / hires checkpoint once leased)
         if ctx is not None:
             ctx.preview_every = settings.preview_every
             ctx.preview_decoder = preview_decoder(model, preview_taesd)
+
+    def _encoder_for(self, model: StableDiffusionModel) -> Encoder:
+        s = self.settings
+        return Encoder(
+            model,
+            ConditioningSettings(
+                clip_skip=s.clip_skip,
+                emphasis=s.emphasis,  # type: ignore[arg-type]
+                comma_padding_backtrack=s.comma_padding_backtrack,
+                use_old_scheduling=s.use_old_scheduling,
+            ),
+        )
 
     # -- seeds and prompts -------------------------------------------------------------------
 
@@ -192,7 +229,7 @@ class Processor:
     def result_subseed(self, index: int) -> int:
         return self.seeds()[1][index]
 
-    def _rng(self, seeds: list[int], subseeds: list[int], width: int, height: int) -> Any:
+    def _rng(self, seeds: list[int], subseeds: list[int], width: int, height: int) -> noise_mod.ImageRNG:
         r = self.request
         resize = None
         if r.seed_resize_from_w > 0 and r.seed_resize_from_h > 0:
@@ -205,15 +242,25 @@ class Processor:
             seed_resize_from=resize,
             source=self.settings.rng_source,  # type: ignore[arg-type]
             device=self.model.device,
-            ensd=self.settings.eta_noise_seed_delta if self.sampler.uses_ensd else 0,
+            ensd=self.settings.eta_noise_seed_delta,  # A1111 re-seeds after the first draw whatever the sampler
         )
 
-    def _plan(self, prompts: list[str], negatives: list[str], steps: int, hires_steps: int | None = None) -> PromptPlan:
-        """Extra-network tags (`<lora:...>`) are taken out before encoding (A1111 keeps them in
-        the infotext, which uses the prompts as given)."""
+    def _plan(
+        self,
+        prompts: list[str],
+        negatives: list[str],
+        steps: int,
+        sampler: smp.SamplerInfo | None = None,
+        *,
+        hires_steps: int | None = None,
+    ) -> PromptPlan:
+        """The prompt schedule over A1111's model-call count (`total_steps`: twice the steps for a
+        second-order sampler); `hires_steps` (already a call count) gives the hires pass's offsets.
+        Extra-network tags (`<lora:...>`) are taken out before encoding (A1111 keeps them in the
+        infotext, which uses the prompts as given)."""
         prompts = [self._strip_networks(p_) for p_ in prompts]
         negatives = [self._strip_networks(n) for n in negatives]
-        total = steps * 2 if self.sampler.second_order else steps
+        total = (sampler or self.sampler).total_calls(steps)
         return PromptPlan.build(
             prompts, negatives, total, hires_steps=hires_steps, use_old_scheduling=self.settings.use_old_scheduling
         )
@@ -228,51 +275,122 @@ class Processor:
 
     # -- the loop ----------------------------------------------------------------------------
 
-    def _denoise(
+    def sampler_pass(
+        self, p: _Pass, *, is_hr_pass: bool = False, model: StableDiffusionModel | None = None
+    ) -> SamplerPass:
+        model = model or self.model
+        cfg = model.scheduler_config
+        alphas = a1111_alphas_cumprod(
+            float(cfg.get("beta_start", 0.00085)),
+            float(cfg.get("beta_end", 0.012)),
+            int(cfg.get("num_train_timesteps", 1000)),
+        )
+        r = self.request
+        return SamplerPass(
+            p.sampler,
+            p.schedule,
+            alphas,
+            self.settings.sampler,
+            request_params={
+                "eta": r.eta,
+                "s_churn": r.s_churn,
+                "s_tmin": r.s_tmin,
+                "s_tmax": r.s_tmax,
+                "s_noise": r.s_noise,
+                "s_min_uncond": r.s_min_uncond,
+            },
+            is_hr_pass=is_hr_pass,
+            is_sdxl=model.family.is_sdxl,
+            rng_source=self.settings.rng_source,
+            device=model.device,
+        )
+
+    def sampling_job(
         self,
-        latents: torch.Tensor,
-        p: _Pass,
+        sp: SamplerPass,
         plan: PromptPlan,
-        rng: Any,
-        *,
-        scheduler: Any,
-        image_cond: torch.Tensor | None = None,
-        mask_blend: MaskBlend | None = None,
-        image_cfg_scale: float | None = None,
+        batch: int,
         width: int,
         height: int,
-    ) -> torch.Tensor:
-        stride = 2 if self.sampler.second_order else 1
-        job = SamplingJob(
-            unet=self.model.unet,
-            scheduler=scheduler,
-            conds_at=lambda i: step_conds(self.encoder, plan, i * stride),
+        *,
+        image_cond: torch.Tensor | None = None,
+        image_cfg_scale: float | None = None,
+        mask: LatentMask | None = None,
+        model: StableDiffusionModel | None = None,
+        encoder: Encoder | None = None,
+    ) -> SamplingJob:
+        model = model or self.model
+        enc = encoder or self.encoder
+        return SamplingJob(
+            unet=model.unet,
+            schedule=sp.schedule,
+            conds_at=lambda i: step_conds(enc, plan, i),
             cfg_scale=self.request.cfg_scale,
-            added_time_ids=_time_ids(self.model, width, height, latents.shape[0]),
+            prediction_type=model.prediction_type,
+            added_time_ids=_time_ids(model, width, height, batch, self.settings),
+            added_time_ids_uncond=_time_ids(model, width, height, batch, self.settings, negative=True),
             image_cond=image_cond,
             image_cfg_scale=image_cfg_scale,
-            mask_blend=mask_blend,
-            step_noise=lambda: smp.step_noise_kwargs(self.sampler if p is None else p.sampler, rng),
-            start_index=p.start_index,
+            mask=mask,
             unet_wrappers=self.hooks.unet_wrappers,
-            on_step=self.hooks.step_callback(),
             context=self.ctx,
         )
-        try:
-            return sample(job, latents.float())
-        except JobInterrupted:
-            self.partial = job.last_latents if job.last_latents is not None else latents
-            raise
 
-    def _image_cond_txt2img(self, batch: int, width: int, height: int) -> torch.Tensor | None:
-        family = self.model.family
+    def refiner_for(
+        self,
+        job: SamplingJob,
+        plan: PromptPlan,
+        batch: int,
+        width: int,
+        height: int,
+        stack: contextlib.ExitStack,
+        *,
+        hires_pass: bool = False,
+        enable_hr: bool = False,
+    ) -> _Refiner | None:
+        """Install the refiner handover on `job` when the request asks for one (A1111: a refiner
+        checkpoint other than "None", `refiner_switch_at` set; with hires fix the
+        `hires_fix_refiner_pass` option picks the pass)."""
+        r = self.request
+        name = r.refiner_checkpoint
+        if not name or name in ("None", "") or r.refiner_switch_at is None:
+            return None
+        if self.models is None:
+            raise ValidationError("refiner_checkpoint: this engine cannot load a second checkpoint within a job")
+        if hires_pass or enable_hr:
+            mode = self.settings.hires_fix_refiner_pass
+            if (mode == "first pass" and hires_pass) or (mode == "second pass" and not hires_pass):
+                return None
+            if mode != "second pass":
+                self.extra_params["Hires refiner"] = mode
+        refiner = _Refiner(self, name, float(r.refiner_switch_at), plan, batch, width, height, stack)
+        job.before_call = refiner
+        return refiner
+
+    def run_pass(self, sp: SamplerPass, fallback: torch.Tensor, run: Callable[[], torch.Tensor]) -> torch.Tensor:
+        """Run a pass; on interrupt keep A1111's partial result (the last x0 prediction) in
+        `partial` and re-raise. The pass's infotext entries go to `extra_params`."""
+        try:
+            return run()
+        except JobInterrupted:
+            last = sp.denoiser.last_latent if sp.denoiser is not None else None
+            self.partial = last if last is not None else fallback
+            raise
+        finally:
+            self.extra_params.update(sp.params)
+
+    def _image_cond_txt2img(
+        self, batch: int, width: int, height: int, model: StableDiffusionModel | None = None
+    ) -> torch.Tensor | None:
+        model = model or self.model
+        family = model.family
         if family.variant == "inpaint":
-            gray = torch.zeros(batch, 3, height, width, device=self.model.device)  # 0.5 grey in [-1, 1] is 0
-            latents = _encode(self.model, gray)
-            mask = torch.ones(batch, 1, height // 8, width // 8, device=self.model.device)
-            return torch.cat([mask, latents], dim=1).to(self.model.unet.dtype)
+            gray = torch.zeros(batch, 3, height, width, device=model.device)  # 0.5 grey in [-1, 1] is 0
+            latents = _encode(model, gray)
+            mask = torch.ones(batch, 1, height // 8, width // 8, device=model.device)
+            return torch.cat([mask, latents], dim=1).to(model.unet.dtype)
         if family.variant == "ip2p":
-            return torch.zeros(batch, 4, height // 8, width // 8, device=self.model.device, dtype=self.model.unet.dtype)
+            return torch.zeros(batch, 4, height // 8, width // 8, device=model.device, dtype=model.unet.dtype)
         return None
 
     def begin_batch(
@@ -298,8 +416,13 @@ class Processor:
         index0: int,
         width: int,
         height: int,
+        *,
+        model: StableDiffusionModel | None = None,
+        finish: Callable[[Image.Image, int], Image.Image] | None = None,
     ) -> list[Image.Image]:
-        images = _decode(self.model, latents)
+        images = _decode(model or self.model, latents)
+        if finish is not None:
+            images = [finish(image, i) for i, image in enumerate(images)]
         for i, image in enumerate(images):
             result.images.append(image)
             result.prompts.append(prompts[i])
@@ -309,6 +432,67 @@ class Processor:
             params = self.infotext_params(self, index0 + i, i) if self.infotext_params else {}
             result.params.append(params)
         return images
+
+
+class _Refiner:
+    """A1111's SDXL refiner handover (`apply_refiner`): before a model call, once the completed
+    ratio of the pass reaches `switch_at` (by sigma: (999 - nearest training timestep) / 1000; by
+    model calls with `refiner_switch_by_sample_steps`), the refiner checkpoint is leased for the
+    rest of the batch, the prompts are encoded again with its text encoder and sampling goes on
+    with its UNet and its conditioning (aesthetic scores)."""
+
+    def __init__(
+        self,
+        processor: Processor,
+        checkpoint: str,
+        switch_at: float,
+        plan: PromptPlan,
+        batch: int,
+        width: int,
+        height: int,
+        stack: contextlib.ExitStack,
+    ) -> None:
+        self.processor = processor
+        self.checkpoint = checkpoint
+        self.switch_at = switch_at
+        self.plan, self.batch = plan, batch
+        self.width, self.height = width, height
+        self.stack = stack
+        self.model: StableDiffusionModel | None = None
+        self.switched_at_call: int | None = None
+
+    def completed(self, denoiser: CFGDenoiser, sigma: torch.Tensor) -> float:
+        job = denoiser.job
+        if self.processor.settings.refiner_switch_by_sample_steps or job.mode == "timesteps":
+            if self.processor.settings.refiner_switch_by_sample_steps:
+                self.processor.extra_params["Refiner switch by sampling steps"] = True
+                return denoiser.step / max(job.total_calls, 1)
+            timestep = int(torch.max(sigma).to(dtype=torch.int))
+        else:
+            sigmas = job.schedule.sigmas.to(sigma.device)
+            timestep = int(torch.argmin(torch.abs(sigmas - torch.max(sigma))))
+        return (999 - timestep) / 1000
+
+    def __call__(self, denoiser: CFGDenoiser, sigma: torch.Tensor) -> None:
+        if self.model is not None or self.completed(denoiser, sigma) < self.switch_at:
+            return
+        p = self.processor
+        assert p.models is not None
+        model = self.stack.enter_context(p.models.lease(self.checkpoint))
+        p.extra_params["Refiner"] = p.models.title()
+        p.extra_params["Refiner switch at"] = self.switch_at
+        encoder = p._encoder_for(model)
+        plan = self.plan
+        job = denoiser.job
+        batch = self.batch
+        job.unet = model.unet
+        job.prediction_type = model.prediction_type
+        job.conds_at = lambda i: step_conds(encoder, plan, i)
+        job.added_time_ids = _time_ids(model, self.width, self.height, batch, p.settings)
+        job.added_time_ids_uncond = _time_ids(model, self.width, self.height, batch, p.settings, negative=True)
+        self.model = model
+        p.current_model = model
+        self.switched_at_call = denoiser.step
 
 
 @contextlib.contextmanager
@@ -335,53 +519,93 @@ def _batches(n_iter: int, batch_size: int) -> list[range]:
 
 def run_txt2img(processor: Processor, request: Txt2ImgRequest, ctx: JobContext | None) -> Result:
     started = time.perf_counter()
-    model = processor.model
     width, height = request.width, request.height
     result = Result(width=width, height=height)
     seeds, subseeds = processor.seeds()
     first_pass = _Pass(processor.sampler, processor.schedule, request.steps)
     hires = _hires_plan(processor, request) if request.enable_hr else None
-    jobs_total = request.n_iter
+    firstpass_image = _firstpass_image(request) if hires is not None else None
     for n, batch in enumerate(_batches(request.n_iter, request.batch_size)):
         if ctx is not None:
-            ctx.begin_image(n, jobs_total)
+            ctx.begin_image(n, request.n_iter)
         b_seeds = [seeds[i] for i in batch]
         b_subseeds = [subseeds[i] for i in batch]
         prompts = [request.prompt] * len(batch)
         negatives = [request.negative_prompt] * len(batch)
         event = processor.begin_batch(n, batch, b_seeds, prompts, negatives)
-        rng = processor._rng(b_seeds, b_subseeds, width, height)
-        scheduler = _scheduler_for(model, first_pass, b_seeds)
-        try:
-            latents = rng.first() * scheduler.init_noise_sigma
-            plan = processor._plan(prompts, negatives, request.steps)
-            latents = processor._denoise(
-                latents,
-                first_pass,
-                plan,
-                rng,
-                scheduler=scheduler,
-                image_cond=processor._image_cond_txt2img(len(batch), width, height),
-                width=width,
-                height=height,
-            )
-            if hires is not None:
-                latents = _hires_pass(processor, request, hires, latents, prompts, negatives, b_seeds, b_subseeds)
-        except ImageSkipped:
-            continue
-        except JobInterrupted:
-            assert processor.partial is not None  # set by _denoise before it re-raises
+        # the batch's second checkpoints (hires checkpoint, refiner) stay leased until it is decoded
+        with contextlib.ExitStack() as stack:
+            processor.current_model = processor.model
+            try:
+                latents: torch.Tensor | None = None
+                if firstpass_image is None:
+                    rng = processor._rng(b_seeds, b_subseeds, width, height)
+                    noise = rng.first()
+                    sp = processor.sampler_pass(first_pass)
+                    plan = processor._plan(prompts, negatives, request.steps)
+                    job = processor.sampling_job(
+                        sp,
+                        plan,
+                        len(batch),
+                        width,
+                        height,
+                        image_cond=processor._image_cond_txt2img(len(batch), width, height),
+                    )
+                    processor.refiner_for(job, plan, len(batch), width, height, stack, enable_hr=request.enable_hr)
+                    latents = processor.run_pass(
+                        sp,
+                        noise,
+                        partial(
+                            sp.txt2img, job, noise, request.steps, rng, b_seeds, on_step=processor.hooks.step_callback()
+                        ),
+                    )
+                if hires is not None:
+                    latents = _hires_pass(
+                        processor,
+                        request,
+                        hires,
+                        latents,
+                        firstpass_image,
+                        prompts,
+                        negatives,
+                        b_seeds,
+                        b_subseeds,
+                        stack,
+                    )
+            except ImageSkipped:
+                continue
+            except JobInterrupted:
+                assert processor.partial is not None  # set by run_pass before it re-raises
+                images = processor._finish_batch(
+                    result,
+                    processor.partial,
+                    prompts,
+                    negatives,
+                    b_seeds,
+                    b_subseeds,
+                    batch.start,
+                    width,
+                    height,
+                    model=processor.current_model,
+                )
+                processor.end_batch(event, images)
+                result.interrupted = True
+                break
+            assert latents is not None
+            out_w, out_h = (hires.width, hires.height) if hires else (width, height)
+            result.width, result.height = out_w, out_h
             images = processor._finish_batch(
-                result, processor.partial, prompts, negatives, b_seeds, b_subseeds, batch.start, width, height
+                result,
+                latents,
+                prompts,
+                negatives,
+                b_seeds,
+                b_subseeds,
+                batch.start,
+                out_w,
+                out_h,
+                model=processor.current_model,
             )
-            processor.end_batch(event, images)
-            result.interrupted = True
-            break
-        out_w, out_h = (hires.width, hires.height) if hires else (width, height)
-        result.width, result.height = out_w, out_h
-        images = processor._finish_batch(
-            result, latents, prompts, negatives, b_seeds, b_subseeds, batch.start, out_w, out_h
-        )
         processor.end_batch(event, images)
         if ctx is not None and ctx.stopping_generation:
             break
@@ -391,111 +615,220 @@ def run_txt2img(processor: Processor, request: Txt2ImgRequest, ctx: JobContext |
 
 @dataclass
 class HiresPlan:
-    width: int
+    width: int  # the output size (after truncation)
     height: int
+    upscale_width: int  # the size the first pass is upscaled to before the crop
+    upscale_height: int
+    truncate_x: int  # latent columns / rows cropped (A1111's truncate_x/y)
+    truncate_y: int
     upscaler: str
     steps: int
     sampler: smp.SamplerInfo
     schedule: smp.ScheduleInfo
     denoising: float
+    checkpoint: str | None = None
 
 
 def _hires_plan(processor: Processor, r: Txt2ImgRequest) -> HiresPlan:
-    if r.hr_resize_x > 0 or r.hr_resize_y > 0:
-        if r.hr_resize_x <= 0:
-            w, h = r.hr_resize_y * r.width // r.height, r.hr_resize_y
-        elif r.hr_resize_y <= 0:
-            w, h = r.hr_resize_x, r.hr_resize_x * r.height // r.width
-        else:
-            w, h = r.hr_resize_x, r.hr_resize_y
+    """A1111's `calculate_target_resolution` and hires settings. With both target sizes set the
+    first pass is upscaled to cover the target keeping its aspect ratio, then cropped centred."""
+    truncate_x = truncate_y = 0
+    if r.hr_resize_x == 0 and r.hr_resize_y == 0:
+        up_w, up_h = int(r.width * r.hr_scale), int(r.height * r.hr_scale)
+        target_w, target_h = up_w, up_h
+    elif r.hr_resize_y == 0:
+        up_w, up_h = r.hr_resize_x, r.hr_resize_x * r.height // r.width
+        target_w, target_h = up_w, up_h
+    elif r.hr_resize_x == 0:
+        up_w, up_h = r.hr_resize_y * r.width // r.height, r.hr_resize_y
+        target_w, target_h = up_w, up_h
     else:
-        w, h = int(r.width * r.hr_scale), int(r.height * r.hr_scale)
-    w, h = w // 8 * 8, h // 8 * 8
+        target_w, target_h = r.hr_resize_x, r.hr_resize_y
+        if r.width / r.height < r.hr_resize_x / r.hr_resize_y:
+            up_w, up_h = r.hr_resize_x, r.hr_resize_x * r.height // r.width
+        else:
+            up_w, up_h = r.hr_resize_y * r.width // r.height, r.hr_resize_y
+        truncate_x = (up_w - target_w) // 8
+        truncate_y = (up_h - target_h) // 8
     upscaler = r.hr_upscaler or "Latent"
     builtin = upscaler in LATENT_UPSCALE_MODES or upscaler in ("None", "Lanczos", "Nearest")
     if not builtin and processor.model_upscale is None:
         raise ValidationError(f"hr_upscaler {upscaler!r} not found")
     if r.hr_sampler_name and r.hr_sampler_name != "Use same sampler":
-        sampler, schedule = smp.resolve_sampler(r.hr_sampler_name, r.hr_scheduler)
+        sampler, schedule = smp.resolve_sampler(r.hr_sampler_name, _hires_scheduler(r))
     else:
-        sampler, schedule = processor.sampler, processor.schedule
-        if r.hr_scheduler and r.hr_scheduler != "Use same scheduler":
-            sampler, schedule = smp.resolve_sampler(sampler.name, r.hr_scheduler)
+        sampler, schedule = smp.resolve_sampler(processor.sampler.name, _hires_scheduler(r))
+    checkpoint = r.hr_checkpoint_name if r.hr_checkpoint_name not in (None, "", "Use same checkpoint") else None
+    if checkpoint is not None and processor.models is None:
+        raise ValidationError("hr_checkpoint_name: this engine cannot load a second checkpoint within a job")
+    # the latent grid the hires pass runs on
+    lat_w = up_w // 8 - truncate_x
+    lat_h = up_h // 8 - truncate_y
     return HiresPlan(
-        width=w,
-        height=h,
+        width=lat_w * 8,
+        height=lat_h * 8,
+        upscale_width=up_w,
+        upscale_height=up_h,
+        truncate_x=truncate_x,
+        truncate_y=truncate_y,
         upscaler=upscaler,
         steps=r.hr_second_pass_steps or r.steps,
         sampler=sampler,
         schedule=schedule,
         denoising=r.denoising_strength if r.denoising_strength is not None else 0.75,
+        checkpoint=checkpoint,
     )
 
 
-def _img2img_steps(steps: int, denoising: float, fix_steps: bool) -> tuple[int, int]:
-    """(total schedule steps, index to start at) with A1111's img2img step semantics: run
-    int(denoising * steps) + 1 steps of a `steps` schedule, or with "exact steps" a longer
-    schedule so that exactly `steps` run."""
-    strength = min(denoising, 0.999)
-    if fix_steps:
-        total = int(steps / strength) if strength > 0 else 0
-        t_enc = steps - 1
-    else:
-        total = steps
-        t_enc = int(strength * steps)
-    total = max(total, 1)
-    return total, max(0, total - t_enc - 1)
+def _hires_scheduler(r: Txt2ImgRequest) -> str | None:
+    """A1111: no hires schedule (or "Use same scheduler") means the first pass's."""
+    if r.hr_scheduler and r.hr_scheduler != "Use same scheduler":
+        return r.hr_scheduler
+    return r.scheduler
+
+
+def _firstpass_image(r: Txt2ImgRequest) -> Image.Image | None:
+    image = r.firstpass_image
+    if image is None or image == "":
+        return None
+    if not isinstance(image, Image.Image):
+        raise ValidationError("firstpass_image: not an image")
+    if image.size != (r.width, r.height):
+        raise ValidationError(
+            f"firstpass_image: the image is {image.width}x{image.height}, the request's first pass {r.width}x{r.height}"
+        )
+    return image.convert("RGB")
 
 
 def _hires_pass(
     processor: Processor,
     r: Txt2ImgRequest,
     hires: HiresPlan,
-    latents: torch.Tensor,
+    latents: torch.Tensor | None,
+    firstpass_image: Image.Image | None,
     prompts: list[str],
     negatives: list[str],
     seeds: list[int],
     subseeds: list[int],
+    stack: contextlib.ExitStack,
 ) -> torch.Tensor:
-    model = processor.model
-    if hires.upscaler in LATENT_UPSCALE_MODES:
-        mode, antialias = LATENT_UPSCALE_MODES[hires.upscaler]
-        kwargs: dict[str, Any] = {"antialias": antialias} if mode in ("bilinear", "bicubic") else {}
-        upscaled = torch.nn.functional.interpolate(
-            latents.float(), size=(hires.height // 8, hires.width // 8), mode=mode, **kwargs
-        )
-    else:
-        size = (hires.width, hires.height)
-        if hires.upscaler in ("None", "Lanczos", "Nearest") or processor.model_upscale is None:
-            resample = Image.Resampling.NEAREST if hires.upscaler == "Nearest" else Image.Resampling.LANCZOS
-            images = [im.resize(size, resample) for im in _decode(model, latents)]
-        else:  # a model upscaler (ESRGAN, Real-ESRGAN, SwinIR ...) in pixel space
-            images = [processor.model_upscale(im, hires.upscaler, size) for im in _decode(model, latents)]
-        upscaled = _encode(model, imgops.to_tensor(images, model.device, torch.float32))
-    if hires.denoising <= 0:
-        return upscaled
-    total, start = _img2img_steps(hires.steps, hires.denoising, processor.settings.img2img_fix_steps)
-    p = _Pass(hires.sampler, hires.schedule, total, start)
-    scheduler = _scheduler_for(model, p, seeds)
-    rng = processor._rng(seeds, subseeds, hires.width, hires.height)
-    noise = rng.first()
-    t0 = scheduler.timesteps[start : start + 1]
-    x = scheduler.add_noise(upscaled.to(noise.dtype), noise, t0)
-    hr_prompts = [r.hr_prompt or p_ for p_ in prompts]
-    hr_negatives = [r.hr_negative_prompt or n for n in negatives]
-    plan = processor._plan(hr_prompts, hr_negatives, total)
+    """A1111's `sample_hr_pass`: upscale (in latent space, or decode - upscale - encode), crop to
+    the target, then an img2img pass of exactly the hires step count over a schedule stretched by
+    the denoising strength, with the hires prompts and the prompt-schedule offsets. With a hires
+    checkpoint the pass (and the decode, by the caller, inside `stack`) runs on that model."""
     if processor.ctx is not None:
         processor.ctx.textinfo = "hires fix"
-    return processor._denoise(
-        x,
-        p,
-        plan,
-        rng,
-        scheduler=scheduler,
-        image_cond=processor._image_cond_txt2img(x.shape[0], hires.width, hires.height),
-        width=hires.width,
-        height=hires.height,
+    low: list[Image.Image] | None = None
+    if hires.upscaler not in LATENT_UPSCALE_MODES:
+        # decoded by the model that made them, before another checkpoint takes its place
+        low = [firstpass_image] * len(seeds) if latents is None else _decode(processor.current_model, latents)  # type: ignore[list-item]
+    other = None
+    if hires.checkpoint is not None:
+        assert processor.models is not None
+        other = stack.enter_context(processor.models.lease(hires.checkpoint))
+        processor.current_model = other
+        processor.extra_params["Hires checkpoint"] = processor.models.title()
+    return _hires_sample(
+        processor, r, hires, latents, low, firstpass_image, prompts, negatives, seeds, subseeds, other, stack
     )
+
+
+def _hires_sample(
+    processor: Processor,
+    r: Txt2ImgRequest,
+    hires: HiresPlan,
+    latents: torch.Tensor | None,
+    low: list[Image.Image] | None,
+    firstpass_image: Image.Image | None,
+    prompts: list[str],
+    negatives: list[str],
+    seeds: list[int],
+    subseeds: list[int],
+    other: StableDiffusionModel | None,
+    stack: contextlib.ExitStack,
+) -> torch.Tensor:
+    model = other or processor.current_model
+    batch = len(seeds)
+    up_size = (hires.upscale_width, hires.upscale_height)
+    if hires.upscaler in LATENT_UPSCALE_MODES:
+        if latents is None:  # firstpass_image with a latent upscaler: encode it
+            assert firstpass_image is not None
+            latents = _encode(model, imgops.to_tensor([firstpass_image] * batch, model.device, torch.float32))
+        mode, antialias = LATENT_UPSCALE_MODES[hires.upscaler]
+        upscaled = torch.nn.functional.interpolate(
+            latents.float(), size=(hires.upscale_height // 8, hires.upscale_width // 8), mode=mode, antialias=antialias
+        )
+        image_cond = processor._image_cond_txt2img(batch, hires.upscale_width, hires.upscale_height, model)
+    else:
+        assert low is not None
+        if hires.upscaler in ("None", "Lanczos", "Nearest") or processor.model_upscale is None:
+            resample = Image.Resampling.NEAREST if hires.upscaler == "Nearest" else Image.Resampling.LANCZOS
+            images = [im.resize(up_size, resample) for im in low]
+            if hires.upscaler == "Nearest":
+                images = [im.resize(up_size, Image.Resampling.LANCZOS) if im.size != up_size else im for im in images]
+        else:  # a model upscaler (ESRGAN, Real-ESRGAN, SwinIR ...) in pixel space
+            images = [processor.model_upscale(im, hires.upscaler, up_size) for im in low]
+        pixels = imgops.to_tensor(images, model.device, torch.float32)
+        upscaled = _encode(model, pixels)
+        image_cond = _inpaint_cond_full(model, pixels, upscaled, processor.settings)
+    ty, tx = hires.truncate_y, hires.truncate_x
+    upscaled = upscaled[:, :, ty // 2 : upscaled.shape[2] - (ty + 1) // 2, tx // 2 : upscaled.shape[3] - (tx + 1) // 2]
+    if image_cond is not None and image_cond.shape[-1] == upscaled.shape[-1] + tx:
+        image_cond = image_cond[
+            :, :, ty // 2 : image_cond.shape[2] - (ty + 1) // 2, tx // 2 : image_cond.shape[3] - (tx + 1) // 2
+        ]
+    if hires.denoising <= 0:
+        return upscaled
+    steps, t_enc = img2img_steps(hires.steps, hires.denoising, exact=True)
+    p = _Pass(hires.sampler, hires.schedule, steps)
+    sp = processor.sampler_pass(p, is_hr_pass=True, model=model)
+    rng = processor._rng(seeds, subseeds, hires.width, hires.height)
+    noise = rng.first()
+    hr_prompts = [r.hr_prompt or p_ for p_ in prompts]
+    hr_negatives = [r.hr_negative_prompt or n for n in negatives]
+    first_total = processor.sampler.total_calls(r.steps)
+    hr_total = hires.sampler.total_calls(hires.steps)
+    if processor.settings.hires_fix_use_firstpass_conds:
+        plan = processor._plan(prompts, negatives, r.steps)
+    else:
+        plan = PromptPlan.build(
+            [processor._strip_networks(x) for x in hr_prompts],
+            [processor._strip_networks(x) for x in hr_negatives],
+            first_total,
+            hires_steps=hr_total,
+            use_old_scheduling=processor.settings.use_old_scheduling,
+        )
+    encoder = processor.encoder if other is None else processor._encoder_for(model)
+    job = processor.sampling_job(
+        sp, plan, batch, hires.width, hires.height, image_cond=image_cond, model=model, encoder=encoder
+    )
+    processor.refiner_for(job, plan, batch, hires.width, hires.height, stack, hires_pass=True)
+    out = processor.run_pass(
+        sp,
+        upscaled,
+        partial(sp.img2img, job, upscaled, noise, steps, t_enc, rng, seeds, on_step=processor.hooks.step_callback()),
+    )
+    if sp.schedule_label is not None and sp.schedule_label != processor.extra_params.get(
+        "Schedule type", processor.schedule.label
+    ):
+        processor.extra_params["Hires schedule type"] = sp.schedule_label
+    return out
+
+
+def _inpaint_cond_full(
+    model: StableDiffusionModel, pixels: torch.Tensor, latents: torch.Tensor, settings: EngineSettings
+) -> torch.Tensor | None:
+    """A1111's `img2img_image_conditioning` without a mask: inpainting models get an all-ones mask
+    and the image lerped towards black by the conditioning mask weight; ip2p the image latents."""
+    family = model.family
+    if family.variant == "inpaint":
+        weight = settings.inpainting_mask_weight
+        masked = torch.lerp(pixels, pixels * 0.0, weight)
+        cmask = torch.ones(pixels.shape[0], 1, latents.shape[2], latents.shape[3], device=pixels.device)
+        return torch.cat([cmask, _encode(model, masked)], dim=1).to(model.unet.dtype)
+    if family.variant == "ip2p":
+        return (latents / float(model.vae.config["scaling_factor"])).to(model.unet.dtype)
+    return None
 
 
 # ------------------------------------------------------------------------------------ img2img
@@ -503,49 +836,85 @@ def _hires_pass(
 
 @dataclass
 class _Inpaint:
-    mask: Image.Image  # full-size prepared mask (L), white = repaint
-    region: tuple[int, int, int, int] | None  # only-masked crop box in the original
-    originals: list[Image.Image]  # original init images (for pasting back)
+    """A1111's img2img mask state: the mask at processing size (`image_mask`, white = repaint),
+    the overlay images pasted over the results, and where a "only masked" crop goes back."""
+
+    image_mask: Image.Image
+    latent_mask: Image.Image  # what the latent blend uses (`latent_mask` if the request gave one)
+    overlays: list[Image.Image]
+    paste_to: tuple[int, int, int, int] | None
 
 
-def _prepare_img2img(r: Img2ImgRequest) -> tuple[list[Image.Image], _Inpaint | None]:
-    """Init images resized to the request size (and cropped to the mask region for
-    only-masked inpainting); the inpaint bookkeeping to paste results back."""
-    images = [im.convert("RGB") for im in r.init_images]
+def _prepare_img2img(r: Img2ImgRequest, settings: EngineSettings) -> tuple[list[Image.Image], _Inpaint | None]:
+    """A1111's img2img `init`: init images flattened onto the background colour and resized; the
+    mask read as A1111 reads it (alpha if transparent somewhere, else luminance), inverted, blurred,
+    cropped to the masked region for "only masked"; overlays of the originals for pasting back."""
+    images = [imgops.flatten(im, settings.img2img_background_color) for im in r.init_images]
     if r.mask is None:
         mode = 0 if r.resize_mode == RESIZE_LATENT else r.resize_mode
-        return [imgops.resize_image(mode, im, r.width, r.height) for im in images], None
-    first = images[0]
+        out = (
+            images
+            if r.resize_mode == RESIZE_LATENT
+            else [imgops.resize_image(mode, im, r.width, r.height) for im in images]
+        )
+        return out, None
     blur_x, blur_y = r.blur_xy
-    mask = r.mask
-    if mask.size != first.size:
-        mask = mask.resize(first.size, Image.Resampling.LANCZOS)
-    mask = imgops.prepare_mask(
-        mask, invert=bool(r.inpainting_mask_invert), blur_x=blur_x, blur_y=blur_y, round_mask=r.mask_round
-    )
+    mask = imgops.binary_mask(r.mask, round_mask=r.mask_round)
+    if r.inpainting_mask_invert:
+        mask = ImageOps.invert(mask)
+    mask = imgops.gaussian_kernel_blur(mask, blur_x, blur_y)
+    crop_region = None
+    paste_to = None
     if r.inpaint_full_res:
+        mask_for_overlay = mask
         box = imgops.masked_region(mask, r.inpaint_full_res_padding)
         if box is None:
             raise ValidationError("mask: the mask is empty; nothing to inpaint")
-        box = imgops.expand_to_ratio(box, r.width, r.height, first.size)
-        crops = [im.crop(box).resize((r.width, r.height), Image.Resampling.LANCZOS) for im in images]
-        return crops, _Inpaint(mask=mask, region=box, originals=images)
-    mode = 0 if r.resize_mode == RESIZE_LATENT else r.resize_mode
-    resized = [imgops.resize_image(mode, im, r.width, r.height) for im in images]
-    return resized, _Inpaint(mask=imgops.resize_image(mode, mask, r.width, r.height), region=None, originals=resized)
+        crop_region = imgops.expand_to_ratio(box, r.width, r.height, mask.size)
+        x1, y1, x2, y2 = crop_region
+        image_mask = imgops.resize_image(RESIZE_FILL, mask.crop(crop_region), r.width, r.height)
+        paste_to = (x1, y1, x2 - x1, y2 - y1)
+    else:
+        image_mask = imgops.resize_image(
+            r.resize_mode if r.resize_mode != RESIZE_LATENT else 0, mask, r.width, r.height
+        )
+        arr = np.clip(np.asarray(image_mask).astype(np.float32) * 2, 0, 255).astype(np.uint8)
+        mask_for_overlay = Image.fromarray(arr)
+    latent = image_mask
+    if r.latent_mask is not None:
+        latent = r.latent_mask.convert("L") if isinstance(r.latent_mask, Image.Image) else latent
+    prepared: list[Image.Image] = []
+    overlays: list[Image.Image] = []
+    for image in images:
+        if crop_region is None and r.resize_mode != RESIZE_LATENT:
+            image = imgops.resize_image(r.resize_mode, image, r.width, r.height)
+        overlay_mask = mask_for_overlay
+        if overlay_mask.size != image.size:
+            overlay_mask = imgops.resize_image(
+                r.resize_mode if r.resize_mode != RESIZE_LATENT else 0, overlay_mask, image.width, image.height
+            )
+        overlays.append(imgops.overlay_image(image, overlay_mask))
+        if crop_region is not None:
+            image = imgops.resize_image(RESIZE_FILL, image.crop(crop_region), r.width, r.height)
+        if r.inpainting_fill == FILL_FILL:
+            image = imgops.fill_masked(image, latent)
+        prepared.append(image)
+    return prepared, _Inpaint(image_mask=image_mask, latent_mask=latent, overlays=overlays, paste_to=paste_to)
 
 
-def _paste_back(generated: Image.Image, inpaint: _Inpaint, index: int) -> Image.Image:
-    original = inpaint.originals[index % len(inpaint.originals)]
-    if inpaint.region is not None:
-        x1, y1, x2, y2 = inpaint.region
-        patch = generated.resize((x2 - x1, y2 - y1), Image.Resampling.LANCZOS)
-        canvas = original.copy()
-        canvas.paste(patch, (x1, y1), mask=inpaint.mask.crop(inpaint.region))
-        return canvas
-    canvas = original.copy()
-    canvas.paste(generated, (0, 0), mask=inpaint.mask)
-    return canvas
+def _latent_masks(
+    inpaint: _Inpaint, shape: tuple[int, ...], round_mask: bool, device: torch.device
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """(mask, nmask) at latent size: A1111 resizes the mask to the latent grid (PIL's default
+    bicubic via convert('RGB').resize), scales to [0, 1], rounds when asked; mask = 1 - that."""
+    small = inpaint.latent_mask.convert("RGB").resize((shape[3], shape[2]))
+    arr = np.moveaxis(np.array(small, dtype=np.float32), 2, 0) / 255
+    lat = arr[0]
+    if round_mask:
+        lat = np.around(lat)
+    lat = np.tile(lat[None], (shape[1], 1, 1))
+    nmask = torch.asarray(lat).to(device)
+    return torch.asarray(1.0 - lat).to(device), nmask
 
 
 def run_img2img(processor: Processor, request: Img2ImgRequest, ctx: JobContext | None) -> Result:
@@ -553,15 +922,15 @@ def run_img2img(processor: Processor, request: Img2ImgRequest, ctx: JobContext |
     model = processor.model
     width, height = request.width, request.height
     result = Result(width=width, height=height)
-    inits, inpaint = _prepare_img2img(request)
+    settings = processor.settings
+    inits, inpaint = _prepare_img2img(request, settings)
     seeds, subseeds = processor.seeds()
     denoising = request.denoising_strength if request.denoising_strength is not None else 0.75
-    total, start = _img2img_steps(request.steps, denoising, processor.settings.img2img_fix_steps)
-    p = _Pass(processor.sampler, processor.schedule, total, start)
+    steps, t_enc = img2img_steps(request.steps, denoising, exact=settings.img2img_fix_steps)
+    p = _Pass(processor.sampler, processor.schedule, steps)
     family = model.family
-    if inpaint is not None:
-        crop_mask = inpaint.mask.crop(inpaint.region).resize((width, height)) if inpaint.region else inpaint.mask
-        lmask = imgops.latent_mask(crop_mask, width, height, round_mask=request.mask_round).to(model.device)
+    if len(inits) > 1 and len(inits) > request.batch_size:
+        raise ValidationError(f"init_images: {len(inits)} images for a batch of {request.batch_size}")
     for n, batch in enumerate(_batches(request.n_iter, request.batch_size)):
         if ctx is not None:
             ctx.begin_image(n, request.n_iter)
@@ -570,80 +939,131 @@ def run_img2img(processor: Processor, request: Img2ImgRequest, ctx: JobContext |
         prompts = [request.prompt] * len(batch)
         negatives = [request.negative_prompt] * len(batch)
         event = processor.begin_batch(n, batch, b_seeds, prompts, negatives)
-        batch_images = [inits[i % len(inits)] for i in batch]
-        if inpaint is not None and request.inpainting_fill == FILL_FILL:
-            batch_images = [imgops.fill_masked(im, crop_mask) for im in batch_images]
+        batch_images = [inits[i % len(inits)] for i in range(len(batch))]
         pixels = imgops.to_tensor(batch_images, model.device, torch.float32)
-        init_latents = _encode(model, pixels)
-        if request.resize_mode == RESIZE_LATENT and inpaint is None:
-            init_latents = torch.nn.functional.interpolate(
-                init_latents, size=(height // 8, width // 8), mode="bilinear"
-            )
+        init_latent = _encode(model, pixels)
+        if request.resize_mode == RESIZE_LATENT:
+            init_latent = torch.nn.functional.interpolate(init_latent, size=(height // 8, width // 8), mode="bilinear")
         rng = processor._rng(b_seeds, b_subseeds, width, height)
-        scheduler = _scheduler_for(model, p, b_seeds)
-        noise = rng.first()
-        mask_blend = None
+        mask_state = None
         image_cond = None
         if inpaint is not None:
+            mask, nmask = _latent_masks(inpaint, tuple(init_latent.shape), request.mask_round, model.device)
             if request.inpainting_fill == FILL_LATENT_NOISE:
-                init_latents = init_latents * (1 - lmask) + noise * lmask
+                fill = noise_mod.ImageRNG(
+                    tuple(init_latent.shape[1:]),
+                    b_seeds,
+                    source=settings.rng_source,  # type: ignore[arg-type]
+                    device=model.device,
+                ).first()
+                init_latent = init_latent * mask + fill * nmask
             elif request.inpainting_fill == FILL_LATENT_NOTHING:
-                init_latents = init_latents * (1 - lmask)
+                init_latent = init_latent * mask
             if family.variant == "inpaint":
-                weight = processor.settings.inpainting_mask_weight
-                cmask = torch.round(imgops.latent_mask(crop_mask, width * 8, height * 8, round_mask=False)).to(
-                    model.device
+                image_cond = _inpaint_cond_masked(
+                    model, pixels, init_latent, inpaint.image_mask, request.mask_round, settings
                 )
-                cmask = torch.nn.functional.interpolate(cmask, size=(height, width))
-                masked = torch.lerp(pixels, pixels * (1 - cmask), weight)
-                image_cond = torch.cat([lmask.expand(len(batch), -1, -1, -1), _encode(model, masked)], dim=1)
             else:
-                mask_blend = MaskBlend(mask=lmask, init_latents=init_latents, noise=noise)
+                mask_state = LatentMask(mask=mask, nmask=nmask, init_latent=init_latent)
         elif family.variant == "inpaint":
-            image_cond = processor._image_cond_txt2img(len(batch), width, height)
+            image_cond = _inpaint_cond_full(model, pixels, init_latent, settings)
         if family.variant == "ip2p":
-            image_cond = (init_latents / float(model.vae.config["scaling_factor"])).to(model.unet.dtype)
-        t0 = scheduler.timesteps[start : start + 1]
-        multiplier = request.initial_noise_multiplier or processor.settings.initial_noise_multiplier
-        latents = scheduler.add_noise(init_latents, noise * multiplier, t0)
-        plan = processor._plan(prompts, negatives, total)
-        image_cfg = (
-            (request.image_cfg_scale if request.image_cfg_scale is not None else 1.5)
-            if family.variant == "ip2p"
-            else None
+            image_cond = (init_latent / float(model.vae.config["scaling_factor"])).to(model.unet.dtype)
+        noise = rng.first()
+        multiplier = request.initial_noise_multiplier or settings.initial_noise_multiplier
+        if multiplier != 1.0:
+            noise = noise * multiplier
+            processor.extra_params["Noise multiplier"] = multiplier
+        plan = processor._plan(prompts, negatives, request.steps)
+        image_cfg = None
+        if family.variant == "ip2p":
+            image_cfg = request.image_cfg_scale if request.image_cfg_scale is not None else 1.5
+        sp = processor.sampler_pass(p)
+        job = processor.sampling_job(
+            sp,
+            plan,
+            len(batch),
+            width,
+            height,
+            image_cond=None if image_cond is None else image_cond.to(model.unet.dtype),
+            image_cfg_scale=image_cfg,
+            mask=mask_state,
         )
-        try:
-            latents = processor._denoise(
+        with contextlib.ExitStack() as stack:
+            processor.current_model = model
+            processor.refiner_for(job, plan, len(batch), width, height, stack)
+            try:
+                latents = processor.run_pass(
+                    sp,
+                    init_latent,
+                    partial(
+                        sp.img2img,
+                        job,
+                        init_latent,
+                        noise,
+                        steps,
+                        t_enc,
+                        rng,
+                        b_seeds,
+                        on_step=processor.hooks.step_callback(),
+                    ),
+                )
+            except ImageSkipped:
+                continue
+            except JobInterrupted:
+                assert processor.partial is not None
+                latents = processor.partial
+                result.interrupted = True
+            if mask_state is not None:
+                latents = mask_state.blend(latents)
+
+            def composite(image: Image.Image, i: int, inpaint: _Inpaint | None = inpaint) -> Image.Image:
+                if inpaint is None or not settings.overlay_inpaint:
+                    return image
+                overlay = inpaint.overlays[i % len(inpaint.overlays)] if inpaint.overlays else None
+                return imgops.apply_overlay(image, inpaint.paste_to, overlay)
+
+            images = processor._finish_batch(
+                result,
                 latents,
-                p,
-                plan,
-                rng,
-                scheduler=scheduler,
-                image_cond=None if image_cond is None else image_cond.to(model.unet.dtype),
-                mask_blend=mask_blend,
-                image_cfg_scale=image_cfg,
-                width=width,
-                height=height,
+                prompts,
+                negatives,
+                b_seeds,
+                b_subseeds,
+                batch.start,
+                width,
+                height,
+                model=processor.current_model,
+                finish=composite,
             )
-        except ImageSkipped:
-            continue
-        except JobInterrupted:
-            latents = processor.partial
-            result.interrupted = True
-        images = processor._finish_batch(
-            result, latents, prompts, negatives, b_seeds, b_subseeds, batch.start, width, height
-        )
-        if inpaint is not None:
-            first = len(result.images) - len(images)
-            for i, image in enumerate(images):
-                result.images[first + i] = images[i] = _paste_back(image, inpaint, batch.start + i)
         processor.end_batch(event, images)
         if result.interrupted or (ctx is not None and ctx.stopping_generation):
             break
-    if inpaint is not None and inpaint.region is not None:
-        result.width, result.height = inpaint.originals[0].size
+    if inpaint is not None and inpaint.paste_to is not None and settings.overlay_inpaint and result.images:
+        result.width, result.height = result.images[0].size
     result.elapsed = time.perf_counter() - started
     return result
+
+
+def _inpaint_cond_masked(
+    model: StableDiffusionModel,
+    pixels: torch.Tensor,
+    latents: torch.Tensor,
+    image_mask: Image.Image,
+    round_mask: bool,
+    settings: EngineSettings,
+) -> torch.Tensor:
+    """A1111's `inpainting_image_conditioning` with a mask: the mask (rounded when asked), the
+    image with the masked part lerped towards black by `inpainting_mask_weight`, encoded, and the
+    mask resized (nearest) to the latent grid."""
+    cmask = np.asarray(image_mask.convert("L")).astype(np.float32) / 255.0
+    cond_mask = torch.from_numpy(cmask[None, None]).to(pixels.device)
+    if round_mask:
+        cond_mask = torch.round(cond_mask)
+    masked = torch.lerp(pixels, pixels * (1.0 - cond_mask), settings.inpainting_mask_weight)
+    encoded = _encode(model, masked)
+    small = torch.nn.functional.interpolate(cond_mask, size=latents.shape[-2:]).expand(encoded.shape[0], -1, -1, -1)
+    return torch.cat([small, encoded], dim=1).to(model.unet.dtype)
 
 
 def options_to_settings(get: Callable[[str], Any], overrides: Mapping[str, Any]) -> EngineSettings:
@@ -653,10 +1073,36 @@ def options_to_settings(get: Callable[[str], Any], overrides: Mapping[str, Any])
         if key in overrides:
             return overrides[key]
         try:
-            return get(key)
+            got = get(key)
         except Exception:  # an option this build does not define
             return default
+        return default if got is None else got
 
+    sampler = SamplerOptions(
+        eta_ancestral=float(value("eta_ancestral", 1.0)),
+        eta_ddim=float(value("eta_ddim", 0.0)),
+        s_churn=float(value("s_churn", 0.0)),
+        s_tmin=float(value("s_tmin", 0.0)),
+        s_tmax=float(value("s_tmax", 0.0)),
+        s_noise=float(value("s_noise", 1.0)),
+        sigma_min=float(value("sigma_min", 0.0)),
+        sigma_max=float(value("sigma_max", 0.0)),
+        rho=float(value("rho", 0.0)),
+        always_discard_next_to_last_sigma=bool(value("always_discard_next_to_last_sigma", False)),
+        sgm_noise_multiplier=bool(value("sgm_noise_multiplier", False)),
+        uni_pc_variant=str(value("uni_pc_variant", "bh1")),
+        uni_pc_skip_type=str(value("uni_pc_skip_type", "time_uniform")),
+        uni_pc_order=int(value("uni_pc_order", 3)),
+        uni_pc_lower_order_final=bool(value("uni_pc_lower_order_final", True)),
+        skip_early_cond=float(value("skip_early_cond", 0.0)),
+        s_min_uncond=float(value("s_min_uncond", 0.0)),
+        s_min_uncond_all=bool(value("s_min_uncond_all", False)),
+        beta_dist_alpha=float(value("beta_dist_alpha", 0.6)),
+        beta_dist_beta=float(value("beta_dist_beta", 0.6)),
+        img2img_extra_noise=float(value("img2img_extra_noise", 0.0)),
+        use_old_karras_scheduler_sigmas=bool(value("use_old_karras_scheduler_sigmas", False)),
+        no_dpmpp_sde_batch_determinism=bool(value("no_dpmpp_sde_batch_determinism", False)),
+    )
     return EngineSettings(
         clip_skip=int(value("CLIP_stop_at_last_layers", 1)),
         emphasis=str(value("emphasis", "Original")),
@@ -668,4 +1114,14 @@ def options_to_settings(get: Callable[[str], Any], overrides: Mapping[str, Any])
         inpainting_mask_weight=float(value("inpainting_mask_weight", 1.0)),
         preview_every=int(value("show_progress_every_n_steps", 10)),
         use_old_scheduling=bool(value("use_old_scheduling", False)),
+        sampler=sampler,
+        img2img_background_color=str(value("img2img_background_color", "#ffffff")),
+        overlay_inpaint=bool(value("overlay_inpaint", True)),
+        hires_fix_use_firstpass_conds=bool(value("hires_fix_use_firstpass_conds", False)),
+        refiner_switch_by_sample_steps=bool(value("refiner_switch_by_sample_steps", False)),
+        hires_fix_refiner_pass=str(value("hires_fix_refiner_pass", "second pass")),
+        sdxl_refiner_low_aesthetic_score=float(value("sdxl_refiner_low_aesthetic_score", 2.5)),
+        sdxl_refiner_high_aesthetic_score=float(value("sdxl_refiner_high_aesthetic_score", 6.0)),
+        sdxl_crop_top=int(value("sdxl_crop_top", 0)),
+        sdxl_crop_left=int(value("sdxl_crop_left", 0)),
     )

@@ -1,48 +1,30 @@
-"""A1111 sampler and schedule names -> diffusers schedulers that reproduce them.
+"""A1111's sampler and schedule tables, and the sigmas a pass samples.
 
-The table follows A1111's `/samplers` and `/schedulers` order (reference/a1111.md section 5). A sampler
-is published only if a diffusers scheduler runs its update rule; the ones diffusers cannot run
-are left out and listed in `OMITTED_SAMPLERS` / `OMITTED_SCHEDULES` with the reason.
-
-The sigma schedules themselves are computed in `modules.engine.schedules` and reach the diffusers
-steppers through the subclasses in `modules.engine.scheduler_classes`; `build_scheduler` here is
-the one way to build them (it installs the selected schedule before the scheduler initialises).
+The tables follow A1111's `/samplers` and `/schedulers` order (reference/a1111.md section 5). Every
+sampler A1111 v1.10.1 has is here and runs through a function of ours with the same arithmetic:
+k-diffusion's samplers in `modules.engine.kdiffusion`, A1111's timestep samplers (DDIM, DDIM CFG++,
+PLMS, UniPC) in `modules.engine.timestep_samplers`. The sigma schedules are computed in
+`modules.engine.schedules`; `schedule_sigmas` here applies A1111's `get_sigmas` rules (sampler's
+default schedule for Automatic, discard-penultimate, the sigma/rho overrides).
 """
 
 from __future__ import annotations
 
-import importlib.util
-import inspect
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from functools import partial
-from typing import TYPE_CHECKING, Any, Literal
+from typing import Literal
 
 import numpy as np
-from diffusers.schedulers.scheduling_ddim import DDIMScheduler
-from diffusers.schedulers.scheduling_pndm import PNDMScheduler
-from diffusers.schedulers.scheduling_unipc_multistep import UniPCMultistepScheduler
-from diffusers.schedulers.scheduling_utils import SchedulerMixin
+import torch
 
-from modules.core.errors import NotFoundError, ValidationError
-from modules.engine.scheduler_classes import (
-    A1111DPMSolverMultistepScheduler,
-    A1111EulerAncestralDiscreteScheduler,
-    A1111EulerDiscreteScheduler,
-    A1111HeunDiscreteScheduler,
-    A1111KDPM2AncestralDiscreteScheduler,
-    A1111KDPM2DiscreteScheduler,
-    A1111LCMScheduler,
-    A1111LMSDiscreteScheduler,
-    dpmsolver_sde_class,
-)
+from modules.core.errors import NotFoundError
 from modules.engine.schedules import (
     ModelSigmas,
     ScheduleParams,
     SigmaFn,
     align_your_steps_sigmas,
     ddim_uniform_sigmas,
-    discarding_next_to_last,
     exponential_sigmas,
     karras_sigmas,
     kl_optimal_sigmas,
@@ -52,22 +34,16 @@ from modules.engine.schedules import (
     uniform_sigmas,
 )
 
-if TYPE_CHECKING:
-    from modules.engine.noise import ImageRNG
-
 __all__ = [
     "OMITTED_SAMPLERS",
     "OMITTED_SCHEDULES",
     "SamplerInfo",
     "ScheduleInfo",
-    "build_scheduler",
-    "initial_noise_scale",
     "list_samplers",
     "list_schedulers",
     "resolve_sampler",
     "sampler_and_schedule_labels",
     "schedule_sigmas",
-    "step_noise_kwargs",
 ]
 
 # --------------------------------------------------------------------------------------------
@@ -132,47 +108,42 @@ OMITTED_SCHEDULES: Mapping[str, str] = {
 # Sampler table
 # --------------------------------------------------------------------------------------------
 
+SamplerKind = Literal["kdiffusion", "timesteps", "lcm"]
 
-def _no_scheduler() -> type[SchedulerMixin]:
-    raise NotImplementedError("this sampler has no scheduler class")
-
-
-NoiseInput = Literal["none", "variance_noise", "generator", "brownian"]
-SampleSpace = Literal["ve", "vp"]
+_CHURN = ("s_churn", "s_tmin", "s_tmax", "s_noise")
+_NOISE = ("s_noise",)
 
 
 @dataclass(frozen=True)
 class SamplerInfo:
-    """One A1111 sampler and the diffusers scheduler that runs it.
+    """One A1111 sampler: its name, aliases and options (A1111's `SamplerData`) and the function of
+    ours that runs it (`modules.engine.kdiffusion` / `modules.engine.timestep_samplers`).
 
-    kind: "kdiffusion" (sigma schedules apply, initial noise scaled by the first sigma), "timesteps"
-    (DDIM / PLMS / UniPC: the schedule choice is ignored, noise unscaled) or "lcm".
-    noise_input: how the scheduler takes the extra noise of ancestral / SDE steps: "variance_noise"
-    (pass `variance_noise=rng.next()` to `step`), "generator" (pass the per-image torch generators),
-    "brownian" (its own Brownian tree seeded from the image seeds), "none" (deterministic).
-    sample_space: "ve" when the scheduler's sample is k-diffusion's x, "vp" when it is
-    x / sqrt(1 + sigma^2) (diffusers' DPM-Solver and LCM), which matters for the initial noise.
+    kind: "kdiffusion" (sigma schedules apply, initial noise scaled by the first sigma),
+    "timesteps" (DDIM / DDIM CFG++ / PLMS / UniPC: the schedule choice is ignored, noise unscaled)
+    or "lcm" (k-diffusion style over the LCM timestep grid).
+    extra_params: which of A1111's `s_churn, s_tmin, s_tmax, s_noise` the function takes.
+    has_eta: whether the function takes `eta` (from the request or the `eta_ancestral` /
+    `eta_ddim` option).
     """
 
     name: str
     aliases: tuple[str, ...]
-    kind: Literal["kdiffusion", "timesteps", "lcm"]
-    default_schedule: str | None  # A1111's `scheduler=` option: used when the user picks Automatic
+    kind: SamplerKind
+    function: str
+    default_schedule: str | None = None  # A1111's `scheduler=` option: used when the user picks Automatic
     second_order: bool = False
-    stochastic: bool = False
-    noise_input: NoiseInput = "none"
+    brownian_noise: bool = False
     uses_ensd: bool = False
     discard_next_to_last_sigma: bool = False
     solver_type: str | None = None
-    sample_space: SampleSpace = "ve"
-    scheduler_kwargs: Mapping[str, object] = field(default_factory=dict, repr=False)
-    loader: Callable[[], type[SchedulerMixin]] = field(default=lambda: _no_scheduler(), repr=False)
-    requires: tuple[str, ...] = ()
-    faithfulness: str = field(default="", repr=False, compare=False)
+    extra_params: tuple[str, ...] = ()
+    has_eta: bool = False
+    takes_range: bool = False  # DPM fast / adaptive: (sigma_min, sigma_max, n) instead of sigmas
 
     @property
     def is_ancestral(self) -> bool:
-        return self.stochastic
+        return self.has_eta
 
     @property
     def scales_initial_noise(self) -> bool:
@@ -180,12 +151,20 @@ class SamplerInfo:
         return self.kind != "timesteps"
 
     @property
-    def brownian_noise(self) -> bool:
-        return self.noise_input == "brownian"
+    def eta_option(self) -> str:
+        return "eta_ddim" if self.kind == "timesteps" else "eta_ancestral"
+
+    @property
+    def eta_default(self) -> float:
+        return 0.0 if self.kind == "timesteps" else 1.0
+
+    @property
+    def eta_infotext(self) -> str:
+        return "Eta DDIM" if self.kind == "timesteps" else "Eta"
 
     @property
     def options(self) -> dict[str, str]:
-        """A1111's `options` dict (values as strings, as its API sends them), for our implementation."""
+        """A1111's `options` dict (values as strings, as its API sends them)."""
         out: dict[str, str] = {}
         if self.default_schedule:
             out["scheduler"] = self.default_schedule
@@ -205,245 +184,129 @@ class SamplerInfo:
         """`/sdapi/v1/samplers` item."""
         return {"name": self.name, "aliases": list(self.aliases), "options": self.options}
 
-    @property
-    def available(self) -> bool:
-        return all(importlib.util.find_spec(m) is not None for m in self.requires)
+    def total_calls(self, steps: int) -> int:
+        """A1111's `total_steps`: model calls a prompt schedule counts (twice the steps for
+        second-order samplers)."""
+        return steps * 2 if self.second_order else steps
 
-
-def _dpm_multistep(**kwargs: object) -> dict[str, object]:
-    base: dict[str, object] = {
-        "solver_order": 2,
-        "solver_type": "midpoint",
-        "lower_order_final": False,  # k-diffusion lowers only the final (to sigma 0) step
-        "euler_at_final": False,
-        "final_sigmas_type": "zero",
-        "use_karras_sigmas": True,  # = the A1111 schedule hook
-        "use_lu_lambdas": False,
-        "thresholding": False,
-        "timestep_spacing": "linspace",
-    }
-    base.update(kwargs)
-    return base
-
-
-_K = {"use_karras_sigmas": True, "timestep_spacing": "linspace"}  # hooked A1111 schedule
 
 _SAMPLERS: tuple[SamplerInfo, ...] = (
-    SamplerInfo(
-        "DPM++ 2M",
-        ("k_dpmpp_2m",),
-        "kdiffusion",
-        "karras",
-        sample_space="vp",
-        scheduler_kwargs=_dpm_multistep(algorithm_type="dpmsolver++"),
-        loader=lambda: A1111DPMSolverMultistepScheduler,
-        faithfulness="exact: DPM-Solver++(2M) algebra, A1111 sigmas, fractional timesteps",
-    ),
+    SamplerInfo("DPM++ 2M", ("k_dpmpp_2m",), "kdiffusion", "sample_dpmpp_2m", "karras"),
     SamplerInfo(
         "DPM++ SDE",
         ("k_dpmpp_sde",),
         "kdiffusion",
+        "sample_dpmpp_sde",
         "karras",
         second_order=True,
-        stochastic=True,
-        noise_input="brownian",
-        scheduler_kwargs=dict(_K),
-        loader=dpmsolver_sde_class,
-        requires=("torchsde",),
-        faithfulness="diffusers' port of sample_dpmpp_sde; published only when torchsde is installed",
+        brownian_noise=True,
+        extra_params=_NOISE,
+        has_eta=True,
     ),
     SamplerInfo(
         "DPM++ 2M SDE",
         ("k_dpmpp_2m_sde",),
         "kdiffusion",
+        "sample_dpmpp_2m_sde",
         "exponential",
-        stochastic=True,
-        noise_input="variance_noise",
-        uses_ensd=True,
-        sample_space="vp",
-        scheduler_kwargs=_dpm_multistep(algorithm_type="sde-dpmsolver++"),
-        loader=lambda: A1111DPMSolverMultistepScheduler,
-        faithfulness="same update (eta 1, midpoint); per-step Gaussian noise from the image RNGs "
-        "instead of A1111's seeded Brownian tree (torchsde), so same distribution, different draws",
+        brownian_noise=True,
+        extra_params=_NOISE,
+        has_eta=True,
     ),
     SamplerInfo(
         "DPM++ 2M SDE Heun",
         ("k_dpmpp_2m_sde_heun",),
         "kdiffusion",
+        "sample_dpmpp_2m_sde",
         "exponential",
-        stochastic=True,
-        noise_input="variance_noise",
-        uses_ensd=True,
+        brownian_noise=True,
         solver_type="heun",
-        sample_space="vp",
-        scheduler_kwargs=_dpm_multistep(algorithm_type="sde-dpmsolver++", solver_type="heun"),
-        loader=lambda: A1111DPMSolverMultistepScheduler,
-        faithfulness="as DPM++ 2M SDE, heun correction",
+        extra_params=_NOISE,
+        has_eta=True,
+    ),
+    SamplerInfo(
+        "DPM++ 2S a",
+        ("k_dpmpp_2s_a",),
+        "kdiffusion",
+        "sample_dpmpp_2s_ancestral",
+        "karras",
+        uses_ensd=True,
+        second_order=True,
+        extra_params=_NOISE,
+        has_eta=True,
     ),
     SamplerInfo(
         "DPM++ 3M SDE",
         ("k_dpmpp_3m_sde",),
         "kdiffusion",
+        "sample_dpmpp_3m_sde",
         "exponential",
-        stochastic=True,
-        noise_input="variance_noise",
-        uses_ensd=True,
         discard_next_to_last_sigma=True,
-        sample_space="vp",
-        # k-diffusion's 3M SDE warm-up (second) step is the "heun" form of the 2M SDE update
-        scheduler_kwargs=_dpm_multistep(algorithm_type="sde-dpmsolver++", solver_order=3, solver_type="heun"),
-        loader=lambda: A1111DPMSolverMultistepScheduler,
-        faithfulness="same update once diffusers' third-order SDE coefficient is corrected; Gaussian "
-        "noise instead of the Brownian tree",
+        brownian_noise=True,
+        extra_params=_NOISE,
+        has_eta=True,
     ),
     SamplerInfo(
         "Euler a",
         ("k_euler_a", "k_euler_ancestral"),
         "kdiffusion",
-        None,
-        stochastic=True,
-        noise_input="variance_noise",
+        "sample_euler_ancestral",
         uses_ensd=True,
-        scheduler_kwargs={"timestep_spacing": "linspace"},
-        loader=lambda: A1111EulerAncestralDiscreteScheduler,
-        faithfulness="exact (eta 1, s_noise 1)",
+        has_eta=True,
     ),
-    SamplerInfo(
-        "Euler",
-        ("k_euler",),
-        "kdiffusion",
-        None,
-        scheduler_kwargs={**_K, "interpolation_type": "linear", "final_sigmas_type": "zero"},
-        loader=lambda: A1111EulerDiscreteScheduler,
-        faithfulness="exact (s_churn 0)",
-    ),
-    SamplerInfo(
-        "LMS",
-        ("k_lms",),
-        "kdiffusion",
-        None,
-        scheduler_kwargs=dict(_K),
-        loader=lambda: A1111LMSDiscreteScheduler,
-        faithfulness="exact (order 4; coefficients integrated exactly rather than by quad)",
-    ),
-    SamplerInfo(
-        "Heun",
-        ("k_heun",),
-        "kdiffusion",
-        None,
-        second_order=True,
-        scheduler_kwargs=dict(_K),
-        loader=lambda: A1111HeunDiscreteScheduler,
-        faithfulness="exact (s_churn 0)",
-    ),
+    SamplerInfo("Euler", ("k_euler",), "kdiffusion", "sample_euler", extra_params=_CHURN),
+    SamplerInfo("LMS", ("k_lms",), "kdiffusion", "sample_lms"),
+    SamplerInfo("Heun", ("k_heun",), "kdiffusion", "sample_heun", second_order=True, extra_params=_CHURN),
     SamplerInfo(
         "DPM2",
         ("k_dpm_2",),
         "kdiffusion",
+        "sample_dpm_2",
         "karras",
-        second_order=True,
         discard_next_to_last_sigma=True,
-        scheduler_kwargs=dict(_K),
-        loader=lambda: A1111KDPM2DiscreteScheduler,
-        faithfulness="exact (s_churn 0)",
+        second_order=True,
+        extra_params=_CHURN,
     ),
     SamplerInfo(
         "DPM2 a",
         ("k_dpm_2_a",),
         "kdiffusion",
+        "sample_dpm_2_ancestral",
         "karras",
-        second_order=True,
-        stochastic=True,
-        noise_input="generator",
-        uses_ensd=True,
         discard_next_to_last_sigma=True,
-        scheduler_kwargs=dict(_K),
-        loader=lambda: A1111KDPM2AncestralDiscreteScheduler,
-        faithfulness="exact given CPU/GPU generators (eta 1); cannot take NV noise",
-    ),
-    SamplerInfo(
-        "DDIM",
-        ("ddim",),
-        "timesteps",
-        None,
-        sample_space="vp",
-        scheduler_kwargs={
-            "timestep_spacing": "leading",
-            "steps_offset": 1,
-            "clip_sample": False,
-            "set_alpha_to_one": False,
-            "thresholding": False,
-        },
-        loader=lambda: DDIMScheduler,
-        faithfulness="CompVis DDIM, eta 0, uniform discretisation t = 1, 1+1000//n, ...; for step "
-        "counts not dividing 1000 A1111 may run one more step",
-    ),
-    SamplerInfo(
-        "PLMS",
-        ("plms",),
-        "timesteps",
-        None,
-        sample_space="vp",
-        scheduler_kwargs={
-            "skip_prk_steps": True,
-            "timestep_spacing": "leading",
-            "steps_offset": 1,
-            "set_alpha_to_one": False,
-        },
-        loader=lambda: PNDMScheduler,
-        faithfulness="CompVis PLMS (improved-Euler first step = n+1 UNet calls, then 2nd-4th order)",
-    ),
-    SamplerInfo(
-        "UniPC",
-        ("unipc",),
-        "timesteps",
-        None,
-        sample_space="vp",
-        scheduler_kwargs={
-            "solver_type": "bh1",
-            "solver_order": 3,
-            "lower_order_final": True,
-            "predict_x0": True,
-            "thresholding": False,
-            "timestep_spacing": "linspace",
-            "final_sigmas_type": "sigma_min",
-        },
-        loader=lambda: UniPCMultistepScheduler,
-        faithfulness="A1111 defaults (bh1, order 3, time_uniform, ends at sigma_min, lower order at "
-        "the end); timesteps rounded to integers where A1111's continuous-time grid is fractional",
-    ),
-    SamplerInfo(
-        "LCM",
-        ("k_lcm",),
-        "lcm",
-        None,
-        stochastic=True,
-        noise_input="generator",
         uses_ensd=True,
-        sample_space="vp",
-        scheduler_kwargs={
-            "original_inference_steps": 50,
-            "timestep_scaling": 10.0,
-            "clip_sample": False,
-            "set_alpha_to_one": True,
-            "thresholding": False,
-        },
-        loader=lambda: A1111LCMScheduler,
-        faithfulness="same denoise/re-noise step on A1111's grid timesteps; sigmas between grid "
-        "points are snapped to the grid for the re-noise level too (A1111 re-noises to the exact "
-        "sigma), and repeated grid points are merged",
+        second_order=True,
+        extra_params=_NOISE,
+        has_eta=True,
     ),
+    SamplerInfo(
+        "DPM fast",
+        ("k_dpm_fast",),
+        "kdiffusion",
+        "sample_dpm_fast",
+        uses_ensd=True,
+        extra_params=_NOISE,
+        has_eta=True,
+        takes_range=True,
+    ),
+    SamplerInfo(
+        "DPM adaptive",
+        ("k_dpm_ad",),
+        "kdiffusion",
+        "sample_dpm_adaptive",
+        uses_ensd=True,
+        has_eta=True,
+        takes_range=True,
+    ),
+    SamplerInfo("Restart", ("restart",), "kdiffusion", "sample_restart", "karras", second_order=True),
+    SamplerInfo("DDIM", ("ddim",), "timesteps", "ddim", has_eta=True),
+    SamplerInfo("DDIM CFG++", ("ddim_cfgpp",), "timesteps", "ddim_cfgpp", has_eta=True),
+    SamplerInfo("PLMS", ("plms",), "timesteps", "plms"),
+    SamplerInfo("UniPC", ("unipc",), "timesteps", "unipc"),
+    SamplerInfo("LCM", ("k_lcm",), "lcm", "sample_lcm"),
 )
 
-OMITTED_SAMPLERS: Mapping[str, str] = {
-    "DPM++ 2S a": "no diffusers scheduler runs the singlestep 2S ancestral update (midpoint to "
-    "sigma_down plus ancestral noise); DPMSolverSinglestep's SDE variant is a different SDE",
-    "DPM fast": "DPM-Solver 'fast' with its own order schedule and ancestral eta has no diffusers equivalent",
-    "DPM adaptive": "adaptive step-size DPM-Solver (error-controlled, variable UNet calls) has no diffusers equivalent",
-    "Restart": "A1111's Restart sampler (restart intervals with re-noising) has no diffusers equivalent",
-    "DDIM CFG++": "the CFG++ update needs the unconditional prediction separately; a diffusers step "
-    "only sees the guided output",
-}
+OMITTED_SAMPLERS: Mapping[str, str] = {}
 
 # --------------------------------------------------------------------------------------------
 # Lookup
@@ -451,8 +314,8 @@ OMITTED_SAMPLERS: Mapping[str, str] = {
 
 
 def list_samplers() -> list[SamplerInfo]:
-    """The published samplers, in A1111's order (the first is the UI default)."""
-    return [s for s in _SAMPLERS if s.available]
+    """The samplers, in A1111's order (the first is the UI default)."""
+    return list(_SAMPLERS)
 
 
 def list_schedulers() -> list[ScheduleInfo]:
@@ -528,29 +391,18 @@ def sampler_and_schedule_labels(sampler_name: str | None, scheduler: str | None)
 
 
 # --------------------------------------------------------------------------------------------
-# Building
+# Sigmas of a pass
 # --------------------------------------------------------------------------------------------
 
-# What a model's scheduler config says about the model itself. Sampler behaviour (spacing, offsets,
-# clipping, orders) comes from the sampler table: A1111 ignores a checkpoint's diffusers settings.
-MODEL_CONFIG_KEYS = (
-    "num_train_timesteps",
-    "beta_start",
-    "beta_end",
-    "beta_schedule",
-    "trained_betas",
-    "prediction_type",
-)
 
-
-def _effective_sigma_fn(sampler: SamplerInfo, schedule: ScheduleInfo) -> SigmaFn:
-    chosen = schedule
-    if chosen is AUTOMATIC or chosen.sigmas is None:
-        chosen = _find_schedule(sampler.default_schedule) if sampler.default_schedule else _find_schedule("uniform")
-    fn = chosen.sigmas
-    if fn is None:  # pragma: no cover - every non-automatic schedule has a function
-        raise ValidationError(f"Schedule type {schedule.label} cannot be computed")
-    return discarding_next_to_last(fn) if sampler.discard_next_to_last_sigma else fn
+def effective_schedule(sampler: SamplerInfo, schedule: ScheduleInfo) -> ScheduleInfo:
+    """The schedule A1111 computes: Automatic means the sampler's default, else the model's own
+    sigmas (Uniform)."""
+    if schedule is AUTOMATIC or schedule.sigmas is None:
+        if sampler.default_schedule:
+            return _find_schedule(sampler.default_schedule)
+        return _find_schedule("uniform")
+    return schedule
 
 
 def schedule_sigmas(
@@ -559,71 +411,18 @@ def schedule_sigmas(
     model_sigmas: ModelSigmas,
     steps: int,
     params: ScheduleParams | None = None,
-) -> np.ndarray:
-    """The non-zero sigmas A1111 would use (without the final 0), for inspection and tests."""
-    return np.asarray(_effective_sigma_fn(sampler, schedule)(model_sigmas, steps, params or ScheduleParams()))
-
-
-def build_scheduler(
-    sampler: SamplerInfo,
-    schedule: ScheduleInfo,
-    base_config: Mapping[str, object],
     *,
-    is_sdxl: bool = False,
-    sigma_min: float | None = None,
-    sigma_max: float | None = None,
-    rho: float | None = None,
-    seeds: Sequence[int] | None = None,
-) -> SchedulerMixin:
-    """A fresh diffusers scheduler for one job.
-
-    `base_config` is the model's scheduler config (betas, prediction type; see
-    `modules.models.architecture.scheduler_config`); only its model keys are used. `sigma_min`,
-    `sigma_max`, `rho` are A1111's schedule overrides (None or 0 = default); `is_sdxl` picks the
-    Align Your Steps table; `seeds` seed the Brownian tree of samplers that have one.
-    """
-    if not sampler.available:
-        raise NotFoundError("Sampler not found")
-    cls = sampler.loader()
-    accepted = set(inspect.signature(cls.__init__).parameters)
-    kwargs: dict[str, Any] = {k: base_config[k] for k in MODEL_CONFIG_KEYS if k in base_config}
-    kwargs.update(sampler.scheduler_kwargs)
-    if sampler.noise_input == "brownian" and seeds is not None:
-        kwargs["noise_sampler_seed"] = [int(s) for s in seeds]
-    scheduler = cls.__new__(cls)
-    if sampler.kind != "timesteps":
-        # Set before __init__: some schedulers (LMS) already call set_timesteps while initialising.
-        params = ScheduleParams(sigma_min=sigma_min, sigma_max=sigma_max, rho=rho, is_sdxl=is_sdxl)
-        fn = _effective_sigma_fn(sampler, schedule)
-        scheduler.a1111_sigmas = partial(_call_sigma_fn, fn, params)  # type: ignore[attr-defined]
-    scheduler.__init__(**{k: v for k, v in kwargs.items() if k in accepted})  # type: ignore[misc]
-    return scheduler
-
-
-def _call_sigma_fn(fn: SigmaFn, params: ScheduleParams, ms: ModelSigmas, n: int) -> np.ndarray:
-    return fn(ms, n, params)
-
-
-def initial_noise_scale(sampler: SamplerInfo, scheduler: SchedulerMixin) -> float:
-    """What to multiply unit noise (`ImageRNG.first()`) by for txt2img, after `set_timesteps`.
-
-    A1111: k-diffusion samplers start from noise * first sigma; DDIM / PLMS / UniPC from the noise.
-    This equals the built scheduler's `init_noise_sigma` (our variance-preserving subclasses report
-    sigma_0 / sqrt(1 + sigma_0^2) there, the same start point in their coordinates).
-    """
-    if not sampler.scales_initial_noise:
-        return 1.0
-    return float(scheduler.init_noise_sigma)  # type: ignore[attr-defined]
-
-
-def step_noise_kwargs(sampler: SamplerInfo, rng: ImageRNG) -> dict[str, Any]:
-    """Keyword arguments for one `scheduler.step` call that feed it this step's noise from `rng`
-    (each image from its own generator, in step order, as A1111)."""
-    if sampler.noise_input == "variance_noise":
-        return {"variance_noise": rng.next()}
-    if sampler.noise_input == "generator":
-        generators = rng.torch_generators
-        if generators is None:
-            raise ValidationError(f"RNG source {rng.source} is not supported with sampler {sampler.name}")
-        return {"generator": generators}
-    return {}
+    discard_penultimate: bool = False,
+) -> torch.Tensor:
+    """A1111's `get_sigmas`: `steps` sigmas of the effective schedule plus a final 0, float32.
+    With discard-penultimate (the sampler's option or A1111's `always_discard_next_to_last_sigma`)
+    one more is computed and the last non-zero one dropped."""
+    discard = discard_penultimate or sampler.discard_next_to_last_sigma
+    n = steps + 1 if discard else steps
+    fn = effective_schedule(sampler, schedule).sigmas
+    assert fn is not None
+    raw = torch.as_tensor(np.asarray(fn(model_sigmas, n, params or ScheduleParams())), dtype=torch.float32)
+    sigmas = torch.cat([raw, raw.new_zeros([1])])
+    if discard:
+        sigmas = torch.cat([sigmas[:-2], sigmas[-1:]])
+    return sigmas

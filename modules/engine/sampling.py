@@ -1,17 +1,30 @@
-"""Our denoising loop over a diffusers UNet and scheduler.
+"""The model side of our denoising loop: A1111's CFG denoiser over a diffusers UNet.
 
-What a stock pipeline cannot express lives here, per step: the conditioning can change every
-step (prompt editing, alternation); each image may have several weighted conds (`AND`), combined
-as A1111 does: out = uncond + sum_i (cond_i - uncond) * w_i * cfg_scale; instruct-pix2pix image
-CFG; the 9-channel inpainting input; masked blending for normal models (the unmasked area is
-reset to the noised original after every step); SDXL's added conditioning.
+A sampler (`modules.engine.kdiffusion`, `modules.engine.timestep_samplers`) integrates by calling
+a denoiser; `CFGDenoiser` is that denoiser, the way A1111 v1.10.1 builds it:
+
+- k-diffusion samplers call `denoiser(x, sigma) -> denoised` (the x0 prediction). The UNet sees
+  `x * c_in` (c_in = 1 / sqrt(sigma^2 + 1)) at the fractional timestep `sigma_to_t(sigma)`
+  (log-sigma interpolation over the model's discrete schedule, `DiscreteSchedule`), and its output
+  becomes `x + eps * c_out` (c_out = -sigma; v-prediction models use their own scalings).
+- timestep samplers (DDIM, PLMS, UniPC) call `denoiser(x, t) -> eps` at integer timesteps, with no
+  input scaling (v-prediction output converted to eps).
+- classifier-free guidance combines the per-row outputs as A1111 does:
+  out = uncond + sum_i (cond_i - uncond) * (w_i * cfg_scale) over each image's `AND` sub-prompts,
+  on the denoised predictions for k-diffusion and on eps for timestep samplers; instruct-pix2pix
+  uses text+image / image-only / neither rows and the image CFG scale.
+- the conditioning can change at every model call (prompt editing, alternation): A1111 counts
+  model calls, so a second-order sampler's schedule is twice as long (`PromptPlan` is built with
+  the doubled count).
+- masks (inpainting with a normal model): k-diffusion blends the *denoised* prediction with the
+  original latent after each call, timestep samplers blend the input x before it; the caller
+  blends once more after sampling.
+- NGMS (`s_min_uncond`) and `skip_early_cond` skip the unconditional rows as A1111 does.
 
 Seams (see `modules.engine.hooks`): every UNet call goes through a chain of wrappers
 (`SamplingJob.unet_wrappers`); each sees the whole call as a `UNetCall` (latent input, timestep,
 conditioning rows, extra input channels, SDXL added conditioning) and may change it, add residuals
-or change the output before returning. `on_step` is called after every finished step. The loop
-runs the schedule from `start_index` to `end_index` (the SDXL refiner switch hands the rest to
-another model).
+or change the output before returning.
 """
 
 from __future__ import annotations
@@ -23,6 +36,22 @@ from typing import Any, Literal, cast
 import torch
 
 from modules.engine.worker import JobContext
+
+__all__ = [
+    "CFGDenoiser",
+    "DiscreteSchedule",
+    "LCMSchedule",
+    "LatentMask",
+    "SamplingJob",
+    "StepConds",
+    "StepInfo",
+    "TextCond",
+    "UNetCall",
+    "UNetFn",
+    "UNetWrapper",
+    "a1111_alphas_cumprod",
+    "run_unet_chain",
+]
 
 
 @dataclass
@@ -39,10 +68,10 @@ class TextCond:
 
 @dataclass
 class StepConds:
-    """Conditioning in force at one step for a batch of B images.
+    """Conditioning in force at one model call for a batch of B images.
 
-    `cond` holds every distinct positive cond row of the step; `weights[b]` lists the
-    (row, weight) pairs of image b (several with `AND`). `uncond` has one row per image.
+    `cond` holds every distinct positive cond row; `weights[b]` lists the (row, weight) pairs of
+    image b (several with `AND`). `uncond` has one row per image.
     """
 
     cond: TextCond
@@ -51,12 +80,17 @@ class StepConds:
 
 
 @dataclass
-class MaskBlend:
-    """For inpainting with a normal model: keep `init_latents` where `mask` is 0."""
+class LatentMask:
+    """Inpainting with a normal model: `mask` is 1 where the original is kept, `nmask = 1 - mask`
+    where it is repainted (A1111's `p.mask` / `p.nmask`), both broadcastable to the latents;
+    `init_latent` is the encoded original."""
 
-    mask: torch.Tensor  # (B or 1, 1, h, w), 1 = repaint
-    init_latents: torch.Tensor  # (B, 4, h, w)
-    noise: torch.Tensor  # (B, 4, h, w) the initial noise, to re-noise the original per step
+    mask: torch.Tensor
+    nmask: torch.Tensor
+    init_latent: torch.Tensor
+
+    def blend(self, latents: torch.Tensor) -> torch.Tensor:
+        return latents * self.nmask + self.init_latent * self.mask
 
 
 CondPart = Literal["cond", "uncond", "cond+uncond", "image", "none"]
@@ -70,13 +104,13 @@ class UNetCall:
     accepts goes into `extra` (e.g. `cross_attention_kwargs`)."""
 
     x: torch.Tensor  # (N, 4, h, w) scaled latent model input, without the extra image channels
-    timestep: torch.Tensor
+    timestep: torch.Tensor  # (N,) the model's (fractional) training timestep per row
     text: TextCond  # N rows of conditioning (N = rows of x)
     image_cond: torch.Tensor | None  # extra input channels (inpainting / instruct-pix2pix), concatenated to x
     added_time_ids: torch.Tensor | None  # SDXL micro-conditioning (N, k)
-    step: int  # index of this step in the full schedule (0-based)
-    steps: int  # length of the full schedule
-    sigma: float | None  # the scheduler's sigma at this step, when it has sigmas
+    step: int  # index of this model call in the pass (A1111's denoiser step counter, 0-based)
+    steps: int  # expected model calls of the pass
+    sigma: float | None  # the noise level of this call (None for timestep samplers)
     part: CondPart  # which part of the CFG batch these rows are
     owners: tuple[int, ...]  # for every row, the index of the image of the batch it belongs to
     down_block_additional_residuals: tuple[torch.Tensor, ...] | None = None
@@ -90,32 +124,143 @@ UNetWrapper = Callable[[UNetCall, UNetFn], torch.Tensor]
 
 @dataclass(frozen=True)
 class StepInfo:
-    """What the per-step callback sees after a finished step."""
+    """What the per-step hook (`Hooks.on_step`) sees once per sampler step."""
 
-    step: int  # index of the finished step in the full schedule (0-based)
-    steps: int  # length of the full schedule
-    timestep: torch.Tensor
-    latents: torch.Tensor  # the latents after this step (do not modify in place)
+    step: int  # index of the sampler step in the pass (0-based)
+    steps: int  # sampler steps of the pass
+    timestep: torch.Tensor  # the sigma (k-diffusion) or training timestep of the step
+    latents: torch.Tensor  # the sampler's x at this step (do not modify in place)
+    denoised: torch.Tensor | None = None  # the x0 prediction of the step
+
+
+# ------------------------------------------------------------------------------------ schedules
+
+
+def a1111_alphas_cumprod(
+    beta_start: float = 0.00085, beta_end: float = 0.012, num_train_timesteps: int = 1000
+) -> torch.Tensor:
+    """The training noise schedule as A1111's models hold it: betas = linspace(sqrt(b0), sqrt(b1))^2
+    in float64, their cumulative product of (1 - beta) in float64, stored as float32 (LDM's
+    `register_schedule`, SDXL's legacy discretisation). diffusers computes the same in float32,
+    which differs in the last bits."""
+    betas = torch.linspace(beta_start**0.5, beta_end**0.5, num_train_timesteps, dtype=torch.float64) ** 2
+    alphas = 1.0 - betas.numpy()
+    import numpy as np
+
+    return torch.from_numpy(np.cumprod(alphas, axis=0)).to(torch.float32)
+
+
+class DiscreteSchedule:
+    """A model's discrete noise levels (k-diffusion's `DiscreteSchedule`), float32 like A1111's:
+    sigma_i = sqrt((1 - a_i) / a_i) for training timestep i, and the continuous maps between sigma
+    and (fractional) timestep by linear interpolation in log sigma."""
+
+    def __init__(self, alphas_cumprod: torch.Tensor) -> None:
+        self.alphas_cumprod = alphas_cumprod.to(torch.float32)
+        self.sigmas = ((1 - self.alphas_cumprod) / self.alphas_cumprod) ** 0.5
+        self.log_sigmas = self.sigmas.log()
+
+    @property
+    def sigma_min(self) -> torch.Tensor:
+        return self.sigmas[0]
+
+    @property
+    def sigma_max(self) -> torch.Tensor:
+        return self.sigmas[-1]
+
+    def to(self, device: torch.device) -> DiscreteSchedule:
+        moved = DiscreteSchedule.__new__(type(self))
+        moved.__dict__.update(
+            {k: (v.to(device) if isinstance(v, torch.Tensor) else v) for k, v in self.__dict__.items()}
+        )
+        return moved
+
+    def get_sigmas(self, n: int | None = None) -> torch.Tensor:
+        """n sigmas evenly spaced in timestep from the top, plus a final 0 (k-diffusion `get_sigmas`)."""
+        if n is None:
+            return torch.cat([self.sigmas.flip(0), self.sigmas.new_zeros([1])])
+        t_max = len(self.sigmas) - 1
+        t = torch.linspace(t_max, 0, n, device=self.sigmas.device)
+        return torch.cat([self.t_to_sigma(t), t.new_zeros([1])])
+
+    def sigma_to_t(self, sigma: torch.Tensor) -> torch.Tensor:
+        log_sigma = sigma.log()
+        dists = log_sigma - self.log_sigmas[:, None]
+        low_idx = dists.ge(0).cumsum(dim=0).argmax(dim=0).clamp(max=self.log_sigmas.shape[0] - 2)
+        high_idx = low_idx + 1
+        low, high = self.log_sigmas[low_idx], self.log_sigmas[high_idx]
+        w = (low - log_sigma) / (low - high)
+        w = w.clamp(0, 1)
+        t = (1 - w) * low_idx + w * high_idx
+        return t.view(sigma.shape)
+
+    def t_to_sigma(self, t: torch.Tensor) -> torch.Tensor:
+        t = t.float()
+        low_idx, high_idx, w = t.floor().long(), t.ceil().long(), t.frac()
+        log_sigma = (1 - w) * self.log_sigmas[low_idx] + w * self.log_sigmas[high_idx]
+        return log_sigma.exp()
+
+
+class LCMSchedule(DiscreteSchedule):
+    """A1111's LCM denoiser schedule: the 50 timesteps of the LCM grid (19, 39, ..., 999); a sigma
+    maps to the nearest grid timestep (no interpolation), and the grid's own schedule is linear in
+    grid index."""
+
+    ORIGINAL_STEPS = 50
+
+    def __init__(self, alphas_cumprod: torch.Tensor) -> None:
+        total = len(alphas_cumprod)
+        self.skip_steps = total // self.ORIGINAL_STEPS
+        valid = torch.zeros(self.ORIGINAL_STEPS, dtype=torch.float32, device=alphas_cumprod.device)
+        for i in range(self.ORIGINAL_STEPS):
+            valid[self.ORIGINAL_STEPS - 1 - i] = alphas_cumprod[total - 1 - i * self.skip_steps]
+        super().__init__(valid)
+
+    def get_sigmas(self, n: int | None = None) -> torch.Tensor:
+        if n is None:
+            return torch.cat([self.sigmas.flip(0), self.sigmas.new_zeros([1])])
+        start, end = self.sigma_to_t(self.sigma_max), self.sigma_to_t(self.sigma_min)
+        t = torch.linspace(float(start), float(end), n, device=self.sigmas.device)
+        return torch.cat([self.t_to_sigma(t), t.new_zeros([1])])
+
+    def sigma_to_t(self, sigma: torch.Tensor) -> torch.Tensor:
+        dists = sigma.log() - self.log_sigmas[:, None]
+        return dists.abs().argmin(dim=0).view(sigma.shape) * self.skip_steps + (self.skip_steps - 1)
+
+    def t_to_sigma(self, t: torch.Tensor) -> torch.Tensor:
+        grid = torch.clamp(((t - (self.skip_steps - 1)) / self.skip_steps).float(), min=0, max=len(self.sigmas) - 1)
+        return super().t_to_sigma(grid)
+
+
+# -------------------------------------------------------------------------------------- the job
+
+
+DenoiserMode = Literal["kdiffusion", "timesteps", "lcm"]
 
 
 @dataclass
 class SamplingJob:
+    """Everything the denoiser needs for one pass over one batch."""
+
     unet: torch.nn.Module
-    scheduler: object  # a diffusers SchedulerMixin, already `set_timesteps`-ed
-    conds_at: Callable[[int], StepConds]  # step index (0-based) -> conditioning
+    schedule: DiscreteSchedule
+    conds_at: Callable[[int], StepConds]  # model call index (0-based) -> conditioning
     cfg_scale: float
-    added_time_ids: torch.Tensor | None = None  # SDXL (B, n)
+    mode: DenoiserMode = "kdiffusion"
+    prediction_type: str = "epsilon"
+    added_time_ids: torch.Tensor | None = None  # SDXL (B, n), for the prompt rows
+    added_time_ids_uncond: torch.Tensor | None = None  # for the negative rows (the refiner's low aesthetic score)
     image_cond: torch.Tensor | None = None  # extra UNet input channels (B, c, h, w)
     image_cfg_scale: float | None = None  # instruct-pix2pix
-    mask_blend: MaskBlend | None = None
-    step_noise: Callable[[], dict[str, Any]] | None = None  # per-step noise kwargs for scheduler.step
-    start_index: int = 0  # img2img: skip the first timesteps
-    end_index: int | None = None  # stop before this index (None: run to the end)
+    mask: LatentMask | None = None
+    s_min_uncond: float = 0.0
+    s_min_uncond_all: bool = False
+    skip_early_cond: float = 0.0
+    total_calls: int = 1  # expected model calls of the pass (A1111's total_steps)
     unet_wrappers: Sequence[UNetWrapper] = ()  # outermost first
-    on_step: Callable[[StepInfo], None] | None = None
     context: JobContext | None = None
-    preview: bool = True
-    last_latents: torch.Tensor | None = None  # after the last finished step (kept for interrupt)
+    before_call: Callable[[CFGDenoiser, torch.Tensor], None] | None = None  # e.g. the SDXL refiner handover
+    notes: dict[str, Any] = field(default_factory=dict)  # infotext entries the denoiser adds (NGMS, ...)
 
 
 def _call_unet(job: SamplingJob, call: UNetCall) -> torch.Tensor:
@@ -149,142 +294,223 @@ def run_unet_chain(wrappers: Sequence[UNetWrapper], base: UNetFn, call: UNetCall
     return at(0)(call)
 
 
-@dataclass(frozen=True)
-class _StepState:
-    timestep: torch.Tensor
-    step: int
-    steps: int
-    sigma: float | None
-
-
-def _unet(
-    job: SamplingJob,
-    state: _StepState,
-    x: torch.Tensor,
-    text: TextCond,
-    image: torch.Tensor | None,
-    part: CondPart,
-    owners: Sequence[int],
-) -> torch.Tensor:
-    """One UNet call through the wrapper chain; the result comes back in float32 for the scheduler."""
-    time_ids = job.added_time_ids
-    if time_ids is not None and time_ids.shape[0] != x.shape[0]:
-        time_ids = time_ids[:1].expand(x.shape[0], -1)
-    call = UNetCall(
-        x=x,
-        timestep=state.timestep,
-        text=text,
-        image_cond=image,
-        added_time_ids=time_ids if text.pooled is not None else None,
-        step=state.step,
-        steps=state.steps,
-        sigma=state.sigma,
-        part=part,
-        owners=tuple(owners),
-    )
-    if not job.unet_wrappers:
-        return _call_unet(job, call).float()
-    return run_unet_chain(job.unet_wrappers, lambda c: _call_unet(job, c), call).float()
-
-
 def _same_length(a: TextCond, b: TextCond) -> bool:
     return a.hidden.shape[1:] == b.hidden.shape[1:]
 
 
-def _cat(a: TextCond, b: TextCond) -> TextCond:
-    pooled = None if a.pooled is None or b.pooled is None else torch.cat([a.pooled, b.pooled])
-    return TextCond(torch.cat([a.hidden, b.hidden]), pooled)
+def _cat(*conds: TextCond) -> TextCond:
+    pooled = None if any(c.pooled is None for c in conds) else torch.cat([c.pooled for c in conds])  # type: ignore[misc]
+    return TextCond(torch.cat([c.hidden for c in conds]), pooled)
 
 
-def model_output(
-    job: SamplingJob, x: torch.Tensor, t: torch.Tensor, conds: StepConds, *, step: int = 0, sigma: float | None = None
-) -> torch.Tensor:
-    """CFG-combined UNet output for the batch `x` (B, 4, h, w) at schedule index `step`."""
-    batch = x.shape[0]
-    rows = [r for per_image in conds.weights for r, _ in per_image]
-    owners = [b for b, per_image in enumerate(conds.weights) for _ in per_image]
-    everyone = list(range(batch))
-    state = _StepState(timestep=t, step=step, steps=len(job.scheduler.timesteps), sigma=sigma)  # type: ignore[attr-defined]
-    cond = conds.cond.rows(rows)
-    x_cond = x[owners]
-    image = job.image_cond
-    image_cond = (
-        None if image is None else image[owners] if image.shape[0] == batch else image[:1].expand(len(rows), -1, -1, -1)
-    )
-    image_uncond = None if image is None else image if image.shape[0] == batch else image[:1].expand(batch, -1, -1, -1)
+def _append_dims(v: torch.Tensor, ndim: int) -> torch.Tensor:
+    return v[(...,) + (None,) * (ndim - v.ndim)]
 
-    if job.image_cfg_scale is not None and image is not None and image_uncond is not None:
-        # instruct-pix2pix: text+image, image only, neither
-        e_cond = _unet(job, state, x_cond, cond, image_cond, "cond", owners)
-        e_img = _unet(job, state, x, conds.uncond, image_uncond, "image", everyone)
-        e_none = _unet(job, state, x, conds.uncond, torch.zeros_like(image_uncond), "none", everyone)
-        out = e_none + job.image_cfg_scale * (e_img - e_none)
-        for i, (b, (_, w)) in enumerate(zip(owners, (p for per in conds.weights for p in per), strict=True)):
-            out[b] = out[b] + job.cfg_scale * w * (e_cond[i] - e_img[b])
-        return out
 
-    if _same_length(cond, conds.uncond):
-        both_image = None if image_cond is None or image_uncond is None else torch.cat([image_cond, image_uncond])
-        both = _unet(
-            job, state, torch.cat([x_cond, x]), _cat(cond, conds.uncond), both_image, "cond+uncond", owners + everyone
+class CFGDenoiser:
+    """A1111's `CFGDenoiser` for one pass: `self(x, sigma)` -> denoised (k-diffusion, LCM) or
+    `self(x, t)` -> eps (timestep samplers). Counts its calls in `step`; keeps the last x0
+    prediction of the images' first cond rows in `last_latent` (what an interrupted job returns)."""
+
+    def __init__(self, job: SamplingJob) -> None:
+        self.job = job
+        self.step = 0
+        self.last_latent: torch.Tensor | None = None
+        self.cond_scale_multiplier = 1.0
+        self.need_last_noise_uncond = False
+        self.last_noise_uncond: torch.Tensor | None = None
+
+    # -- model wrappers (k-diffusion's CompVisDenoiser / CompVisVDenoiser, A1111's timestep ones)
+
+    def _rows_to_output(
+        self, x_in: torch.Tensor, sigma_in: torch.Tensor, run: Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
+    ) -> torch.Tensor:
+        """Model output per row: denoised for k-diffusion / LCM, eps for timestep samplers."""
+        job = self.job
+        if job.mode == "timesteps":
+            out = run(x_in, sigma_in)
+            if job.prediction_type == "v_prediction":
+                ac = job.schedule.alphas_cumprod.to(x_in.device)
+                idx = sigma_in.to(torch.int)
+                out = torch.sqrt(ac)[idx, None, None, None] * out + torch.sqrt(1 - ac)[idx, None, None, None] * x_in
+            return out
+        sigma = _append_dims(sigma_in, x_in.ndim)
+        if job.prediction_type == "v_prediction":
+            c_skip = 1.0 / (sigma**2 + 1.0)
+            c_out = -sigma * 1.0 / (sigma**2 + 1.0) ** 0.5
+            c_in = 1 / (sigma**2 + 1.0) ** 0.5
+            return run(x_in * c_in, job.schedule.sigma_to_t(sigma_in)) * c_out + x_in * c_skip
+        c_out, c_in = -sigma, 1 / (sigma**2 + 1.0) ** 0.5
+        eps = run(x_in * c_in, job.schedule.sigma_to_t(sigma_in))
+        denoised = x_in + eps * c_out
+        if job.mode == "lcm":
+            scaled = _append_dims(job.schedule.sigma_to_t(sigma_in), x_in.ndim) * 10.0
+            sigma_data = 0.5
+            c_skip_lcm = sigma_data**2 / (scaled**2 + sigma_data**2)
+            c_out_lcm = scaled / (scaled**2 + sigma_data**2) ** 0.5
+            return c_out_lcm * denoised + c_skip_lcm * x_in
+        return denoised
+
+    def _time_ids(self, part: CondPart, owners: Sequence[int]) -> torch.Tensor | None:
+        job = self.job
+        ids = (
+            job.added_time_ids
+            if part == "cond"
+            else (job.added_time_ids_uncond if job.added_time_ids_uncond is not None else job.added_time_ids)
         )
-        e_cond, e_uncond = both[: len(rows)], both[len(rows) :]
-    else:  # different chunk counts: A1111 evaluates them separately
-        e_cond = _unet(job, state, x_cond, cond, image_cond, "cond", owners)
-        e_uncond = _unet(job, state, x, conds.uncond, image_uncond, "uncond", everyone)
-    out = e_uncond.clone()
-    weights = [w for per_image in conds.weights for _, w in per_image]
-    for i, b in enumerate(owners):
-        out[b] = out[b] + (e_cond[i] - e_uncond[b]) * weights[i] * job.cfg_scale
-    return out
+        if ids is None:
+            return None
+        if ids.shape[0] == 1:
+            return ids.expand(len(owners), -1)
+        return ids[list(owners)]
 
+    def _unet_rows(
+        self,
+        x: torch.Tensor,
+        t: torch.Tensor,
+        sigma: float | None,
+        text: TextCond,
+        image: torch.Tensor | None,
+        part: CondPart,
+        owners: Sequence[int],
+        time_ids: torch.Tensor | None,
+    ) -> torch.Tensor:
+        job = self.job
+        call = UNetCall(
+            x=x,
+            timestep=t,
+            text=text,
+            image_cond=image,
+            added_time_ids=time_ids if text.pooled is not None else None,
+            step=self.step,
+            steps=job.total_calls,
+            sigma=sigma,
+            part=part,
+            owners=tuple(owners),
+        )
+        if not job.unet_wrappers:
+            return _call_unet(job, call).float()
+        return run_unet_chain(job.unet_wrappers, lambda c: _call_unet(job, c), call).float()
 
-def _sigma_at(scheduler: object, index: int) -> float | None:
-    sigmas = getattr(scheduler, "sigmas", None)
-    if sigmas is None or index >= len(sigmas):
-        return None
-    return float(sigmas[index])
+    # -- the call ------------------------------------------------------------------------------
 
+    def __call__(self, x: torch.Tensor, sigma: torch.Tensor) -> torch.Tensor:
+        job = self.job
+        if job.context is not None:
+            job.context.check()
+        if job.before_call is not None:
+            job.before_call(self, sigma)
+        conds = job.conds_at(self.step)
+        batch = x.shape[0]
+        if job.mode == "timesteps" and job.mask is not None:
+            x = job.mask.blend(x)
 
-def sample(job: SamplingJob, latents: torch.Tensor) -> torch.Tensor:
-    """Run the scheduler from `start_index` to `end_index` (default: the end); returns the latents.
+        weights = [p for per_image in conds.weights for p in per_image]
+        rows = [r for r, _ in weights]
+        owners = [b for b, per_image in enumerate(conds.weights) for _ in per_image]
+        everyone = list(range(batch))
+        image = job.image_cond
+        edit = image is not None and job.image_cfg_scale is not None and job.image_cfg_scale != 1.0
+        if edit and any(len(per) != 1 for per in conds.weights):
+            from modules.core.errors import ValidationError
 
-    Raises the worker's `JobInterrupted` / `ImageSkipped` from `context.step`; `job.last_latents`
-    then holds the latents of the last finished step (A1111 returns that partial image).
-    """
-    scheduler = job.scheduler
-    schedule = scheduler.timesteps  # type: ignore[attr-defined]
-    timesteps = schedule[job.start_index : job.end_index]
-    ctx = job.context
-    if ctx is not None:
-        ctx.begin_pass(len(timesteps))
-    blend = job.mask_blend
-    for i, t in enumerate(timesteps):
-        index = job.start_index + i
-        conds = job.conds_at(index)
-        x_in = scheduler.scale_model_input(latents, t)  # type: ignore[attr-defined]
-        with torch.no_grad():
-            eps = model_output(job, x_in, t, conds, step=index, sigma=_sigma_at(scheduler, index))
-        step_kwargs = job.step_noise() if job.step_noise is not None else {}
-        latents = scheduler.step(eps.float(), t, latents.float(), **step_kwargs).prev_sample  # type: ignore[attr-defined]
-        if blend is not None:
-            latents = _blend(scheduler, blend, latents, schedule, index)
-        job.last_latents = latents
-        if job.on_step is not None:
-            job.on_step(StepInfo(step=index, steps=len(schedule), timestep=t, latents=latents))
-        if ctx is not None:
-            ctx.step(i + 1, latents if job.preview else None)
-    return latents
+            raise ValidationError("AND is not supported for instruct-pix2pix models (unless Image CFG scale is 1.0)")
 
+        def img(index: Sequence[int]) -> torch.Tensor | None:
+            if image is None:
+                return None
+            return image[list(index)] if image.shape[0] == batch else image[:1].expand(len(index), -1, -1, -1)
 
-def _blend(
-    scheduler: object, blend: MaskBlend, latents: torch.Tensor, schedule: torch.Tensor, index: int
-) -> torch.Tensor:
-    """Reset the kept area to the original, noised to the level of the next step of the schedule
-    (A1111 blends the original latent in after every step)."""
-    if index + 1 < len(schedule):
-        next_t = schedule[index + 1 : index + 2]
-        original = scheduler.add_noise(blend.init_latents, blend.noise, next_t)  # type: ignore[attr-defined]
-    else:
-        original = blend.init_latents
-    return original * (1 - blend.mask) + latents * blend.mask
+        skip_uncond = False
+        if job.skip_early_cond and self.step / max(job.total_calls, 1) <= job.skip_early_cond:
+            skip_uncond = True
+            job.notes["Skip Early CFG"] = job.skip_early_cond
+        elif (
+            (self.step % 2 or job.s_min_uncond_all)
+            and job.s_min_uncond > 0
+            and job.mode != "timesteps"
+            and float(sigma[0]) < job.s_min_uncond
+            and not edit
+        ):
+            skip_uncond = True
+            job.notes["NGMS"] = job.s_min_uncond
+            if job.s_min_uncond_all:
+                job.notes["NGMS all steps"] = True
+
+        sigma_value = None if job.mode == "timesteps" else float(sigma[0])
+        cond = conds.cond.rows(rows)
+        x_rows = [x[owners]]
+        sigma_rows = [sigma[owners]]
+        parts: list[tuple[TextCond, torch.Tensor | None, CondPart, list[int]]] = [(cond, img(owners), "cond", owners)]
+        if not skip_uncond:
+            x_rows.append(x)
+            sigma_rows.append(sigma)
+            parts.append((conds.uncond, img(everyone), "uncond", everyone))
+        if edit:
+            x_rows.append(x)
+            sigma_rows.append(sigma)
+            zeros = torch.zeros_like(img(everyone))  # type: ignore[arg-type]
+            parts.append((conds.uncond, zeros, "none", everyone))
+        x_in = torch.cat(x_rows)
+        sigma_in = torch.cat(sigma_rows)
+
+        def run(model_x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+            texts = [p[0] for p in parts]
+            if all(_same_length(texts[0], other) for other in texts[1:]):
+                images = [p[1] for p in parts]
+                both_image = None if images[0] is None else torch.cat(images)  # type: ignore[arg-type]
+                owners_all = [o for p in parts for o in p[3]]
+                part: CondPart = "cond" if len(parts) == 1 else "cond+uncond"
+                ids = [self._time_ids(p[2], p[3]) for p in parts]
+                time_ids = None if ids[0] is None else torch.cat(ids)  # type: ignore[arg-type]
+                return self._unet_rows(model_x, t, sigma_value, _cat(*texts), both_image, part, owners_all, time_ids)
+            outs, start = [], 0
+            for text, image_rows, part_name, who in parts:
+                n = len(who)
+                outs.append(
+                    self._unet_rows(
+                        model_x[start : start + n],
+                        t[start : start + n],
+                        sigma_value,
+                        text,
+                        image_rows,
+                        part_name,
+                        who,
+                        self._time_ids(part_name, who),
+                    )
+                )
+                start += n
+            return torch.cat(outs)
+
+        x_out = self._rows_to_output(x_in, sigma_in, run)
+
+        n_cond = len(rows)
+        first_rows = [next(i for i, o in enumerate(owners) if o == b) for b in range(batch)]
+        if skip_uncond:
+            x_out = torch.cat([x_out, x_out[first_rows]])
+        if self.need_last_noise_uncond:
+            self.last_noise_uncond = torch.clone(x_out[n_cond : n_cond + batch])
+
+        scale = job.cfg_scale * self.cond_scale_multiplier
+        if edit:
+            out_cond, out_img, out_uncond = x_out[:batch], x_out[batch : 2 * batch], x_out[2 * batch :]
+            denoised = out_uncond + scale * (out_cond - out_img) + job.image_cfg_scale * (out_img - out_uncond)  # type: ignore[operator]
+        else:
+            if skip_uncond:
+                scale = 1.0
+            denoised_uncond = x_out[n_cond : n_cond + batch]
+            denoised = torch.clone(denoised_uncond)
+            for i, (b, (_, weight)) in enumerate(zip(owners, weights, strict=True)):
+                denoised[b] += (x_out[i] - denoised_uncond[b]) * (weight * scale)
+
+        if job.mode != "timesteps" and job.mask is not None:
+            denoised = job.mask.blend(denoised)
+
+        cond_first = x_out[first_rows]
+        if job.mode == "timesteps":
+            ac = job.schedule.alphas_cumprod.to(x.device)[sigma.to(torch.int)][:, None, None, None]
+            self.last_latent = (x - (1 - ac).sqrt() * cond_first) / ac.sqrt()
+        else:
+            self.last_latent = cond_first
+        self.step += 1
+        return denoised

@@ -19,7 +19,7 @@ from typing import Any, Protocol
 from PIL import Image
 
 from modules import __version__
-from modules.core.errors import ValidationError
+from modules.core.errors import NotFoundError, ValidationError
 from modules.core.fields import infotext_for_option
 from modules.core.filenames import FilenameContext
 from modules.core.infotext import build_infotext, order_params
@@ -31,6 +31,7 @@ from modules.engine import samplers as smp
 from modules.engine.hooks import Hooks, ImageEvent, ProcessEvent, SaveEvent
 from modules.engine.outputs import ImageSaver
 from modules.engine.processing import (
+    ModelAccess,
     Processor,
     options_to_settings,
     run_img2img,
@@ -115,7 +116,9 @@ def image_saver_for(saver: ImageSaver) -> Saver:
 
 
 def _fmt(value: float) -> str:
-    return f"{value:g}"
+    """A number as A1111 writes a float parameter: Python's `str(float)` ("7.0" for a request that
+    sent 7, "0.75")."""
+    return str(float(value))
 
 
 def _written_as(option: str) -> str:
@@ -131,6 +134,14 @@ _RNG = _written_as("randn_source")
 _ENSD = _written_as("eta_noise_seed_delta")
 _EMPHASIS = _written_as("emphasis")
 _MASK_WEIGHT = _written_as("inpainting_mask_weight")
+
+
+def _effective_eta(request: GenerationRequest, sampler: smp.SamplerInfo, settings: Any) -> float:
+    """The eta a sampler runs with: the request's, else the `eta_ancestral` / `eta_ddim` option."""
+    if request.eta is not None:
+        return float(request.eta)
+    o = settings.sampler
+    return float(o.eta_ddim if sampler.kind == "timesteps" else o.eta_ancestral)
 
 
 class GenerationService:
@@ -172,6 +183,20 @@ class GenerationService:
         hires = isinstance(request, Txt2ImgRequest) and request.enable_hr
         if hires and request.hr_sampler_name and request.hr_sampler_name != "Use same sampler":  # type: ignore[attr-defined]
             smp.resolve_sampler(request.hr_sampler_name, request.hr_scheduler)  # type: ignore[attr-defined]
+        # second checkpoints must exist before the job is queued (A1111: "Could not find checkpoint")
+        hr_checkpoint = getattr(request, "hr_checkpoint_name", None) if hires else None
+        for field_name, name in (
+            ("hr_checkpoint_name", hr_checkpoint),
+            ("refiner_checkpoint", request.refiner_checkpoint),
+        ):
+            if name and name not in ("None", "Use same checkpoint"):
+                try:
+                    self.models.registry.find_checkpoint(str(name))
+                except NotFoundError as exc:
+                    raise NotFoundError(f"{field_name}: could not find checkpoint with name {name}") from exc
+        if request.refiner_checkpoint not in (None, "", "None") and request.refiner_switch_at is not None:
+            if not 0 <= float(request.refiner_switch_at) <= 1:
+                raise ValidationError("refiner_switch_at: must be between 0 and 1")
         for key in request.override_settings:
             if key not in self.options:
                 raise ValidationError(f"override_settings: unknown setting {key!r}")
@@ -233,6 +258,10 @@ class GenerationService:
                 preview_taesd=taesd,
                 model_upscale=self.upscale,
                 hooks=hooks,
+                models=ModelAccess(
+                    lease=lambda name: self.models.lease(ModelSpec(checkpoint=name, clip_skip=settings.clip_skip)),
+                    title=self._active_short_title,
+                ),
             )
             seeds, subseeds = processor.seeds()
             hooks.before_process.fire(ProcessEvent(request, list(seeds), list(subseeds), model.family.label))
@@ -288,6 +317,15 @@ class GenerationService:
             family=model.family.label,
         )
 
+    def _active_short_title(self) -> str:
+        """A1111's `short_title` of the active checkpoint: "name [shorthash]" (the file stem)."""
+        active = self.models.active
+        if active is None:
+            return ""
+        info = active.info
+        stem = info.filename.name if info.is_folder else info.filename.name.rsplit(".", 1)[0]
+        return f"{stem} [{info.shorthash}]" if info.shorthash else stem
+
     def _keep_overrides(self, overrides: dict[str, Any]) -> None:
         """`override_settings_restore_afterwards: false`: the overrides stay as the settings (A1111).
         Checkpoint and VAE become the selected ones through the options' callbacks, which run
@@ -341,7 +379,7 @@ class GenerationService:
                 p["Variation seed strength"] = _fmt(request.subseed_strength)
             if request.seed_resize_from_w > 0 and request.seed_resize_from_h > 0:
                 p["Seed resize from"] = f"{request.seed_resize_from_w}x{request.seed_resize_from_h}"
-            if settings.eta_noise_seed_delta and sampler.uses_ensd:
+            if settings.eta_noise_seed_delta and sampler.uses_ensd and _effective_eta(request, sampler, settings) != 0:
                 p[_ENSD] = settings.eta_noise_seed_delta
             if isinstance(request, Img2ImgRequest):
                 p["Denoising strength"] = _fmt(request.denoising_strength or 0.75)
@@ -378,6 +416,7 @@ class GenerationService:
                     p["Hires negative prompt"] = request.hr_negative_prompt
             if settings.emphasis != "Original":
                 p[_EMPHASIS] = settings.emphasis
+            p.update(processor.extra_params)
             return order_params({k: v for k, v in p.items() if v is not None})
 
         return params

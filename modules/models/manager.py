@@ -198,11 +198,20 @@ class ModelManager:
             outer = self._leased_spec
             in_force = self._establish(wanted)
             self._leased_spec = in_force
+            # A nested lease of another checkpoint (a hires checkpoint, the SDXL refiner) parks the
+            # outer job's model in the RAM cache: keep it pinned there, the job returns to it.
+            outer_key = None
+            if outer is not None and isinstance(outer.checkpoint, CheckpointInfo):
+                if outer.checkpoint.filename != in_force.checkpoint.filename:  # type: ignore[union-attr]
+                    key = _CHECKPOINT_KEY + str(outer.checkpoint.filename)
+                    outer_key = key if self.budget.pin(key) else None
             try:
                 assert self._active is not None
                 yield self._active.model
             finally:
                 self._leased_spec = outer
+                if outer_key is not None:
+                    self.budget.unpin(outer_key)
                 if outer is not None and outer != in_force:
                     self._establish(outer)
 

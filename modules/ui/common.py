@@ -112,8 +112,8 @@ def build_prompt_row(prefix: str, services: Services) -> PromptRow:
 
 
 def sampler_choices() -> tuple[list[str], str | None]:
-    """(the sampler dropdown's choices, its default): the samplers that can run, DPM++ 2M first choice."""
-    samplers = [s.name for s in list_samplers() if s.available]
+    """(the sampler dropdown's choices, its default): every A1111 sampler, DPM++ 2M the default."""
+    samplers = [s.name for s in list_samplers()]
     return samplers, DEFAULT_SAMPLER if DEFAULT_SAMPLER in samplers else (samplers[0] if samplers else None)
 
 

@@ -1,5 +1,5 @@
 """The seams of generation: the UNet wrapper chain, lifecycle events in order with the right
-images, the per-step callback, `end_index`, and in-worker processing of several requests."""
+images, the per-step callback and in-worker processing of several requests."""
 
 from __future__ import annotations
 
@@ -10,7 +10,6 @@ from typing import Any
 import numpy as np
 import pytest
 import torch
-from diffusers import EulerDiscreteScheduler
 from PIL import Image
 
 from modules.core.infotext import parse_infotext
@@ -19,8 +18,21 @@ from modules.core.paths import Paths
 from modules.core.settings import parse_settings
 from modules.engine.hooks import BatchEvent, Hooks, ImageEvent, ProcessEvent, SaveEvent
 from modules.engine.image_metadata import read_infotext_from_image
+from modules.engine.noise import ImageRNG
 from modules.engine.outputs import ImageSaver
-from modules.engine.sampling import SamplingJob, StepConds, StepInfo, TextCond, UNetCall, UNetFn, model_output, sample
+from modules.engine.sampler_runner import SamplerOptions, SamplerPass
+from modules.engine.samplers import resolve_sampler
+from modules.engine.sampling import (
+    CFGDenoiser,
+    DiscreteSchedule,
+    SamplingJob,
+    StepConds,
+    StepInfo,
+    TextCond,
+    UNetCall,
+    UNetFn,
+    a1111_alphas_cumprod,
+)
 from modules.engine.service import GenerationService, image_saver_for
 from modules.engine.worker import JobContext
 from tests.engine.support import pixels, t2i
@@ -57,19 +69,27 @@ def _conds(batch: int) -> StepConds:
     return StepConds(cond=cond, weights=[[(b, 1.0)] for b in range(batch)], uncond=uncond)
 
 
-def _job(unet: torch.nn.Module, scheduler: Any, **kw: Any) -> SamplingJob:
-    return SamplingJob(unet=unet, scheduler=scheduler, conds_at=lambda i: _conds(2), cfg_scale=7.0, **kw)
+def _job(unet: torch.nn.Module, **kw: Any) -> SamplingJob:
+    """A job whose denoiser returns the CFG-combined raw UNet output (timestep mode: no scalings)."""
+    kw.setdefault("mode", "timesteps")
+    return SamplingJob(
+        unet=unet,
+        schedule=DiscreteSchedule(a1111_alphas_cumprod()),
+        conds_at=lambda i: _conds(2),
+        cfg_scale=7.0,
+        total_calls=6,
+        **kw,
+    )
 
 
-def _scheduler(steps: int = 6) -> EulerDiscreteScheduler:
-    scheduler = EulerDiscreteScheduler(beta_schedule="scaled_linear", beta_start=0.00085, beta_end=0.012)
-    scheduler.set_timesteps(steps)
-    return scheduler
+def _call(job: SamplingJob, x: torch.Tensor, t: float, *, calls_before: int = 0) -> torch.Tensor:
+    denoiser = CFGDenoiser(job)
+    denoiser.step = calls_before
+    return denoiser(x, torch.full((x.shape[0],), t))
 
 
 def test_a_unet_wrapper_adding_a_residual_changes_the_output_by_exactly_that() -> None:
     x = torch.arange(2 * 4 * 2 * 2, dtype=torch.float32).reshape(2, 4, 2, 2)
-    t = torch.tensor(999)
     residual = torch.full((1, 4, 2, 2), 0.25)
     seen: list[UNetCall] = []
 
@@ -77,8 +97,8 @@ def test_a_unet_wrapper_adding_a_residual_changes_the_output_by_exactly_that() -
         seen.append(call)
         return call_next(call) + residual
 
-    plain = model_output(_job(ExactUNet(), _scheduler()), x, t, _conds(2), step=3)
-    wrapped = model_output(_job(ExactUNet(), _scheduler(), unet_wrappers=(add,)), x, t, _conds(2), step=3)
+    plain = _call(_job(ExactUNet()), x, 999, calls_before=3)
+    wrapped = _call(_job(ExactUNet(), unet_wrappers=(add,)), x, 999, calls_before=3)
     assert not torch.equal(plain, wrapped)
     assert torch.equal(wrapped - plain, residual.expand_as(plain))
     # the wrapper saw the whole CFG batch in one call: cond rows then uncond rows, step and owners
@@ -99,23 +119,22 @@ def test_wrappers_chain_outermost_first_and_can_change_the_call() -> None:
         return call_next(call)
 
     x = torch.ones(2, 4, 2, 2)
-    out = model_output(_job(ExactUNet(), _scheduler(), unet_wrappers=(outer, inner)), x, torch.tensor(1), _conds(2))
+    out = _call(_job(ExactUNet(), unet_wrappers=(outer, inner)), x, 1)
     assert order == ["outer", "inner"]
     assert torch.equal(out, 2 * x)  # with every text row zeroed, cond == uncond: CFG leaves 2x
 
 
-def test_end_index_stops_early_with_the_same_latents_as_a_full_run_at_that_step() -> None:
-    start = torch.randn(2, 4, 2, 2, generator=torch.Generator().manual_seed(1))
+def test_on_step_sees_every_sampler_step_of_a_pass() -> None:
+    sampler, schedule = resolve_sampler("Euler", None)
+    sp = SamplerPass(sampler, schedule, a1111_alphas_cumprod(), SamplerOptions())
     steps: list[StepInfo] = []
-    full_scheduler = _scheduler(6)
-    sample(_job(ExactUNet(), full_scheduler, on_step=steps.append), start * full_scheduler.init_noise_sigma)
-    assert [s.step for s in steps] == [0, 1, 2, 3, 4, 5] and all(s.steps == 6 for s in steps)
-
     unet = ExactUNet()
-    part_scheduler = _scheduler(6)
-    partial = sample(_job(unet, part_scheduler, end_index=4), start * part_scheduler.init_noise_sigma)
-    assert unet.calls == 4
-    assert torch.equal(partial, steps[3].latents)
+    job = _job(unet, mode="kdiffusion")
+    rng = ImageRNG((4, 2, 2), [1, 2])
+    out = sp.txt2img(job, rng.first() * 0.01, 6, rng, [1, 2], on_step=steps.append)
+    assert [s.step for s in steps] == [0, 1, 2, 3, 4, 5] and all(s.steps == 6 for s in steps)
+    assert unet.calls == 6 and torch.isfinite(out).all()
+    assert all(s.denoised is not None for s in steps)
 
 
 def test_removing_a_wrapper_restores_the_original_pixels(engine: GenerationService) -> None:

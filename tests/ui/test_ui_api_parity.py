@@ -8,6 +8,7 @@ from typing import Any
 
 import pytest
 
+from modules.api.images import DecodeOptions
 from modules.api.schemas_generation import Txt2ImgPayload, to_txt2img
 from modules.core.requests import Txt2ImgRequest
 from modules.ui.txt2img import txt2img_request_from_ui
@@ -71,7 +72,7 @@ def test_ui_and_api_build_equal_requests(changes: dict[str, Any]) -> None:
     assert set(values) == set(UI_FIELDS)
     from_ui = txt2img_request_from_ui(**_ui_values(values))
     # the UI saves what it makes (A1111's UI does); the API client asks for it with save_images
-    from_api = to_txt2img(Txt2ImgPayload(**values, save_images=True))
+    from_api = to_txt2img(Txt2ImgPayload(**values, save_images=True), DecodeOptions(max_pixels=1 << 24, allow_urls=False))
     assert isinstance(from_ui, Txt2ImgRequest)
     assert from_ui == from_api
 

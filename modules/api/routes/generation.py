@@ -59,7 +59,8 @@ async def _generate(services: Services, payload: GenerationPayload, request: Gen
 
 @router.post("/txt2img")
 async def txt2img(payload: Txt2ImgPayload, services: Services = Depends(get_services)) -> dict[str, Any]:
-    request = to_txt2img(payload)
+    decode = DecodeOptions.from_options(services.options)
+    request = await run_in_threadpool(to_txt2img, payload, decode)
     return await _generate(services, payload, request)
 
 
