@@ -131,7 +131,6 @@ NOT_ACTED_ON: dict[str, tuple[str, ...]] = {
     ),
     f"{_LATER}: the model's own noise schedule is used (no zero terminal SNR rescale)": ("sd_noise_schedule",),
     f"{_LATER}: batches use per-image seeds as A1111's default does": ("enable_batch_seeds",),
-    f"{_LATER}: SDXL's CLIP-L follows the clip skip setting": ("sdxl_clip_l_skip",),
     f"{_LATER}: attention runs in the model's precision with torch SDPA": (
         "upcast_attn",
         "cross_attention_optimization",

@@ -27,6 +27,7 @@ EmphasisName = Literal["Original", "No norm", "Ignore", "None"]
 @dataclass
 class ConditioningSettings:
     clip_skip: int = 1  # CLIP_stop_at_last_layers
+    sdxl_clip_l_skip: bool = False  # A1111's option: clip skip for SDXL's CLIP-L too
     emphasis: EmphasisName = "Original"
     comma_padding_backtrack: int = 20
     use_old_scheduling: bool = False
@@ -137,10 +138,13 @@ class Encoder:
         with torch.no_grad():
             out = encoder(tokens, output_hidden_states=True)
         if self.model.family.is_sdxl:
-            # SGM: penultimate layer without the final norm; clip skip moves further back.
-            z = out.hidden_states[-(skip + 1)]
+            # A1111's SDXL: both encoders give their penultimate layer without the final norm; clip
+            # skip acts on CLIP-L only, and only with the `sdxl_clip_l_skip` option (then it picks
+            # hidden_states[-clip_skip]); OpenCLIP-G (the one with a projection) never skips.
             pooled = getattr(out, "text_embeds", None)
-            return z, pooled
+            if pooled is None and self.settings.sdxl_clip_l_skip:
+                return out.hidden_states[-skip], None
+            return out.hidden_states[-2], pooled
         if skip == 1:
             return out.last_hidden_state, None
         text_model = getattr(encoder, "text_model", encoder)

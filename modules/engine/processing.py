@@ -84,6 +84,7 @@ class EngineSettings:
     sdxl_refiner_high_aesthetic_score: float = 6.0
     sdxl_crop_top: int = 0
     sdxl_crop_left: int = 0
+    sdxl_clip_l_skip: bool = False
 
 
 def preview_decoder(
@@ -205,6 +206,7 @@ class Processor:
             model,
             ConditioningSettings(
                 clip_skip=s.clip_skip,
+                sdxl_clip_l_skip=s.sdxl_clip_l_skip,
                 emphasis=s.emphasis,  # type: ignore[arg-type]
                 comma_padding_backtrack=s.comma_padding_backtrack,
                 use_old_scheduling=s.use_old_scheduling,
@@ -1124,4 +1126,5 @@ def options_to_settings(get: Callable[[str], Any], overrides: Mapping[str, Any])
         sdxl_refiner_high_aesthetic_score=float(value("sdxl_refiner_high_aesthetic_score", 6.0)),
         sdxl_crop_top=int(value("sdxl_crop_top", 0)),
         sdxl_crop_left=int(value("sdxl_crop_left", 0)),
+        sdxl_clip_l_skip=bool(value("sdxl_clip_l_skip", False)),
     )

@@ -23,6 +23,7 @@ FAMILIES = {
     "inpaint": "sd1-inpaint",
     "ip2p": "sd1-ip2p",
     "xlinpaint": "sdxl-inpaint",
+    "refiner": "sdxl-refiner",
 }
 
 
