@@ -158,6 +158,12 @@ def test_paste_and_the_api_read_the_same_table() -> None:
         "CLIP_stop_at_last_layers": 2,
         "eta_noise_seed_delta": 31337,
         "randn_source": "CPU",
+        # sampler settings the engine acts on (issue 11) come back from an infotext too
+        "eta_ancestral": 0.5,
+        "refiner_switch_by_sample_steps": False,
+        "rho": 0.0,
+        "sigma_max": 0.0,
+        "sigma_min": 0.0,
     }
 
     img = api_infotext_values(Img2ImgPayload(infotext=FULL, override_settings={"randn_source": "NV"}))
@@ -172,28 +178,22 @@ def test_the_api_never_overrides_models_or_options_nothing_reads_from_an_infotex
     assert not INFOTEXT_OVERRIDES & set(unimplemented_options())
     text = "cat\nSteps: 2, Seed: 1, Model hash: 0123456789, VAE: x.pt, Eta: 0.4, Sigma churn: 2"
     overrides = api_infotext_values(Txt2ImgPayload(infotext=text)).get("override_settings", {})
-    assert not {"sd_model_checkpoint", "sd_vae", "eta_ancestral", "s_churn"} & set(overrides)
+    assert not {"sd_model_checkpoint", "sd_vae"} & set(overrides)
+    assert overrides["eta_ancestral"] == 0.4 and overrides["s_churn"] == 2.0  # acted on since issue 11
 
 
 # -- accepted but not acted on ------------------------------------------------------------------
 
 IGNORED_VALUES: dict[str, Any] = {
-    "eta": 0.3,
-    "s_churn": 1.0,
-    "s_tmin": 0.5,
-    "s_tmax": 9.0,
-    "s_noise": 1.003,
-    "s_min_uncond": 0.2,
-    "refiner_checkpoint": "sdxl_refiner.safetensors",
-    "refiner_switch_at": 0.8,
-    "hr_checkpoint_name": "other.safetensors",
-    "firstpass_image": "iVBORw0KGgo=",
     "firstphase_width": 256,
     "firstphase_height": 256,
-    "latent_mask": object(),
     "comments": {"note": "hello"},
     "script_args": (1, 2),
 }
+ACTED_ON_SINCE_ISSUE_11 = (
+    "eta", "s_churn", "s_tmin", "s_tmax", "s_noise", "s_min_uncond", "refiner_checkpoint", "refiner_switch_at",
+    "hr_checkpoint_name", "firstpass_image", "latent_mask",
+)  # fmt: skip
 
 
 def _request_for(name: str) -> type[GenerationRequest]:
@@ -215,6 +215,13 @@ def test_an_ignored_field_that_is_set_is_a_warning(name: str) -> None:
     assert ignored_field_warnings(cls()) == []
     warnings = ignored_field_warnings(cls(**{name: IGNORED_VALUES[name]}))
     assert len(warnings) == 1 and warnings[0].startswith(f"{name}: accepted but not acted on (")
+
+
+def test_fields_the_engine_acts_on_are_no_warning() -> None:
+    names = {f.field for f in IGNORED_FIELDS}
+    assert not names & set(ACTED_ON_SINCE_ISSUE_11)
+    request = Txt2ImgRequest(eta=0.3, s_churn=1.0, s_noise=1.003, refiner_checkpoint="r", refiner_switch_at=0.8)
+    assert ignored_field_warnings(request) == []
 
 
 def test_defaults_empty_values_and_values_that_change_nothing_are_no_warning() -> None:
@@ -248,15 +255,17 @@ def test_alwayson_scripts_name_each_script_that_is_not_installed() -> None:
 
 def test_validate_request_reports_ignored_fields_and_overrides_nothing_reads() -> None:
     request = Txt2ImgRequest(
-        eta=0.2,
+        comments={"a": "b"},
         width=100,
-        override_settings={"CLIP_stop_at_last_layers": 2, "eta_ddim": 0.5},
+        override_settings={"CLIP_stop_at_last_layers": 2, "eta_ddim": 0.5, "enable_quantization": True},
     )
     checked, warnings = validate_request(request)
     assert checked.width == 96
-    assert warnings[0].startswith("eta: accepted but not acted on (")
-    assert any(w.startswith("override_settings: 'eta_ddim' is accepted but not acted on (") for w in warnings)
-    assert not any("CLIP_stop_at_last_layers" in w for w in warnings)
+    assert warnings[0].startswith("comments: accepted but not acted on (")
+    assert any(
+        w.startswith("override_settings: 'enable_quantization' is accepted but not acted on (") for w in warnings
+    )
+    assert not any("CLIP_stop_at_last_layers" in w or "eta_ddim" in w for w in warnings)
     assert validate_request(Txt2ImgRequest())[1] == []
 
 
