@@ -93,13 +93,20 @@ def test_img2img_with_heun_starts_at_a1111s_sigma(engine: GenerationService, rec
 def test_prompt_edit_switches_at_the_step_with_a_second_order_sampler(
     engine: GenerationService, recorder: Recorder
 ) -> None:
-    # [a:b:0.5] over 6 Heun steps: A1111 counts 12 model calls and switches at call 6 = step 3
+    # [a:b:0.5] over 6 Heun steps: A1111 counts 12 model calls (end step int(0.5 * 12) = 6) and uses
+    # the first prompt while calls made <= 6: it switches within step 3 (calls 6, 7), at its second
+    # evaluation. Counting sampler steps instead (our old loop) switched at step 1.5.
     engine.run_sync(t2i(prompt="[a cat:a dog:0.5]", sampler_name="Heun", steps=6), 120)
     texts = recorder.texts()
     assert len(texts) == 11  # 2 calls per step, the last step 1
     first_change = next(i for i, t in enumerate(texts) if t != texts[0])
-    assert first_change == 6
-    assert recorder.calls[first_change].sigma == pytest.approx(float(_sd_sigmas(6)[3]), rel=1e-6)
+    assert first_change == 7
+    assert recorder.calls[6].sigma == pytest.approx(float(_sd_sigmas(6)[3]), rel=1e-6)  # step 3's first call
+    # the same edit with Euler (6 calls, end step 3): the first four calls use the first prompt
+    recorder.calls.clear()
+    engine.run_sync(t2i(prompt="[a cat:a dog:0.5]", sampler_name="Euler", steps=6), 120)
+    texts = recorder.texts()
+    assert next(i for i, t in enumerate(texts) if t != texts[0]) == 4
 
 
 # -- hires fix -----------------------------------------------------------------------------------------------
@@ -125,9 +132,10 @@ def test_hires_runs_the_hires_step_count_and_applies_the_offsets(engine: Generat
     assert (total, t_enc) == (16, 4)
     sigmas = _sd_sigmas(total)
     assert hires[0].sigma == pytest.approx(float(sigmas[total - t_enc - 1]), rel=1e-6)
-    # the edit at 6 is 2 steps into the hires pass (offset by the 4 first-pass steps)
+    # the edit at 6 ends 2 calls into the hires pass (offset by the 4 first-pass steps): A1111 uses
+    # the first prompt while calls made <= 2
     fp = [round(float(c.text.hidden[0].double().sum()), 3) for c in hires]
-    assert fp[0] == fp[1] and fp[2] != fp[1] and fp[2:] == [fp[2]] * 3
+    assert fp[0] == fp[1] == fp[2] and fp[3] != fp[2] and fp[3] == fp[4]
 
 
 def test_hires_with_both_targets_covers_then_crops(engine: GenerationService) -> None:
@@ -135,8 +143,7 @@ def test_hires_with_both_targets_covers_then_crops(engine: GenerationService) ->
         t2i(width=64, height=48, enable_hr=True, hr_resize_x=80, hr_resize_y=80, hr_second_pass_steps=1), 120
     )
     assert r.images[0].size == (80, 80)
-    info = parse_infotext(r.infotexts[0])
-    assert info["Hires resize"] == "80x80"
+    assert "Hires resize: 80x80" in r.infotexts[0]
 
 
 # -- masks and init images ---------------------------------------------------------------------------------
