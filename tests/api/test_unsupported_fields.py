@@ -1,6 +1,7 @@
 """Fields A1111 clients send that we accept but do not act on yet are reported in the response's
 `info` JSON (`warnings`), one line per field set; defaults and empty values say nothing; naming an
-unknown selectable script is still A1111's 422."""
+unknown selectable script is still A1111's 422. Fields acted on (sampler parameters, latent_mask,
+firstpass_image) change the result and warn about nothing."""
 
 from __future__ import annotations
 
@@ -37,21 +38,13 @@ def mask_image() -> Image.Image:
 
 
 TXT2IMG_IGNORED: dict[str, Any] = {
-    "eta": 0.3,
-    "s_churn": 1.0,
-    "s_tmin": 0.5,
-    "s_tmax": 9.0,
-    "s_noise": 1.003,
-    "s_min_uncond": 0.2,
-    "refiner_checkpoint": "sdxl_refiner.safetensors",
-    "refiner_switch_at": 0.8,
-    "hr_checkpoint_name": "other.safetensors",
-    "firstpass_image": b64_png(init_image()),
     "firstphase_width": 256,
     "firstphase_height": 256,
     "comments": {"note": "hello"},
     "script_args": [1, 2],
 }
+# acted on since issue 11: sent with non-standard values they change the image and warn about nothing
+TXT2IMG_ACTED_ON: dict[str, Any] = {"eta": 0.3, "s_churn": 1.0, "s_tmin": 0.5, "s_tmax": 9.0, "s_noise": 1.003}
 
 
 def warnings_of(response: Any) -> list[str]:
@@ -62,7 +55,17 @@ def warnings_of(response: Any) -> list[str]:
 
 
 def test_the_api_test_covers_every_declared_field() -> None:
-    assert {f.field for f in IGNORED_FIELDS} == set(TXT2IMG_IGNORED) | {"latent_mask"}
+    assert {f.field for f in IGNORED_FIELDS} == set(TXT2IMG_IGNORED)
+
+
+def test_sampler_parameters_are_acted_on_without_warnings(client: TestClient) -> None:
+    base = {**SMALL, "prompt": "p", "seed": 5, "sampler_name": "Euler"}
+    plain = client.post("/sdapi/v1/txt2img", json=base)
+    tuned = client.post("/sdapi/v1/txt2img", json={**base, **TXT2IMG_ACTED_ON})
+    assert warnings_of(tuned) == [] and warnings_of(plain) == []
+    assert plain.json()["images"][0] != tuned.json()["images"][0]
+    info = json.loads(tuned.json()["info"])["infotexts"][0]
+    assert "Sigma churn: 1.0" in info and "Sigma noise: 1.003" in info
 
 
 def test_txt2img_warns_for_each_ignored_field_it_was_sent(client: TestClient) -> None:
@@ -93,24 +96,52 @@ def test_defaults_empty_and_standard_values_are_no_warning(client: TestClient) -
     assert warnings_of(client.post("/sdapi/v1/txt2img", json=payload)) == []
 
 
-def test_img2img_warns_for_latent_mask(client: TestClient) -> None:
+def test_img2img_latent_mask_drives_the_latent_blend(client: TestClient) -> None:
     payload = {
         **SMALL,
         "prompt": "p",
+        "seed": 3,
+        "sampler_name": "Euler",
         "init_images": [b64_png(init_image())],
         "mask": b64_png(mask_image()),
-        "latent_mask": b64_png(mask_image()),
+        "mask_blur": 0,
+        "inpaint_full_res": False,
+        "inpainting_fill": 1,
     }
-    warnings = warnings_of(client.post("/sdapi/v1/img2img", json=payload))
-    assert [w for w in warnings if w.startswith("latent_mask:")] == [
-        "latent_mask: accepted but not acted on (not implemented yet: the mask is used for the latent blend too)"
-    ]
+    plain = client.post("/sdapi/v1/img2img", json=payload)
+    everything = Image.new("L", (64, 64), 255)
+    with_latent = client.post("/sdapi/v1/img2img", json={**payload, "latent_mask": b64_png(everything)})
+    assert warnings_of(with_latent) == [] and warnings_of(plain) == []
+    assert plain.json()["images"][0] != with_latent.json()["images"][0]
+
+
+def test_firstpass_image_replaces_the_first_pass(client: TestClient) -> None:
+    payload = {
+        **SMALL,
+        "prompt": "p",
+        "seed": 3,
+        "sampler_name": "Euler",
+        "enable_hr": True,
+        "hr_scale": 1.5,
+        "hr_upscaler": "Lanczos",
+        "denoising_strength": 0.3,
+    }
+    plain = client.post("/sdapi/v1/txt2img", json=payload)
+    given = client.post("/sdapi/v1/txt2img", json={**payload, "firstpass_image": b64_png(init_image())})
+    assert warnings_of(given) == []
+    assert plain.json()["images"][0] != given.json()["images"][0]
+    image = Image.open(io.BytesIO(base64.b64decode(given.json()["images"][0])))
+    assert image.size == (96, 96)
+    bad = client.post("/sdapi/v1/txt2img", json={**payload, "firstpass_image": b64_png(Image.new("RGB", (32, 32)))})
+    assert bad.status_code == 422 and "firstpass_image" in bad.text
 
 
 def test_override_settings_nothing_reads_are_reported(client: TestClient) -> None:
-    payload = {**SMALL, "prompt": "p", "override_settings": {"eta_ddim": 0.4, "CLIP_stop_at_last_layers": 1}}
+    payload = {**SMALL, "prompt": "p", "override_settings": {"enable_quantization": True, "eta_ddim": 0.4}}
     warnings = warnings_of(client.post("/sdapi/v1/txt2img", json=payload))
-    assert [w.split(" (")[0] for w in warnings] == ["override_settings: 'eta_ddim' is accepted but not acted on"]
+    assert [w.split(" (")[0] for w in warnings] == [
+        "override_settings: 'enable_quantization' is accepted but not acted on"
+    ]
 
 
 def test_an_unknown_selectable_script_is_still_422(client: TestClient) -> None:
