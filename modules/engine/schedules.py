@@ -23,6 +23,7 @@ __all__ = [
     "ScheduleParams",
     "SigmaFn",
     "align_your_steps_sigmas",
+    "beta_sigmas",
     "ddim_uniform_sigmas",
     "discarding_next_to_last",
     "exponential_sigmas",
@@ -78,13 +79,16 @@ class ModelSigmas:
 
 @dataclass(frozen=True)
 class ScheduleParams:
-    """A1111's schedule settings: `sigma_min`, `sigma_max`, `rho` (None = the schedule's default) and
-    the model kind Align Your Steps picks its table by."""
+    """A1111's schedule settings: `sigma_min`, `sigma_max`, `rho` (None = the schedule's default), the
+    model kind Align Your Steps picks its table by and the Beta schedule's distribution parameters
+    (settings `beta_dist_alpha` / `beta_dist_beta`)."""
 
     sigma_min: float | None = None
     sigma_max: float | None = None
     rho: float | None = None
     is_sdxl: bool = False
+    beta_alpha: float = 0.6
+    beta_beta: float = 0.6
 
 
 SigmaFn = Callable[[ModelSigmas, int, ScheduleParams], np.ndarray]
@@ -147,6 +151,19 @@ def align_your_steps_sigmas(ms: ModelSigmas, n: int, p: ScheduleParams) -> np.nd
     xs = np.linspace(0.0, 1.0, len(table))
     ys = np.log(table[::-1])
     return np.exp(np.interp(np.linspace(0.0, 1.0, n), xs, ys))[::-1].copy()
+
+
+def beta_sigmas(ms: ModelSigmas, n: int, p: ScheduleParams) -> np.ndarray:
+    """A1111's Beta schedule ("Beta Sampling is All You Need", Lee et al. 2024): sigmas spaced by the
+    quantiles of a Beta(alpha, beta) distribution, taken from 1 down to 0 and mapped linearly onto
+    [sigma_min, sigma_max], so alpha = beta < 1 puts more steps at both ends of the range."""
+    from scipy import stats  # type: ignore[import-untyped]  # only this schedule needs scipy
+
+    lo, hi = _range(ms, p)
+    timesteps = 1 - np.linspace(0, 1, n)
+    # One ppf call per point and the same float64 arithmetic as A1111's list comprehension.
+    quantiles = [float(stats.beta.ppf(q, p.beta_alpha, p.beta_beta)) for q in timesteps]
+    return np.array([lo + (q * (hi - lo)) for q in quantiles], dtype=np.float64)
 
 
 def simple_sigmas(ms: ModelSigmas, n: int, p: ScheduleParams) -> np.ndarray:
