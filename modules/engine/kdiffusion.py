@@ -183,8 +183,14 @@ class BrownianTreeNoiseSampler:
         return w / (t1 - t0).abs().sqrt()
 
 
-def _report(callback: Callback | None, i: int, x: torch.Tensor, sigma: torch.Tensor, sigma_hat: torch.Tensor,
-            denoised: torch.Tensor) -> None:  # fmt: skip
+def _report(
+    callback: Callback | None,
+    i: int,
+    x: torch.Tensor,
+    sigma: torch.Tensor,
+    sigma_hat: torch.Tensor,
+    denoised: torch.Tensor,
+) -> None:
     if callback is not None:
         callback(StepInfo(i=i, x=x, sigma=sigma, sigma_hat=sigma_hat, denoised=denoised))
 
@@ -438,9 +444,15 @@ class _PIDStepSizeController:
     """The PID controller of DPM-Solver's adaptive step size (k-diffusion's)."""
 
     def __init__(
-        self, h: float, pcoeff: float, icoeff: float, dcoeff: float, order: float = 1, accept_safety: float = 0.81,
+        self,
+        h: float,
+        pcoeff: float,
+        icoeff: float,
+        dcoeff: float,
+        order: float = 1,
+        accept_safety: float = 0.81,
         eps: float = 1e-8,
-    ) -> None:  # fmt: skip
+    ) -> None:
         self.h = h
         self.b1 = (pcoeff + icoeff + dcoeff) / order
         self.b2 = -(pcoeff + 2 * dcoeff) / order
@@ -508,9 +520,13 @@ class _DPMSolver:
         return x_1, eps_cache
 
     def dpm_solver_2_step(
-        self, x: torch.Tensor, t: torch.Tensor, t_next: torch.Tensor, r1: float = 1 / 2,
+        self,
+        x: torch.Tensor,
+        t: torch.Tensor,
+        t_next: torch.Tensor,
+        r1: float = 1 / 2,
         eps_cache: _EpsCache | None = None,
-    ) -> tuple[torch.Tensor, _EpsCache]:  # fmt: skip
+    ) -> tuple[torch.Tensor, _EpsCache]:
         eps_cache = {} if eps_cache is None else eps_cache
         h = t_next - t
         eps, eps_cache = self.eps(eps_cache, "eps", x, t)
@@ -521,9 +537,14 @@ class _DPMSolver:
         return x_2, eps_cache
 
     def dpm_solver_3_step(
-        self, x: torch.Tensor, t: torch.Tensor, t_next: torch.Tensor, r1: float = 1 / 3, r2: float = 2 / 3,
+        self,
+        x: torch.Tensor,
+        t: torch.Tensor,
+        t_next: torch.Tensor,
+        r1: float = 1 / 3,
+        r2: float = 2 / 3,
         eps_cache: _EpsCache | None = None,
-    ) -> tuple[torch.Tensor, _EpsCache]:  # fmt: skip
+    ) -> tuple[torch.Tensor, _EpsCache]:
         eps_cache = {} if eps_cache is None else eps_cache
         h = t_next - t
         eps, eps_cache = self.eps(eps_cache, "eps", x, t)
@@ -540,9 +561,9 @@ class _DPMSolver:
         x_3 = x - self.sigma(t_next) * h.expm1() * eps - self.sigma(t_next) / r2 * (h.expm1() / h - 1) * (eps_r2 - eps)
         return x_3, eps_cache
 
-    def _ancestral(self, t: torch.Tensor, t_next: torch.Tensor, t_end: torch.Tensor, eta: float) -> tuple[
-        torch.Tensor, torch.Tensor | float
-    ]:  # fmt: skip
+    def _ancestral(
+        self, t: torch.Tensor, t_next: torch.Tensor, t_end: torch.Tensor, eta: float
+    ) -> tuple[torch.Tensor, torch.Tensor | float]:
         """Where a step with noise ends deterministically (capped at t_end) and the noise it adds."""
         if not eta:
             return t_next, 0.0
@@ -553,9 +574,15 @@ class _DPMSolver:
         return t_next_, su
 
     def dpm_solver_fast(
-        self, x: torch.Tensor, t_start: torch.Tensor, t_end: torch.Tensor, nfe: int, eta: float, s_noise: float,
+        self,
+        x: torch.Tensor,
+        t_start: torch.Tensor,
+        t_end: torch.Tensor,
+        nfe: int,
+        eta: float,
+        s_noise: float,
         noise_sampler: NoiseSampler,
-    ) -> torch.Tensor:  # fmt: skip
+    ) -> torch.Tensor:
         """DPM-Solver-fast: nfe model calls as third-order steps on a uniform t grid, the remainder
         (nfe mod 3) as a last lower-order step (or 2 then 1 when 3 divides nfe)."""
         if not t_end > t_start and eta:
@@ -581,10 +608,22 @@ class _DPMSolver:
         return x
 
     def dpm_solver_adaptive(
-        self, x: torch.Tensor, t_start: torch.Tensor, t_end: torch.Tensor, order: int, rtol: float, atol: float,
-        h_init: float, pcoeff: float, icoeff: float, dcoeff: float, accept_safety: float, eta: float, s_noise: float,
+        self,
+        x: torch.Tensor,
+        t_start: torch.Tensor,
+        t_end: torch.Tensor,
+        order: int,
+        rtol: float,
+        atol: float,
+        h_init: float,
+        pcoeff: float,
+        icoeff: float,
+        dcoeff: float,
+        accept_safety: float,
+        eta: float,
+        s_noise: float,
         noise_sampler: NoiseSampler,
-    ) -> torch.Tensor:  # fmt: skip
+    ) -> torch.Tensor:
         """DPM-Solver-12 / 23: an embedded pair of orders (order-1, order) per step, the step size
         set by a PID controller on their scaled difference."""
         if order not in {2, 3}:
@@ -687,9 +726,21 @@ def sample_dpm_adaptive(
     solver = _dpm_solver(model, callback)
     t_start, t_end = solver.t(torch.as_tensor(sigma_max)), solver.t(torch.as_tensor(sigma_min))
     return solver.dpm_solver_adaptive(
-        x, t_start, t_end, order, rtol, atol, h_init, pcoeff, icoeff, dcoeff, accept_safety, eta, s_noise,
+        x,
+        t_start,
+        t_end,
+        order,
+        rtol,
+        atol,
+        h_init,
+        pcoeff,
+        icoeff,
+        dcoeff,
+        accept_safety,
+        eta,
+        s_noise,
         noise_sampler,
-    )  # fmt: skip
+    )
 
 
 # -- DPM-Solver++ ------------------------------------------------------------------------------------------

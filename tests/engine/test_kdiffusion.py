@@ -318,9 +318,15 @@ def test_dpmpp_2m_sde_steps(solver_type: str) -> None:
     eta, s_noise = 0.8, 0.9
     toy = Toy()
     out = kd.sample_dpmpp_2m_sde(
-        toy, x0, sig, randn_like=no_noise, noise_sampler=lambda a, b: unit, eta=eta, s_noise=s_noise,
+        toy,
+        x0,
+        sig,
+        randn_like=no_noise,
+        noise_sampler=lambda a, b: unit,
+        eta=eta,
+        s_noise=s_noise,
         solver_type=solver_type,
-    )  # fmt: skip
+    )
 
     def base(x: torch.Tensor, den: torch.Tensor, s0: float, s1: float) -> tuple[torch.Tensor, float]:
         h = math.log(s0 / s1)
@@ -441,9 +447,16 @@ def test_dpm_adaptive_reaches_the_ode_solution(order: int) -> None:
     toy = Toy()
     seen: list[StepInfo] = []
     out = kd.sample_dpm_adaptive(
-        toy, x0, SIGMA_MIN, SIGMA_MAX, randn_like=CountingRandn(), order=order, callback=seen.append, rtol=0.001,
+        toy,
+        x0,
+        SIGMA_MIN,
+        SIGMA_MAX,
+        randn_like=CountingRandn(),
+        order=order,
+        callback=seen.append,
+        rtol=0.001,
         atol=0.0005,
-    )  # fmt: skip
+    )
     assert len(toy.calls) == order * len(seen)
     assert [s.i for s in seen] == list(range(len(seen)))
     assert torch.allclose(out, exact_ode_at(x0, SIGMA_MIN), atol=0.01)
