@@ -995,21 +995,19 @@ def run_img2img(processor: Processor, request: Img2ImgRequest, ctx: JobContext |
             processor.current_model = model
             processor.refiner_for(job, plan, len(batch), width, height, stack)
             try:
-                latents = processor.run_pass(
-                    sp,
+                run = partial(
+                    sp.img2img,
+                    job,
                     init_latent,
-                    partial(
-                        sp.img2img,
-                        job,
-                        init_latent,
-                        noise,
-                        steps,
-                        t_enc,
-                        rng,
-                        b_seeds,
-                        on_step=processor.hooks.step_callback(),
-                    ),
+                    noise,
+                    steps,
+                    t_enc,
+                    rng,
+                    b_seeds,
+                    on_step=processor.hooks.step_callback(),
                 )
+                # denoising 0 with "exact steps" leaves no schedule: the init image comes back as encoded
+                latents = init_latent if steps < 1 else processor.run_pass(sp, init_latent, run)
             except ImageSkipped:
                 continue
             except JobInterrupted:

@@ -24,6 +24,7 @@ from modules.engine.schedules import (
     ScheduleParams,
     SigmaFn,
     align_your_steps_sigmas,
+    beta_sigmas,
     ddim_uniform_sigmas,
     exponential_sigmas,
     karras_sigmas,
@@ -93,15 +94,10 @@ _SCHEDULES: tuple[ScheduleInfo, ...] = (
     ScheduleInfo("simple", "Simple", need_inner_model=True, sigmas=simple_sigmas),
     ScheduleInfo("normal", "Normal", need_inner_model=True, sigmas=normal_sigmas),
     ScheduleInfo("ddim", "DDIM", need_inner_model=True, sigmas=ddim_uniform_sigmas),
+    ScheduleInfo("beta", "Beta", need_inner_model=True, sigmas=beta_sigmas),
 )
 
-OMITTED_SCHEDULES: Mapping[str, str] = {
-    "Beta": (
-        "A1111's beta schedule needs scipy's beta-distribution ppf (scipy is not a dependency), and "
-        "diffusers' use_beta_sigmas interpolates in sigma rather than reproducing A1111's timestep "
-        "selection; it is not offered rather than approximated"
-    ),
-}
+OMITTED_SCHEDULES: Mapping[str, str] = {}
 
 
 # --------------------------------------------------------------------------------------------

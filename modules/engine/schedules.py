@@ -117,24 +117,24 @@ def normal_sigmas(ms: ModelSigmas, n: int, p: ScheduleParams, *, sgm: bool = Fal
 
 
 def karras_sigmas(ms: ModelSigmas, n: int, p: ScheduleParams) -> np.ndarray:
-    # Karras et al. 2022, eq. 5.
+    # Karras et al. 2022, eq. 5, computed as k-diffusion does: a float32 ramp, Python-float ends.
     lo, hi = _range(ms, p)
     rho = p.rho if p.rho else 7.0
-    ramp = np.linspace(0.0, 1.0, n)
-    inv_hi, inv_lo = hi ** (1.0 / rho), lo ** (1.0 / rho)
-    return (inv_hi + ramp * (inv_lo - inv_hi)) ** rho
+    ramp = torch.linspace(0, 1, n)
+    min_inv_rho, max_inv_rho = lo ** (1 / rho), hi ** (1 / rho)
+    return ((max_inv_rho + ramp * (min_inv_rho - max_inv_rho)) ** rho).double().numpy()
 
 
 def exponential_sigmas(ms: ModelSigmas, n: int, p: ScheduleParams) -> np.ndarray:
     lo, hi = _range(ms, p)
-    return np.exp(np.linspace(math.log(hi), math.log(lo), n))
+    return torch.linspace(math.log(hi), math.log(lo), n).exp().double().numpy()
 
 
 def polyexponential_sigmas(ms: ModelSigmas, n: int, p: ScheduleParams) -> np.ndarray:
     lo, hi = _range(ms, p)
     rho = p.rho if p.rho else 1.0
-    ramp = np.linspace(1.0, 0.0, n) ** rho
-    return np.exp(ramp * (math.log(hi) - math.log(lo)) + math.log(lo))
+    ramp = torch.linspace(1, 0, n) ** rho
+    return torch.exp(ramp * (math.log(hi) - math.log(lo)) + math.log(lo)).double().numpy()
 
 
 def kl_optimal_sigmas(ms: ModelSigmas, n: int, p: ScheduleParams) -> np.ndarray:

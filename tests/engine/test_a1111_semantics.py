@@ -290,3 +290,15 @@ def test_sdxl_clip_skip_acts_on_clip_l_only_with_its_option(engine: GenerationSe
         l_last = encode(clip_skip=1, sdxl_clip_l_skip=True)
         assert not torch.equal(l_last[..., :width_l], plain[..., :width_l])  # CLIP-L moved to its last layer
         assert torch.equal(l_last[..., width_l:], plain[..., width_l:])  # OpenCLIP-G never skips
+
+
+def test_beta_schedule_runs_and_is_written(engine: GenerationService, recorder: Recorder) -> None:
+    r = engine.run_sync(
+        t2i(scheduler="Beta", override_settings={"sd_model_checkpoint": "sd1", "beta_dist_alpha": 0.5}), 120
+    )
+    info = parse_infotext(r.infotexts[0])
+    assert info["Schedule type"] == "Beta"
+    assert info["Beta schedule alpha"] == "0.5" and info["Beta schedule beta"] == "0.6"
+    ds = DiscreteSchedule(a1111_alphas_cumprod())
+    assert recorder.calls[0].sigma == pytest.approx(float(ds.sigma_max), rel=1e-6)
+    assert recorder.calls[-1].sigma < recorder.calls[1].sigma < recorder.calls[0].sigma
