@@ -73,6 +73,7 @@ def build_services(
         budget=budget,
         default_sd2_prediction=lambda: str(options.get("sd2_default_prediction")),
         forced_vae=settings.vae_path,
+        memory_mode=policy.memory_mode,
     )
     worker = Worker()
     saver = image_saver_for(ImageSaver.from_settings(options, paths, settings))
@@ -91,6 +92,8 @@ def build_services(
         face_restorer=face_restorers.for_options(options),
         upscale=model_upscale(upscalers, options),
         hooks=hooks,
+        upcast_sampling=policy.upcast_sampling,
+        nan_check=not settings.disable_nan_check,
     )
     engine = Engine(
         worker=worker,

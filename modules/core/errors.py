@@ -55,6 +55,11 @@ class ModelLoadError(SdWebuiError):
     """Loading a model failed; the previously loaded model stays active."""
 
 
+class NansError(SdWebuiError):
+    """A model produced NaNs (A1111's NansException): half precision overflowed or the GPU does not
+    support it; the message says which model part and what to try."""
+
+
 class ForbiddenError(UserError):
     """The request is understood but not allowed (e.g. a restricted setting through the API)."""
 

@@ -137,7 +137,6 @@ NOT_ACTED_ON: dict[str, tuple[str, ...]] = {
     ),
     f"{_LATER}: seamless tiling is on only when a request asks for it": ("tiling",),
     f"{_LATER}: the VAE choice is the sd_vae setting": ("sd_vae_overrides_per_model_preferences",),
-    f"{_LATER}: the VAE runs in the precision the flags choose": ("auto_vae_precision_bfloat16", "auto_vae_precision"),
     f"{_LATER}: the full VAE is always used (TAESD only for previews)": (
         "sd_vae_encode_method",
         "sd_vae_decode_method",
@@ -219,8 +218,6 @@ NOT_ACTED_ON: dict[str, tuple[str, ...]] = {
         "samplers_in_dropdown",
         "dimensions_and_batch_together",
         "sd_checkpoint_dropdown_use_short",
-        "hires_fix_show_sampler",
-        "hires_fix_show_prompts",
         "txt2img_settings_accordion",
         "img2img_settings_accordion",
         "localization",

@@ -60,7 +60,6 @@ LEGACY_FLAGS: tuple[tuple[str, bool], ...] = (
 _LEGACY_PREFIX = "legacy__"
 
 _SDPA = "attention uses torch SDPA"
-_NO_OFFLOAD = "not implemented yet: the whole model stays on the GPU"
 _NO_EXTENSIONS = "not implemented yet: no extensions are loaded"
 _NOT_WIRED = "not implemented yet: settings stay changeable"
 NOT_ACTED_ON_FLAGS: dict[str, str] = {
@@ -72,10 +71,6 @@ NOT_ACTED_ON_FLAGS: dict[str, str] = {
     "enable_insecure_extension_access": "not implemented yet: there are no extension installs",
     "config": "model configs come from the checkpoint's tensors (and a <name>.yaml beside it)",
     "lowram": "not implemented yet: weights are loaded into RAM first",
-    "medvram": _NO_OFFLOAD,
-    "medvram_sdxl": _NO_OFFLOAD,
-    "lowvram": _NO_OFFLOAD,
-    "upcast_sampling": "not implemented yet: sampling runs in the model's precision (--no-half gives fp32)",
     "xformers": _SDPA,
     "force_enable_xformers": _SDPA,
     "xformers_flash_attention": _SDPA,
@@ -108,7 +103,6 @@ ALREADY_SO_FLAGS: dict[str, str] = {
     "skip_torch_cuda_test": "start-up never requires CUDA (no GPU: the CPU is used)",
     "skip_version_check": "no version checks are run",
     "skip_python_version_check": "no version checks are run",
-    "disable_nan_check": "there is no NaN check",
     "do_not_download_clip": "nothing is ever downloaded",
     "no_download_sd_model": "nothing is ever downloaded",
     "disable_console_progressbars": "there are no console progress bars",

@@ -206,6 +206,19 @@ def _stack(conds: list[TextCond]) -> TextCond:
     return TextCond(torch.cat(hidden), pooled)
 
 
+def encode_plan(encoder: Encoder, plan: PromptPlan) -> None:
+    """Encode every text the plan will ask for, now (the encoder caches them): the text encoders
+    then run once, before sampling, and never between two UNet calls, which under a memory mode
+    would move the UNet off the device and back (A1111 also conditions before it samples)."""
+    for per_image in plan.positive:
+        for schedule, _weight in per_image:
+            for _end, text in schedule:
+                encoder.encode(text)
+    for schedule in plan.negative:
+        for _end, text in schedule:
+            encoder.encode(text, is_negative=True)
+
+
 def step_conds(encoder: Encoder, plan: PromptPlan, step: int) -> StepConds:
     rows: list[TextCond] = []
     index: dict[str, int] = {}

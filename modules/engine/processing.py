@@ -17,7 +17,7 @@ import numpy as np
 import torch
 from PIL import Image, ImageOps
 
-from modules.core.errors import ValidationError
+from modules.core.errors import NansError, ValidationError
 from modules.core.requests import (
     FILL_FILL,
     FILL_LATENT_NOISE,
@@ -33,7 +33,7 @@ from modules.core.styles import extract_extra_networks
 from modules.engine import images as imgops
 from modules.engine import noise as noise_mod
 from modules.engine import samplers as smp
-from modules.engine.conditioning import ConditioningSettings, Encoder, PromptPlan, step_conds
+from modules.engine.conditioning import ConditioningSettings, Encoder, PromptPlan, encode_plan, step_conds
 from modules.engine.hooks import BatchEvent, Hooks
 from modules.engine.sampler_runner import SamplerOptions, SamplerPass, img2img_steps
 from modules.engine.sampling import CFGDenoiser, LatentMask, SamplingJob, a1111_alphas_cumprod
@@ -85,6 +85,10 @@ class EngineSettings:
     sdxl_crop_top: int = 0
     sdxl_crop_left: int = 0
     sdxl_clip_l_skip: bool = False
+    upcast_sampling: bool = False  # --upcast-sampling (the device policy's, not an option)
+    nan_check: bool = True  # off with --disable-nan-check
+    auto_vae_precision: bool = True
+    auto_vae_precision_bfloat16: bool = False
 
 
 def preview_decoder(
@@ -107,12 +111,72 @@ def preview_decoder(
     return cheap if taesd is None else tiny
 
 
-def _decode(model: StableDiffusionModel, latents: torch.Tensor) -> list[Image.Image]:
-    vae = model.vae
+_NAN_HINT = " Use --disable-nan-check commandline argument to disable this check."
+
+
+def _first_is_nan(x: torch.Tensor) -> bool:
+    """A1111's NaN test: the first element only (a NaN overflow fills the whole tensor)."""
+    return bool(torch.isnan(x[(0,) * x.dim()]))
+
+
+def _decode_one(vae: Any, latent: torch.Tensor) -> torch.Tensor:
     scale = float(vae.config["scaling_factor"])
     with torch.no_grad():
-        pixels = vae.decode(latents.to(vae.dtype) / scale).sample
-    return imgops.to_images(pixels)
+        return vae.decode(latent.to(vae.dtype) / scale).sample
+
+
+def _decode(
+    model: StableDiffusionModel, latents: torch.Tensor, settings: EngineSettings | None = None
+) -> list[Image.Image]:
+    """Latents to images, one image at a time (as A1111 decodes). With the NaN check on
+    (`settings.nan_check`), NaN latents raise `NansError` (the UNet's), and a decode that gives
+    NaNs in half precision converts the VAE to fp32 (`auto_vae_precision`) or bfloat16
+    (`auto_vae_precision_bfloat16`) for the rest of the session and decodes again, as A1111 does;
+    with neither option, or already in that precision, it raises `NansError`."""
+    check = settings is not None and settings.nan_check
+    if check and _first_is_nan(latents):
+        raise NansError(
+            "A tensor with NaNs was produced in Unet. This could be either because there's not enough precision "
+            "to represent the picture, or because your video card does not support half type. Try the "
+            "--upcast-sampling or --no-half commandline argument to fix this." + _NAN_HINT
+        )
+    images: list[Image.Image] = []
+    for i in range(latents.shape[0]):
+        pixels = _decode_one(model.vae, latents[i : i + 1])
+        if check and _first_is_nan(pixels):
+            assert settings is not None
+            pixels = _decode_again_upcast(model, latents[i : i + 1], settings)
+        images.extend(imgops.to_images(pixels))
+    return images
+
+
+def _decode_again_upcast(model: StableDiffusionModel, latent: torch.Tensor, settings: EngineSettings) -> torch.Tensor:
+    vae = model.vae
+    message = "A tensor with NaNs was produced in VAE."
+    if settings.auto_vae_precision_bfloat16:
+        target, name, setting = torch.bfloat16, "bfloat16", "Automatically convert VAE to bfloat16"
+    elif settings.auto_vae_precision:
+        target, name, setting = torch.float32, "32-bit float", "Automatically revert VAE to 32-bit floats on NaNs"
+    else:
+        if vae.dtype == torch.float16:
+            message += " This could be because there's not enough precision to represent the picture. Try adding "
+            message += "--no-half-vae commandline argument to fix this."
+        raise NansError(message + _NAN_HINT)
+    if vae.dtype == target:
+        raise NansError(message + _NAN_HINT)
+    log.warning(
+        "%s Converting the VAE to %s for the rest of the session and decoding again. To disable this, turn off "
+        "the '%s' setting; to always start with a 32-bit VAE, use --no-half-vae.",
+        message,
+        name,
+        setting,
+    )
+    module: torch.nn.Module = vae
+    module.to(dtype=target)
+    pixels = _decode_one(vae, latent)
+    if _first_is_nan(pixels):
+        raise NansError(message + _NAN_HINT)
+    return pixels
 
 
 def _encode(model: StableDiffusionModel, pixels: torch.Tensor) -> torch.Tensor:
@@ -323,6 +387,7 @@ class Processor:
     ) -> SamplingJob:
         model = model or self.model
         enc = encoder or self.encoder
+        encode_plan(enc, plan)
         return SamplingJob(
             unet=model.unet,
             schedule=sp.schedule,
@@ -336,6 +401,7 @@ class Processor:
             mask=mask,
             unet_wrappers=self.hooks.unet_wrappers,
             context=self.ctx,
+            upcast=self.settings.upcast_sampling,
         )
 
     def refiner_for(
@@ -422,7 +488,7 @@ class Processor:
         model: StableDiffusionModel | None = None,
         finish: Callable[[Image.Image, int], Image.Image] | None = None,
     ) -> list[Image.Image]:
-        images = _decode(model or self.model, latents)
+        images = _decode(model or self.model, latents, self.settings)
         if finish is not None:
             images = [finish(image, i) for i, image in enumerate(images)]
         for i, image in enumerate(images):
@@ -485,6 +551,7 @@ class _Refiner:
         p.extra_params["Refiner switch at"] = self.switch_at
         encoder = p._encoder_for(model)
         plan = self.plan
+        encode_plan(encoder, plan)
         job = denoiser.job
         batch = self.batch
         job.unet = model.unet
@@ -723,7 +790,10 @@ def _hires_pass(
     low: list[Image.Image] | None = None
     if hires.upscaler not in LATENT_UPSCALE_MODES:
         # decoded by the model that made them, before another checkpoint takes its place
-        low = [firstpass_image] * len(seeds) if latents is None else _decode(processor.current_model, latents)  # type: ignore[list-item]
+        if latents is None:
+            low = [firstpass_image] * len(seeds)  # type: ignore[list-item]
+        else:
+            low = _decode(processor.current_model, latents, processor.settings)
     other = None
     if hires.checkpoint is not None:
         assert processor.models is not None
@@ -1125,4 +1195,6 @@ def options_to_settings(get: Callable[[str], Any], overrides: Mapping[str, Any])
         sdxl_crop_top=int(value("sdxl_crop_top", 0)),
         sdxl_crop_left=int(value("sdxl_crop_left", 0)),
         sdxl_clip_l_skip=bool(value("sdxl_clip_l_skip", False)),
+        auto_vae_precision=bool(value("auto_vae_precision", True)),
+        auto_vae_precision_bfloat16=bool(value("auto_vae_precision_bfloat16", False)),
     )

@@ -78,10 +78,10 @@ def _sampler_function(sampler: smp.SamplerInfo) -> Callable[..., torch.Tensor]:
     if sampler.kind == "timesteps":
         from modules.engine import timestep_samplers
 
-        return getattr(timestep_samplers, sampler.function)  # type: ignore[no-any-return]
+        return getattr(timestep_samplers, sampler.function)
     from modules.engine import kdiffusion
 
-    return getattr(kdiffusion, sampler.function)  # type: ignore[no-any-return]
+    return getattr(kdiffusion, sampler.function)
 
 
 class SamplerPass:
@@ -236,7 +236,7 @@ class SamplerPass:
 
     def denoiser_for(self, job: SamplingJob) -> CFGDenoiser:
         job.schedule = self.schedule
-        job.mode = "timesteps" if self.sampler.kind == "timesteps" else self.sampler.kind  # type: ignore[assignment]
+        job.mode = "timesteps" if self.sampler.kind == "timesteps" else self.sampler.kind
         job.s_min_uncond = self.s_min_uncond()
         job.s_min_uncond_all = self.options.s_min_uncond_all
         job.skip_early_cond = self.options.skip_early_cond

@@ -29,6 +29,7 @@ or change the output before returning.
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal, cast
@@ -261,6 +262,7 @@ class SamplingJob:
     context: JobContext | None = None
     before_call: Callable[[CFGDenoiser, torch.Tensor], None] | None = None  # e.g. the SDXL refiner handover
     notes: dict[str, Any] = field(default_factory=dict)  # infotext entries the denoiser adds (NGMS, ...)
+    upcast: bool = False  # --upcast-sampling: the half-precision UNet runs under autocast
 
 
 def _call_unet(job: SamplingJob, call: UNetCall) -> torch.Tensor:
@@ -279,7 +281,11 @@ def _call_unet(job: SamplingJob, call: UNetCall) -> torch.Tensor:
         extra["down_block_additional_residuals"] = tuple(r.to(dtype) for r in call.down_block_additional_residuals)
     if call.mid_block_additional_residual is not None:
         extra["mid_block_additional_residual"] = call.mid_block_additional_residual.to(dtype)
-    return job.unet(x.to(dtype), call.timestep, encoder_hidden_states=call.text.hidden.to(dtype), **extra).sample
+    # --upcast-sampling: autocast keeps the weights and matmuls in half precision but computes the
+    # ops autocast lists as fp32-only (normalisations, softmax, exp) in fp32
+    upcast = torch.autocast(x.device.type, dtype=dtype) if job.upcast else contextlib.nullcontext()
+    with upcast:
+        return job.unet(x.to(dtype), call.timestep, encoder_hidden_states=call.text.hidden.to(dtype), **extra).sample
 
 
 def run_unet_chain(wrappers: Sequence[UNetWrapper], base: UNetFn, call: UNetCall) -> torch.Tensor:

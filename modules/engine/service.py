@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable
+from dataclasses import replace
 from typing import Any, Protocol
 
 from PIL import Image
@@ -158,6 +159,8 @@ class GenerationService:
         upscale: ModelUpscale | None = None,
         hooks: Hooks | None = None,
         selected_checkpoint: Callable[[], str | CheckpointInfo | None] = lambda: None,
+        upcast_sampling: bool = False,
+        nan_check: bool = True,
     ) -> None:
         self.styles = styles
         self.taesd = taesd
@@ -169,6 +172,8 @@ class GenerationService:
         self.face_restorer = face_restorer or (lambda: None)
         self.hooks = hooks if hooks is not None else Hooks()
         self.selected_checkpoint = selected_checkpoint
+        self.upcast_sampling = upcast_sampling  # --upcast-sampling, as the device policy allows
+        self.nan_check = nan_check  # off with --disable-nan-check
 
     # -- on the caller's thread --------------------------------------------------------------
 
@@ -194,9 +199,10 @@ class GenerationService:
                     self.models.registry.find_checkpoint(str(name))
                 except NotFoundError as exc:
                     raise NotFoundError(f"{field_name}: could not find checkpoint with name {name}") from exc
-        if request.refiner_checkpoint not in (None, "", "None") and request.refiner_switch_at is not None:
-            if not 0 <= float(request.refiner_switch_at) <= 1:
-                raise ValidationError("refiner_switch_at: must be between 0 and 1")
+        switch_at = request.refiner_switch_at
+        refining = request.refiner_checkpoint not in (None, "", "None") and switch_at is not None
+        if refining and not 0 <= float(switch_at) <= 1:  # type: ignore[arg-type]
+            raise ValidationError("refiner_switch_at: must be between 0 and 1")
         for key in request.override_settings:
             if key not in self.options:
                 raise ValidationError(f"override_settings: unknown setting {key!r}")
@@ -242,7 +248,11 @@ class GenerationService:
             raise RuntimeError("GenerationService.process runs on the worker thread only; submit a job instead")
         hooks = self.hooks.combined(hooks)
         overrides = dict(request.override_settings)
-        settings = options_to_settings(self.options.get, overrides)
+        settings = replace(
+            options_to_settings(self.options.get, overrides),
+            upcast_sampling=self.upcast_sampling,
+            nan_check=self.nan_check,
+        )
         with self.models.lease(self.spec_for(request, settings.clip_skip)) as model:
             used = self._model_used(model)
             preview_kind = str(overrides.get("show_progress_type", self._option("show_progress_type", "Approx NN")))

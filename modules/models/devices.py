@@ -4,7 +4,9 @@ A1111's meanings: `--use-cpu all|sd` runs Stable Diffusion on the CPU; `--device
 CUDA device; `--precision full` or `--no-half` keeps fp32 weights; `--no-half-vae` keeps the VAE in
 fp32; `--upcast-sampling` keeps fp16 weights but computes sampling in fp32. On a CPU everything is
 fp32 (half precision there is slow and partly unsupported). `--medvram`, `--medvram-sdxl` and
-`--lowvram` keep components off the GPU between stages.
+`--lowvram` keep components off the GPU between stages (`modules.models.offload`); on a CPU they
+have nothing to do, and say so. `--upcast-sampling` runs the fp16 UNet under autocast, so that its
+normalisations and softmaxes compute in fp32 (the sampler's own arithmetic is fp32 always).
 """
 
 from __future__ import annotations
@@ -29,12 +31,6 @@ class DevicePolicy:
     memory_mode: MemoryMode
     upcast_sampling: bool
     attention: str  # "sdp" (PyTorch scaled_dot_product_attention), "xformers"
-
-    def offload_for(self, is_sdxl: bool) -> bool:
-        """Whether components should go back to the CPU between stages for this model."""
-        if self.placement.device.type == "cpu":
-            return False
-        return self.memory_mode in ("medvram", "lowvram") or (self.memory_mode == "medvram-sdxl" and is_sdxl)
 
 
 def select_device(settings: Settings) -> torch.device:
@@ -65,6 +61,10 @@ def policy_from_settings(settings: Settings, device: torch.device | None = None)
         mode = "medvram-sdxl"
     else:
         mode = "normal"
+    if mode != "normal" and device.type == "cpu":
+        log.warning("--%s: the model runs on the CPU, so there is nothing to offload; the flag has no effect", mode)
+    if settings.upcast_sampling and dtype != torch.float16:
+        log.warning("--upcast-sampling: the UNet already runs in fp32 here (%s); the flag has no effect", device)
     attention = "sdp"
     if settings.xformers or settings.force_enable_xformers:
         try:

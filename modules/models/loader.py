@@ -90,6 +90,8 @@ class StableDiffusionModel:
     baked_vae: AutoencoderKL | None = None  # the checkpoint's own VAE while another one is active
     vae_source: Path | None = None  # the separate VAE file in use, None for the baked one
     timings: LoadTimings = field(default_factory=LoadTimings)
+    # where the parts run while a memory mode (`modules.models.offload`) keeps them on the CPU
+    execution_device: torch.device | None = None
 
     def modules(self) -> Iterator[torch.nn.Module]:
         yield self.unet
@@ -111,6 +113,10 @@ class StableDiffusionModel:
 
     @property
     def device(self) -> torch.device:
+        """Where the model computes: the device its inputs go to (under a memory mode, the
+        execution device, wherever the parts are resting)."""
+        if self.execution_device is not None:
+            return self.execution_device
         return next(self.unet.parameters()).device
 
     def to_device(self, device: torch.device) -> None:

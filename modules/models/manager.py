@@ -49,6 +49,7 @@ from modules.models.loader import (
     load_single_file,
     load_vae_file,
 )
+from modules.models import offload
 from modules.models.memory import CHECKPOINT, VAE, HeldModel, MemoryBudget, module_nbytes
 from modules.models.patches import WeightPatcher
 from modules.models.registry import CheckpointInfo, ModelRegistry
@@ -127,6 +128,9 @@ class ModelManager:
         default_sd2_prediction: Callable[[], str] | str = "v_prediction",
         forced_vae: Path | None = None,
         background_hashing: bool = True,
+        memory_mode: str = "normal",
+        move: offload.Move = offload.move_module,
+        offload_device: torch.device | None = None,
     ) -> None:
         self.registry = registry
         self.placement = placement
@@ -134,6 +138,10 @@ class ModelManager:
         self._sd2_default = default_sd2_prediction
         self.forced_vae = forced_vae
         self.background_hashing = background_hashing
+        self.memory_mode = memory_mode  # "normal", "medvram", "medvram-sdxl", "lowvram"
+        self._move = move  # how an offloaded model's parts move (tests observe it)
+        self._offload_device = offload_device  # where they move to: the placement's device unless a test says
+        self._offloaders: dict[int, offload.Offloader] = {}  # id(model) -> its memory-mode hooks
         self._lock = threading.RLock()
         self._active: ActiveModel | None = None
         # What the budget's evict callbacks touch; guarded by its own short lock so that an
@@ -271,12 +279,11 @@ class ModelManager:
             kept = previous is None or self._park(previous)
             try:
                 self._apply_vae(model, info, vae_choice, None)
-                if model.device != self.placement.device:
-                    model.to_device(self.placement.device)
+                self._place(model)
             except BaseException:
                 if previous is not None:  # put the previous model back where it was
                     self._take_from_cache(str(previous.info.filename))
-                    previous.model.to_device(self.placement.device)
+                    self._place(previous.model)
                     self._activate(previous)
                     self._reattach_vae(previous)
                 if cached is not None:
@@ -345,6 +352,7 @@ class ModelManager:
         restored = active.patcher.restore()
         if restored:
             log.info("restored %d patched weights of %s", restored, active.info.name)
+        self._unplace(active.model)
         self._detach_vae(active.model, active.model.device)
         key = str(active.info.filename)
         size = self._own_size(key, active.model)  # its own VAE is back in place: nothing separate counted
@@ -356,6 +364,30 @@ class ModelManager:
             self._empty_device_cache()
         self._cache(key, active.model, size)
         return True
+
+    def offloader(self, model: StableDiffusionModel) -> offload.Offloader | None:
+        """The memory-mode hooks of `model` while it is placed under one."""
+        return self._offloaders.get(id(model))
+
+    def _place(self, model: StableDiffusionModel) -> None:
+        """Put `model` where it runs: on the device, or, under a memory mode, on the CPU with the
+        hooks that bring each part in when it runs (`modules.models.offload`)."""
+        target = self._offload_device or self.placement.device
+        mode = offload.offload_mode_for(self.memory_mode, model.family.is_sdxl, target)
+        if mode is None:
+            if model.device != self.placement.device:
+                model.to_device(self.placement.device)
+            return
+        self._unplace(model)
+        offloader = offload.Offloader(model, target, mode, move=self._move, execution_device=self.placement.device)
+        offloader.install()
+        self._offloaders[id(model)] = offloader
+
+    def _unplace(self, model: StableDiffusionModel) -> None:
+        """Remove `model`'s memory-mode hooks, if any (its parts go back to the CPU)."""
+        offloader = self._offloaders.pop(id(model), None)
+        if offloader is not None:
+            offloader.uninstall()
 
     def _own_size(self, key: str, model: StableDiffusionModel) -> int:
         """`own_nbytes(model)` of checkpoint `key`, counted once per load from disk: walking every
@@ -477,13 +509,21 @@ class ModelManager:
         vae = self._get_vae(path, model.family) if path is not None else None  # pinned; may raise
         if patcher is not None:
             patcher.restore("vae.")  # patches on the outgoing VAE are undone; the next apply redoes them
-        own = self._detach_vae(model, model.device if vae is None else "cpu")
-        if vae is None:
-            log.info("VAE: using the checkpoint's own")
-            return
-        assert path is not None
-        model.vae, model.baked_vae, model.vae_source = _moved(vae, self.placement.device), own, path
-        log.info("VAE: using %s", path.name)
+        offloaded = self._offloaders.pop(id(model), None)
+        if offloaded is not None:  # the hooks are redone over the new VAE below
+            offloaded.uninstall()
+        try:
+            own = self._detach_vae(model, model.device if vae is None and offloaded is None else "cpu")
+            if vae is None:
+                log.info("VAE: using the checkpoint's own")
+                return
+            assert path is not None
+            target = self.placement.device if offloaded is None else torch.device("cpu")
+            model.vae, model.baked_vae, model.vae_source = _moved(vae, target), own, path
+            log.info("VAE: using %s", path.name)
+        finally:
+            if offloaded is not None:
+                self._place(model)
 
     def _detach_vae(self, model: StableDiffusionModel, own_device: torch.device | str) -> AutoencoderKL:
         """Put the checkpoint's own VAE back in place (on `own_device`); a separate one goes back

@@ -132,9 +132,6 @@ def test_flags_nothing_acts_on_are_declared_and_the_rest_are_read() -> None:
     ("argv", "expected"),
     [
         (["--xformers"], "--xformers: accepted, not acted on (attention uses torch SDPA)"),
-        (["--medvram"], "--medvram: accepted, not acted on (not implemented yet: the whole model stays on the GPU)"),
-        (["--lowvram"], "--lowvram: accepted, not acted on (not implemented yet: the whole model stays on the GPU)"),
-        (["--upcast-sampling"], "--upcast-sampling: accepted, not acted on (not implemented yet: "),
         (["--gradio-allowed-path", "/tmp"], "--gradio-allowed-path: accepted, not acted on ("),
     ],
 )
@@ -146,6 +143,8 @@ def test_a_flag_nothing_acts_on_is_reported_at_start_up(argv: list[str], expecte
 def test_each_declared_flag_warns_and_plain_or_already_so_flags_do_not() -> None:
     assert parse_settings([], {}).warnings == ()
     assert parse_settings(["--opt-sdp-attention", "--skip-torch-cuda-test", "--api", "--no-half"], {}).warnings == ()
+    for acted_on in ("--medvram", "--medvram-sdxl", "--lowvram", "--upcast-sampling", "--no-half-vae"):
+        assert parse_settings([acted_on], {}).warnings == (), acted_on
     defaults = {f.name: f.default for f in flag_fields()}
     for name in NOT_ACTED_ON_FLAGS:
         default = defaults[name]
