@@ -55,9 +55,10 @@ class ModelLoadError(SdWebuiError):
     """Loading a model failed; the previously loaded model stays active."""
 
 
-class NansError(SdWebuiError):
-    """A model produced NaNs (A1111's NansException): half precision overflowed or the GPU does not
-    support it; the message says which model part and what to try."""
+class NansException(SdWebuiError):
+    """A model produced NaNs: half precision overflowed or the GPU does not support it; the message
+    says which model part and what to try. Named as A1111's, since API clients see the class name
+    in the 500 answer's `error`."""
 
 
 class ForbiddenError(UserError):

@@ -17,7 +17,7 @@ import numpy as np
 import torch
 from PIL import Image, ImageOps
 
-from modules.core.errors import NansError, ValidationError
+from modules.core.errors import NansException, ValidationError
 from modules.core.requests import (
     FILL_FILL,
     FILL_LATENT_NOISE,
@@ -129,13 +129,13 @@ def _decode(
     model: StableDiffusionModel, latents: torch.Tensor, settings: EngineSettings | None = None
 ) -> list[Image.Image]:
     """Latents to images, one image at a time (as A1111 decodes). With the NaN check on
-    (`settings.nan_check`), NaN latents raise `NansError` (the UNet's), and a decode that gives
+    (`settings.nan_check`), NaN latents raise `NansException` (the UNet's), and a decode that gives
     NaNs in half precision converts the VAE to fp32 (`auto_vae_precision`) or bfloat16
     (`auto_vae_precision_bfloat16`) for the rest of the session and decodes again, as A1111 does;
-    with neither option, or already in that precision, it raises `NansError`."""
+    with neither option, or already in that precision, it raises `NansException`."""
     check = settings is not None and settings.nan_check
     if check and _first_is_nan(latents):
-        raise NansError(
+        raise NansException(
             "A tensor with NaNs was produced in Unet. This could be either because there's not enough precision "
             "to represent the picture, or because your video card does not support half type. Try the "
             "--upcast-sampling or --no-half commandline argument to fix this." + _NAN_HINT
@@ -161,9 +161,9 @@ def _decode_again_upcast(model: StableDiffusionModel, latent: torch.Tensor, sett
         if vae.dtype == torch.float16:
             message += " This could be because there's not enough precision to represent the picture. Try adding "
             message += "--no-half-vae commandline argument to fix this."
-        raise NansError(message + _NAN_HINT)
+        raise NansException(message + _NAN_HINT)
     if vae.dtype == target:
-        raise NansError(message + _NAN_HINT)
+        raise NansException(message + _NAN_HINT)
     log.warning(
         "%s Converting the VAE to %s for the rest of the session and decoding again. To disable this, turn off "
         "the '%s' setting; to always start with a 32-bit VAE, use --no-half-vae.",
@@ -175,7 +175,7 @@ def _decode_again_upcast(model: StableDiffusionModel, latent: torch.Tensor, sett
     module.to(dtype=target)
     pixels = _decode_one(vae, latent)
     if _first_is_nan(pixels):
-        raise NansError(message + _NAN_HINT)
+        raise NansException(message + _NAN_HINT)
     return pixels
 
 

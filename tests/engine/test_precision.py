@@ -12,7 +12,7 @@ from typing import Any
 import pytest
 import torch
 
-from modules.core.errors import NansError
+from modules.core.errors import NansException
 from modules.engine.processing import EngineSettings, _decode
 from modules.engine.sampling import SamplingJob, StepConds, TextCond, UNetCall, _call_unet
 
@@ -107,21 +107,21 @@ def test_vae_nans_become_bfloat16_with_that_option() -> None:
 
 
 def test_vae_nans_without_the_option_are_an_error_naming_no_half_vae() -> None:
-    with pytest.raises(NansError, match="--no-half-vae"):
+    with pytest.raises(NansException, match="--no-half-vae"):
         _decode(_model(FakeVAE()), torch.zeros(1, 4, 1, 1), EngineSettings(auto_vae_precision=False))
 
 
 def test_vae_nans_in_fp32_already_are_an_error() -> None:
     vae = FakeVAE(dtype=torch.float32)
     vae.decode = lambda z: SimpleNamespace(sample=torch.full((1, 3, 8, 8), float("nan")))  # type: ignore[method-assign]
-    with pytest.raises(NansError, match="VAE"):
+    with pytest.raises(NansException, match="VAE"):
         _decode(_model(vae), torch.zeros(1, 4, 1, 1), EngineSettings())
 
 
 def test_nan_latents_are_an_error_naming_the_unet_unless_the_check_is_off() -> None:
     latents = torch.full((1, 4, 1, 1), float("nan"))
     vae = FakeVAE(dtype=torch.float32)
-    with pytest.raises(NansError, match=r"produced in Unet.*--disable-nan-check"):
+    with pytest.raises(NansException, match=r"produced in Unet.*--disable-nan-check"):
         _decode(_model(vae), latents, EngineSettings())
     # --disable-nan-check: nothing is checked, NaN decodes are not retried either
     half = FakeVAE()
