@@ -35,6 +35,7 @@ __all__ = [
     "option_for_infotext",
     "overrides_from_infotext",
     "parse_bool",
+    "parse_chosen",
     "parse_float",
     "parse_int",
     "parse_str",
@@ -64,6 +65,21 @@ def parse_float(value: object) -> float:
 
 def parse_str(value: object) -> str:
     return str(value)
+
+
+def parse_chosen(same: str) -> Parser:
+    """A parser for a choice whose value `same` ("Use same sampler", or "" for a hires prompt)
+    means "as the first pass": that value is no value (left out, the request's default stands),
+    any other is the string. `parse_infotext` fills these keys with `same` when an infotext has
+    none; this way an infotext restores only what it actually says."""
+
+    def parse(value: object) -> str:
+        text = str(value)
+        if text == same:
+            raise ValueError(f"{same!r} is the first pass's own")
+        return text
+
+    return parse
 
 
 def parse_bool(value: object) -> bool:
@@ -127,6 +143,13 @@ INFOTEXT_FIELDS: tuple[InfotextField, ...] = (
     _f("Hires steps", "hr_second_pass_steps", parse_int, (HIRES,)),
     _f("Hires resize-1", "hr_resize_x", parse_int, (HIRES,)),
     _f("Hires resize-2", "hr_resize_y", parse_int, (HIRES,)),
+    _f("Hires checkpoint", "hr_checkpoint_name", parse_chosen("Use same checkpoint"), (HIRES,)),
+    _f("Hires sampler", "hr_sampler_name", parse_chosen("Use same sampler"), (HIRES,)),
+    _f("Hires schedule type", "hr_scheduler", parse_chosen("Use same scheduler"), (HIRES,)),
+    _f("Hires prompt", "hr_prompt", parse_chosen(""), (HIRES,)),
+    _f("Hires negative prompt", "hr_negative_prompt", parse_chosen(""), (HIRES,)),
+    _f("Refiner", "refiner_checkpoint", parse_chosen(""), BOTH),
+    _f("Refiner switch at", "refiner_switch_at", parse_float, BOTH),
     # options (A1111's OptionInfo(..., infotext="Key")): settings overrides
     _o("Model hash", "sd_model_checkpoint", parse_str),
     _o("VAE", "sd_vae", parse_str),

@@ -42,6 +42,7 @@ from modules.ui.img2img_modes import (
 )
 from modules.ui.img2img_request import RESIZE_BY, RESIZE_TO, img2img_request_from_ui, resolution_preview
 from modules.ui.named_inputs import inputs_of, values_of
+from modules.ui.refiner import build_refiner
 from modules.ui.token_counter import wire_token_counters
 
 RESIZE_MODES = ("Just resize", "Crop and resize", "Resize and fill", "Just resize (latent upscale)")
@@ -327,6 +328,7 @@ def build_img2img_tab(services: Services) -> Img2ImgTab:
                     label="Schedule type", choices=scheduler_choices(), value="Automatic", elem_id="img2img_scheduler"
                 )
                 steps = gr.Slider(1, 150, value=20, step=1, label="Sampling steps", elem_id="img2img_steps")
+            refiner = build_refiner("img2img", services)
             with gr.Row(equal_height=False, elem_id="img2img_dimensions_row"):
                 with gr.Column(scale=4, min_width=240), gr.Tabs(elem_id="img2img_tabs_resize"):
                     with (
@@ -390,6 +392,7 @@ def build_img2img_tab(services: Services) -> Img2ImgTab:
         "sampler_name": sampler,
         "scheduler": scheduler,
         "steps": steps,
+        **refiner.fields,
         "selected_scale_tab": selected_scale_tab,
         "width": width,
         "height": height,

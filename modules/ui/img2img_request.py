@@ -19,6 +19,7 @@ from modules.ui.img2img_editor import (
     to_rgb,
 )
 from modules.ui.img2img_modes import BATCH, INPAINT, INPAINT_SKETCH, INPAINT_UPLOAD, SKETCH
+from modules.ui.refiner import refiner_request_values
 
 RESIZE_TO, RESIZE_BY = 0, 1  # the `#img2img_tabs_resize` tabs
 
@@ -47,6 +48,9 @@ def request_for_image(values: Mapping[str, Any], image: Image.Image, mask: Image
         width, height = scaled_size(image.width, image.height, float(values["scale_by"]))
         if width < 8 or height < 8:
             raise gr.Error(f"Resize by {values['scale_by']} makes the image too small ({width}x{height})")
+    refiner, switch_at = refiner_request_values(
+        values["enable_refiner"], values["refiner_checkpoint"], values["refiner_switch_at"]
+    )
     return Img2ImgRequest(
         prompt=values["prompt"] or "",
         negative_prompt=values["negative_prompt"] or "",
@@ -62,6 +66,8 @@ def request_for_image(values: Mapping[str, Any], image: Image.Image, mask: Image
         sampler_name=values["sampler_name"] or None,
         scheduler=values["scheduler"] or None,
         steps=int(values["steps"]),
+        refiner_checkpoint=refiner,
+        refiner_switch_at=switch_at,
         width=width,
         height=height,
         n_iter=int(values["n_iter"]),
@@ -99,6 +105,9 @@ def img2img_request_from_ui(
     sampler_name: str,
     scheduler: str,
     steps: float,
+    enable_refiner: bool,
+    refiner_checkpoint: str | None,
+    refiner_switch_at: float,
     selected_scale_tab: int,
     width: float,
     height: float,
@@ -115,6 +124,7 @@ def img2img_request_from_ui(
     seed_resize_from_h: float,
 ) -> Img2ImgRequest:
     """The UI's values as a request; the sub-tab decides where the image and mask come from.
+    The refiner is there only when ticked with a checkpoint chosen (`modules.ui.refiner`).
     Raises `gr.Error` when an image (or the mask) is missing. Batch (mode 5) makes one request
     per image: see `modules.ui.img2img_batch` and `request_for_image`."""
     values = dict(locals())

@@ -1,7 +1,12 @@
 """Restoring generation parameters into a tab's fields (A1111's paste fields, a1111.md 3.3): the
 infotext of a PNG, of a gallery image or typed into the prompt box, parsed with `parse_infotext`
 and mapped onto the components by field name through the one field table (`modules.core.fields`),
-which the API's `infotext` field reads too."""
+which the API's `infotext` field reads too.
+
+As A1111: the hires checkpoint, sampler, schedule type and prompts go back to "Use same ..." / empty
+when an infotext does not set them (or names the first pass's own sampler or schedule), the Refiner
+box is ticked exactly when the infotext has a refiner, and checkpoint names in an infotext (A1111
+writes short titles, "name [hash]") are looked up and restored as the dropdowns' titles."""
 
 from __future__ import annotations
 
@@ -13,18 +18,29 @@ import gradio as gr
 from modules.core.fields import values_from_infotext
 from modules.core.infotext import parse_infotext
 from modules.services import Services
+from modules.ui.refiner import checkpoint_title
+from modules.ui.txt2img import SAME_CHECKPOINT, SAME_SAMPLER, SAME_SCHEDULER
+
+CHECKPOINT_KEYS = ("Hires checkpoint", "Refiner")
+"""Infotext keys that name a checkpoint (restored as the checkpoint's title)."""
 
 
 def parse_for_paste(services: Services, infotext: str) -> dict[str, object]:
-    """`parse_infotext` with the user's options (`auto_backcompat`, `infotext_skip_pasting`)."""
+    """`parse_infotext` with the user's options (`auto_backcompat`, `infotext_skip_pasting`); the
+    checkpoints it names (`CHECKPOINT_KEYS`) as the titles the dropdowns offer, when found."""
     skip = services.options.get("infotext_skip_pasting")
-    return dict(
+    parsed = dict(
         parse_infotext(
             infotext,
             backcompat=bool(services.options.get("auto_backcompat")),
             skip_keys=skip if isinstance(skip, list | tuple) else (),
         )
     )
+    for key in CHECKPOINT_KEYS:
+        title = checkpoint_title(services, str(parsed[key])) if key in parsed else None
+        if title is not None:
+            parsed[key] = title
+    return parsed
 
 
 def looks_like_infotext(text: str) -> bool:
@@ -38,8 +54,21 @@ def infotext_values(parsed: Mapping[str, object]) -> dict[str, object]:
     result, as the field table in `modules.core.fields` maps them.
 
     Hires. fix is enabled when the infotext has a denoising strength and a hires upscale,
-    upscaler or resize (as A1111 decides); the seed "Extra" box opens for a variation seed."""
+    upscaler or resize (as A1111 decides); the seed "Extra" box opens for a variation seed; the
+    hires choices not set are "Use same ..." and the hires prompts empty; `enable_refiner` is
+    whether the infotext has a refiner."""
     values = values_from_infotext(parsed)
+    # A1111's get_hr_sampler_and_scheduler: the first pass's own sampler/schedule is "Use same"
+    for name, same, first_pass in (
+        ("hr_checkpoint_name", SAME_CHECKPOINT, None),
+        ("hr_sampler_name", SAME_SAMPLER, parsed.get("Sampler")),
+        ("hr_scheduler", SAME_SCHEDULER, parsed.get("Schedule type")),
+    ):
+        if name not in values or values[name] == first_pass:
+            values[name] = same
+    values.setdefault("hr_prompt", "")
+    values.setdefault("hr_negative_prompt", "")
+    values["enable_refiner"] = "Refiner" in parsed
     resized = any(values.get(k) for k in ("hr_resize_x", "hr_resize_y"))
     values["enable_hr"] = "Denoising strength" in parsed and (
         "Hires upscale" in parsed or "Hires upscaler" in parsed or resized

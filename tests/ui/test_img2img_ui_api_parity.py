@@ -1,6 +1,7 @@
 """The img2img tab's converter and the API's converter build the same `Img2ImgRequest` for the same
 values: every field the tab has, for each image sub-tab (the UI's image and mask are sent to the
-API as base64 PNGs; images are compared by their pixels)."""
+API as base64 PNGs; images are compared by their pixels). The refiner is sent by an API client
+only when the tab's Refiner box is ticked with a checkpoint."""
 
 from __future__ import annotations
 
@@ -73,6 +74,9 @@ UI_DEFAULTS: dict[str, Any] = {
     "sampler_name": "DPM++ 2M",
     "scheduler": "Automatic",
     "steps": 20,
+    "enable_refiner": False,
+    "refiner_checkpoint": None,
+    "refiner_switch_at": 0.8,
     "selected_scale_tab": RESIZE_TO,
     "width": 512,
     "height": 512,
@@ -100,6 +104,7 @@ UI_ONLY = {
     "mask_alpha",
     "selected_scale_tab",
     "scale_by",
+    "enable_refiner",
 }
 
 CASES: list[dict[str, Any]] = [
@@ -126,6 +131,17 @@ CASES: list[dict[str, Any]] = [
     {"mode": INPAINT_SKETCH, "inpaint_sketch": _editor(), "mask_alpha": 40, "inpainting_fill": 0},
     {"mode": INPAINT_UPLOAD, "inpaint_base": _image(), "inpaint_mask": _mask(), "inpainting_fill": 3},
     {"init_image": _image(), "prompt": "", "negative_prompt": "", "width": 1024, "height": 768},
+    {"init_image": _image(), "enable_refiner": True, "refiner_checkpoint": "sdxl_refiner.safetensors"},
+    {
+        "mode": INPAINT,
+        "inpaint_editor": _editor(),
+        "enable_refiner": True,
+        "refiner_checkpoint": "sd2.safetensors [0123456789]",
+        "refiner_switch_at": 0.35,
+    },
+    # ticked without a checkpoint, or a checkpoint chosen but unticked: no refiner
+    {"init_image": _image(), "enable_refiner": True, "refiner_checkpoint": "", "refiner_switch_at": 0.5},
+    {"init_image": _image(), "enable_refiner": False, "refiner_checkpoint": "sd2.safetensors"},
 ]
 
 
@@ -159,6 +175,9 @@ def _api_payload(values: dict[str, Any], image: Image.Image, mask: Image.Image |
     if values["selected_scale_tab"] == RESIZE_BY:
         data["width"], data["height"] = scaled_size(image.width, image.height, values["scale_by"])
     data["inpaint_full_res"] = bool(values["inpaint_full_res"])
+    if not values["enable_refiner"] or not values["refiner_checkpoint"]:
+        data.pop("refiner_checkpoint")
+        data.pop("refiner_switch_at")
     # the UI saves what it makes (A1111's UI does); the API client asks for it with save_images
     return Img2ImgPayload(
         **data, init_images=[_b64(image)], mask=_b64(mask) if mask is not None else None, save_images=True
@@ -211,3 +230,13 @@ def test_ui_defaults_are_a1111_ui_defaults() -> None:
     assert (request.denoising_strength, request.image_cfg_scale, request.mask_blur) == (0.75, 1.5, 4)
     assert (request.inpainting_fill, request.inpaint_full_res, request.inpaint_full_res_padding) == (1, False, 32)
     assert not request.do_not_save_samples
+    assert (request.refiner_checkpoint, request.refiner_switch_at) == (None, None)
+
+
+def test_the_refiner_is_on_only_when_ticked_with_a_checkpoint() -> None:
+    on = {**UI_DEFAULTS, "init_image": _image(), "enable_refiner": True, "refiner_checkpoint": "sd2.safetensors"}
+    request = img2img_request_from_ui(**_ui_values({**on, "refiner_switch_at": 0.6}))
+    assert (request.refiner_checkpoint, request.refiner_switch_at) == ("sd2.safetensors", 0.6)
+    for off in ({"enable_refiner": False}, {"refiner_checkpoint": None}, {"refiner_checkpoint": "None"}):
+        request = img2img_request_from_ui(**_ui_values({**on, **off}))
+        assert (request.refiner_checkpoint, request.refiner_switch_at) == (None, None), off

@@ -148,11 +148,27 @@ def test_overrides_from_infotext_only_for_the_options_asked() -> None:
 def test_paste_and_the_api_read_the_same_table() -> None:
     parsed = parse_infotext(FULL)
     pasted = paste_infotext_values(parsed)
-    assert {k: v for k, v in pasted.items() if k not in ("enable_hr", "subseed_show")} == EXPECTED
-    assert pasted["enable_hr"] is True and pasted["subseed_show"] is True
+    # paste also sets the UI's own controls: hires fix and "Extra" opened, and (A1111's paste) the
+    # hires choices and the refiner the infotext does not name put back to "Use same ..." / off
+    assert pasted == {
+        **EXPECTED,
+        "enable_hr": True,
+        "subseed_show": True,
+        "hr_checkpoint_name": "Use same checkpoint",
+        "hr_sampler_name": "Use same sampler",
+        "hr_scheduler": "Use same scheduler",
+        "hr_prompt": "",
+        "hr_negative_prompt": "",
+        "enable_refiner": False,
+    }
 
     txt = api_infotext_values(Txt2ImgPayload(infotext=FULL, steps=3))
-    expected_txt = {e.field: EXPECTED[e.field] for e in request_fields((TXT2IMG, HIRES)) if e.field != "steps"}
+    # the fields FULL has (the hires choices it does not name are no values, not "Use same ...")
+    expected_txt = {
+        e.field: EXPECTED[e.field]
+        for e in request_fields((TXT2IMG, HIRES))
+        if e.field in EXPECTED and e.field != "steps"
+    }
     assert {k: v for k, v in txt.items() if k != "override_settings"} == expected_txt
     assert txt["override_settings"] == {
         "CLIP_stop_at_last_layers": 2,
@@ -168,7 +184,7 @@ def test_paste_and_the_api_read_the_same_table() -> None:
 
     img = api_infotext_values(Img2ImgPayload(infotext=FULL, override_settings={"randn_source": "NV"}))
     assert {k: v for k, v in img.items() if k != "override_settings"} == {
-        e.field: EXPECTED[e.field] for e in request_fields((IMG2IMG,))
+        e.field: EXPECTED[e.field] for e in request_fields((IMG2IMG,)) if e.field in EXPECTED
     }
     assert img["override_settings"]["randn_source"] == "NV"  # the client's own override wins
 
