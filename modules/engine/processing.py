@@ -446,6 +446,7 @@ class Processor:
             raise
         finally:
             self.extra_params.update(sp.params)
+            self.warnings.extend(w for w in sp.warnings if w not in self.warnings)
 
     def _image_cond_txt2img(
         self, batch: int, width: int, height: int, model: StableDiffusionModel | None = None

@@ -116,6 +116,7 @@ class SamplerPass:
         base = LCMSchedule(alphas_cumprod) if sampler.kind == "lcm" else DiscreteSchedule(alphas_cumprod)
         self.schedule = base.to(self.device)
         self.params: dict[str, Any] = {}
+        self.warnings: list[str] = []  # what the pass changed from what was asked, for the result
         self.denoiser: CFGDenoiser | None = None
         self.schedule_label: str | None = None  # the schedule a sigma function computed (None: the model's own)
 
@@ -216,6 +217,18 @@ class SamplerPass:
             )
         return kwargs
 
+    def _fit_unipc_order(self, kwargs: dict[str, Any], steps: int) -> None:
+        """UniPC cannot have a higher order than it has steps (A1111 fails the job with an
+        assertion); here the order is lowered to the step count, and the result says so."""
+        order = kwargs.get("order")
+        if self.sampler.function != "unipc" or order is None or order <= steps:
+            return
+        kwargs["order"] = max(steps, 1)
+        self.warnings.append(
+            f"UniPC order {order} lowered to {kwargs['order']} for this pass: it has only {steps} sampling "
+            "step(s) (the 'UniPC order' setting must not exceed the steps)"
+        )
+
     def s_min_uncond(self) -> float:
         value = self.request_params.get("s_min_uncond")
         return float(value) if value is not None else self.options.s_min_uncond
@@ -300,6 +313,7 @@ class SamplerPass:
         if self.sampler.kind == "timesteps":
             timesteps = self.timesteps(steps)
             ac = self.schedule.alphas_cumprod
+            self._fit_unipc_order(kwargs, len(timesteps))
             return self._run(
                 job,
                 steps,
@@ -365,6 +379,7 @@ class SamplerPass:
             sched = timesteps[:t_enc]
             if self.sampler.function == "unipc":
                 kwargs["is_img2img"] = True
+                self._fit_unipc_order(kwargs, len(sched))
             return self._run(
                 job,
                 t_enc + 1,

@@ -302,3 +302,11 @@ def test_beta_schedule_runs_and_is_written(engine: GenerationService, recorder: 
     ds = DiscreteSchedule(a1111_alphas_cumprod())
     assert recorder.calls[0].sigma == pytest.approx(float(ds.sigma_max), rel=1e-6)
     assert recorder.calls[-1].sigma < recorder.calls[1].sigma < recorder.calls[0].sigma
+
+
+def test_unipc_with_fewer_steps_than_its_order_lowers_it_and_says_so(engine: GenerationService) -> None:
+    r = engine.run_sync(t2i(sampler_name="UniPC", steps=2), 120)
+    assert len(r.images) == 1
+    assert any("UniPC order 3 lowered to 2" in w for w in r.warnings), r.warnings
+    r = engine.run_sync(t2i(sampler_name="UniPC", steps=4), 120)
+    assert not any("UniPC" in w for w in r.warnings)

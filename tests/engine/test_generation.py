@@ -14,6 +14,7 @@ from modules.core.errors import NotFoundError, ValidationError
 from modules.core.infotext import parse_infotext
 from modules.core.options import Options, default_option_infos
 from modules.core.requests import Img2ImgRequest
+from modules.engine import processing
 from modules.engine import samplers as smp
 from modules.engine.conditioning import Encoder
 from modules.engine.service import GenerationService
@@ -91,15 +92,27 @@ def test_hires_fix_gives_the_target_size(engine: GenerationService) -> None:
 def test_prompt_editing_switches_conditioning_at_the_step(
     engine: GenerationService, monkeypatch: pytest.MonkeyPatch
 ) -> None:
+    # the texts each model call's conditioning asks for (all are encoded once before sampling;
+    # the per-call lookups hit the encoder's cache)
     seen: list[str] = []
+    inside: list[bool] = [False]
     real = Encoder.encode
+    real_step_conds = processing.step_conds
 
     def spy(self: Encoder, text: str, *, is_negative: bool = False):  # type: ignore[no-untyped-def]
-        if not is_negative:
+        if not is_negative and inside[0]:
             seen.append(text)
         return real(self, text, is_negative=is_negative)
 
+    def step_spy(encoder: Encoder, plan, step: int):  # type: ignore[no-untyped-def]
+        inside[0] = True
+        try:
+            return real_step_conds(encoder, plan, step)
+        finally:
+            inside[0] = False
+
     monkeypatch.setattr(Encoder, "encode", spy)
+    monkeypatch.setattr(processing, "step_conds", step_spy)
     engine.run_sync(t2i(prompt="a [cat:dog:2] photo", steps=4), 120)
     assert seen == ["a cat photo"] * 3 + ["a dog photo"]  # steps 0..2 use "from" (A1111: step <= when)
     seen.clear()
