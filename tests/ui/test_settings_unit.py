@@ -57,15 +57,21 @@ def services(tmp_path: Path) -> Any:
 def test_unread_options_are_not_offered_and_read_ones_are(services: Any) -> None:
     blocks, tab = build(services)
     ids = elem_ids(blocks)
-    for key in ("eta_ddim", "s_churn", "samples_save", "token_merging_ratio"):  # nothing reads these
+    for key in ("tiling", "font", "samples_save", "token_merging_ratio"):  # nothing reads these
         assert key in unimplemented_options()
         assert f"setting_{key}" not in ids and key not in tab.fields
-    for key in ("jpeg_quality", "CLIP_stop_at_last_layers", "emphasis", "samples_format"):  # the engine reads these
+    for key in (
+        "jpeg_quality",
+        "CLIP_stop_at_last_layers",
+        "emphasis",
+        "eta_ddim",
+        "s_churn",
+    ):  # the engine reads these
         assert f"setting_{key}" in ids and key in tab.fields
     assert not set(tab.fields) & set(unimplemented_options())
     # the API side is unchanged: listed and stored
-    assert "eta_ddim" in services.options.as_dict()
-    assert services.options.apply_update({"eta_ddim": 0.5}).changed == ["eta_ddim"]
+    assert "tiling" in services.options.as_dict()
+    assert services.options.apply_update({"tiling": True}).changed == ["tiling"]
 
 
 def test_a_section_of_unread_options_only_has_no_entry(services: Any) -> None:
@@ -76,9 +82,9 @@ def test_a_section_of_unread_options_only_has_no_entry(services: Any) -> None:
 
 
 def test_an_unread_option_in_quicksettings_list_is_skipped(services: Any, caplog: pytest.LogCaptureFixture) -> None:
-    services.options.set("quicksettings_list", ["sd_model_checkpoint", "eta_ddim", "CLIP_stop_at_last_layers"])
+    services.options.set("quicksettings_list", ["sd_model_checkpoint", "tiling", "CLIP_stop_at_last_layers"])
     assert quicksettings_keys(services) == ["sd_model_checkpoint", "CLIP_stop_at_last_layers"]
-    assert "'eta_ddim' is not acted on yet" in caplog.text
+    assert "'tiling' is not acted on yet" in caplog.text
 
 
 def test_frozen_options_are_read_only_and_changes_are_refused(services: Any) -> None:
