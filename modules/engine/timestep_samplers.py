@@ -154,9 +154,10 @@ def ddim(
     callback: Callback | None = None,
     eta: float = 0.0,
 ) -> torch.Tensor:
-    """A1111's DDIM over `timesteps` (ascending; run from the end, the last step lands on timestep
-    `timesteps[0]`'s predecessor 0). `x` is the noise (txt2img) or the noised init latent (img2img).
-    One `randn_like` draw per step whatever `eta`."""
+    """A1111's DDIM over `timesteps` (ascending; run from the end with `len(timesteps) - 1` model
+    calls, the last step landing on the alpha of `timesteps[0]`, i.e. training timestep 1, not 0).
+    `x` is the noise (txt2img) or the noised init latent (img2img). One `randn_like` draw per step
+    whatever `eta`."""
     return _ddim_loop(model, x, timesteps, alphas_cumprod, randn_like, callback, eta, cfgpp=False)
 
 
