@@ -48,6 +48,7 @@ def _wait_img2img(page: Any, expected: str) -> str:
 
 
 def _paint_stroke(page: Any, canvas: Any) -> None:
+    canvas.scroll_into_view_if_needed()  # mouse events outside the viewport reach nothing
     box = canvas.bounding_box()
     assert box is not None
     cx, cy = box["x"] + box["width"] / 2, box["y"] + box["height"] / 2
@@ -56,7 +57,7 @@ def _paint_stroke(page: Any, canvas: Any) -> None:
     for i in range(1, 11):
         page.mouse.move(cx - 40 + 8 * i, cy + 2 * i)
     page.mouse.up()
-    page.wait_for_timeout(1000)  # the editor sends its layers after the stroke
+    page.wait_for_timeout(2000)  # the editor sends its layers after the stroke (debounced; slow under load)
 
 
 def test_send_txt2img_result_to_img2img_inpaint_and_extras(page: Any, tmp_path: Path) -> None:
