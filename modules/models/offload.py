@@ -25,7 +25,7 @@ group is where at each stage (a recording `Move` with the model computing on the
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
@@ -117,17 +117,6 @@ class Offloader:
         self.resident = None
         self.model.execution_device = None
 
-    def where(self) -> dict[str, torch.device]:
-        """Each group's device now (the device of its first parameter)."""
-        return {g.name: _device_of(g.modules) for g in self.groups}
-
-    def load(self, name: str) -> None:
-        """Bring group `name` (or every group whose name starts with `name.`) onto the device as
-        its hooks would; for tests and for warming a stage up before it runs."""
-        for group in self.groups:
-            if group.name == name or group.name.startswith(name + "."):
-                self._bring(group)
-
     def _bring_in(self, group: Group) -> Callable[..., None]:
         def hook(_module: torch.nn.Module, _args: Any) -> None:
             self._bring(group)
@@ -146,13 +135,6 @@ class Offloader:
         for module in group.modules:
             self.move(module, device)
         self.events.append(MoveEvent(group.name, device))
-
-
-def _device_of(modules: Iterable[torch.nn.Module]) -> torch.device:
-    for module in modules:
-        for tensor in module.parameters():
-            return tensor.device
-    return torch.device("cpu")
 
 
 def _vae_group(model: StableDiffusionModel) -> Group:
