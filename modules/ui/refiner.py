@@ -81,7 +81,7 @@ def build_refiner(prefix: str, services: Services) -> RefinerSection:
     built where it is called, with its 🔄 wired."""
     with gr.Accordion("Refiner", open=False, elem_id=f"{prefix}_enable") as accordion:
         enable = gr.Checkbox(label="Enable", value=False, elem_id=f"{prefix}_enable-checkbox")
-        with gr.Row(equal_height=True):
+        with gr.Row(equal_height=True, elem_classes="sdw-refiner-row"):
             checkpoint = gr.Dropdown(
                 label="Checkpoint",
                 choices=checkpoint_titles(services),
@@ -89,7 +89,14 @@ def build_refiner(prefix: str, services: Services) -> RefinerSection:
                 elem_id=f"{prefix}_checkpoint",
                 scale=4,
             )
-            refresh = gr.Button("🔄", elem_id=f"{prefix}_checkpoint_refresh", size="sm", min_width=40, scale=0)
+            refresh = gr.Button(
+                "🔄",
+                elem_id=f"{prefix}_checkpoint_refresh",
+                size="sm",
+                min_width=40,
+                scale=0,
+                elem_classes="sdw-small-refresh",
+            )
             switch_at = gr.Slider(
                 0.01,
                 1.0,

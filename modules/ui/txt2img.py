@@ -234,7 +234,12 @@ def build_txt2img_tab(services: Services) -> Txt2ImgTab:
                         scale=4,
                     )
                     hr_checkpoint_refresh = gr.Button(
-                        "🔄", elem_id="hr_checkpoint_refresh", size="sm", min_width=40, scale=0
+                        "🔄",
+                        elem_id="hr_checkpoint_refresh",
+                        size="sm",
+                        min_width=40,
+                        scale=0,
+                        elem_classes="sdw-small-refresh",
                     )
                     hr_sampler = gr.Dropdown(
                         label="Hires sampling method",
