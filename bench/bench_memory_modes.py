@@ -77,7 +77,7 @@ def _probe(stage: str, model: Any, mode: str, recorder: Recorder | None, seen: d
             on = dict.fromkeys(parts, 1.0)  # the normal mode keeps the whole model on the device
         else:
             on = {name: recorder.fraction(m) for name, m in parts.items()}
-        seen[stage] = [f"{name} {share:.0%}" for name, share in on.items() if share > 0] or ["-"]
+        seen[stage] = [f"{name} {share:.1%}" for name, share in on.items() if share > 0] or ["-"]
 
     return hook
 
