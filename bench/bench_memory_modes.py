@@ -156,7 +156,7 @@ def main() -> None:
             if cuda:
                 peak = torch.cuda.max_memory_allocated()
                 weights_peak = peak
-                moves = len(off.events) if off else 0
+                moves = off.moves if off else 0
             else:
                 weights_peak = recorder.peak if off else _weights(model)
                 peak = weights_peak

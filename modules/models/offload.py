@@ -19,12 +19,13 @@ CPU there is nothing to offload: the modes do nothing there (the policy says so)
 
 The device moves go through one function (`Move`), so tests on a CPU-only machine observe which
 group is where at each stage (a recording `Move` with the model computing on the CPU:
-`execution_device`); `Offloader.events` records every move.
+`execution_device`); `Offloader.events` keeps the latest moves and `Offloader.moves` counts them all.
 """
 
 from __future__ import annotations
 
 import logging
+from collections import deque
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any, Literal
@@ -42,6 +43,9 @@ TEXT, UNET, VAE = "text", "unet", "vae"
 UNET_BLOCK_LISTS = ("down_blocks", "up_blocks")
 """The UNet's block lists; each block's sub-layer lists are split into groups under lowvram."""
 BLOCK_PARTS = ("resnets", "attentions", "downsamplers", "upsamplers")
+EVENTS_KEPT = 1024
+"""Moves `Offloader.events` remembers (a lowvram step makes about two per UNet block): bounded, as a
+model may stay placed for the life of the server."""
 
 
 def move_module(module: torch.nn.Module, device: torch.device) -> None:
@@ -75,7 +79,8 @@ class Offloader:
     mode: OffloadMode
     move: Move = move_module
     execution_device: torch.device | None = None  # where inputs go; `device` unless a test says otherwise
-    events: list[MoveEvent] = field(default_factory=list)
+    events: deque[MoveEvent] = field(default_factory=lambda: deque(maxlen=EVENTS_KEPT))  # the latest group moves
+    moves: int = 0  # group moves since install
     groups: list[Group] = field(default_factory=list)
     resident: Group | None = None
     _handles: list[Any] = field(default_factory=list)
@@ -135,6 +140,7 @@ class Offloader:
         for module in group.modules:
             self.move(module, device)
         self.events.append(MoveEvent(group.name, device))
+        self.moves += 1
 
 
 def _vae_group(model: StableDiffusionModel) -> Group:

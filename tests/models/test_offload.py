@@ -15,6 +15,7 @@ from modules.core.hashes import HashCache
 from modules.core.options import Options, default_option_infos
 from modules.engine.service import GenerationService
 from modules.engine.worker import Worker
+from modules.models import offload
 from modules.models.loader import Placement, StableDiffusionModel, load_single_file
 from modules.models.manager import ModelManager
 from modules.models.offload import TEXT, UNET, VAE, Offloader, _unet_block_parts, _unet_outer_layers
@@ -131,7 +132,7 @@ def test_medvram_one_component_on_the_device_at_a_time(sd1: StableDiffusionModel
         assert len(where.log) == moves
         _run_vae(sd1)
         assert _stages(sd1, where) == {TEXT: 0.0, UNET: 0.0, VAE: 1.0}
-        assert [(e.group, e.device.type) for e in off.events[-2:]] == [(UNET, "cpu"), (VAE, "cuda")]
+        assert [(e.group, e.device.type) for e in list(off.events)[-2:]] == [(UNET, "cpu"), (VAE, "cuda")]
     finally:
         off.uninstall()
     assert _stages(sd1, where) == {TEXT: 0.0, UNET: 0.0, VAE: 0.0}
@@ -171,6 +172,22 @@ def test_lowvram_moves_the_unet_block_by_block(sd1: StableDiffusionModel) -> Non
     finally:
         off.uninstall()
     assert where.bytes_on_device(sd1) == 0
+
+
+def test_the_move_log_is_bounded_and_the_count_is_not(
+    sd1: StableDiffusionModel, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(offload, "EVENTS_KEPT", 8)  # a model may stay placed for the server's life
+    off = Offloader(sd1, GPU, "medvram", move=Where(), execution_device=CPU)
+    off.install()
+    try:
+        for _ in range(10):
+            _run_text(sd1)
+            _run_unet(sd1)
+    finally:
+        off.uninstall()
+    assert off.moves == 3 + 1 + 2 * 19 + 1  # install, text in, then out+in per switch, uninstall
+    assert len(off.events) == 8 and off.events[-1] == offload.MoveEvent(UNET, CPU)
 
 
 def test_sdxl_medvram_moves_both_text_encoders_together(sdxl: StableDiffusionModel) -> None:
