@@ -25,6 +25,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import Any
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
@@ -50,6 +51,20 @@ def checkpoint_path(family: str, dtype: str) -> Path:
     name, _, seed = family.partition(":")
     suffix = f"-seed{seed}" if seed else ""
     return OUT / f"{name}{suffix}-full-{dtype}.safetensors"
+
+
+def registry_over(tmp: Path, *paths: Path, hashing: bool = False) -> Any:
+    """A `ModelRegistry` whose checkpoint folder (under `tmp`) holds symlinks to `paths`."""
+    from modules.core.hashes import HashCache
+    from modules.models.registry import ModelRegistry
+
+    ckdir = tmp / "Stable-diffusion"
+    ckdir.mkdir(exist_ok=True)
+    for p in paths:
+        link = ckdir / p.name
+        if not link.exists():
+            link.symlink_to(p)
+    return ModelRegistry([ckdir], [], HashCache(tmp / "cache.json"), hashing=hashing)
 
 
 def ensure_checkpoint(family: str, dtype: str) -> Path:
@@ -102,19 +117,13 @@ def phase_diffusers(path: Path, dtype: str, config_dir: Path) -> dict[str, float
 def phase_switch(paths: list[Path], dtype: str, switches: int) -> dict[str, object]:
     import torch
 
-    from modules.core.hashes import HashCache
     from modules.models.loader import Placement
     from modules.models.manager import ModelManager
-    from modules.models.registry import ModelRegistry
 
     dt = getattr(torch, DTYPES[dtype])
     placement = Placement(dtype=dt, vae_dtype=dt, text_encoder_dtype=dt)
     with tempfile.TemporaryDirectory() as tmp:
-        ckdir = Path(tmp) / "Stable-diffusion"
-        ckdir.mkdir()
-        for p in paths:
-            (ckdir / p.name).symlink_to(p)
-        registry = ModelRegistry([ckdir], [], HashCache(Path(tmp) / "cache.json"))
+        registry = registry_over(Path(tmp), *paths, hashing=True)
         names = [p.name for p in paths]
 
         warm = ModelManager(registry, placement, cache_bytes=1 << 40, background_hashing=False)

@@ -96,8 +96,7 @@ def main() -> None:
 
     import torch
 
-    from bench.bench_load import ensure_checkpoint
-    from modules.core.hashes import HashCache
+    from bench.bench_load import ensure_checkpoint, registry_over
     from modules.core.options import Options, default_option_infos
     from modules.core.requests import Txt2ImgRequest
     from modules.engine.service import GenerationService
@@ -105,7 +104,6 @@ def main() -> None:
     from modules.models.loader import Placement
     from modules.models.manager import ModelManager
     from modules.models.offload import TEXT, UNET, VAE
-    from modules.models.registry import ModelRegistry
 
     torch.set_grad_enabled(False)
     cuda = torch.cuda.is_available()
@@ -114,11 +112,8 @@ def main() -> None:
     path = ensure_checkpoint(args.family, "fp16")
     rows: dict[str, dict[str, Any]] = {}
     with tempfile.TemporaryDirectory() as tmp:
-        ckdir = Path(tmp) / "Stable-diffusion"
-        ckdir.mkdir()
-        (ckdir / path.name).symlink_to(path)
         for mode in MODES:
-            registry = ModelRegistry([ckdir], [], HashCache(Path(tmp) / "cache.json"), hashing=False)
+            registry = registry_over(Path(tmp), path)
             recorder = Recorder(gpu)
             kw: dict[str, Any] = {"memory_mode": mode}
             if cuda:

@@ -34,8 +34,7 @@ def main() -> None:
 
     import torch
 
-    from bench.bench_load import ensure_checkpoint
-    from modules.core.hashes import HashCache
+    from bench.bench_load import ensure_checkpoint, registry_over
     from modules.core.options import Options, default_option_infos
     from modules.core.requests import Txt2ImgRequest
     from modules.engine.samplers import list_samplers
@@ -44,7 +43,6 @@ def main() -> None:
     from modules.engine.worker import Worker
     from modules.models.loader import Placement
     from modules.models.manager import ModelManager
-    from modules.models.registry import ModelRegistry
 
     torch.set_grad_enabled(False)
     names = [s.strip() for s in args.samplers.split(",") if s.strip()] or [s.name for s in list_samplers()]
@@ -53,10 +51,7 @@ def main() -> None:
     path = ensure_checkpoint("sd1", "fp16")
     results: dict[str, tuple[float, float, float]] = {}
     with tempfile.TemporaryDirectory() as tmp:
-        ckdir = Path(tmp) / "Stable-diffusion"
-        ckdir.mkdir()
-        (ckdir / path.name).symlink_to(path)
-        registry = ModelRegistry([ckdir], [], HashCache(Path(tmp) / "cache.json"), hashing=False)
+        registry = registry_over(Path(tmp), path)
         models = ModelManager(registry, Placement(), cache_bytes=1 << 40)
         options = Options(default_option_infos(), None)
         options.set("randn_source", "CPU")

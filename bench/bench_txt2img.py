@@ -35,23 +35,18 @@ def main() -> None:
     import torch
     from diffusers import EulerDiscreteScheduler, StableDiffusionPipeline
 
-    from bench.bench_load import ensure_checkpoint
-    from modules.core.hashes import HashCache
+    from bench.bench_load import ensure_checkpoint, registry_over
     from modules.core.options import Options, default_option_infos
     from modules.core.requests import Txt2ImgRequest
     from modules.engine.service import GenerationService
     from modules.engine.worker import Worker
     from modules.models.loader import Placement
     from modules.models.manager import ModelManager
-    from modules.models.registry import ModelRegistry
 
     torch.set_grad_enabled(False)
     path = ensure_checkpoint(args.family, "fp16")
     with tempfile.TemporaryDirectory() as tmp:
-        ckdir = Path(tmp) / "Stable-diffusion"
-        ckdir.mkdir()
-        (ckdir / path.name).symlink_to(path)
-        registry = ModelRegistry([ckdir], [], HashCache(Path(tmp) / "cache.json"), hashing=False)
+        registry = registry_over(Path(tmp), path)
         models = ModelManager(registry, Placement(), cache_bytes=1 << 40)
         options = Options(default_option_infos(), None)
         options.set("randn_source", "CPU")
