@@ -6,8 +6,6 @@ anything is queued."""
 from __future__ import annotations
 
 import json
-import shutil
-from pathlib import Path
 from typing import Any
 
 import pytest
@@ -17,19 +15,12 @@ from modules.core.infotext import parse_infotext
 
 pytestmark = pytest.mark.usefixtures("no_network")
 
-CHECKPOINTS = {"sd1": "sd1.safetensors", "sd2": "sd2.safetensors", "sdxl": "xl.safetensors"}
-REFINER = "refiner.safetensors"
-
-
-@pytest.fixture(scope="module")
-def api_data_dir(tiny_models: dict[str, Path], tmp_path_factory: pytest.TempPathFactory) -> Path:
-    root = tmp_path_factory.mktemp("api-hires-refiner")
-    sd = root / "models" / "Stable-diffusion"
-    sd.mkdir(parents=True)
-    for family, name in CHECKPOINTS.items():
-        shutil.copy(tiny_models[family], sd / name)
-    shutil.copy(tiny_models["sdxl-refiner"], sd / REFINER)
-    return root
+API_CHECKPOINTS = {  # read by conftest's api_data_dir
+    "sd1": "sd1.safetensors",
+    "sd2": "sd2.safetensors",
+    "sdxl": "xl.safetensors",
+    "sdxl-refiner": "refiner.safetensors",
+}
 
 
 def _info(response: Any) -> dict[str, Any]:
