@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import numpy as np
+import torch
 from PIL import Image
 
 from modules.core.requests import Txt2ImgRequest
@@ -24,3 +25,16 @@ def t2i(**kw: object) -> Txt2ImgRequest:
 
 def pixels(image: Image.Image) -> np.ndarray:
     return np.asarray(image.convert("RGB"), dtype=np.int16)
+
+
+class CountingRandn:
+    """A sampler's `randn_like` drawing from its own seeded generator (the k-th draw is the same
+    fixed tensor in every run); counts the draws."""
+
+    def __init__(self, seed: int = 123) -> None:
+        self.n = 0
+        self.gen = torch.Generator().manual_seed(seed)
+
+    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        self.n += 1
+        return torch.randn(x.shape, generator=self.gen, dtype=x.dtype)

@@ -20,6 +20,7 @@ from scipy import stats  # type: ignore[import-untyped]
 from modules.engine import kdiffusion as kd
 from modules.engine.sampler_types import StepInfo
 from modules.engine.schedules import ModelSigmas, ScheduleParams, beta_sigmas
+from tests.engine.support import CountingRandn
 
 MU, S = 0.7, 0.5
 SIGMA_MIN, SIGMA_MAX = 0.03, 14.6
@@ -45,18 +46,6 @@ def denoise(x: torch.Tensor, sigma: torch.Tensor | float) -> torch.Tensor:
 
 def exact_ode(x: torch.Tensor, sigma_max: float) -> torch.Tensor:
     return MU + (x - MU) * S / math.sqrt(S**2 + sigma_max**2)
-
-
-class CountingRandn:
-    """`randn_like` whose k-th draw (from 1) is a fixed normal tensor; counts draws."""
-
-    def __init__(self, seed: int = 123) -> None:
-        self.n = 0
-        self.gen = torch.Generator().manual_seed(seed)
-
-    def __call__(self, x: torch.Tensor) -> torch.Tensor:
-        self.n += 1
-        return torch.randn(x.shape, generator=self.gen, dtype=x.dtype)
 
 
 def start(seed: int = 0, sigma: float = SIGMA_MAX, shape: tuple[int, ...] = SHAPE) -> torch.Tensor:

@@ -18,6 +18,7 @@ import torch
 
 from modules.engine import timestep_samplers as ts
 from modules.engine.sampler_types import StepInfo
+from tests.engine.support import CountingRandn
 
 MU, S = 0.7, 0.5
 SHAPE = (2, 4, 8, 8)
@@ -81,18 +82,6 @@ class Toy:
         # classifier-free guidance between uncond and cond = uncond + offset
         guided = uncond + self.cfg_scale * self.cond_scale_multiplier * self.offset(x).double()
         return guided.to(x.dtype)
-
-
-class CountingRandn:
-    """`randn_like` drawing from its own seeded generator; counts the draws."""
-
-    def __init__(self, seed: int = 123) -> None:
-        self.n = 0
-        self.gen = torch.Generator().manual_seed(seed)
-
-    def __call__(self, x: torch.Tensor) -> torch.Tensor:
-        self.n += 1
-        return torch.randn(x.shape, generator=self.gen, dtype=x.dtype)
 
 
 def start(seed: int = 0) -> torch.Tensor:
