@@ -147,7 +147,7 @@ def main() -> None:
             elapsed = time.perf_counter() - started
             for h in hooks:
                 h.remove()
-            off = models.offloader(model)
+            off = model.offloader
             if cuda:
                 peak = torch.cuda.max_memory_allocated()
                 weights_peak = peak

@@ -52,6 +52,8 @@ def clip_heads(hidden: int) -> int:
     if hidden >= NARROW_CLIP_WIDTH:
         return max(1, hidden // HEAD_CHANNELS)
     return max(1, hidden // NARROW_CLIP_HEAD_CHANNELS)
+
+
 CLIP_BOS_ID = 49406
 CLIP_EOS_ID = 49407
 

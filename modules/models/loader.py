@@ -17,7 +17,7 @@ import time
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 from accelerate import init_empty_weights
@@ -45,6 +45,9 @@ from modules.models.architecture import (
 )
 from modules.models.checkpoint_io import read_state_dict
 from modules.models.clip_tokenizer import PAD_EOS, PAD_ZERO, build_clip_tokenizer
+
+if TYPE_CHECKING:
+    from modules.models.offload import Offloader
 
 log = logging.getLogger(__name__)
 
@@ -90,8 +93,7 @@ class StableDiffusionModel:
     baked_vae: AutoencoderKL | None = None  # the checkpoint's own VAE while another one is active
     vae_source: Path | None = None  # the separate VAE file in use, None for the baked one
     timings: LoadTimings = field(default_factory=LoadTimings)
-    # where the parts run while a memory mode (`modules.models.offload`) keeps them on the CPU
-    execution_device: torch.device | None = None
+    offloader: Offloader | None = None  # the memory-mode hooks while the model is placed under one
 
     def modules(self) -> Iterator[torch.nn.Module]:
         yield self.unet
@@ -115,8 +117,8 @@ class StableDiffusionModel:
     def device(self) -> torch.device:
         """Where the model computes: the device its inputs go to (under a memory mode, the
         execution device, wherever the parts are resting)."""
-        if self.execution_device is not None:
-            return self.execution_device
+        if self.offloader is not None:
+            return self.offloader.execution_device or self.offloader.device
         return next(self.unet.parameters()).device
 
     def to_device(self, device: torch.device) -> None:

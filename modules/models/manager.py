@@ -39,8 +39,9 @@ from pathlib import Path
 import torch
 from diffusers.models.autoencoders.autoencoder_kl import AutoencoderKL
 
-from modules.core.jobs import VAE_AUTOMATIC, VAE_NONE
 from modules.core.errors import ModelLoadError, NotFoundError, SdWebuiError
+from modules.core.jobs import VAE_AUTOMATIC, VAE_NONE
+from modules.models import offload
 from modules.models.families import ModelFamily
 from modules.models.loader import (
     Placement,
@@ -49,7 +50,6 @@ from modules.models.loader import (
     load_single_file,
     load_vae_file,
 )
-from modules.models import offload
 from modules.models.memory import CHECKPOINT, VAE, HeldModel, MemoryBudget, module_nbytes
 from modules.models.patches import WeightPatcher
 from modules.models.registry import CheckpointInfo, ModelRegistry
@@ -141,7 +141,6 @@ class ModelManager:
         self.memory_mode = memory_mode  # "normal", "medvram", "medvram-sdxl", "lowvram"
         self._move = move  # how an offloaded model's parts move (tests observe it)
         self._offload_device = offload_device  # where they move to: the placement's device unless a test says
-        self._offloaders: dict[int, offload.Offloader] = {}  # id(model) -> its memory-mode hooks
         self._lock = threading.RLock()
         self._active: ActiveModel | None = None
         # What the budget's evict callbacks touch; guarded by its own short lock so that an
@@ -209,10 +208,10 @@ class ModelManager:
             # A nested lease of another checkpoint (a hires checkpoint, the SDXL refiner) parks the
             # outer job's model in the RAM cache: keep it pinned there, the job returns to it.
             outer_key = None
-            if outer is not None and isinstance(outer.checkpoint, CheckpointInfo):
-                if outer.checkpoint.filename != in_force.checkpoint.filename:  # type: ignore[union-attr]
-                    key = _CHECKPOINT_KEY + str(outer.checkpoint.filename)
-                    outer_key = key if self.budget.pin(key) else None
+            outer_file = outer.checkpoint.filename if outer and isinstance(outer.checkpoint, CheckpointInfo) else None
+            if outer_file is not None and outer_file != in_force.checkpoint.filename:  # type: ignore[union-attr]
+                key = _CHECKPOINT_KEY + str(outer_file)
+                outer_key = key if self.budget.pin(key) else None
             try:
                 assert self._active is not None
                 yield self._active.model
@@ -287,6 +286,7 @@ class ModelManager:
                     self._activate(previous)
                     self._reattach_vae(previous)
                 if cached is not None:
+                    self._unplace(cached)  # back in the cache without hooks, on the CPU
                     self._cache(key, cached)
                 raise
             self._activate(ActiveModel(info, model, WeightPatcher(model)))
@@ -365,10 +365,6 @@ class ModelManager:
         self._cache(key, active.model, size)
         return True
 
-    def offloader(self, model: StableDiffusionModel) -> offload.Offloader | None:
-        """The memory-mode hooks of `model` while it is placed under one."""
-        return self._offloaders.get(id(model))
-
     def _place(self, model: StableDiffusionModel) -> None:
         """Put `model` where it runs: on the device, or, under a memory mode, on the CPU with the
         hooks that bring each part in when it runs (`modules.models.offload`)."""
@@ -379,15 +375,12 @@ class ModelManager:
                 model.to_device(self.placement.device)
             return
         self._unplace(model)
-        offloader = offload.Offloader(model, target, mode, move=self._move, execution_device=self.placement.device)
-        offloader.install()
-        self._offloaders[id(model)] = offloader
+        offload.Offloader(model, target, mode, move=self._move, execution_device=self.placement.device).install()
 
     def _unplace(self, model: StableDiffusionModel) -> None:
         """Remove `model`'s memory-mode hooks, if any (its parts go back to the CPU)."""
-        offloader = self._offloaders.pop(id(model), None)
-        if offloader is not None:
-            offloader.uninstall()
+        if model.offloader is not None:
+            model.offloader.uninstall()
 
     def _own_size(self, key: str, model: StableDiffusionModel) -> int:
         """`own_nbytes(model)` of checkpoint `key`, counted once per load from disk: walking every
@@ -509,7 +502,7 @@ class ModelManager:
         vae = self._get_vae(path, model.family) if path is not None else None  # pinned; may raise
         if patcher is not None:
             patcher.restore("vae.")  # patches on the outgoing VAE are undone; the next apply redoes them
-        offloaded = self._offloaders.pop(id(model), None)
+        offloaded = model.offloader
         if offloaded is not None:  # the hooks are redone over the new VAE below
             offloaded.uninstall()
         try:

@@ -19,7 +19,8 @@ CPU there is nothing to offload: the modes do nothing there (the policy says so)
 
 The device moves go through one function (`Move`), so tests on a CPU-only machine observe which
 group is where at each stage (a recording `Move` with the model computing on the CPU:
-`execution_device`); `Offloader.events` keeps the latest moves and `Offloader.moves` counts them all.
+`execution_device`). An installed offloader is the model's `offloader`; `Offloader.events` keeps the
+latest moves and `Offloader.moves` counts them all.
 """
 
 from __future__ import annotations
@@ -97,7 +98,7 @@ class Offloader:
             for trigger in group.triggers:
                 self._handles.append(trigger.register_forward_pre_hook(self._bring_in(group)))
         self.resident = None
-        self.model.execution_device = self.execution_device or self.device
+        self.model.offloader = self
         log.info(
             "%s: %d parts take turns on %s (%s)",
             self.mode,
@@ -120,7 +121,7 @@ class Offloader:
                 self.move(module, cpu)
         self.groups = []
         self.resident = None
-        self.model.execution_device = None
+        self.model.offloader = None
 
     def _bring_in(self, group: Group) -> Callable[..., None]:
         def hook(_module: torch.nn.Module, _args: Any) -> None:

@@ -136,7 +136,7 @@ def test_medvram_one_component_on_the_device_at_a_time(sd1: StableDiffusionModel
     finally:
         off.uninstall()
     assert _stages(sd1, where) == {TEXT: 0.0, UNET: 0.0, VAE: 0.0}
-    assert sd1.execution_device is None
+    assert sd1.offloader is None
     _run_unet(sd1)  # the hooks are gone: nothing moves any more
     assert where.on_device(sd1.unet) == 0.0
 
@@ -244,7 +244,7 @@ def test_generation_under_medvram_runs_text_unet_vae_in_turn_and_gives_the_same_
             for probe in probes:
                 probe.remove()
         assert np.array_equal(np.asarray(got), np.asarray(expected)), "offloading must not change the picture"
-        off = med.models.offloader(model)
+        off = model.offloader
         assert off is not None and off.mode == "medvram"
         # text first (both prompts of the edit, before sampling), then only the UNet, then the VAE
         assert seen[0] == {"at": 1.0, TEXT: 0.0, UNET: 1.0, VAE: 0.0}
@@ -266,15 +266,15 @@ def test_medvram_sdxl_offloads_only_sdxl_and_parking_returns_everything(
         manager = service.models
         manager.load("sd1")
         sd1_model = manager.active.model  # type: ignore[union-attr]
-        assert manager.offloader(sd1_model) is None  # an SD1 model runs as in the normal mode
+        assert sd1_model.offloader is None  # an SD1 model runs as in the normal mode
         manager.load("xl")
         xl_model = manager.active.model  # type: ignore[union-attr]
-        off = manager.offloader(xl_model)
+        off = xl_model.offloader
         assert off is not None and off.mode == "medvram"
         _run_unet(xl_model)
         assert where.on_device(xl_model.unet) == 1.0
         manager.load("sd1")  # the SDXL model is parked in RAM: hooks removed, every part on the CPU
-        assert manager.offloader(xl_model) is None and xl_model.execution_device is None
+        assert xl_model.offloader is None
         assert where.bytes_on_device(xl_model) == 0
     finally:
         service.worker.shutdown()
