@@ -14,6 +14,12 @@ file that is the read-only view of the file, which is never written, and which c
 on another device, a copy on the CPU. Restoring puts that tensor back (moved to the weight's
 current device), so after `apply(())` every tensor is bit-identical to what was loaded.
 
+A delta is a tensor, or a `Delta`: something with a `shape` that adds itself into the float32
+sum (`add_to(total)`), so a low-rank patch can fuse `up @ down` into the sum (`addmm_`) without
+materialising its own full-size tensor. `deltas(model, original)` also gets `original(name)`: the
+pristine tensor of a parameter (whatever set is in force), for patches whose delta depends on the
+weight itself (DoRA).
+
 An unchanged set does no work: `apply` is keyed by a hash of the ordered identities plus the
 identity of the modules in the namespace (a VAE swap changes it). Between two different sets
 only weights whose contributions changed are rewritten, and only weights the new set no longer
@@ -25,7 +31,7 @@ from __future__ import annotations
 
 import hashlib
 import json
-from collections.abc import Iterable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Protocol, cast, runtime_checkable
 
@@ -38,6 +44,22 @@ if TYPE_CHECKING:
 
 
 @runtime_checkable
+class Delta(Protocol):
+    """A delta that adds itself into the float32 sum of a weight (see the module doc)."""
+
+    @property
+    def shape(self) -> tuple[int, ...]: ...
+
+    def add_to(self, total: torch.Tensor) -> None:
+        """Add the delta into `total` (float32, the weight's shape and device) in place."""
+        ...
+
+
+Original = Callable[[str], torch.Tensor]
+"""A parameter's pristine tensor by its name in the model's namespace (read-only)."""
+
+
+@runtime_checkable
 class WeightPatch(Protocol):
     """Something that adds deltas to named weights. Equal `identity` must mean equal effect
     (e.g. "lora:<sha256>:0.8"): the patcher skips work by comparing identities."""
@@ -45,9 +67,10 @@ class WeightPatch(Protocol):
     @property
     def identity(self) -> str: ...
 
-    def deltas(self, model: StableDiffusionModel) -> Iterable[tuple[str, torch.Tensor]]:
-        """(parameter name in the model's namespace, delta to add): any dtype or device; the
-        shape must be the parameter's."""
+    def deltas(self, model: StableDiffusionModel, original: Original) -> Iterable[tuple[str, torch.Tensor | Delta]]:
+        """(parameter name in the model's namespace, delta to add): a tensor of any dtype or
+        device, or a `Delta`; the shape must be the parameter's. `original(name)` is the pristine
+        weight, for deltas that depend on it."""
         ...
 
 
@@ -58,7 +81,7 @@ class AddDelta:
     identity: str
     tensors: Mapping[str, torch.Tensor]
 
-    def deltas(self, model: StableDiffusionModel) -> Iterator[tuple[str, torch.Tensor]]:
+    def deltas(self, model: StableDiffusionModel, original: Original) -> Iterator[tuple[str, torch.Tensor | Delta]]:
         return iter(self.tensors.items())
 
     def __eq__(self, other: object) -> bool:
@@ -108,7 +131,7 @@ class _Touched:
 @dataclass
 class _Planned:
     param: torch.nn.Parameter
-    items: list[tuple[str, torch.Tensor]] = field(default_factory=list)
+    items: list[tuple[str, torch.Tensor | Delta]] = field(default_factory=list)
 
 
 _NOTHING = ("", ())
@@ -169,6 +192,14 @@ class WeightPatcher:
             self._key = None  # partly undone: the next apply works out what to redo
         return len(names)
 
+    def original(self, name: str) -> torch.Tensor:
+        """The pristine tensor of a parameter (`unet.<param>` ...), whatever set is in force: the
+        kept one for a patched weight, else the parameter's own tensor. Never write into it."""
+        record = self._touched.get(name)
+        if record is not None:
+            return record.pristine
+        return self._resolve(namespace(self.model), name, "original").data
+
     # -- internals --------------------------------------------------------------------------
 
     def _module_ids(self) -> tuple[int, ...]:
@@ -179,7 +210,7 @@ class WeightPatcher:
         plan: dict[str, _Planned] = {}
         for patch in patches:
             identity = patch.identity
-            for name, delta in patch.deltas(self.model):
+            for name, delta in patch.deltas(self.model, self.original):
                 planned = plan.get(name)
                 if planned is None:
                     planned = plan[name] = _Planned(self._resolve(modules, name, identity))
@@ -188,7 +219,7 @@ class WeightPatcher:
                     raise ValidationError(
                         f"patch {identity}: {name} has shape {tuple(param.shape)}, the delta {tuple(delta.shape)}"
                     )
-                if not delta.is_floating_point():
+                if isinstance(delta, torch.Tensor) and not delta.is_floating_point():
                     raise ValidationError(f"patch {identity}: the delta for {name} is not floating point")
                 planned.items.append((identity, delta))
         return plan
@@ -226,7 +257,10 @@ class WeightPatcher:
             base = pristine if record is not None else current
             total = base.to(device=current.device, dtype=torch.float32, copy=True)
             for _, delta in planned.items:
-                total += delta.to(device=current.device, dtype=torch.float32)
+                if isinstance(delta, torch.Tensor):
+                    total += delta.to(device=current.device, dtype=torch.float32)
+                else:
+                    delta.add_to(total)
             param.data = total.to(current.dtype)
             self._touched[name] = _Touched(param, pristine, contributions)
             self.stats.patched_tensors += 1

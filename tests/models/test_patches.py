@@ -274,3 +274,49 @@ def test_patcher_alone_on_a_model(tree: dict[str, Path]) -> None:
     assert patcher.touched == (UNET,)
     assert patcher.restore() == 1 and patcher.is_pristine
     _assert_same_as_file(model, tree["one.safetensors"])
+
+
+class _LowRank:
+    """A `Delta` that fuses `up @ down` into the sum, and a patch whose delta reads the pristine
+    weight (as DoRA does)."""
+
+    def __init__(self, up: torch.Tensor, down: torch.Tensor) -> None:
+        self.up, self.down = up, down
+        self.shape = (up.shape[0], down.shape[1])
+
+    def add_to(self, total: torch.Tensor) -> None:
+        total.addmm_(self.up, self.down)
+
+
+class _FromOriginal:
+    identity = "scaled-by-original"
+
+    def __init__(self, name: str) -> None:
+        self.name = name
+        self.seen: list[torch.Tensor] = []
+
+    def deltas(self, model: StableDiffusionModel, original):  # type: ignore[no-untyped-def]
+        pristine = original(self.name)
+        self.seen.append(pristine)
+        yield self.name, pristine * 0.5
+
+
+def test_a_delta_object_adds_itself_and_a_patch_sees_the_pristine_weight(tree: dict[str, Path]) -> None:
+    m = _manager(tree)
+    m.load("one")
+    model = m.active.model  # type: ignore[union-attr]
+    te = _te_name(model)
+    pristine = model.text_encoders[0].get_parameter(te.partition(".")[2]).detach().clone()
+    up = torch.randn(pristine.shape[0], 2, generator=torch.Generator().manual_seed(3))
+    down = torch.randn(2, pristine.shape[1], generator=torch.Generator().manual_seed(4))
+    low = AddDelta("low-rank", {te: _LowRank(up, down)})  # type: ignore[dict-item]
+    with m.lease(ModelSpec("one", patches=(low,))):
+        assert torch.equal(_weights(model)[te], pristine + up @ down)
+    scaled = _FromOriginal(te)
+    with m.lease(ModelSpec("one", patches=(low, scaled))):
+        # the second patch saw the pristine weight, not the one the first patch left
+        assert torch.equal(scaled.seen[-1], pristine)
+        expected = (pristine.clone() + up @ down) + pristine * 0.5
+        assert torch.allclose(_weights(model)[te], expected, atol=1e-6)
+    with m.lease("one"):
+        assert torch.equal(_weights(model)[te], pristine)
