@@ -6,6 +6,8 @@
   members `torch.save` writes; the pickle goes through `torch.load(weights_only=True)` with a small
   allow-list of what real SD checkpoints contain (a PyTorch Lightning `ModelCheckpoint` callback
   and numpy scalars). Anything else is refused before any of it runs, naming the forbidden globals.
+- `read_structured`: the whole object of a small pickled file (textual-inversion embeddings,
+  hypernetworks): dicts, lists, tuples, strings, numbers and tensors, through the same checks.
 """
 
 from __future__ import annotations
@@ -14,7 +16,8 @@ import hashlib
 import logging
 import re
 import zipfile
-from collections.abc import Mapping
+from collections import OrderedDict
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -95,15 +98,16 @@ def read_state_dict(path: Path) -> dict[str, torch.Tensor]:
     raise ModelFileError(f"{path}: unsupported model file type {path.suffix!r}")
 
 
-def _load_pickle(path: Path) -> Any:
+def _load_pickle(path: Path, extra_globals: Sequence[Any] = ()) -> Any:
     is_zip = zipfile.is_zipfile(path)
     if is_zip:
         _check_zip_members(path)
     try:
-        with torch.serialization.safe_globals(_allowed_globals()):
+        with torch.serialization.safe_globals([*_allowed_globals(), *extra_globals]):
             obj = torch.load(path, map_location="cpu", weights_only=True, mmap=is_zip)
     except Exception as exc:
-        forbidden = _forbidden_globals(path) if is_zip else []
+        extra_names = [entry[1] for entry in extra_globals if isinstance(entry, tuple)]
+        forbidden = _forbidden_globals(path, extra_names) if is_zip else []
         if forbidden or "weights_only" in str(exc) or "Unsupported global" in str(exc):
             detail = f" (forbidden: {', '.join(forbidden)})" if forbidden else ""
             raise UnsafeModelFileError(
@@ -125,12 +129,12 @@ def _check_zip_members(path: Path) -> None:
         raise UnsafeModelFileError(f"{path}: refused to load: unexpected archive members ({shown})")
 
 
-def _forbidden_globals(path: Path) -> list[str]:
+def _forbidden_globals(path: Path, extra_names: Sequence[str] = ()) -> list[str]:
     try:
         unsafe = torch.serialization.get_unsafe_globals_in_checkpoint(path)
     except Exception:  # a corrupt archive: the caller reports the original error
         return []
-    allowed = _allowed_names()
+    allowed = _allowed_names() | set(extra_names)
     return [g for g in unsafe if g not in allowed]
 
 
@@ -157,3 +161,56 @@ def _tensors_only(obj: Any, path: Path) -> dict[str, torch.Tensor]:
     if not tensors:
         raise ModelFileError(f"{path}: contains no tensors")
     return tensors
+
+
+# --------------------------------------------------------------------------- structured files
+
+_PARAMETER_DICT_NAME = "torch.nn.modules.container.ParameterDict"
+
+
+class _ParameterDictState:
+    """Stand-in for `torch.nn.ParameterDict`, which textual-inversion `.pt` files written by torch
+    1.11 pickle as their `string_to_param`. The unpickler only fills its `__dict__` (the module's
+    plain state: `_parameters` and hook dicts); `read_structured` keeps `_parameters` alone."""
+
+
+def read_structured(path: Path) -> Any:
+    """The whole object stored in a model file, for formats that keep more than a flat state dict
+    (A1111 textual-inversion `.pt`, hypernetwork `.pt` with int keys and tuples of state dicts).
+
+    Pickles go through the same archive check and `torch.load(weights_only=True)` allow-list as
+    `read_state_dict` (plus a stand-in for torch 1.11's pickled `ParameterDict`, turned into a
+    plain dict of its parameters); nothing else is ever constructed or called. `.safetensors`
+    files give their dict of tensors. Tensors are on the CPU.
+    Raises `UnsafeModelFileError` for forbidden globals, `ModelFileError` for anything unreadable.
+    """
+    suffix = path.suffix.lower()
+    if not path.is_file():
+        raise ModelFileError(f"{path}: no such file")
+    if suffix in SAFETENSORS_SUFFIXES:
+        return read_state_dict(path)
+    if suffix not in PICKLE_SUFFIXES:
+        raise ModelFileError(f"{path}: unsupported model file type {path.suffix!r}")
+    obj = _load_pickle(path, [(_ParameterDictState, _PARAMETER_DICT_NAME)])
+    return _plain(obj)
+
+
+def _plain(obj: Any, depth: int = 0) -> Any:
+    """Containers rebuilt as dict/list/tuple (OrderedDict stays a dict), the ParameterDict
+    stand-in as the dict of its parameters; tensors and scalars unchanged."""
+    if depth > 64:
+        raise ModelFileError("nested too deeply")
+    if isinstance(obj, _ParameterDictState):
+        params = vars(obj).get("_parameters", {})
+        if not isinstance(params, Mapping):
+            return {}
+        return {str(k): v.detach() if isinstance(v, torch.Tensor) else v for k, v in params.items()}
+    if isinstance(obj, torch.nn.Parameter):
+        return obj.detach()
+    if isinstance(obj, (dict, OrderedDict)):
+        return {k: _plain(v, depth + 1) for k, v in obj.items()}
+    if isinstance(obj, list):
+        return [_plain(v, depth + 1) for v in obj]
+    if isinstance(obj, tuple):
+        return tuple(_plain(v, depth + 1) for v in obj)
+    return obj
