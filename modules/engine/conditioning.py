@@ -6,18 +6,24 @@ encoder (clip skip; emphasis multipliers with mean restore) -> chunks concatenat
 axis; SDXL concatenates both encoders on the channel axis and takes the pooled output of the
 second encoder's first chunk. The negative prompt takes the same path without AND.
 Each distinct text is encoded once per job.
+
+Textual-inversion embeddings (a1111.md 4.5): a name found by its token ids takes as many chunk
+positions as it has vectors and is never split across chunks; while a chunk runs through a text
+encoder, a forward hook on the encoder's token-embedding module puts the vectors at those positions
+(SDXL: `clip_l` into CLIP-L, `clip_g` into OpenCLIP-G), as A1111's `EmbeddingsWithFixes` does.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Literal, cast
+from typing import Any, Literal, cast
 
 import torch
 
 from modules.core import prompt_syntax as ps
 from modules.engine.sampling import StepConds, TextCond
+from modules.models.embeddings import Embedding, EmbeddingSet, encoder_slots
 from modules.models.loader import StableDiffusionModel
 
 CHUNK = 75
@@ -33,8 +39,17 @@ class ConditioningSettings:
     use_old_scheduling: bool = False
 
 
-def _chunk_ids(tokenizer: object, text: str, settings: ConditioningSettings) -> list[tuple[list[int], list[float]]]:
-    """[(77 token ids, 77 multipliers)] for one text and one tokenizer."""
+ChunkIds = tuple[list[int], list[float], list[ps.PromptChunkFix]]
+
+
+def _chunk_ids(
+    tokenizer: object,
+    text: str,
+    settings: ConditioningSettings,
+    find_embedding: ps.FindEmbedding | None = None,
+) -> list[ChunkIds]:
+    """[(77 token ids, 77 multipliers, embedding fixes)] for one text and one tokenizer; a fix's
+    offset counts from the first token after BOS."""
     tok = tokenizer
     bos, eos = tok.bos_token_id, tok.eos_token_id  # type: ignore[attr-defined]
     pad = tok.pad_token_id  # type: ignore[attr-defined]
@@ -55,8 +70,9 @@ def _chunk_ids(tokenizer: object, text: str, settings: ConditioningSettings) -> 
         chunk_length=CHUNK,
         comma_token=comma,
         comma_padding_backtrack=settings.comma_padding_backtrack,
+        find_embedding=find_embedding,
     )
-    out: list[tuple[list[int], list[float]]] = []
+    out: list[ChunkIds] = []
     for chunk in chunks:
         tokens = list(chunk.tokens)[:CHUNK]
         mults = list(chunk.multipliers)[:CHUNK]
@@ -69,7 +85,19 @@ def _chunk_ids(tokenizer: object, text: str, settings: ConditioningSettings) -> 
         if pad != eos:  # OpenCLIP: everything after the first end token is the pad token
             first_end = ids.index(eos)
             ids = ids[: first_end + 1] + [pad] * (len(ids) - first_end - 1)
-        out.append((ids, [1.0, *mults, 1.0]))
+        out.append((ids, [1.0, *mults, 1.0], list(chunk.fixes)))
+    return out
+
+
+def _put_vectors(output: torch.Tensor, fixes: Sequence[tuple[int, torch.Tensor]]) -> torch.Tensor:
+    """The token-embedding output [1, 77, width] with each fix's vectors at 1 + offset (after BOS);
+    vectors that would run past the end are cut, as A1111 cuts them."""
+    out = output.clone()
+    length = out.shape[1]
+    for offset, vectors in fixes:
+        count = min(length - offset - 1, vectors.shape[0])
+        if count > 0:
+            out[0, offset + 1 : offset + 1 + count] = vectors[:count].to(device=out.device, dtype=out.dtype)
     return out
 
 
@@ -89,7 +117,10 @@ class Encoder:
 
     model: StableDiffusionModel
     settings: ConditioningSettings = field(default_factory=ConditioningSettings)
+    embeddings: EmbeddingSet | None = None
     _cache: dict[str, TextCond] = field(default_factory=dict)
+    used_embeddings: dict[str, Embedding] = field(default_factory=dict)
+    """The embeddings that appeared in anything this encoder encoded (for `TI hashes`)."""
 
     @property
     def device(self) -> torch.device:
@@ -113,16 +144,20 @@ class Encoder:
         pooled: torch.Tensor | None = None
         chunk_counts = set()
         per_encoder = []
-        for tokenizer, encoder in zip(self.model.tokenizers, self.model.text_encoders, strict=True):
-            chunks = _chunk_ids(tokenizer, text, self.settings)
+        embeddings = self.embeddings if self.embeddings is not None and self.embeddings.loaded else None
+        slots = encoder_slots(self.model) if embeddings is not None else ()
+        for index, (tokenizer, encoder) in enumerate(zip(self.model.tokenizers, self.model.text_encoders, strict=True)):
+            find = embeddings.finder_for_tokenizer(tokenizer) if embeddings is not None else None
+            chunks = _chunk_ids(tokenizer, text, self.settings, find)
             chunk_counts.add(len(chunks))
-            per_encoder.append((encoder, chunks))
+            per_encoder.append((encoder, chunks, slots[index].key if slots else ""))
         if len(chunk_counts) != 1:  # same BPE, so this cannot happen; guard anyway
             raise RuntimeError("text encoders disagree on chunk count")
-        for encoder, chunks in per_encoder:
+        for encoder, chunks, slot_key in per_encoder:
             zs = []
-            for index, (ids, mults) in enumerate(chunks):
-                z, p = self._run_encoder(encoder, ids)
+            for index, (ids, mults, fixes) in enumerate(chunks):
+                vectors = self._fix_vectors(fixes, slot_key)
+                z, p = self._run_encoder(encoder, ids, vectors)
                 zs.append(
                     _apply_emphasis(z, torch.tensor([mults], dtype=z.dtype, device=z.device), self.settings.emphasis)
                 )
@@ -132,11 +167,45 @@ class Encoder:
         hidden = torch.cat(hidden_parts, dim=-1) if len(hidden_parts) > 1 else hidden_parts[0]
         return TextCond(hidden, pooled if family.is_sdxl else None)
 
-    def _run_encoder(self, encoder: torch.nn.Module, ids: list[int]) -> tuple[torch.Tensor, torch.Tensor | None]:
+    def _fix_vectors(self, fixes: Sequence[ps.PromptChunkFix], slot_key: str) -> list[tuple[int, torch.Tensor]]:
+        """Each fix's offset with the vectors this encoder takes; notes the embeddings as used."""
+        if not fixes or self.embeddings is None:
+            return []
+        out = []
+        for fix in fixes:
+            embedding = self.embeddings.loaded[fix.name]
+            self.used_embeddings[fix.name] = embedding
+            vectors = embedding.vectors_for(slot_key)
+            if vectors is None:  # `for_model` only loads embeddings that fit every encoder
+                raise RuntimeError(f"embedding {fix.name!r} has no {slot_key} vectors")
+            out.append((fix.offset, vectors))
+        return out
+
+    def _run_encoder(
+        self, encoder: torch.nn.Module, ids: list[int], vectors: Sequence[tuple[int, torch.Tensor]] = ()
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
         tokens = torch.tensor([ids], device=self.device)
         skip = max(1, self.settings.clip_skip)
-        with torch.no_grad():
-            out = encoder(tokens, output_hidden_states=True)
+        handle = None
+        if vectors:
+            token_embedding = cast(torch.nn.Module, encoder.get_input_embeddings())  # type: ignore[operator]
+
+            def put(_module: torch.nn.Module, args: tuple[Any, ...], output: torch.Tensor) -> torch.Tensor | None:
+                # only this call's ids (an offload hook may have moved them to another device)
+                ids_in = args[0] if args else None
+                if not isinstance(ids_in, torch.Tensor) or ids_in.shape != tokens.shape:
+                    return None
+                if not torch.equal(ids_in.to(tokens.device), tokens):
+                    return None
+                return _put_vectors(output, vectors)
+
+            handle = token_embedding.register_forward_hook(put)
+        try:
+            with torch.no_grad():
+                out = encoder(tokens, output_hidden_states=True)
+        finally:
+            if handle is not None:
+                handle.remove()
         if self.model.family.is_sdxl:
             # A1111's SDXL: both encoders give their penultimate layer without the final norm; clip
             # skip acts on CLIP-L only, and only with the `sdxl_clip_l_skip` option (then it picks

@@ -1,7 +1,8 @@
 """A1111's prompt token counter (`used/limit`, 75 CLIP tokens per chunk) for the prompt boxes.
 
-The engine owns the tokenizer (later, textual-inversion embeddings change what a word costs), so
-the UI asks the engine facade (`Engine.count_tokens`) instead of building a tokenizer itself.
+The engine owns the tokenizer and the textual-inversion embeddings (an embedding's name costs its
+vector count, and one that does not fit a chunk's remaining space starts the next chunk), so the UI
+asks the engine facade (`Engine.count_tokens`) instead of building a tokenizer itself.
 """
 
 from __future__ import annotations
@@ -11,6 +12,7 @@ from typing import Any
 
 from modules.core.prompt_syntax import prompt_token_count
 from modules.models.clip_tokenizer import build_clip_tokenizer
+from modules.models.embeddings import EmbeddingSet
 
 
 @lru_cache(maxsize=1)
@@ -18,9 +20,12 @@ def _tokenizer() -> Any:
     return build_clip_tokenizer()
 
 
-def count_tokens(prompt: str, steps: int, *, is_positive: bool = True) -> tuple[int, int]:
+def count_tokens(
+    prompt: str, steps: int, *, is_positive: bool = True, embeddings: EmbeddingSet | None = None
+) -> tuple[int, int]:
     """(tokens used, current limit): the limit grows by 75 per chunk, the most of any step's
-    prompt (prompt editing) counts. Raises on a prompt the parser cannot read."""
+    prompt (prompt editing) counts; a name in `embeddings.loaded` counts as its vectors. Raises on
+    a prompt the parser cannot read."""
     if not prompt:
         return 0, 75
     tok = _tokenizer()
@@ -35,4 +40,5 @@ def count_tokens(prompt: str, steps: int, *, is_positive: bool = True) -> tuple[
         steps=max(int(steps), 1),
         is_positive=is_positive,
         comma_token=tok.convert_tokens_to_ids(",</w>"),
+        find_embedding=embeddings.finder_for_tokenizer(tok) if embeddings is not None and embeddings.loaded else None,
     )
