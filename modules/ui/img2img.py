@@ -28,6 +28,7 @@ from modules.ui.common import (
     scheduler_choices,
     wire_generate,
 )
+from modules.ui.extra_networks import extra_networks_tabs
 from modules.ui.img2img_batch import BATCH_FROM_DIR, BATCH_UPLOAD, batch_plan, run_batch
 from modules.ui.img2img_editor import COPY_TARGETS, image_of_mode, image_to_copy
 from modules.ui.img2img_modes import (
@@ -264,7 +265,11 @@ def build_img2img_tab(services: Services) -> Img2ImgTab:
     row = build_prompt_row("img2img", services)
     prompt, negative, style_dropdown = row.prompt, row.negative, row.styles
 
-    with gr.Row(elem_id="img2img_settings_and_results", equal_height=False):
+    # the settings go into the "Generation" tab, the extra-network tabs next to it (A1111)
+    with (
+        extra_networks_tabs("img2img", services, prompt, negative),
+        gr.Row(elem_id="img2img_settings_and_results", equal_height=False),
+    ):
         with gr.Column(scale=1, elem_id="img2img_settings"):
             sources = _build_image_sources(services)
             mode_tabs, subtabs, copy_buttons = sources.mode_tabs, sources.subtabs, sources.copy_buttons

@@ -31,6 +31,7 @@ from modules.ui.common import (
     scheduler_choices,
     wire_generate,
 )
+from modules.ui.extra_networks import extra_networks_tabs
 from modules.ui.extras import upscaler_names
 from modules.ui.named_inputs import inputs_of, values_of
 from modules.ui.refiner import build_refiner, checkpoint_titles, refiner_request_values, refresh_checkpoint_choices
@@ -194,7 +195,11 @@ def build_txt2img_tab(services: Services) -> Txt2ImgTab:
     row = build_prompt_row("txt2img", services)
     prompt, negative, style_dropdown = row.prompt, row.negative, row.styles
 
-    with gr.Row(elem_id="txt2img_settings_and_results", equal_height=False):
+    # the settings go into the "Generation" tab, the extra-network tabs next to it (A1111)
+    with (
+        extra_networks_tabs("txt2img", services, prompt, negative),
+        gr.Row(elem_id="txt2img_settings_and_results", equal_height=False),
+    ):
         with gr.Column(scale=1, elem_id="txt2img_settings"):
             with gr.Row(elem_id="txt2img_sampler_row"):
                 sampler = gr.Dropdown(
