@@ -1,4 +1,4 @@
-"""Prompt styles (`styles.csv`) and extra-network tags in prompts (A1111 semantics).
+"""Prompt styles (`styles.csv`) (A1111 semantics).
 
 styles.csv: UTF-8 with BOM, header `name,prompt,negative_prompt` (old `text` column accepted for
 the prompt), rows whose name starts with `#` ignored; several files may be given (`--styles-file`,
@@ -12,7 +12,6 @@ import csv
 import glob
 import io
 import logging
-import re
 import threading
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
@@ -22,9 +21,6 @@ from modules.core.atomic import atomic_write_text
 from modules.core.errors import NotFoundError
 
 log = logging.getLogger(__name__)
-
-_EXTRA_NETWORK = re.compile(r"<(\w+):([^>]+)>")
-
 
 @dataclass(frozen=True)
 class PromptStyle:
@@ -38,23 +34,6 @@ def merge_style(style_text: str, prompt: str) -> str:
     if "{prompt}" in style_text:
         return style_text.replace("{prompt}", prompt)
     return ", ".join(part for part in (prompt, style_text) if part)
-
-
-@dataclass(frozen=True)
-class ExtraNetworkTag:
-    """`<lora:name:0.8>` -> kind "lora", args ("name", "0.8")."""
-
-    kind: str
-    args: tuple[str, ...]
-    text: str
-
-
-def extract_extra_networks(prompt: str) -> tuple[str, list[ExtraNetworkTag]]:
-    """The prompt without `<kind:args>` tags, and the tags (A1111 removes them before encoding)."""
-    tags = [
-        ExtraNetworkTag(m.group(1), tuple(m.group(2).split(":")), m.group(0)) for m in _EXTRA_NETWORK.finditer(prompt)
-    ]
-    return _EXTRA_NETWORK.sub("", prompt), tags
 
 
 class StyleDatabase:

@@ -51,6 +51,7 @@ from modules.engine.service import GenerationService
 from modules.engine.token_count import count_tokens
 from modules.engine.worker import Job, JobContext, Worker, idle_progress
 from modules.models import merge as merging
+from modules.models.embeddings import EmbeddingSet
 from modules.models.face_restoration import FaceRestorers
 from modules.models.manager import ModelManager
 from modules.models.registry import CheckpointInfo, ModelRegistry
@@ -242,8 +243,23 @@ class Engine:
         return self._worker.pending_count()
 
     def count_tokens(self, prompt: str, steps: int, *, is_positive: bool = True) -> tuple[int, int]:
-        """A1111's prompt token counter: (CLIP tokens used, limit in chunks of 75)."""
-        return count_tokens(prompt, steps, is_positive=is_positive)
+        """A1111's prompt token counter: (CLIP tokens used, limit in chunks of 75); an embedding the
+        active model can use counts as its vectors."""
+        return count_tokens(prompt, steps, is_positive=is_positive, embeddings=self.embeddings())
+
+    def embeddings(self) -> EmbeddingSet | None:
+        """The textual-inversion embeddings for the active model (loaded) and those that do not fit
+        it (skipped, with the reason); None when the engine has no embeddings or no model yet."""
+        networks = self._generation.networks
+        active = self._models.active
+        if networks is None or active is None:
+            return None
+        return networks.embeddings.for_model(active.model)
+
+    def refresh_embeddings(self) -> None:
+        """Read the embeddings folders again (A1111's `/refresh-embeddings`)."""
+        if self._generation.networks is not None:
+            self._generation.networks.embeddings.refresh()
 
     # -- models ------------------------------------------------------------------------------
 

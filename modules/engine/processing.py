@@ -8,7 +8,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import time
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from functools import partial
 from typing import Any
@@ -18,6 +18,7 @@ import torch
 from PIL import Image, ImageOps
 
 from modules.core.errors import NansException, ValidationError
+from modules.core.extra_networks import EXTRA_NETWORK_TAG, strip_tags
 from modules.core.requests import (
     FILL_FILL,
     FILL_LATENT_NOISE,
@@ -29,11 +30,11 @@ from modules.core.requests import (
     Txt2ImgRequest,
 )
 from modules.core.results import Result
-from modules.core.styles import extract_extra_networks
 from modules.engine import images as imgops
 from modules.engine import noise as noise_mod
 from modules.engine import samplers as smp
 from modules.engine.conditioning import ConditioningSettings, Encoder, PromptPlan, encode_plan, step_conds
+from modules.engine.extra_networks import JobNetworks
 from modules.engine.hooks import BatchEvent, Hooks
 from modules.engine.sampler_runner import SamplerOptions, SamplerPass, img2img_steps
 from modules.engine.sampling import CFGDenoiser, LatentMask, SamplingJob, a1111_alphas_cumprod
@@ -211,11 +212,13 @@ def _time_ids(
 
 @dataclass(frozen=True)
 class ModelAccess:
-    """How a job reaches a second checkpoint (hires checkpoint, SDXL refiner): `lease(name)` makes
-    it the active model for a block (the job's own model stays pinned in the RAM cache and comes
-    back afterwards); `title()` is the active checkpoint's short title ("name [hash]")."""
+    """How a job reaches a second checkpoint (hires checkpoint, SDXL refiner) or another set of
+    weight patches (a hires prompt naming other LoRAs): `lease(name, patches)` makes that the
+    model in force for a block (None: the job's checkpoint; the job's own model stays pinned in
+    the RAM cache and comes back afterwards, its patches with it); `title()` is the active
+    checkpoint's short title ("name [hash]")."""
 
-    lease: Callable[[str], contextlib.AbstractContextManager[StableDiffusionModel]]
+    lease: Callable[[str | None, tuple[Any, ...]], contextlib.AbstractContextManager[StableDiffusionModel]]
     title: Callable[[], str]
 
 
@@ -243,6 +246,7 @@ class Processor:
         model_upscale: Callable[[Image.Image, str, tuple[int, int]], Image.Image] | None = None,
         hooks: Hooks | None = None,
         models: ModelAccess | None = None,
+        networks: JobNetworks | None = None,
     ) -> None:
         self.model_upscale = model_upscale
         self.hooks = hooks if hooks is not None else Hooks()
@@ -251,11 +255,13 @@ class Processor:
         self.settings = settings
         self.ctx = ctx
         self.models = models
+        self.networks = networks if networks is not None else JobNetworks()
         self.sampler, self.schedule = smp.resolve_sampler(request.effective_sampler, request.scheduler)
+        self.warnings: list[str] = []
+        self.networks.enter(model, self.networks.first, self.warnings)
         self.encoder = self._encoder_for(model)
         self.infotext_params = infotext_params
         self._seeds: tuple[list[int], list[int]] | None = None
-        self.warnings: list[str] = []
         self.partial: torch.Tensor | None = None
         self.extra_params: dict[str, Any] = {}  # infotext entries the passes added (A1111's extra_generation_params)
         self.preview_taesd = preview_taesd
@@ -275,6 +281,7 @@ class Processor:
                 comma_padding_backtrack=s.comma_padding_backtrack,
                 use_old_scheduling=s.use_old_scheduling,
             ),
+            embeddings=self.networks.embeddings_for(model),
         )
 
     # -- seeds and prompts -------------------------------------------------------------------
@@ -322,22 +329,26 @@ class Processor:
     ) -> PromptPlan:
         """The prompt schedule over A1111's model-call count (`total_steps`: twice the steps for a
         second-order sampler); `hires_steps` (already a call count) gives the hires pass's offsets.
-        Extra-network tags (`<lora:...>`) are taken out before encoding (A1111 keeps them in the
-        infotext, which uses the prompts as given)."""
+        Extra-network tags (`<lora:...>`) are taken out of the prompts before encoding (A1111 keeps
+        them in the infotext, which uses the prompts as given); in a negative prompt they are text,
+        as in A1111."""
         prompts = [self._strip_networks(p_) for p_ in prompts]
-        negatives = [self._strip_networks(n) for n in negatives]
+        self._note_negative_tags(negatives)
         total = (sampler or self.sampler).total_calls(steps)
         return PromptPlan.build(
             prompts, negatives, total, hires_steps=hires_steps, use_old_scheduling=self.settings.use_old_scheduling
         )
 
-    def _strip_networks(self, prompt: str) -> str:
-        stripped, tags = extract_extra_networks(prompt)
-        for tag in tags:
-            note = f"extra network <{tag.kind}:{':'.join(tag.args)}> is not applied: networks are not supported yet"
-            if not self.request.disable_extra_networks and note not in self.warnings:
-                self.warnings.append(note)
-        return stripped
+    @staticmethod
+    def _strip_networks(prompt: str) -> str:
+        return strip_tags(prompt)
+
+    def _note_negative_tags(self, negatives: Sequence[str]) -> None:
+        for negative in negatives:
+            for match in EXTRA_NETWORK_TAG.finditer(negative):
+                note = f"{match.group(0)} in the negative prompt is encoded as text (A1111 activates prompt tags only)"
+                if note not in self.warnings:
+                    self.warnings.append(note)
 
     # -- the loop ----------------------------------------------------------------------------
 
@@ -388,6 +399,7 @@ class Processor:
         model = model or self.model
         enc = encoder or self.encoder
         encode_plan(enc, plan)
+        self._note_embeddings(enc)
         return SamplingJob(
             unet=model.unet,
             schedule=sp.schedule,
@@ -403,6 +415,11 @@ class Processor:
             context=self.ctx,
             upcast=self.settings.upcast_sampling,
         )
+
+    def _note_embeddings(self, encoder: Encoder) -> None:
+        """The embeddings the prompts used and the networks' hashes, for the infotext."""
+        self.networks.note_embeddings(encoder.used_embeddings)
+        self.extra_params.update(self.networks.infotext())
 
     def refiner_for(
         self,
@@ -547,12 +564,14 @@ class _Refiner:
             return
         p = self.processor
         assert p.models is not None
-        model = self.stack.enter_context(p.models.lease(self.checkpoint))
+        p.networks.leave_for_refiner(p.warnings)
+        model = self.stack.enter_context(p.models.lease(self.checkpoint, ()))
         p.extra_params["Refiner"] = p.models.title()
         p.extra_params["Refiner switch at"] = self.switch_at
         encoder = p._encoder_for(model)
         plan = self.plan
         encode_plan(encoder, plan)
+        p._note_embeddings(encoder)
         job = denoiser.job
         batch = self.batch
         job.unet = model.unet
@@ -796,11 +815,16 @@ def _hires_pass(
         else:
             low = _decode(processor.current_model, latents, processor.settings)
     other = None
-    if hires.checkpoint is not None:
+    networks = processor.networks
+    if hires.checkpoint is not None or networks.hires_differs:
+        # another checkpoint, or the hires prompt names other networks: the pass runs in a nested
+        # lease with the hires set's patches (the job's own set comes back after it)
         assert processor.models is not None
-        other = stack.enter_context(processor.models.lease(hires.checkpoint))
+        other = stack.enter_context(processor.models.lease(hires.checkpoint, networks.hires.patches))
         processor.current_model = other
-        processor.extra_params["Hires checkpoint"] = processor.models.title()
+        if hires.checkpoint is not None:
+            processor.extra_params["Hires checkpoint"] = processor.models.title()
+        networks.enter(other, networks.hires, processor.warnings)
     return _hires_sample(
         processor, r, hires, latents, low, firstpass_image, prompts, negatives, seeds, subseeds, other, stack
     )

@@ -12,6 +12,7 @@ records the model it ran with. The adapters do not use this class: they go throu
 
 from __future__ import annotations
 
+import contextlib
 import logging
 from collections.abc import Callable
 from dataclasses import replace
@@ -21,6 +22,7 @@ from PIL import Image
 
 from modules import __version__
 from modules.core.errors import NotFoundError, ValidationError
+from modules.core.extra_networks import batch_networks, with_default_network
 from modules.core.fields import infotext_for_option
 from modules.core.filenames import FilenameContext
 from modules.core.infotext import build_infotext, order_params
@@ -29,6 +31,7 @@ from modules.core.requests import GenerationRequest, Img2ImgRequest, Limits, Txt
 from modules.core.results import ModelUsed, Result
 from modules.core.styles import StyleDatabase
 from modules.engine import samplers as smp
+from modules.engine.extra_networks import ExtraNetworks, JobNetworks, NetworkSet
 from modules.engine.hooks import Hooks, ImageEvent, ProcessEvent, SaveEvent
 from modules.engine.outputs import ImageSaver
 from modules.engine.processing import (
@@ -161,6 +164,7 @@ class GenerationService:
         selected_checkpoint: Callable[[], str | CheckpointInfo | None] = lambda: None,
         upcast_sampling: bool = False,
         nan_check: bool = True,
+        networks: ExtraNetworks | None = None,
     ) -> None:
         self.styles = styles
         self.taesd = taesd
@@ -174,6 +178,7 @@ class GenerationService:
         self.selected_checkpoint = selected_checkpoint
         self.upcast_sampling = upcast_sampling  # --upcast-sampling, as the device policy allows
         self.nan_check = nan_check  # off with --disable-nan-check
+        self.networks = networks  # LoRAs, hypernetworks, embeddings (None: a bare engine without them)
 
     # -- on the caller's thread --------------------------------------------------------------
 
@@ -184,6 +189,7 @@ class GenerationService:
         request, warnings = validate_request(request, Limits(max_pixels_times_batch=limit))
         request, style_warnings = self._apply_styles(request)
         warnings += style_warnings
+        request = self._with_default_networks(request)
         smp.resolve_sampler(request.effective_sampler, request.scheduler)  # 404 before queueing
         hires = isinstance(request, Txt2ImgRequest) and request.enable_hr
         if hires and request.hr_sampler_name and request.hr_sampler_name != "Use same sampler":  # type: ignore[attr-defined]
@@ -238,6 +244,34 @@ class GenerationService:
         warnings = [f"style not found: {name!r}" for name in missing]
         return request.replace(prompt=prompt, negative_prompt=negative), warnings
 
+    def _with_default_networks(self, request: GenerationRequest) -> GenerationRequest:
+        """A1111's "Add network to prompt" options (`sd_lora`, `sd_hypernetwork`): the network's
+        tag is appended to the prompt (so the infotext shows it) unless the prompt names it."""
+        if self.networks is None or request.disable_extra_networks:
+            return request
+        multiplier = self._option("extra_networks_default_multiplier", 1.0)
+        prompt = request.prompt
+        for option, kind in (("sd_lora", "lora"), ("sd_hypernetwork", "hypernet")):
+            name = request.override_settings.get(option, self._option(option, "None"))
+            prompt = with_default_network(prompt, kind, str(name or "None"), float(multiplier))
+        return request if prompt == request.prompt else request.replace(prompt=prompt)
+
+    def _job_networks(self, request: GenerationRequest) -> JobNetworks:
+        """The networks the request's prompts name (its first prompt's tags; the hires prompt's for
+        the hires pass), loaded before the lease so their patches are part of it."""
+        if request.disable_extra_networks:
+            return JobNetworks(self.networks)
+        if self.networks is None:  # a bare engine (tests, tools): say so rather than drop the tags
+            tags = batch_networks([request.prompt])
+            notes = [f"extra network {t.text} not applied: this engine has no extra networks" for t in tags]
+            return JobNetworks(None, NetworkSet(warnings=notes), NetworkSet())
+        first = self.networks.resolve([request.prompt])
+        hires: NetworkSet = first
+        hr_prompt = request.hr_prompt if isinstance(request, Txt2ImgRequest) and request.enable_hr else ""
+        if hr_prompt and hr_prompt != request.prompt:
+            hires = self.networks.resolve([hr_prompt])
+        return JobNetworks(self.networks, first, hires)
+
     # -- on the worker -----------------------------------------------------------------------
 
     def process(self, request: GenerationRequest, ctx: JobContext, *, hooks: Hooks | None = None) -> Result:
@@ -253,7 +287,9 @@ class GenerationService:
             upcast_sampling=self.upcast_sampling,
             nan_check=self.nan_check,
         )
-        with self.models.lease(self.spec_for(request, settings.clip_skip)) as model:
+        networks = self._job_networks(request)
+        spec = replace(self.spec_for(request, settings.clip_skip), patches=networks.first.patches)
+        with self.models.lease(spec) as model, contextlib.closing(networks):
             used = self._model_used(model)
             preview_kind = str(overrides.get("show_progress_type", self._option("show_progress_type", "Approx NN")))
             taesd = None
@@ -269,9 +305,17 @@ class GenerationService:
                 model_upscale=self.upscale,
                 hooks=hooks,
                 models=ModelAccess(
-                    lease=lambda name: self.models.lease(ModelSpec(checkpoint=name, clip_skip=settings.clip_skip)),
+                    lease=lambda name, patches: self.models.lease(
+                        ModelSpec(
+                            checkpoint=name,
+                            vae=spec.vae if name is None else None,  # the job's checkpoint keeps the job's VAE
+                            clip_skip=settings.clip_skip,
+                            patches=patches,
+                        )
+                    ),
                     title=self._active_short_title,
                 ),
+                networks=networks,
             )
             seeds, subseeds = processor.seeds()
             hooks.before_process.fire(ProcessEvent(request, list(seeds), list(subseeds), model.family.label))

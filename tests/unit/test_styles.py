@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 
 from modules.core.errors import NotFoundError
-from modules.core.styles import PromptStyle, StyleDatabase, extract_extra_networks, merge_style
+from modules.core.styles import PromptStyle, StyleDatabase, merge_style
 
 
 def test_merge_style_placeholder_or_append() -> None:
@@ -53,8 +53,3 @@ def test_a_style_from_another_file_is_saved_and_deleted_in_that_file(tmp_path: P
     assert [s.name for s in StyleDatabase([first, second]).styles()] == ["Mine", "New", "Other"]
     assert "Shared" not in second.read_text(encoding="utf-8-sig")
 
-
-def test_extra_network_tags_are_extracted() -> None:
-    text, tags = extract_extra_networks("a cat <lora:add_detail:0.8> in a hat <hypernet:h:1>")
-    assert text == "a cat  in a hat "
-    assert [(t.kind, t.args) for t in tags] == [("lora", ("add_detail", "0.8")), ("hypernet", ("h", "1"))]
