@@ -34,6 +34,7 @@ from modules.models.devices import policy_from_settings
 from modules.models.face_restoration import FaceRestorers
 from modules.models.manager import ModelManager
 from modules.models.memory import MemoryBudget
+from modules.models.network_registry import NetworkRegistry
 from modules.models.registry import ModelRegistry
 from modules.models.taesd import TaesdDecoders
 from modules.models.upscalers import UpscalerRegistry
@@ -58,12 +59,16 @@ def build_services(
             sections=(settings.freeze_settings_in_sections or "").split(","),
             keys=(settings.freeze_specific_settings or "").split(","),
         )
+    hash_cache = HashCache(paths.cache_file)
     registry = ModelRegistry(
         paths.checkpoint_dirs,
         paths.vae_dirs,
-        HashCache(paths.cache_file),
+        hash_cache,
         extra_checkpoints=(settings.ckpt,) if settings.ckpt else (),
         hashing=not settings.no_hashing,
+    )
+    networks = NetworkRegistry(
+        (paths.lora_dir, paths.lycoris_dir), (paths.hypernetwork_dir,), hash_cache, hashing=not settings.no_hashing
     )
     policy = policy_from_settings(settings)
     budget = MemoryBudget(lambda: int(options.get("sd_checkpoint_cache_bytes")))  # type: ignore[call-overload]
@@ -107,7 +112,7 @@ def build_services(
     )
     wire_model_options(options, engine, models)
     return Services(
-        settings, paths, options, registry, policy, models, worker, engine, styles, upscalers, face_restorers
+        settings, paths, options, registry, policy, models, worker, engine, styles, upscalers, face_restorers, networks
     )
 
 

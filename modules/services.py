@@ -18,6 +18,7 @@ from modules.engine.worker import Worker
 from modules.models.devices import DevicePolicy
 from modules.models.face_restoration import FaceRestorers
 from modules.models.manager import ModelManager
+from modules.models.network_registry import NetworkRegistry
 from modules.models.registry import ModelRegistry
 from modules.models.upscalers import UpscalerRegistry
 
@@ -37,3 +38,4 @@ class Services:
     styles: StyleDatabase
     upscalers: UpscalerRegistry
     face_restorers: FaceRestorers
+    networks: NetworkRegistry  # LoRA / LyCORIS and hypernetwork files (read-only listing)
