@@ -1,12 +1,16 @@
 """/sdapi/v1 routes: checkpoints, VAEs and the extra networks (LoRA, embeddings, hypernetworks).
 
-LoRA, embeddings and hypernetworks are not built yet: their lists are empty and their refresh
-routes do nothing, in A1111's shapes, so clients that probe them keep working.
+`/loras`, `/refresh-loras` and `/hypernetworks` list the network registry in A1111's shapes (a
+corrupt file is listed like any other, as A1111 does; strings a JSON body cannot carry, such as an
+undecodable file name or a non-finite number in a header, are replaced rather than failing the
+route). Embeddings are not built yet: their list is empty and their refresh route does nothing.
 """
 
 from __future__ import annotations
 
 import asyncio
+import math
+import re
 from typing import Any
 
 from fastapi import APIRouter, Depends
@@ -18,6 +22,8 @@ from modules.models.registry import CheckpointInfo
 from modules.services import Services
 
 router = APIRouter(tags=["models"])
+
+_SURROGATES = re.compile("[\ud800-\udfff]")
 
 
 def sd_model_item(info: CheckpointInfo) -> SDModelItem:
@@ -68,19 +74,53 @@ async def reload_checkpoint(services: Services = Depends(get_services)) -> dict[
     return {}
 
 
+def _json_safe(value: object) -> Any:
+    """`value` with what JSON cannot carry replaced: lone surrogates (file names that are not
+    UTF-8, `\\udXXX` escapes in a header) by U+FFFD, NaN/infinity by their text."""
+    if isinstance(value, str):
+        try:
+            value.encode("utf-8")
+        except UnicodeEncodeError:
+            try:  # an undecodable byte of a file name (os.fsdecode's escape)
+                return value.encode("utf-8", "surrogateescape").decode("utf-8", "replace")
+            except UnicodeEncodeError:
+                return _SURROGATES.sub("\ufffd", value)
+        return value
+    if isinstance(value, float) and not math.isfinite(value):
+        return str(value)
+    if isinstance(value, dict):
+        return {_json_safe(str(k)): _json_safe(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_json_safe(v) for v in value]
+    return value
+
+
 @router.get("/hypernetworks", response_model=list[HypernetworkItem])
-def list_hypernetworks() -> list[HypernetworkItem]:
-    return []
+def list_hypernetworks(services: Services = Depends(get_services)) -> list[HypernetworkItem]:
+    return [
+        HypernetworkItem(name=_json_safe(info.name), path=_json_safe(str(info.filename)))
+        for info in services.networks.hypernetworks()
+    ]
 
 
 @router.get("/loras", response_model=list[LoraItem])
-def list_loras() -> list[LoraItem]:
-    return []
+def list_loras(services: Services = Depends(get_services)) -> list[LoraItem]:
+    """A1111's Lora extension shape: `alias` is the file's own (`ss_output_name`, else the name),
+    `metadata` the safetensors header metadata with JSON values decoded."""
+    return [
+        LoraItem(
+            name=_json_safe(info.name),
+            alias=_json_safe(info.file_alias),
+            path=_json_safe(str(info.filename)),
+            metadata=_json_safe(info.metadata),
+        )
+        for info in services.networks.loras()
+    ]
 
 
 @router.post("/refresh-loras")
-def refresh_loras() -> None:
-    return None
+def refresh_loras(services: Services = Depends(get_services)) -> None:
+    services.networks.refresh("lora")
 
 
 @router.get("/embeddings", response_model=EmbeddingsResponse)
