@@ -103,14 +103,14 @@ _PROCESSOR_SUFFIXES = {"down.weight": "lora_down.weight", "up.weight": "lora_up.
 _KOHYA_HEADS = ("lora_", "lycoris_", "oft_")
 
 
-@dataclass
+@dataclass(eq=False)
 class NetworkWeights:
     """One parsed network file (kept in a RAM cache by the caller).
 
     `modules`: module key as written in the file -> {suffix: tensor} (suffixes in kohya naming).
     `bundled_embeddings`: `bundle_emb.<name>.<key>` tensors as {name: {key: tensor}}, e.g.
     {"foo": {"string_to_param.*": t}} or {"bar": {"clip_l": t, "clip_g": t}}.
-    `nbytes`: bytes of all tensors kept."""
+    `nbytes`: bytes of all tensors kept. Compared by identity (a cache holds one per file)."""
 
     modules: dict[str, dict[str, torch.Tensor]]
     bundled_embeddings: dict[str, dict[str, torch.Tensor]] = field(default_factory=dict)

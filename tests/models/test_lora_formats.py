@@ -199,6 +199,15 @@ def test_dora_renormalises_per_input_channel_and_then_takes_the_multiplier() -> 
     torch.testing.assert_close(_apply(parts, w, 0.3), 0.3 * want)
 
 
+def test_dora_next_to_lokr_with_one_norm_per_output_row() -> None:
+    w, w1, w2 = _rand(6, 8), _rand(2, 2), _rand(3, 4)
+    scale = _rand(6, 1).abs() + 0.5
+    parts = {"lokr_w1": w1, "lokr_w2": w2, "dora_scale": scale}
+    merged = w + torch.kron(w1, w2)
+    want = merged * (scale / merged.norm(dim=1, keepdim=True)) - w
+    torch.testing.assert_close(_apply(parts, w, -0.5), -0.5 * want)
+
+
 def test_fit_reshapes_pads_input_channels_or_refuses() -> None:
     assert fit((6, 8), (6, 8, 1, 1)) == Fit(8, False)
     assert fit((6, 72), (6, 8, 3, 3)) == Fit(72, False)
