@@ -3,7 +3,9 @@ versions and the sidecar files next to each (previews, user metadata, descriptio
 
 Scanning reads headers only, never tensor data: a `.safetensors` file's JSON header (kohya `ss_*`
 metadata, tensor names and shapes), the first bytes of a pickle (`.pt` / `.ckpt`), and the small
-sidecar files. A corrupt or foreign file is listed with its `error`; nothing in a scan raises.
+sidecar files; a rescan re-reads the header of a file only when its mtime or size changed. A
+corrupt, truncated or foreign file (a checkpoint in the LoRA folder) is listed with its `error`
+(a truncated one keeps its metadata); nothing in a scan raises.
 
 A1111 rules followed (its Lora extension, `network.py` / `networks.py`, and `hypernetwork.py`):
 
@@ -50,7 +52,6 @@ from modules.core.safetensors_header import (
     DEFAULT_MAX_HEADER_BYTES,
     METADATA_KEY,
     parse_metadata_json_values,
-    read_safetensors_header,
 )
 from modules.models.families import describe_contents
 from modules.models.lora_formats import _MODIFIERS, BUNDLE_PREFIX, split_key
@@ -172,6 +173,7 @@ class NetworkRegistry:
         self._hypernetworks: list[NetworkInfo] = []
         self._hypernetwork_names: dict[str, NetworkInfo] = {}
         self._scanned: set[Kind] = set()
+        self._facts: dict[tuple[Kind, Path], tuple[tuple[int, int], _HeaderFacts]] = {}
 
     # -- scanning --------------------------------------------------------------------------
 
@@ -181,6 +183,7 @@ class NetworkRegistry:
         for which in _kinds(kind):
             if which == LORA:
                 loras = self._scan(LORA, self.lora_dirs, LORA_SUFFIXES)
+                self._forget_facts(LORA, loras)
                 index = _index_loras(loras)
                 with self._lock:
                     self._loras, self._lora_index = loras, index
@@ -188,6 +191,7 @@ class NetworkRegistry:
                 log.info("found %d LoRA files", len(loras))
             else:
                 found = self._scan(HYPERNET, self.hypernetwork_dirs, HYPERNETWORK_SUFFIXES)
+                self._forget_facts(HYPERNET, found)
                 found = [info for info in found if info.name != "None"]
                 found.sort(key=lambda info: str(info.filename).lower())
                 with self._lock:
@@ -241,28 +245,42 @@ class NetworkRegistry:
         info = NetworkInfo(kind=kind, name=stem, alias=stem, filename=path, relative=relative, file_alias=stem)
         try:
             stat = path.stat()
-            info.mtime, info.size = stat.st_mtime, stat.st_size
         except OSError as exc:
-            info.error = f"{path.name}: cannot read file: {exc.strerror or exc}"
-        raw_metadata: dict[str, str] = {}
-        shapes: dict[str, tuple[int, ...]] = {}
-        if info.error is None:
-            if info.is_safetensors:
-                raw_metadata, shapes, info.error = _read_header(path)
-                if info.error is None and kind == LORA:
-                    info.error = _not_a_network(path.name, shapes)
-            else:
-                info.error = _check_pickle(path)
-        info.metadata = _ordered(parse_metadata_json_values(raw_metadata))
+            facts = _HeaderFacts(error=f"{path.name}: cannot read file: {exc.strerror or exc}")
+        else:
+            info.mtime, info.size = stat.st_mtime, stat.st_size
+            facts = self._header_facts(kind, path, (stat.st_mtime_ns, stat.st_size))
+        info.error = facts.error
+        info.metadata = dict(facts.metadata)
         info.user_metadata = _read_user_metadata(path, present)
         info.preview = _find_preview(path, stem, present)
         info.description = _description(path, stem, present, info.user_metadata)
-        info.sd_version = _sd_version(info.metadata, shapes, info.user_metadata)
+        info.sd_version = _sd_version(info.metadata, facts.key_version, info.user_metadata)
         if kind == LORA:
             info.file_alias = _file_alias(stem, info.metadata, info.user_metadata)
             info.alias = info.file_alias
         self._cached_hashes(info)
         return info
+
+    def _header_facts(self, kind: Kind, path: Path, stamp: tuple[int, int]) -> _HeaderFacts:
+        """What the header says, re-read only when the file changed since the last scan."""
+        with self._lock:
+            held = self._facts.get((kind, path))
+        if held is not None and held[0] == stamp:
+            return held[1]
+        if path.suffix.lower() == ".safetensors":
+            facts = _safetensors_facts(path, check_network=kind == LORA)
+        else:
+            facts = _HeaderFacts(error=_check_pickle(path))
+        with self._lock:
+            self._facts[(kind, path)] = (stamp, facts)
+        return facts
+
+    def _forget_facts(self, kind: Kind, keep: Sequence[NetworkInfo]) -> None:
+        paths = {info.filename for info in keep}
+        with self._lock:
+            for key in [k for k in self._facts if k[0] == kind and k[1] not in paths]:
+                del self._facts[key]
 
     def _cached_hashes(self, info: NetworkInfo) -> None:
         """Fill the hashes `cache.json` already holds for this file (never computes)."""
@@ -414,54 +432,87 @@ def _sortable(key: list[object]) -> tuple[tuple[int, int, str], ...]:
     return tuple((0, v, "") if isinstance(v, int) else (1, 0, str(v)) for v in key)
 
 
-def _read_header(path: Path) -> tuple[dict[str, str], dict[str, tuple[int, ...]], str | None]:
-    """(metadata, tensor shapes, error) of a safetensors file. A header that fails validation
-    (say, a truncated file) is still read as far as it parses, for its metadata."""
-    try:
-        header = read_safetensors_header(path)
-    except ModelFileError as exc:
-        metadata, shapes = _salvage_header(path)
-        return metadata, shapes, str(exc)
-    return dict(header.metadata), {k: t.shape for k, t in header.tensors.items()}, None
+@dataclass(frozen=True)
+class _HeaderFacts:
+    """What a scan keeps of a file's header."""
+
+    metadata: dict[str, object] = field(default_factory=dict)  # decoded, in A1111's order
+    key_version: SdVersion | None = None  # what the tensor names/shapes say
+    error: str | None = None
 
 
-def _salvage_header(path: Path) -> tuple[dict[str, str], dict[str, tuple[int, ...]]]:
-    """Whatever a broken header still tells: its string metadata and the shapes it lists."""
+def _safetensors_facts(path: Path, *, check_network: bool) -> _HeaderFacts:
+    raw_metadata, entries, error = _read_header(path)
+    metadata = _ordered(parse_metadata_json_values(raw_metadata))
+    modules: dict[str, set[str]] = {}
+    bundled = False
+    downs: list[tuple[str, object]] = []
+    for key, entry in entries.items():
+        if key.startswith(BUNDLE_PREFIX):
+            bundled = True
+            continue
+        split = split_key(key)
+        if split is None:
+            continue
+        modules.setdefault(split[0], set()).add(split[1])
+        if split[1] == "lora_down.weight":
+            downs.append((split[0], entry.get("shape") if isinstance(entry, dict) else None))
+    if error is None and check_network and not bundled and all(s <= _MODIFIERS for s in modules.values()):
+        error = f"{path.name}: not a LoRA/LyCORIS network ({describe_contents(dict.fromkeys(entries, ()))})"
+    return _HeaderFacts(metadata, _version_from_keys(modules, downs), error)
+
+
+def _read_header(path: Path) -> tuple[dict[str, str], dict[str, object], str | None]:
+    """(string metadata, tensor entries by name, error) of a safetensors file, checked only as far
+    as listing needs: the header parses and the tensor data it describes is all in the file.
+    (`core.safetensors_header` checks every tensor entry; loading the file does that.) A broken
+    header still gives what it can, so a truncated file keeps its name and alias."""
+    name = path.name
     try:
         with open(path, "rb") as handle:
+            size = os.fstat(handle.fileno()).st_size
             prefix = handle.read(8)
             if len(prefix) < 8:
-                return {}, {}
+                return {}, {}, f"{name}: not a safetensors file (shorter than 8 bytes)"
             (length,) = struct.unpack("<Q", prefix)
-            if length > min(DEFAULT_MAX_HEADER_BYTES, os.fstat(handle.fileno()).st_size - 8):
-                return {}, {}
-            obj = json.loads(handle.read(length).decode("utf-8"))
-    except (OSError, ValueError, RecursionError):
-        return {}, {}
+            if length > DEFAULT_MAX_HEADER_BYTES:
+                return {}, {}, f"{name}: safetensors header length {length} exceeds the limit (corrupt file?)"
+            if 8 + length > size:
+                return (
+                    {},
+                    {},
+                    (
+                        f"{name}: safetensors header length {length} is larger than the file ({size} bytes): "
+                        "truncated or not a safetensors file"
+                    ),
+                )
+            raw = handle.read(length)
+    except OSError as exc:
+        return {}, {}, f"{name}: cannot read file: {exc.strerror or exc}"
+    try:
+        obj = json.loads(raw.decode("utf-8"))
+    except UnicodeDecodeError:
+        return {}, {}, f"{name}: safetensors header is not UTF-8 text"
+    except (ValueError, RecursionError) as exc:
+        return {}, {}, f"{name}: safetensors header is not valid JSON ({exc})"
     if not isinstance(obj, dict):
-        return {}, {}
-    raw = obj.pop(METADATA_KEY, None)
-    metadata = {k: v for k, v in raw.items() if isinstance(v, str)} if isinstance(raw, dict) else {}
-    shapes: dict[str, tuple[int, ...]] = {}
+        return {}, {}, f"{name}: safetensors header is not a JSON object"
+    raw_metadata = obj.pop(METADATA_KEY, None)
+    metadata = {k: v for k, v in raw_metadata.items() if isinstance(v, str)} if isinstance(raw_metadata, dict) else {}
+    data_size = size - 8 - length
+    end = 0
     for key, entry in obj.items():
-        shape = entry.get("shape") if isinstance(entry, dict) else None
-        if isinstance(shape, list) and all(isinstance(d, int) for d in shape):
-            shapes[key] = tuple(shape)
-    return metadata, shapes
-
-
-def _not_a_network(filename: str, shapes: Mapping[str, tuple[int, ...]]) -> str | None:
-    """The error `lora_formats.parse_network` would raise for these tensor names, from the header."""
-    parts: dict[str, set[str]] = {}
-    for key in shapes:
-        if key.startswith(BUNDLE_PREFIX):
-            return None  # bundled embeddings alone are a usable file
-        split = split_key(key)
-        if split is not None:
-            parts.setdefault(split[0], set()).add(split[1])
-    if any(not suffixes <= _MODIFIERS for suffixes in parts.values()):
-        return None
-    return f"{filename}: not a LoRA/LyCORIS network ({describe_contents(shapes)})"
+        offsets = entry.get("data_offsets") if isinstance(entry, dict) else None
+        if not isinstance(offsets, list) or len(offsets) != 2 or not isinstance(offsets[1], int):
+            return metadata, obj, f"{name}: tensor {key!r} has no valid data_offsets"
+        end = max(end, offsets[1])
+    if end > data_size:
+        return (
+            metadata,
+            obj,
+            (f"{name}: tensor data ends at byte {end} but the file has {data_size} bytes of it: truncated file"),
+        )
+    return metadata, obj, None
 
 
 def _check_pickle(path: Path) -> str | None:
@@ -538,7 +589,7 @@ def _file_alias(name: str, metadata: Mapping[str, object], user_metadata: Mappin
 
 
 def _sd_version(
-    metadata: Mapping[str, object], shapes: Mapping[str, tuple[int, ...]], user_metadata: Mapping[str, object]
+    metadata: Mapping[str, object], key_version: SdVersion | None, user_metadata: Mapping[str, object]
 ) -> SdVersion:
     chosen = user_metadata.get("sd version")
     for version in SD_VERSIONS:
@@ -552,22 +603,20 @@ def _sd_version(
     for prefix, version in _MODELSPEC_ARCHITECTURES:
         if architecture.startswith(prefix):
             return version
-    from_keys = _version_from_keys(shapes)
-    if from_keys is not None:
-        return from_keys
+    if key_version is not None:
+        return key_version
     return "SD1" if metadata else "Unknown"
 
 
-def _version_from_keys(shapes: Mapping[str, tuple[int, ...]]) -> SdVersion | None:
-    """The family a network's tensor names and shapes point to, when they do."""
-    if is_sdxl_network(shapes):
+def _version_from_keys(modules: Mapping[str, object], downs: Sequence[tuple[str, object]]) -> SdVersion | None:
+    """The family a network's module names and `lora_down` shapes point to, when they do: SDXL-only
+    layers, else the input width of a cross-attention `to_k`/`to_v`, else of a text encoder's q_proj."""
+    if is_sdxl_network(modules):
         return "SDXL"
     text_width: SdVersion | None = None
-    for key, shape in shapes.items():
-        split = split_key(key)
-        if split is None or split[1] != "lora_down.weight" or len(shape) != 2:
+    for module, shape in downs:
+        if not isinstance(shape, list) or len(shape) != 2 or not isinstance(shape[1], int):
             continue
-        module = split[0]
         if "attn2" in module and ("to_k" in module or "to_v" in module):
             found = _CONTEXT_WIDTHS.get(shape[1])
             if found is not None:

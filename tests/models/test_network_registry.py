@@ -17,6 +17,7 @@ from safetensors.torch import save_file
 
 from modules.core.errors import NotFoundError
 from modules.core.hashes import HashCache, addnet_hash_safetensors, sha256_file
+from modules.models import network_registry
 from modules.models.network_registry import NetworkInfo, NetworkRegistry
 from tests.fixtures.embedding_files import hypernetwork_sequential, write_a1111_hypernetwork
 
@@ -240,6 +241,23 @@ def test_refresh_picks_up_new_files_and_a_miss_rescans(tree: Path) -> None:
         registry.find_lora("missing")
     with pytest.raises(ValueError):
         registry.refresh("checkpoint")
+
+
+def test_a_rescan_rereads_only_changed_headers(tree: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    registry = _registry(tree)
+    assert registry.find_lora("kohya").alias == "kohya_alias"
+    read: list[str] = []
+    real = network_registry._read_header
+
+    def counting(path: Path) -> Any:
+        read.append(path.name)
+        return real(path)
+
+    monkeypatch.setattr(network_registry, "_read_header", counting)
+    _write(tree / "Lora" / "kohya.safetensors", _lora(), _kohya_metadata(ss_output_name="renamed_by_trainer"))
+    registry.refresh()
+    assert read == ["kohya.safetensors"]
+    assert registry.find_lora("kohya").alias == "renamed_by_trainer"
 
 
 def test_truncated_tensor_data_is_listed_from_its_header(tmp_path: Path) -> None:
