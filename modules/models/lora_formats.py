@@ -197,7 +197,6 @@ class Adapter:
     """One module's weights in one format: how big its ΔW is and how to add it."""
 
     kind = "?"
-    uses_rank = True  # whether alpha/dim applies (A1111: formats that set `dim`)
 
     def __init__(self, parts: Mapping[str, torch.Tensor]) -> None:
         self.parts = parts
@@ -215,7 +214,7 @@ class Adapter:
     def calc_scale(self) -> float:
         if self.scale is not None:
             return self.scale
-        dim = self.dim if self.uses_rank else None
+        dim = self.dim  # A1111: only formats with a rank set `dim`
         if dim and self.alpha is not None:
             return self.alpha / dim
         return 1.0
@@ -223,9 +222,6 @@ class Adapter:
     def delta_shape(self, weight_shape: Shape) -> Shape:
         """The shape of ΔW as the format builds it (compared with the weight by `fit`)."""
         raise NotImplementedError
-
-    def needs_original(self) -> bool:
-        return self.dora_scale is not None
 
     def full(self, device: torch.device, original: OriginalWeight, dyn: int | None) -> torch.Tensor:
         """ΔW (float32, `delta_shape`), without scale, multiplier or the `bias` tensor."""
@@ -393,9 +389,6 @@ class Ia3Adapter(Adapter):
             return (-1,)  # fits nothing
         return (n, *weight_shape[1:])
 
-    def needs_original(self) -> bool:
-        return True
-
     def full(self, device: torch.device, original: OriginalWeight, dyn: int | None) -> torch.Tensor:
         weight = original()
         w = _f32(self.w, device).reshape(-1)
@@ -435,16 +428,12 @@ class GloraAdapter(Adapter):
     `scale` tensor or 1 (alpha is required in the file but unused)."""
 
     kind = "glora"
-    uses_rank = False
 
     def delta_shape(self, weight_shape: Shape) -> Shape:
         a2 = self.parts["a2.weight"]
         if len(weight_shape) != 2 or a2.dim() != 2 or int(a2.shape[0]) != weight_shape[1]:
             return (-1,)
         return (int(self.parts["b2.weight"].shape[0]), int(self.parts["b1.weight"].shape[1]))
-
-    def needs_original(self) -> bool:
-        return True
 
     def full(self, device: torch.device, original: OriginalWeight, dyn: int | None) -> torch.Tensor:
         p = {k: _f32(_rows(self.parts[f"{k}.weight"]), device) for k in ("a1", "a2", "b1", "b2")}
