@@ -25,12 +25,14 @@ from modules.core.paths import Paths
 from modules.core.settings import Settings, parse_settings
 from modules.core.styles import StyleDatabase
 from modules.engine import upscaling
+from modules.engine.extra_networks import ExtraNetworks
 from modules.engine.facade import Engine, wire_model_options
 from modules.engine.hooks import Hooks
 from modules.engine.outputs import ImageSaver
 from modules.engine.service import GenerationService, image_saver_for
 from modules.engine.worker import Worker
 from modules.models.devices import policy_from_settings
+from modules.models.embeddings import EmbeddingDatabase
 from modules.models.face_restoration import FaceRestorers
 from modules.models.manager import ModelManager
 from modules.models.memory import MemoryBudget
@@ -87,6 +89,8 @@ def build_services(
     upscalers = UpscalerRegistry.from_paths(paths, policy.placement, budget=budget)
     face_restorers = FaceRestorers(paths.gfpgan_dir, paths.codeformer_dir, budget=budget)
     hooks = Hooks()
+    embeddings = EmbeddingDatabase((paths.embeddings_dir,), hash_cache, hashing=not settings.no_hashing)
+    extra_networks = ExtraNetworks(networks, embeddings, budget=budget, option=options.get)
     generation = GenerationService(
         models,
         options,
@@ -99,6 +103,7 @@ def build_services(
         hooks=hooks,
         upcast_sampling=policy.upcast_sampling,
         nan_check=not settings.disable_nan_check,
+        networks=extra_networks,
     )
     engine = Engine(
         worker=worker,
@@ -112,7 +117,19 @@ def build_services(
     )
     wire_model_options(options, engine, models)
     return Services(
-        settings, paths, options, registry, policy, models, worker, engine, styles, upscalers, face_restorers, networks
+        settings,
+        paths,
+        options,
+        registry,
+        policy,
+        models,
+        worker,
+        engine,
+        styles,
+        upscalers,
+        face_restorers,
+        networks,
+        extra_networks,
     )
 
 

@@ -13,6 +13,7 @@ from modules.core.options import Options
 from modules.core.paths import Paths
 from modules.core.settings import Settings
 from modules.core.styles import StyleDatabase
+from modules.engine.extra_networks import ExtraNetworks
 from modules.engine.facade import Engine
 from modules.engine.worker import Worker
 from modules.models.devices import DevicePolicy
@@ -39,3 +40,4 @@ class Services:
     upscalers: UpscalerRegistry
     face_restorers: FaceRestorers
     networks: NetworkRegistry  # LoRA / LyCORIS and hypernetwork files (read-only listing)
+    extra_networks: ExtraNetworks  # the engine's LoRA / hypernetwork cache and embeddings (composition root, tests)

@@ -3,7 +3,8 @@
 `/loras`, `/refresh-loras` and `/hypernetworks` list the network registry in A1111's shapes (a
 corrupt file is listed like any other, as A1111 does; strings a JSON body cannot carry, such as an
 undecodable file name or a non-finite number in a header, are replaced rather than failing the
-route). Embeddings are not built yet: their list is empty and their refresh route does nothing.
+route). `/embeddings` lists the textual-inversion
+embeddings for the active model (loaded) and those made for another family (skipped).
 """
 
 from __future__ import annotations
@@ -16,7 +17,14 @@ from typing import Any
 from fastapi import APIRouter, Depends
 
 from modules.api.deps import get_services
-from modules.api.schemas_resources import EmbeddingsResponse, HypernetworkItem, LoraItem, SDModelItem, SDVaeItem
+from modules.api.schemas_resources import (
+    EmbeddingItem,
+    EmbeddingsResponse,
+    HypernetworkItem,
+    LoraItem,
+    SDModelItem,
+    SDVaeItem,
+)
 from modules.core.jobs import ReloadModel, UnloadModel
 from modules.models.registry import CheckpointInfo
 from modules.services import Services
@@ -124,10 +132,17 @@ def refresh_loras(services: Services = Depends(get_services)) -> None:
 
 
 @router.get("/embeddings", response_model=EmbeddingsResponse)
-def list_embeddings() -> EmbeddingsResponse:
-    return EmbeddingsResponse(loaded={}, skipped={})
+def list_embeddings(services: Services = Depends(get_services)) -> EmbeddingsResponse:
+    """A1111's shape: `loaded` = the embeddings the active model can use, `skipped` = those made
+    for another model family (files that are not embeddings at all are left out, as A1111 does)."""
+    found = services.engine.embeddings()
+    if found is None:
+        return EmbeddingsResponse(loaded={}, skipped={})
+    loaded = {name: EmbeddingItem(**e.info()) for name, e in found.loaded.items()}
+    skipped = {name: EmbeddingItem(**e.info()) for name, (e, _why) in found.skipped.items() if e is not None}
+    return EmbeddingsResponse(loaded=loaded, skipped=skipped)
 
 
 @router.post("/refresh-embeddings")
-def refresh_embeddings() -> None:
-    return None
+def refresh_embeddings(services: Services = Depends(get_services)) -> None:
+    services.engine.refresh_embeddings()

@@ -1,0 +1,146 @@
+"""A LoRA through the API: `<lora:x:0.8>` changes the image, gives the image of a checkpoint with the
+same deltas merged in by hand, is written in the infotext as A1111 writes it, and a missing or
+foreign network is a warning, not an error."""
+
+from __future__ import annotations
+
+import base64
+import io
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from fastapi.testclient import TestClient
+from PIL import Image
+from safetensors.torch import load_file, save_file
+
+from modules.core.hashes import addnet_hash_safetensors
+from modules.models.loader import Placement, load_single_file
+
+pytestmark = pytest.mark.usefixtures("no_network")
+
+API_CHECKPOINTS = {"sd1": "sd1.safetensors", "sdxl": "sdxl.safetensors"}
+MULTIPLIER = 0.8
+RANK = 2
+ALPHA = 1.0
+
+
+def _kohya_targets(model: object) -> list[tuple[str, str, torch.nn.Module]]:
+    """(kohya key, owner prefix, module) for the attention projections of the UNet and the text
+    encoder's q/k/v/out projections: the layers a kohya SD1 LoRA trains."""
+    found: list[tuple[str, str, torch.nn.Module]] = []
+    for name, module in model.unet.named_modules():  # type: ignore[attr-defined]
+        if isinstance(module, torch.nn.Linear) and ".attn" in name and name.rsplit(".", 1)[-1] in ("to_q", "to_k", "to_v"):
+            found.append(("lora_unet_" + name.replace(".", "_"), "unet", module))
+    for name, module in model.text_encoders[0].named_modules():  # type: ignore[attr-defined]
+        if isinstance(module, torch.nn.Linear) and ".self_attn." in name:
+            found.append(("lora_te_" + name.replace(".", "_"), "te", module))
+    return found
+
+
+def _write_lora_and_merged(sd1: Path, lora: Path, merged: Path) -> None:
+    """A kohya LoRA for the tiny SD1 checkpoint, and the checkpoint with W + up@down*alpha/rank*0.8
+    merged into the LDM tensors by hand (each diffusers weight found in the file by its values)."""
+    model = load_single_file(sd1, Placement())
+    state = load_file(str(sd1))
+    gen = torch.Generator().manual_seed(7)
+    tensors: dict[str, torch.Tensor] = {}
+    merged_state = dict(state)
+    for key, _owner, module in _kohya_targets(model):
+        weight = module.weight.detach()
+        down = torch.randn(RANK, weight.shape[1], generator=gen) * 0.5
+        up = torch.randn(weight.shape[0], RANK, generator=gen) * 0.5
+        tensors[f"{key}.lora_down.weight"] = down
+        tensors[f"{key}.lora_up.weight"] = up
+        tensors[f"{key}.alpha"] = torch.tensor(ALPHA)
+        ldm = [k for k, v in state.items() if v.shape == weight.shape and torch.equal(v.float(), weight.float())]
+        assert len(ldm) == 1, f"{key}: {ldm}"
+        original = state[ldm[0]]
+        merged_state[ldm[0]] = (original.float() + (up @ down) * (ALPHA / RANK * MULTIPLIER)).to(original.dtype)
+    save_file(tensors, str(lora), metadata={"ss_output_name": "x", "ss_network_dim": str(RANK)})
+    save_file(merged_state, str(merged))
+
+
+@pytest.fixture(scope="module")
+def api_data_dir(tiny_models: dict[str, Path], tmp_path_factory: pytest.TempPathFactory) -> Path:
+    root = tmp_path_factory.mktemp("api-lora")
+    sd = root / "models" / "Stable-diffusion"
+    lora_dir = root / "models" / "Lora"
+    sd.mkdir(parents=True)
+    lora_dir.mkdir(parents=True)
+    for family, name in API_CHECKPOINTS.items():
+        shutil.copy(tiny_models[family], sd / name)
+    _write_lora_and_merged(tiny_models["sd1"], lora_dir / "x.safetensors", sd / "merged.safetensors")
+    (lora_dir / "broken.safetensors").write_bytes(b"\x10\x00\x00\x00\x00\x00\x00\x00{not json")
+    return root
+
+
+def _txt2img(client: TestClient, prompt: str, **extra: object) -> dict[str, object]:
+    body = {"prompt": prompt, "steps": 3, "width": 64, "height": 64, "seed": 11, "sampler_name": "Euler"}
+    body.update(extra)
+    response = client.post("/sdapi/v1/txt2img", json=body)
+    assert response.status_code == 200, response.text
+    return response.json()  # type: ignore[no-any-return]
+
+
+def _pixels(answer: dict[str, object]) -> np.ndarray:
+    data = base64.b64decode(answer["images"][0])  # type: ignore[index]
+    return np.asarray(Image.open(io.BytesIO(data)).convert("RGB"), dtype=np.int16)
+
+
+def test_a_lora_tag_changes_the_image_like_the_merged_checkpoint(client: TestClient, api_data_dir: Path) -> None:
+    plain = _pixels(_txt2img(client, "a cat"))
+    answer = _txt2img(client, f"a cat <lora:x:{MULTIPLIER}>")
+    with_lora = _pixels(answer)
+    assert np.abs(with_lora - plain).max() > 0, "the LoRA changed nothing"
+    merged = _pixels(
+        _txt2img(client, "a cat", override_settings={"sd_model_checkpoint": "merged.safetensors"})
+    )
+    diff = np.abs(with_lora - merged)
+    # the same float32 sum, rounded in another order at most: one level in a few pixels
+    assert diff.max() <= 1 and (diff > 0).mean() < 0.01, (diff.max(), (diff > 0).mean())
+    info = json.loads(answer["info"])  # type: ignore[arg-type]
+    shorthash = addnet_hash_safetensors(api_data_dir / "models" / "Lora" / "x.safetensors")[:12]
+    assert f'Lora hashes: "x: {shorthash}"' in info["infotexts"][0]
+    assert f"<lora:x:{MULTIPLIER}>" in info["infotexts"][0]  # the prompt keeps its tag, as A1111's
+
+
+def test_an_unchanged_lora_set_reads_and_patches_nothing_again(client: TestClient, api_services: object) -> None:
+    networks = api_services.extra_networks  # type: ignore[attr-defined]
+    _txt2img(client, "a dog <lora:x:0.5>")
+    loads = networks.loads
+    patcher = api_services.models.patcher  # type: ignore[attr-defined]
+    applied = patcher.stats.applied
+    _txt2img(client, "a dog <lora:x:0.5>", seed=12)
+    assert networks.loads == loads and patcher.stats.applied == applied
+    _txt2img(client, "a dog")  # the set changes: pristine weights again
+    assert patcher.is_pristine
+
+
+def test_missing_broken_and_foreign_networks_are_warnings(client: TestClient) -> None:
+    plain = _pixels(_txt2img(client, "a cat"))
+    answer = _txt2img(client, "a cat <lora:nope:1> <lora:broken:1> <hypernet:nothing:1>")
+    warnings = json.loads(answer["info"])["warnings"]  # type: ignore[arg-type]
+    assert any("nope" in w and "not found" in w for w in warnings), warnings
+    assert any("broken" in w for w in warnings), warnings
+    assert any("nothing" in w for w in warnings), warnings
+    assert np.array_equal(_pixels(answer), plain)
+    sdxl = _txt2img(client, "a cat <lora:x:1>", override_settings={"sd_model_checkpoint": "sdxl.safetensors"})
+    warnings = json.loads(sdxl["info"])["warnings"]  # type: ignore[arg-type]
+    assert any("matches no layer" in w for w in warnings), warnings
+    assert "Lora hashes" not in json.loads(sdxl["info"])["infotexts"][0]  # type: ignore[arg-type]
+
+
+def test_disable_extra_networks_leaves_the_tag_inactive(client: TestClient) -> None:
+    plain = _pixels(_txt2img(client, "a cat"))
+    answer = _txt2img(client, "a cat <lora:x:0.8>", disable_extra_networks=True)
+    assert np.array_equal(_pixels(answer), plain)
+    assert "Lora hashes" not in json.loads(answer["info"])["infotexts"][0]  # type: ignore[arg-type]
+
+
+def test_lora_list_and_infotext_paste_name_it(client: TestClient) -> None:
+    listed = client.get("/sdapi/v1/loras").json()
+    assert any(item["name"] == "x" for item in listed)
