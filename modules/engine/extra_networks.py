@@ -211,7 +211,7 @@ class ExtraNetworks:
         found.hypernetworks.append(ActiveHypernetwork(args.name, info, network, args.strength))
 
     def lora_weights(self, info: NetworkInfo) -> NetworkWeights:
-        return self._loras.get(info, lambda: self._read_lora(info), lambda w: int(w.nbytes))  # type: ignore[no-any-return]
+        return self._loras.get(info, lambda: self._read_lora(info), lambda w: int(w.nbytes))
 
     def _read_lora(self, info: NetworkInfo) -> NetworkWeights:
         self.loads += 1

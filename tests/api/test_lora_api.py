@@ -1,6 +1,7 @@
-"""A LoRA through the API: `<lora:x:0.8>` changes the image, gives the image of a checkpoint with the
-same deltas merged in by hand, is written in the infotext as A1111 writes it, and a missing or
-foreign network is a warning, not an error."""
+"""Extra networks through the API: `<lora:x:0.8>` changes the image, gives the image of a checkpoint
+with the same deltas merged in by hand, is written in the infotext as A1111 writes it; a hires
+prompt naming another LoRA runs its pass with that one; an embedding's name and a hypernetwork tag
+act, and are listed; a missing or foreign network is a warning, not an error."""
 
 from __future__ import annotations
 
@@ -17,8 +18,9 @@ from fastapi.testclient import TestClient
 from PIL import Image
 from safetensors.torch import load_file, save_file
 
-from modules.core.hashes import addnet_hash_safetensors
+from modules.core.hashes import addnet_hash_safetensors, sha256_file
 from modules.models.loader import Placement, load_single_file
+from tests.fixtures.embedding_files import hypernetwork_sequential, vectors, write_a1111_hypernetwork, write_a1111_pt
 
 pytestmark = pytest.mark.usefixtures("no_network")
 
@@ -33,7 +35,11 @@ def _kohya_targets(model: object) -> list[tuple[str, str, torch.nn.Module]]:
     encoder's q/k/v/out projections: the layers a kohya SD1 LoRA trains."""
     found: list[tuple[str, str, torch.nn.Module]] = []
     for name, module in model.unet.named_modules():  # type: ignore[attr-defined]
-        if isinstance(module, torch.nn.Linear) and ".attn" in name and name.rsplit(".", 1)[-1] in ("to_q", "to_k", "to_v"):
+        if (
+            isinstance(module, torch.nn.Linear)
+            and ".attn" in name
+            and name.rsplit(".", 1)[-1] in ("to_q", "to_k", "to_v")
+        ):
             found.append(("lora_unet_" + name.replace(".", "_"), "unet", module))
     for name, module in model.text_encoders[0].named_modules():  # type: ignore[attr-defined]
         if isinstance(module, torch.nn.Linear) and ".self_attn." in name:
@@ -41,12 +47,12 @@ def _kohya_targets(model: object) -> list[tuple[str, str, torch.nn.Module]]:
     return found
 
 
-def _write_lora_and_merged(sd1: Path, lora: Path, merged: Path) -> None:
+def _write_lora_and_merged(sd1: Path, lora: Path, merged: Path, seed: int = 7) -> None:
     """A kohya LoRA for the tiny SD1 checkpoint, and the checkpoint with W + up@down*alpha/rank*0.8
     merged into the LDM tensors by hand (each diffusers weight found in the file by its values)."""
     model = load_single_file(sd1, Placement())
     state = load_file(str(sd1))
-    gen = torch.Generator().manual_seed(7)
+    gen = torch.Generator().manual_seed(seed)
     tensors: dict[str, torch.Tensor] = {}
     merged_state = dict(state)
     for key, _owner, module in _kohya_targets(model):
@@ -75,7 +81,25 @@ def api_data_dir(tiny_models: dict[str, Path], tmp_path_factory: pytest.TempPath
         shutil.copy(tiny_models[family], sd / name)
     _write_lora_and_merged(tiny_models["sd1"], lora_dir / "x.safetensors", sd / "merged.safetensors")
     (lora_dir / "broken.safetensors").write_bytes(b"\x10\x00\x00\x00\x00\x00\x00\x00{not json")
+    _write_lora_and_merged(tiny_models["sd1"], lora_dir / "y.safetensors", root / "unused.safetensors", seed=8)
+    width = load_single_file(tiny_models["sd1"], Placement()).text_encoders[0].config.hidden_size
+    write_a1111_pt(root / "embeddings" / "shiny.pt", vectors(2, width, seed=3) * 4)
+    write_a1111_pt(root / "embeddings" / "xlonly.pt", vectors(1, 2048, seed=4))
+    sizes = {m.to_k.in_features for m in _attentions(tiny_models["sd1"])}
+    modules = {
+        size: (
+            hypernetwork_sequential(size, (1, 2, 1), "relu", seed=size),
+            hypernetwork_sequential(size, (1, 2, 1), "relu", seed=size + 1),
+        )
+        for size in sizes
+    }
+    write_a1111_hypernetwork(root / "models" / "hypernetworks" / "h.pt", modules)
     return root
+
+
+def _attentions(checkpoint: Path) -> list[torch.nn.Module]:
+    model = load_single_file(checkpoint, Placement())
+    return [m for m in model.unet.modules() if hasattr(m, "to_k") and hasattr(m, "to_v")]
 
 
 def _txt2img(client: TestClient, prompt: str, **extra: object) -> dict[str, object]:
@@ -96,9 +120,7 @@ def test_a_lora_tag_changes_the_image_like_the_merged_checkpoint(client: TestCli
     answer = _txt2img(client, f"a cat <lora:x:{MULTIPLIER}>")
     with_lora = _pixels(answer)
     assert np.abs(with_lora - plain).max() > 0, "the LoRA changed nothing"
-    merged = _pixels(
-        _txt2img(client, "a cat", override_settings={"sd_model_checkpoint": "merged.safetensors"})
-    )
+    merged = _pixels(_txt2img(client, "a cat", override_settings={"sd_model_checkpoint": "merged.safetensors"}))
     diff = np.abs(with_lora - merged)
     # the same float32 sum, rounded in another order at most: one level in a few pixels
     assert diff.max() <= 1 and (diff > 0).mean() < 0.01, (diff.max(), (diff > 0).mean())
@@ -144,3 +166,46 @@ def test_disable_extra_networks_leaves_the_tag_inactive(client: TestClient) -> N
 def test_lora_list_and_infotext_paste_name_it(client: TestClient) -> None:
     listed = client.get("/sdapi/v1/loras").json()
     assert any(item["name"] == "x" for item in listed)
+
+
+def test_a_hires_prompt_naming_another_lora_runs_the_hires_pass_with_it(
+    client: TestClient, api_services: object
+) -> None:
+    hires = {"enable_hr": True, "hr_scale": 1.5, "hr_upscaler": "Latent", "denoising_strength": 0.6}
+    same = _pixels(_txt2img(client, "a cat <lora:x:1>", **hires))
+    other = _txt2img(client, "a cat <lora:x:1>", hr_prompt="a cat <lora:y:1>", **hires)
+    assert np.abs(_pixels(other) - same).max() > 0
+    info = json.loads(other["info"])  # type: ignore[arg-type]
+    assert '"x: ' in info["infotexts"][0] and ", y: " in info["infotexts"][0]  # both sets' hashes, as A1111
+    # after the job the first pass's set is the one in force (the next job with it does no work)
+    patcher = api_services.models.patcher  # type: ignore[attr-defined]
+    assert len(patcher.identities) == 1 and "x.safetensors" in patcher.identities[0]
+
+
+def test_an_embedding_name_in_the_prompt_acts_and_is_listed(client: TestClient, api_data_dir: Path) -> None:
+    listed = client.get("/sdapi/v1/embeddings").json()
+    assert listed["loaded"]["shiny"] == {
+        "step": 1500,
+        "sd_checkpoint": "cc6cb27103",
+        "sd_checkpoint_name": "v1-5-pruned-emaonly",
+        "shape": listed["loaded"]["shiny"]["shape"],
+        "vectors": 2,
+    }
+    assert "xlonly" in listed["skipped"] and "xlonly" not in listed["loaded"]
+    plain = _pixels(_txt2img(client, "a cat"))
+    answer = _txt2img(client, "a (shiny:1.1) cat")
+    assert np.abs(_pixels(answer) - plain).max() > 0
+    shorthash = sha256_file(api_data_dir / "embeddings" / "shiny.pt")[:12]
+    assert f'TI hashes: "shiny: {shorthash}"' in json.loads(answer["info"])["infotexts"][0]  # type: ignore[arg-type]
+    assert client.post("/sdapi/v1/refresh-embeddings").status_code == 200
+
+
+def test_a_hypernetwork_tag_changes_the_image_and_leaves_no_hooks(client: TestClient, api_services: object) -> None:
+    assert [item["name"] for item in client.get("/sdapi/v1/hypernetworks").json()] == ["h"]
+    plain = _pixels(_txt2img(client, "a cat"))
+    strong = _pixels(_txt2img(client, "a cat <hypernet:h:1>"))
+    assert np.abs(strong - plain).max() > 0
+    zero = _pixels(_txt2img(client, "a cat <hypernet:h:0>"))
+    assert np.array_equal(zero, plain)
+    unet = api_services.models.active.model.unet  # type: ignore[attr-defined]
+    assert not any(m._forward_pre_hooks for m in unet.modules())
