@@ -1,7 +1,8 @@
 """Restoring generation parameters into a tab's fields (A1111's paste fields, a1111.md 3.3): the
 infotext of a PNG, of a gallery image or typed into the prompt box, parsed with `parse_infotext`
 and mapped onto the components by field name through the one field table (`modules.core.fields`),
-which the API's `infotext` field reads too.
+which the API's `infotext` field reads too. `<lora:NAME:` tags of a pasted prompt are renamed to
+the local LoRA whose hash `Lora hashes` gives for NAME (A1111's Lora `infotext_pasted`).
 
 As A1111: the hires checkpoint, sampler, schedule type and prompts go back to "Use same ..." / empty
 when an infotext does not set them (or names the first pass's own sampler or schedule), the Refiner
@@ -10,11 +11,12 @@ writes short titles, "name [hash]") are looked up and restored as the dropdowns'
 
 from __future__ import annotations
 
-from collections.abc import Collection, Mapping
+from collections.abc import Callable, Collection, Mapping
 from typing import Any
 
 import gradio as gr
 
+from modules.core.extra_networks import restore_lora_names
 from modules.core.fields import values_from_infotext
 from modules.core.infotext import parse_infotext
 from modules.services import Services
@@ -40,7 +42,22 @@ def parse_for_paste(services: Services, infotext: str) -> dict[str, object]:
         title = checkpoint_title(services, str(parsed[key])) if key in parsed else None
         if title is not None:
             parsed[key] = title
+    lora_hashes = parsed.get("Lora hashes")
+    if isinstance(lora_hashes, str) and lora_hashes:
+        parsed["Prompt"] = restore_lora_names(str(parsed.get("Prompt", "")), lora_hashes, _local_lora(services))
     return parsed
+
+
+def _local_lora(services: Services) -> Callable[[str], str | None]:
+    """The name to write for a LoRA known by its shorthash here (A1111's `infotext_pasted`)."""
+
+    def alias(shorthash: str) -> str | None:
+        info = services.networks.lora_by_shorthash(shorthash)
+        if info is None:
+            return None
+        return info.name if services.options.get("lora_preferred_name") == "Filename" else info.alias
+
+    return alias
 
 
 def looks_like_infotext(text: str) -> bool:
