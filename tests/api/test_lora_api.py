@@ -209,3 +209,11 @@ def test_a_hypernetwork_tag_changes_the_image_and_leaves_no_hooks(client: TestCl
     assert np.array_equal(zero, plain)
     unet = api_services.models.active.model.unet  # type: ignore[attr-defined]
     assert not any(m._forward_pre_hooks for m in unet.modules())
+
+
+def test_the_add_network_to_prompt_option_appends_its_tag(client: TestClient) -> None:
+    answer = _txt2img(client, "a cat", override_settings={"sd_lora": "x"})
+    infotext = json.loads(answer["info"])["infotexts"][0]  # type: ignore[arg-type]
+    assert infotext.startswith("a cat<lora:x:1.0>") and 'Lora hashes: "x: ' in infotext
+    again = _txt2img(client, "a cat <lora:x:0.2>", override_settings={"sd_lora": "x"})
+    assert json.loads(again["info"])["infotexts"][0].startswith("a cat <lora:x:0.2>\n")  # type: ignore[arg-type]
