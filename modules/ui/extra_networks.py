@@ -43,7 +43,6 @@ from PIL import Image, ImageOps
 
 from modules.core.atomic import atomic_write_json
 from modules.core.errors import SdWebuiError
-from modules.models.families import FAMILIES
 
 if TYPE_CHECKING:
     from modules.services import Services
@@ -86,13 +85,11 @@ def format_weight(value: float) -> str:
     return text[:-2] if text.endswith(".0") else text
 
 
-def preferred_lora_name(name: str, alias: str, preference: str, taken: Mapping[str, int]) -> str:
-    """The name a LoRA card writes into its tag: its alias (kohya `ss_output_name` or the user
-    metadata's) unless `lora_preferred_name` is "Filename", or the alias is empty or names more
-    than one network (`taken`: lowercased names and aliases -> how many networks use them)."""
-    if preference == "Filename" or not alias or alias == name:
-        return name
-    return name if taken.get(alias.lower(), 0) > 1 else alias
+def preferred_lora_name(name: str, alias: str, preference: str) -> str:
+    """The name a LoRA card writes into its tag: its alias unless `lora_preferred_name` is
+    "Filename" or it has none. (The registry's `alias` already falls back to the name when the
+    alias is forbidden, i.e. used by more than one network: A1111's rule.)"""
+    return name if preference == "Filename" or not alias else alias
 
 
 def lora_texts(tag_name: str, user_metadata: Mapping[str, Any], default_multiplier: float) -> tuple[str, str]:
@@ -609,18 +606,6 @@ def _networks(services: Services) -> Any:
     return getattr(services, "networks", None)
 
 
-def _embeddings(services: Services) -> Any:
-    return getattr(services, "embeddings", None)
-
-
-def _name_counts(infos: Sequence[Any]) -> dict[str, int]:
-    counts: dict[str, int] = {}
-    for info in infos:
-        for value in {str(info.name).lower(), str(getattr(info, "alias", "") or "").lower()} - {""}:
-            counts[value] = counts.get(value, 0) + 1
-    return counts
-
-
 def _network_common(page: str, info: Any) -> dict[str, Any]:
     filename = Path(str(info.filename))
     created, modified, size = _times(filename)
@@ -663,7 +648,6 @@ def lora_cards(services: Services, *, filtered: bool = True) -> list[Card]:
     show_all = bool(options.get("lora_show_all")) or not filtered
     hide_unknown: Sequence[str] = options.get("lora_hide_unknown_for_versions") or ()
     model_version = model_sd_version(services.engine.model_status().family)
-    taken = _name_counts(infos)
     cards = []
     for info in infos:
         common = _network_common(LORA, info)
@@ -673,7 +657,7 @@ def lora_cards(services: Services, *, filtered: bool = True) -> list[Card]:
             sd_version = str(getattr(info, "sd_version", "") or "Unknown")
         if not lora_card_shown(sd_version, model_version, show_all=show_all, hide_unknown_for=hide_unknown):
             continue
-        tag_name = preferred_lora_name(str(info.name), str(getattr(info, "alias", "") or ""), preference, taken)
+        tag_name = preferred_lora_name(str(info.name), str(getattr(info, "alias", "") or ""), preference)
         prompt, negative = lora_texts(tag_name, user, multiplier)
         cover = _cover_image(common["metadata"]) if common["preview"] is None else None
         cards.append(Card(**common, prompt=prompt, negative_prompt=negative, sd_version=sd_version, cover_image=cover))
@@ -691,22 +675,15 @@ def hypernetwork_cards(services: Services) -> list[Card]:
     ]
 
 
-def _loaded_family(services: Services) -> Any:
-    label = services.engine.model_status().family
-    return next((family for family in FAMILIES.values() if family.label == label), None)
-
-
 def embedding_cards(services: Services) -> list[Card]:
-    """The embeddings the loaded model can use (A1111 lists its loaded ones); every readable one
-    when no model is loaded. Embeddings bundled in LoRAs have no file and no card."""
-    database = _embeddings(services)
-    if database is None:
+    """The embeddings the loaded model can use (A1111 lists its loaded ones; none before a model
+    is loaded). Embeddings bundled in LoRAs have no file and no card."""
+    found = services.engine.embeddings()
+    if found is None:
         return []
-    family = _loaded_family(services)
-    embeddings = database.for_model(family).loaded if family is not None else database.all()
-    roots = [Path(d) for d in getattr(database, "dirs", ())]
+    roots = [Path(services.paths.embeddings_dir)]
     cards = []
-    for name, embedding in embeddings.items():
+    for name, embedding in found.loaded.items():
         filename = getattr(embedding, "filename", None)
         if filename is None:
             continue
@@ -714,7 +691,7 @@ def embedding_cards(services: Services) -> list[Card]:
         created, modified, size = _times(path)
         user = read_user_metadata(path)
         relative = _relative(path, roots)
-        shorthash = getattr(embedding, "shorthash", None)
+        shorthash = embedding.shorthash() if callable(getattr(embedding, "shorthash", None)) else None
         vectors = getattr(embedding, "vector_count", None)
         cards.append(
             Card(
@@ -792,8 +769,7 @@ def page_dirs(services: Services, page: str) -> list[Path]:
     if page == CHECKPOINTS:
         return list(paths.checkpoint_dirs)
     if page == TEXTUAL_INVERSION:
-        database = _embeddings(services)
-        return [Path(d) for d in getattr(database, "dirs", ())] or [paths.embeddings_dir]
+        return [paths.embeddings_dir]
     if page == LORA:
         return [paths.lora_dir, paths.lycoris_dir]
     return [paths.hypernetwork_dir]
@@ -804,9 +780,7 @@ def refresh_page(services: Services, page: str) -> None:
     if page == CHECKPOINTS:
         services.registry.refresh()
     elif page == TEXTUAL_INVERSION:
-        database = _embeddings(services)
-        if database is not None:
-            database.refresh()
+        services.engine.refresh_embeddings()
     else:
         registry = _networks(services)
         if registry is not None:
@@ -1064,8 +1038,6 @@ def build_page(
         card = store.find(services, prefix, page, key)
         values = {"description": description, "notes": notes, **dict(zip(editor.lora_fields, lora_values, strict=True))}
         save_card_metadata(services, card, values)
-        if page in (LORA, HYPERNETWORKS):
-            refresh_page(services, page)  # the registry reads the new user metadata
         gr.Info(f"Saved the metadata of {card.name}.")
         return gr.update(visible=False), render()
 

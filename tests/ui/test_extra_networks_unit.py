@@ -44,12 +44,10 @@ def test_lora_tag_uses_the_default_multiplier_then_the_activation_text_and_negat
     assert en.hypernetwork_text("hn", 0.5) == "<hypernet:hn:0.5>"
 
 
-def test_lora_name_is_the_alias_unless_filename_is_preferred_or_the_alias_is_ambiguous() -> None:
-    taken = {"x": 1, "x_alias": 1, "shared": 2, "y": 1}
-    assert en.preferred_lora_name("x", "x_alias", "Alias from file", taken) == "x_alias"
-    assert en.preferred_lora_name("x", "x_alias", "Filename", taken) == "x"
-    assert en.preferred_lora_name("x", "", "Alias from file", taken) == "x"
-    assert en.preferred_lora_name("y", "shared", "Alias from file", taken) == "y"
+def test_lora_name_is_the_alias_unless_filename_is_preferred() -> None:
+    assert en.preferred_lora_name("x", "x_alias", "Alias from file") == "x_alias"
+    assert en.preferred_lora_name("x", "x_alias", "Filename") == "x"
+    assert en.preferred_lora_name("x", "", "Alias from file") == "x"
 
 
 # -- clicking a card: toggle in the prompts ---------------------------------------------------------
@@ -440,20 +438,23 @@ def test_embedded_cover_image_is_a_preview(tmp_path: Path) -> None:
 
 def test_embedding_cards_list_what_the_loaded_model_can_use(tmp_path: Path) -> None:
     from modules.models.embeddings import EmbeddingDatabase
+    from modules.models.families import SD1
 
     root = tmp_path / "embeddings"
     ef.write_a1111_pt(root / "good.pt", ef.vectors(2, 768))
-    ef.write_a1111_pt(root / "sub" / "wide.pt", ef.vectors(1, 1024))  # an SD2 embedding
+    ef.write_a1111_pt(root / "sub" / "wide.pt", ef.vectors(1, 1024))  # an SD2 embedding: skipped
     _png(root / "good.preview.png")
     (root / "good.txt").write_text("a good one", encoding="utf-8")
-    database = EmbeddingDatabase([root], HashCache(tmp_path / "cache.json"), hashing=False)
+    database = EmbeddingDatabase([root], HashCache(tmp_path / "cache.json"))
     services = _services(tmp_path)
-    services.embeddings = database
+    services.paths.embeddings_dir = root
+    services.engine.embeddings = lambda: database.for_model(SD1)
     cards = en.embedding_cards(services)
     assert [c.key for c in cards] == ["good"]
     good = cards[0]
     assert good.prompt == "good" and good.to_active_box and good.description == "a good one"
     assert good.preview == root / "good.preview.png" and good.relative == "good.pt"
-    # no model loaded: every readable one
-    services.engine = types.SimpleNamespace(model_status=lambda: ModelStatus(family=None))
-    assert sorted(c.relative for c in en.embedding_cards(services)) == ["good.pt", "sub/wide.pt"]
+    assert good.shorthash is not None and good.shorthash in good.search_terms
+    # no model loaded: none (the engine has no embeddings to offer)
+    services.engine.embeddings = lambda: None
+    assert en.embedding_cards(services) == []
