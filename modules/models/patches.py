@@ -7,12 +7,14 @@ A `WeightPatch` names parameters in the model's namespace and gives a delta to a
 pristine + the sum of the deltas of the set, computed in float32 on the weight's device and stored
 in the weight's dtype.
 
-How the way back stays exact: the parameter's tensor is never written in place. A patched weight
-gets a *new* tensor (`param.data = new`), and the patcher keeps the pristine tensor of every weight
-it touched: on the CPU, the original tensor itself (a reference: for a memory-mapped safetensors
-file that is the read-only view of the file, which is never written, and which costs no memory);
-on another device, a copy on the CPU. Restoring puts that tensor back (moved to the weight's
-current device), so after `apply(())` every tensor is bit-identical to what was loaded.
+How the way back stays exact: a pristine tensor is never written. A weight gets a *new* tensor
+when it is first patched (`param.data = new`; a float32 weight already patched is refilled in its
+own tensor on the next change of set, so no fresh memory is faulted in each time), and the
+patcher keeps the pristine tensor of every weight it touched: on the CPU, the original tensor
+itself (a reference: for a memory-mapped safetensors file that is the read-only view of the file,
+which is never written, and which costs no memory); on another device, a copy on the CPU.
+Restoring puts that tensor back (moved to the weight's current device), so after `apply(())`
+every tensor is bit-identical to what was loaded.
 
 A delta is a tensor, or a `Delta`: something with a `shape` that adds itself into the float32
 sum (`add_to(total)`), so a low-rank patch can fuse `up @ down` into the sum (`addmm_`) without
@@ -119,6 +121,7 @@ class PatchStats:
     patched_tensors: int = 0  # weights written as pristine + deltas
     kept_tensors: int = 0  # weights left as they were because their contributions did not change
     restored_tensors: int = 0  # weights put back to pristine
+    refilled_tensors: int = 0  # patched float32 weights rewritten in their own tensor (no new memory)
 
 
 @dataclass
@@ -254,8 +257,14 @@ class WeightPatcher:
             param = planned.param
             current = param.data
             pristine = record.pristine if record is not None else _cpu_reference(current)
-            base = pristine if record is not None else current
-            total = base.to(device=current.device, dtype=torch.float32, copy=True)
+            if record is not None and current.dtype == torch.float32 and current.data_ptr() != pristine.data_ptr():
+                # our own patched float32 tensor: refilled in place rather than a fresh one, whose
+                # memory would have to be faulted in again on every change of set
+                total = current.copy_(pristine)
+                self.stats.refilled_tensors += 1
+            else:
+                base = pristine if record is not None else current
+                total = base.to(device=current.device, dtype=torch.float32, copy=True)
             for _, delta in planned.items:
                 if isinstance(delta, torch.Tensor):
                     total += delta.to(device=current.device, dtype=torch.float32)

@@ -320,3 +320,20 @@ def test_a_delta_object_adds_itself_and_a_patch_sees_the_pristine_weight(tree: d
         assert torch.allclose(_weights(model)[te], expected, atol=1e-6)
     with m.lease("one"):
         assert torch.equal(_weights(model)[te], pristine)
+
+
+def test_a_patched_float32_weight_is_refilled_in_its_own_tensor_on_a_change_of_set(tree: dict[str, Path]) -> None:
+    m = _manager(tree)
+    m.load("one")
+    model = m.active.model  # type: ignore[union-attr]
+    pristine = model.unet.conv_in.weight.detach().clone()
+    first, second = _delta(model, UNET, 1), _delta(model, UNET, 2)
+    with m.lease(ModelSpec("one", patches=(AddDelta("a", {UNET: first}),))):
+        tensor = model.unet.conv_in.weight.data
+        assert tensor.dtype == torch.float32
+    with m.lease(ModelSpec("one", patches=(AddDelta("b", {UNET: second}),))):
+        assert model.unet.conv_in.weight.data.data_ptr() == tensor.data_ptr()  # no fresh memory
+        assert torch.equal(model.unet.conv_in.weight, pristine + second)
+    assert m.patcher is not None and m.patcher.stats.refilled_tensors == 1
+    with m.lease("one"):
+        assert torch.equal(model.unet.conv_in.weight, pristine)
