@@ -24,6 +24,7 @@ would create the bias).
 from __future__ import annotations
 
 import logging
+import math
 import threading
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
@@ -147,6 +148,10 @@ class DeltaCache:
             self.budget.add(self._entry(weights), self.KIND, nbytes, lambda: self._drop(id(weights)))
         return delta
 
+    def fits(self, nbytes: int) -> bool:
+        """Whether a network's deltas of `nbytes` can stay in the budget at all."""
+        return self.budget is None or nbytes <= self.budget.limit()
+
     def _entry(self, weights: NetworkWeights) -> str:
         return f"{self.KIND}:{id(weights)}:{weights.source}"
 
@@ -238,13 +243,16 @@ class NetworkPatch:
 
     def deltas(self, model: StableDiffusionModel, original: Original) -> Iterator[tuple[str, torch.Tensor | Delta]]:
         match = match_network(self.weights, model)
+        cache = self.cache
+        if cache is not None and not cache.fits(sum(4 * math.prod(layer.weight_shape) for layer in match.layers)):
+            cache = None  # its deltas alone would overflow the budget: products every time, fused
         for layer in match.layers:
             target = layer.target
             multiplier = self.te_multiplier if target.is_text_encoder else self.unet_multiplier
             if multiplier == 0:
                 continue
             name = target.param_name("weight")
-            yield name, LayerDelta(layer, multiplier, self.dyn, _bind(original, name), self.weights, self.cache)
+            yield name, LayerDelta(layer, multiplier, self.dyn, _bind(original, name), self.weights, cache)
             bias_delta = layer.adapter.bias_delta()
             bias = getattr(target.module, "bias", None)
             if bias_delta is None:

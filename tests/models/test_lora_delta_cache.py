@@ -75,3 +75,26 @@ def test_delta_cache_makes_weight_changes_free_of_products_and_history(
         torch.testing.assert_close(recomputed[name], pristine[name] + 0.3 * delta, rtol=1e-5, atol=1e-6)
     with manager.lease(ModelSpec("sd1.safetensors")) as model:
         assert all(torch.equal(v, pristine[k]) for k, v in _weights(model).items())
+
+
+def test_a_network_whose_deltas_exceed_the_budget_is_not_cached(tiny_models: dict[str, Path], tmp_path: Path) -> None:
+    sd = tmp_path / "sd"
+    sd.mkdir()
+    shutil.copy(tiny_models["sd1"], sd / "sd1.safetensors")
+    budget = MemoryBudget(1024)  # far below the network's deltas
+    manager = ModelManager(
+        ModelRegistry([sd], [], HashCache(tmp_path / "cache.json")),
+        Placement(),
+        budget=budget,
+        background_hashing=False,
+    )
+    model = load_single_file(sd / "sd1.safetensors", Placement())
+    written = lf.kohya_sd(tmp_path / "a.safetensors", model, seed=3)
+    cache = DeltaCache(budget)
+    patch = NetworkPatch("a", read_network(written.path), 0.7, 0.7, cache=cache)
+    with manager.lease(ModelSpec("sd1.safetensors", patches=(patch,))) as leased:
+        weights = _weights(leased)
+    assert cache.computed == 0 and len(cache) == 0
+    pristine = _weights(model)
+    for name, delta in written.deltas.items():
+        torch.testing.assert_close(weights[name], pristine[name] + 0.7 * delta, rtol=1e-5, atol=1e-6)
