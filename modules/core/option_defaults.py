@@ -180,7 +180,6 @@ NOT_ACTED_ON: dict[str, tuple[str, ...]] = {
     "embeddings are listed by /sdapi/v1/embeddings and the Textual Inversion tab, not printed": (
         "textual_inversion_print_at_load",
     ),
-    f"{_LATER}: embeddings bundled in a LoRA are not written to TI hashes": ("lora_bundled_ti_to_infotext",),
     "a LoRA that is not found is always a warning in the result and in the log": (
         "lora_not_found_warning_console",
         "lora_not_found_gradio_warning",

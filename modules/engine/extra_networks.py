@@ -155,6 +155,7 @@ class ExtraNetworks:
         self._hypernetworks = _Cache(budget, HYPERNETWORK)
         self.deltas = DeltaCache(budget)  # CPU weights: full layer deltas, so weight changes skip the products
         self.loads = 0  # files read (a public counter: an unchanged set reads nothing)
+        self._bundled: dict[str, NetworkInfo] = {}  # LoRA name -> its file, whose embeddings are registered
 
     # -- before the lease --------------------------------------------------------------------
 
@@ -195,8 +196,6 @@ class ExtraNetworks:
             identity, weights, te_multiplier=args.te, unet_multiplier=args.unet, dyn=args.dyn, cache=self.deltas
         )
         found.loras.append(ActiveLora(args.name, info, args, patch))
-        if weights.bundled_embeddings:
-            self.embeddings.add_bundled(info.name, weights.bundled_embeddings)
 
     def _add_hypernetwork(self, found: NetworkSet, args: HypernetArgs) -> None:
         try:
@@ -235,6 +234,28 @@ class ExtraNetworks:
         spare = [k for k in self.budget.keys(LORA) if k not in in_use]  # least recently used first
         for key in spare[: max(0, len(spare) - limit)]:
             self.budget.evict(key)
+
+    def use_bundled(self, *sets: NetworkSet) -> None:
+        """The embeddings bundled in the job's LoRAs are usable while those LoRAs are (A1111: a
+        LoRA's bundled embeddings come and go with it; the embeddings folder wins a name clash)."""
+        wanted = {
+            lora.info.name: lora for found in sets for lora in found.loras if lora.patch.weights.bundled_embeddings
+        }
+        for source in [s for s in self._bundled if s not in wanted]:
+            self.embeddings.remove_bundled(source)
+            del self._bundled[source]
+        for source, lora in wanted.items():
+            if self._bundled.get(source) is not lora.info:
+                self.embeddings.add_bundled(source, lora.patch.weights.bundled_embeddings)
+                self._bundled[source] = lora.info
+
+    def bundled_hash(self, source: str) -> str | None:
+        """`TI hashes` of an embedding bundled in a LoRA: the LoRA's hash, when
+        `lora_bundled_ti_to_infotext` asks for it (A1111), else none."""
+        info = self._bundled.get(source)
+        if info is None or self.option("lora_bundled_ti_to_infotext") is False:
+            return None
+        return self.registry.ensure_hash(info)
 
     # -- inside the lease --------------------------------------------------------------------
 
@@ -354,7 +375,8 @@ class JobNetworks:
         if self.used_embeddings and self.service.option("textual_inversion_add_hashes_to_infotext") is not False:
             hashes = {}
             for name, embedding in self.used_embeddings.items():
-                shorthash = embedding.shorthash()
+                source = getattr(embedding, "source", None)
+                shorthash = self.service.bundled_hash(source) if source else embedding.shorthash()
                 if shorthash:
                     hashes[name] = shorthash
             if hashes:

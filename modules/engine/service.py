@@ -260,6 +260,8 @@ class GenerationService:
         """The networks the request's prompts name (its first prompt's tags; the hires prompt's for
         the hires pass), loaded before the lease so their patches are part of it."""
         if request.disable_extra_networks:
+            if self.networks is not None:
+                self.networks.use_bundled()  # no LoRA in force: none of their embeddings either
             return JobNetworks(self.networks)
         if self.networks is None:  # a bare engine (tests, tools): say so rather than drop the tags
             tags = batch_networks([request.prompt])
@@ -270,6 +272,7 @@ class GenerationService:
         hr_prompt = request.hr_prompt if isinstance(request, Txt2ImgRequest) and request.enable_hr else ""
         if hr_prompt and hr_prompt != request.prompt:
             hires = self.networks.resolve([hr_prompt])
+        self.networks.use_bundled(first, hires)
         return JobNetworks(self.networks, first, hires)
 
     # -- on the worker -----------------------------------------------------------------------

@@ -83,6 +83,9 @@ def api_data_dir(tiny_models: dict[str, Path], tmp_path_factory: pytest.TempPath
     (lora_dir / "broken.safetensors").write_bytes(b"\x10\x00\x00\x00\x00\x00\x00\x00{not json")
     _write_lora_and_merged(tiny_models["sd1"], lora_dir / "y.safetensors", root / "unused.safetensors", seed=8)
     width = load_single_file(tiny_models["sd1"], Placement()).text_encoders[0].config.hidden_size
+    bundle = dict(load_file(str(lora_dir / "y.safetensors")))
+    bundle["bundle_emb.zemb.string_to_param.*"] = vectors(2, width, seed=9) * 4
+    save_file(bundle, str(lora_dir / "z.safetensors"))
     write_a1111_pt(root / "embeddings" / "shiny.pt", vectors(2, width, seed=3) * 4)
     write_a1111_pt(root / "embeddings" / "xlonly.pt", vectors(1, 2048, seed=4))
     sizes = {m.to_k.in_features for m in _attentions(tiny_models["sd1"])}
@@ -217,3 +220,12 @@ def test_the_add_network_to_prompt_option_appends_its_tag(client: TestClient) ->
     assert infotext.startswith("a cat<lora:x:1.0>") and 'Lora hashes: "x: ' in infotext
     again = _txt2img(client, "a cat <lora:x:0.2>", override_settings={"sd_lora": "x"})
     assert json.loads(again["info"])["infotexts"][0].startswith("a cat <lora:x:0.2>\n")  # type: ignore[arg-type]
+
+
+def test_a_loras_bundled_embedding_acts_only_with_the_lora(client: TestClient, api_data_dir: Path) -> None:
+    with_lora = _txt2img(client, "a zemb cat <lora:z:1>")
+    infotext = json.loads(with_lora["info"])["infotexts"][0]  # type: ignore[arg-type]
+    lora_hash = addnet_hash_safetensors(api_data_dir / "models" / "Lora" / "z.safetensors")[:12]
+    assert f'TI hashes: "zemb: {lora_hash}"' in infotext  # A1111 writes the LoRA's hash for it
+    plain = json.loads(_txt2img(client, "a zemb cat")["info"])["infotexts"][0]  # type: ignore[arg-type]
+    assert "TI hashes" not in plain  # without its LoRA the name is a plain word again
