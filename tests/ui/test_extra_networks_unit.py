@@ -1,4 +1,4 @@
-"""The extra-networks panel's logic (modules/ui/extra_networks.py) without a browser: the text a
+"""The extra-networks panel's logic (modules/ui/extra_network_*.py) without a browser: the text a
 card toggles in the prompts, the Lora page's filter and names, the cards' HTML, the metadata
 editor's checks and saving, previews served as thumbnails, and cards built from fake registries
 and a real embeddings database."""
@@ -20,8 +20,10 @@ from modules.core.hashes import HashCache
 from modules.core.option_defaults import default_option_infos
 from modules.core.options import Options
 from modules.core.results import ModelStatus
+from modules.ui import extra_network_cards as ec
+from modules.ui import extra_network_pages as ep
 from modules.ui import extra_networks as en
-from modules.ui.extra_networks import Card, card_click, toggle_in_prompt
+from modules.ui.extra_network_cards import Card, card_click, toggle_in_prompt
 from tests.fixtures import embedding_files as ef
 
 # -- the texts a card writes -----------------------------------------------------------------------
@@ -31,23 +33,23 @@ from tests.fixtures import embedding_files as ef
     ("value", "text"), [(1.0, "1"), (0.8, "0.8"), (1.25, "1.25"), (0.1 + 0.2, "0.30000000000000004")]
 )
 def test_weights_are_written_as_a1111s_javascript_writes_numbers(value: float, text: str) -> None:
-    assert en.format_weight(value) == text
+    assert ec.format_weight(value) == text
 
 
 def test_lora_tag_uses_the_default_multiplier_then_the_activation_text_and_negative_text() -> None:
-    assert en.lora_texts("x", {}, 1.0) == ("<lora:x:1>", "")
-    assert en.lora_texts("x", {}, 0.7) == ("<lora:x:0.7>", "")
+    assert ec.lora_texts("x", {}, 1.0) == ("<lora:x:1>", "")
+    assert ec.lora_texts("x", {}, 0.7) == ("<lora:x:0.7>", "")
     user = {"activation text": "red style", "negative text": "blurry", "preferred weight": 0.0}
-    assert en.lora_texts("x", user, 0.7) == ("<lora:x:0.7> red style", "(blurry:1)")
+    assert ec.lora_texts("x", user, 0.7) == ("<lora:x:0.7> red style", "(blurry:1)")
     # a preferred weight (non-zero) wins over the default
-    assert en.lora_texts("x", {"preferred weight": 0.45}, 1.0) == ("<lora:x:0.45>", "")
-    assert en.hypernetwork_text("hn", 0.5) == "<hypernet:hn:0.5>"
+    assert ec.lora_texts("x", {"preferred weight": 0.45}, 1.0) == ("<lora:x:0.45>", "")
+    assert ec.hypernetwork_text("hn", 0.5) == "<hypernet:hn:0.5>"
 
 
 def test_lora_name_is_the_alias_unless_filename_is_preferred() -> None:
-    assert en.preferred_lora_name("x", "x_alias", "Alias from file") == "x_alias"
-    assert en.preferred_lora_name("x", "x_alias", "Filename") == "x"
-    assert en.preferred_lora_name("x", "", "Alias from file") == "x"
+    assert ec.preferred_lora_name("x", "x_alias", "Alias from file") == "x_alias"
+    assert ec.preferred_lora_name("x", "x_alias", "Filename") == "x"
+    assert ec.preferred_lora_name("x", "", "Alias from file") == "x"
 
 
 # -- clicking a card: toggle in the prompts ---------------------------------------------------------
@@ -99,14 +101,14 @@ def test_negative_text_is_removed_at_any_weight() -> None:
 
 
 def test_card_click_routes_texts_to_the_boxes() -> None:
-    lora = Card(page=en.LORA, key="x", name="x", prompt="<lora:x:1> red", negative_prompt="(blurry:1)")
+    lora = Card(page=ec.LORA, key="x", name="x", prompt="<lora:x:1> red", negative_prompt="(blurry:1)")
     prompt, negative = card_click(lora, "a cat", "ugly")
     assert (prompt, negative) == ("a cat <lora:x:1> red", "ugly (blurry:1)")
     assert card_click(lora, prompt, negative) == ("a cat", "ugly")
-    ti = Card(page=en.TEXTUAL_INVERSION, key="e", name="e", prompt="EasyNeg", to_active_box=True)
+    ti = Card(page=ec.TEXTUAL_INVERSION, key="e", name="e", prompt="EasyNeg", to_active_box=True)
     assert card_click(ti, "a cat", "ugly") == ("a cat EasyNeg", "ugly")
     assert card_click(ti, "a cat", "ugly", negative_box=True) == ("a cat", "ugly EasyNeg")
-    hn = Card(page=en.HYPERNETWORKS, key="h", name="h", prompt="<hypernet:h:1>")
+    hn = Card(page=ec.HYPERNETWORKS, key="h", name="h", prompt="<hypernet:h:1>")
     # only embeddings follow the focused box
     assert card_click(hn, "a", "b", negative_box=True) == ("a <hypernet:h:1>", "b")
     assert card_click(hn, None, None, separator=", ") == ("<hypernet:h:1>", "")  # type: ignore[arg-type]
@@ -117,13 +119,13 @@ def test_card_click_routes_texts_to_the_boxes() -> None:
 
 def test_lora_page_shows_networks_for_the_loaded_model_version() -> None:
     def shown(version: str, model: str | None, show_all: bool = False, hide: tuple[str, ...] = ()) -> bool:
-        return en.lora_card_shown(version, model, show_all=show_all, hide_unknown_for=hide)
+        return ec.lora_card_shown(version, model, show_all=show_all, hide_unknown_for=hide)
 
     assert shown("SD1", "SD1") and not shown("SDXL", "SD1") and not shown("SD1", "SDXL")
     assert shown("SDXL", "SD1", show_all=True)
     assert shown("SDXL", None)  # no model loaded: everything
     assert shown("Unknown", "SD1") and not shown("Unknown", "SD1", hide=("SD1",))
-    assert [en.model_sd_version(x) for x in ("SD 1.x", "SD 2.x inpainting", "SDXL base", "SDXL refiner", None)] == [
+    assert [ec.model_sd_version(x) for x in ("SD 1.x", "SD 2.x inpainting", "SDXL base", "SDXL refiner", None)] == [
         "SD1",
         "SD2",
         "SDXL",
@@ -133,13 +135,13 @@ def test_lora_page_shows_networks_for_the_loaded_model_version() -> None:
 
 
 def test_tab_order_follows_the_option() -> None:
-    pages = (en.TEXTUAL_INVERSION, en.HYPERNETWORKS, en.CHECKPOINTS, en.LORA)
-    assert en.order_pages(pages, "") == list(pages)
-    assert en.order_pages(pages, "lora, checkpoints") == [
-        en.LORA,
-        en.CHECKPOINTS,
-        en.TEXTUAL_INVERSION,
-        en.HYPERNETWORKS,
+    pages = (ec.TEXTUAL_INVERSION, ec.HYPERNETWORKS, ec.CHECKPOINTS, ec.LORA)
+    assert ec.order_pages(pages, "") == list(pages)
+    assert ec.order_pages(pages, "lora, checkpoints") == [
+        ec.LORA,
+        ec.CHECKPOINTS,
+        ec.TEXTUAL_INVERSION,
+        ec.HYPERNETWORKS,
     ]
 
 
@@ -148,7 +150,7 @@ def test_tab_order_follows_the_option() -> None:
 
 def test_card_html_escapes_what_files_say_and_carries_search_and_sort_data() -> None:
     card = Card(
-        page=en.LORA,
+        page=ec.LORA,
         key='x"<b>',
         name="<img src=x onerror=alert(1)>",
         relative="sub/x.safetensors",
@@ -157,7 +159,7 @@ def test_card_html_escapes_what_files_say_and_carries_search_and_sort_data() -> 
         created=10.7,
         modified=20.2,
     )
-    text = en.card_html(card, 3, None, en.CardLook())
+    text = ec.card_html(card, 3, None, ec.CardLook())
     assert "<img src=x" not in text and "<script>" not in text
     assert "&lt;img src=x onerror=alert(1)&gt;" in text
     assert 'data-key="x&quot;&lt;b&gt;"' in text
@@ -165,33 +167,33 @@ def test_card_html_escapes_what_files_say_and_carries_search_and_sort_data() -> 
     assert 'data-sort-date_created="10"' in text and 'data-sort-date_modified="20"' in text
     assert "abcdef" in text  # search terms lowercased
     assert "sdw-en-no-preview" in text
-    assert "description" not in en.card_html(card, 0, None, en.CardLook(show_description=False)).split("actions")[1]
+    assert "description" not in ec.card_html(card, 0, None, ec.CardLook(show_description=False)).split("actions")[1]
 
 
 def test_cards_in_hidden_folders_are_for_searches_only() -> None:
-    hidden = Card(page=en.LORA, key="h", name="h", relative=".trash/h.safetensors")
-    assert "search_only" in en.card_html(hidden, 0, None, en.CardLook())
-    assert "search_only" not in en.card_html(hidden, 0, None, en.CardLook(hidden_models="Always"))
-    assert en.card_html(hidden, 0, None, en.CardLook(hidden_models="Never")) == ""
+    hidden = Card(page=ec.LORA, key="h", name="h", relative=".trash/h.safetensors")
+    assert "search_only" in ec.card_html(hidden, 0, None, ec.CardLook())
+    assert "search_only" not in ec.card_html(hidden, 0, None, ec.CardLook(hidden_models="Always"))
+    assert ec.card_html(hidden, 0, None, ec.CardLook(hidden_models="Never")) == ""
 
 
 def test_page_html_has_directory_buttons_or_says_where_files_go() -> None:
     cards = [
-        Card(page=en.LORA, key="a", name="a", relative="styles/anime/a.safetensors"),
-        Card(page=en.LORA, key="b", name="b", relative="b.safetensors"),
+        Card(page=ec.LORA, key="a", name="a", relative="styles/anime/a.safetensors"),
+        Card(page=ec.LORA, key="b", name="b", relative="b.safetensors"),
     ]
-    text = en.cards_html("txt2img", en.LORA, cards, lambda c: None, en.CardLook())
+    text = ec.cards_html("txt2img", ec.LORA, cards, lambda c: None, ec.CardLook())
     assert 'id="txt2img_lora_cards"' in text and 'id="txt2img_lora_dirs"' in text
     assert 'data-path="styles"' in text and 'data-path="styles/anime"' in text
     assert text.count('class="card sdw-en-card') == 2
     assert 'data-click="click"' in text
-    assert 'data-click="select"' in en.cards_html("img2img", en.CHECKPOINTS, cards, lambda c: None, en.CardLook())
-    empty = en.cards_html("txt2img", en.LORA, [], lambda c: None, en.CardLook(), empty_dirs=[Path("/m/Lora")])
+    assert 'data-click="select"' in ec.cards_html("img2img", ec.CHECKPOINTS, cards, lambda c: None, ec.CardLook())
+    empty = ec.cards_html("txt2img", ec.LORA, [], lambda c: None, ec.CardLook(), empty_dirs=[Path("/m/Lora")])
     assert "Nothing here" in empty and "<li>/m/Lora</li>" in empty and "sdw-en-dirs" not in empty
 
 
 def test_controls_have_a1111s_ids_and_the_default_order() -> None:
-    text = en.controls_html("img2img", en.LORA, sort_field="Date Modified", descending=True, dirs_shown=False)
+    text = ec.controls_html("img2img", ec.LORA, sort_field="Date Modified", descending=True, dirs_shown=False)
     for suffix in (
         "extra_search",
         "extra_sort_path",
@@ -215,8 +217,8 @@ def test_controls_have_a1111s_ids_and_the_default_order() -> None:
 
 
 def test_editor_values_are_checked() -> None:
-    ok = en.validate_user_metadata(
-        en.LORA,
+    ok = ec.validate_user_metadata(
+        ec.LORA,
         {
             "description": "d",
             "notes": "n\nm",
@@ -234,7 +236,7 @@ def test_editor_values_are_checked() -> None:
         "preferred weight": 0.8,
         "negative text": "",
     }
-    assert en.validate_user_metadata(en.CHECKPOINTS, {"description": "d", "notes": None}) == {
+    assert ec.validate_user_metadata(ec.CHECKPOINTS, {"description": "d", "notes": None}) == {
         "description": "d",
         "notes": "",
     }
@@ -249,7 +251,7 @@ def test_editor_values_are_checked() -> None:
         {"notes": "nul\x00"},
     ):
         with pytest.raises(gr.Error):
-            en.validate_user_metadata(en.LORA, bad)
+            ec.validate_user_metadata(ec.LORA, bad)
 
 
 @dataclass
@@ -332,50 +334,50 @@ def test_lora_cards_from_the_registry(tmp_path: Path) -> None:
     )
     services = _services(tmp_path, networks)
     services.options.set("extra_networks_default_multiplier", 0.9)
-    cards = {c.key: c for c in en.lora_cards(services)}
+    cards = {c.key: c for c in ep.lora_cards(services)}
     assert set(cards) == {"x", "y", "z"}
     assert cards["x"].prompt == "<lora:x_alias:0.9>" and cards["x"].description == "from file"
     assert cards["y"].prompt == "<lora:y:0.6> blue" and cards["y"].description == "mine"
     assert "x_alias" in cards["x"].search_terms
     services.options.set("lora_preferred_name", "Filename")
     services.options.set("lora_show_all", True)
-    cards = {c.key: c for c in en.lora_cards(services)}
+    cards = {c.key: c for c in ep.lora_cards(services)}
     assert cards["x"].prompt == "<lora:x:0.9>" and "xl" in cards
     # the panel still works with no registry at all
-    assert en.lora_cards(_services(tmp_path, None)) == []
+    assert ep.lora_cards(_services(tmp_path, None)) == []
 
 
 def test_saving_metadata_goes_through_the_registry_or_next_to_the_file(tmp_path: Path) -> None:
     networks = FakeNetworks([FakeInfo("x", tmp_path / "x.safetensors", user_metadata={"keep": 1})])
     services = _services(tmp_path, networks)
-    card = en.lora_cards(services)[0]
+    card = ep.lora_cards(services)[0]
     values = {"description": "d", "notes": "", "sd version": "SD1", "activation text": "red", "preferred weight": 0.5}
-    data = en.save_card_metadata(services, card, values)
+    data = ep.save_card_metadata(services, card, values)
     assert networks.saved == [("x", data)]
     assert data["keep"] == 1 and data["activation text"] == "red" and data["preferred weight"] == 0.5
     networks.fail = True
     with pytest.raises(gr.Error, match="read-only"):
-        en.save_card_metadata(services, card, values)
+        ep.save_card_metadata(services, card, values)
     with pytest.raises(gr.Error):
-        en.save_card_metadata(services, card, {**values, "preferred weight": 9})
+        ep.save_card_metadata(services, card, {**values, "preferred weight": 9})
 
     model = tmp_path / "Stable-diffusion" / "m.safetensors"
     model.write_bytes(b"0")
-    checkpoint = Card(page=en.CHECKPOINTS, key="m", name="m", filename=str(model))
-    en.save_card_metadata(services, checkpoint, {"description": "a model", "notes": "n"})
+    checkpoint = Card(page=ec.CHECKPOINTS, key="m", name="m", filename=str(model))
+    ep.save_card_metadata(services, checkpoint, {"description": "a model", "notes": "n"})
     assert json.loads((model.parent / "m.json").read_text(encoding="utf-8")) == {"description": "a model", "notes": "n"}
-    assert en.read_user_metadata(model) == {"description": "a model", "notes": "n"}
+    assert ep.read_user_metadata(model) == {"description": "a model", "notes": "n"}
 
 
 def test_page_cards_finds_a_card_or_says_it_is_gone(tmp_path: Path) -> None:
     services = _services(tmp_path, FakeNetworks([FakeInfo("x", tmp_path / "x.safetensors")]))
     store = en.PageCards()
-    store.store("txt2img", en.LORA, en.lora_cards(services))
-    assert store.find(services, "txt2img", en.LORA, "x").name == "x"
+    store.store("txt2img", ec.LORA, ep.lora_cards(services))
+    assert store.find(services, "txt2img", ec.LORA, "x").name == "x"
     # not shown in this tab yet: looked up again
-    assert store.find(services, "img2img", en.LORA, "x").name == "x"
+    assert store.find(services, "img2img", ec.LORA, "x").name == "x"
     with pytest.raises(gr.Error):
-        store.find(services, "txt2img", en.LORA, "../../etc/passwd")
+        store.find(services, "txt2img", ec.LORA, "../../etc/passwd")
 
 
 # -- files next to a network, previews ----------------------------------------------------------------
@@ -390,37 +392,37 @@ def _png(path: Path, size: tuple[int, int] = (600, 900), color: tuple[int, int, 
 def test_sidecar_files_are_found(tmp_path: Path) -> None:
     model = tmp_path / "x.safetensors"
     model.write_bytes(b"0")
-    assert en.find_preview(model) is None and en.find_description(model) == ""
+    assert ep.find_preview(model) is None and ep.find_description(model) == ""
     preview = _png(tmp_path / "x.preview.jpeg")
-    assert en.find_preview(model) == preview
+    assert ep.find_preview(model) == preview
     plain = _png(tmp_path / "x.png")
-    assert en.find_preview(model) == plain  # `<stem>.png` first, as A1111
+    assert ep.find_preview(model) == plain  # `<stem>.png` first, as A1111
     (tmp_path / "x.description.txt").write_text("described", encoding="utf-8")
-    assert en.find_description(model) == "described"
+    assert ep.find_description(model) == "described"
     (tmp_path / "x.json").write_text("[not a dict]", encoding="utf-8")
-    assert en.read_user_metadata(model) == {}
+    assert ep.read_user_metadata(model) == {}
 
 
 def test_previews_are_served_as_thumbnails_from_gradios_folder(tmp_path: Path) -> None:
     folder = tmp_path / "gradio"
-    card = Card(page=en.LORA, key="x", name="x", preview=_png(tmp_path / "x.png", (1200, 1800)))
-    url = en.thumbnail_url(card, folder)
+    card = Card(page=ec.LORA, key="x", name="x", preview=_png(tmp_path / "x.png", (1200, 1800)))
+    url = ep.thumbnail_url(card, folder)
     assert url is not None and url.startswith("gradio_api/file=")
     thumb = Path(unquote(url.removeprefix("gradio_api/file=")))
     assert thumb.parent == folder and thumb.suffix == ".webp"
     with Image.open(thumb) as image:
         assert image.size == (512, 768)
-    assert en.thumbnail_url(card, folder) == url  # made once
+    assert ep.thumbnail_url(card, folder) == url  # made once
     # a new version of the preview gets a new thumbnail
     _png(tmp_path / "x.png", (300, 300), (0, 0, 255))
-    assert en.thumbnail_url(card, folder) != url
+    assert ep.thumbnail_url(card, folder) != url
     # not an image, not readable, not there: no preview
     (tmp_path / "bad.png").write_bytes(b"not a png")
     text = tmp_path / "notes.txt"
     text.write_text("x", encoding="utf-8")
     for preview in (tmp_path / "bad.png", text, tmp_path / "missing.png"):
-        assert en.thumbnail_url(Card(page=en.LORA, key="b", name="b", preview=preview), folder) is None
-    assert en.thumbnail_url(Card(page=en.LORA, key="n", name="n"), folder) is None
+        assert ep.thumbnail_url(Card(page=ec.LORA, key="b", name="b", preview=preview), folder) is None
+    assert ep.thumbnail_url(Card(page=ec.LORA, key="n", name="n"), folder) is None
 
 
 def test_embedded_cover_image_is_a_preview(tmp_path: Path) -> None:
@@ -431,9 +433,9 @@ def test_embedded_cover_image_is_a_preview(tmp_path: Path) -> None:
     Image.new("RGB", (64, 96), (0, 200, 0)).save(buffer, format="PNG")
     cover = json.dumps([base64.b64encode(buffer.getvalue()).decode()])
     networks = FakeNetworks([FakeInfo("x", tmp_path / "x.safetensors", metadata={"ssmd_cover_images": cover})])
-    card = en.lora_cards(_services(tmp_path, networks))[0]
+    card = ep.lora_cards(_services(tmp_path, networks))[0]
     assert card.cover_image is not None
-    assert en.thumbnail_url(card, tmp_path / "gradio") is not None
+    assert ep.thumbnail_url(card, tmp_path / "gradio") is not None
 
 
 def test_embedding_cards_list_what_the_loaded_model_can_use(tmp_path: Path) -> None:
@@ -449,7 +451,7 @@ def test_embedding_cards_list_what_the_loaded_model_can_use(tmp_path: Path) -> N
     services = _services(tmp_path)
     services.paths.embeddings_dir = root
     services.engine.embeddings = lambda: database.for_model(SD1)
-    cards = en.embedding_cards(services)
+    cards = ep.embedding_cards(services)
     assert [c.key for c in cards] == ["good"]
     good = cards[0]
     assert good.prompt == "good" and good.to_active_box and good.description == "a good one"
@@ -457,4 +459,4 @@ def test_embedding_cards_list_what_the_loaded_model_can_use(tmp_path: Path) -> N
     assert good.shorthash is not None and good.shorthash in good.search_terms
     # no model loaded: none (the engine has no embeddings to offer)
     services.engine.embeddings = lambda: None
-    assert en.embedding_cards(services) == []
+    assert ep.embedding_cards(services) == []
