@@ -22,6 +22,7 @@ from modules.core.errors import NotFoundError
 
 log = logging.getLogger(__name__)
 
+
 @dataclass(frozen=True)
 class PromptStyle:
     name: str

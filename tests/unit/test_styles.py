@@ -52,4 +52,3 @@ def test_a_style_from_another_file_is_saved_and_deleted_in_that_file(tmp_path: P
     db.save(PromptStyle("New", "d"))
     assert [s.name for s in StyleDatabase([first, second]).styles()] == ["Mine", "New", "Other"]
     assert "Shared" not in second.read_text(encoding="utf-8-sig")
-
