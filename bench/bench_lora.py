@@ -12,7 +12,7 @@ the real model manager, and times, through `ModelManager.lease(ModelSpec(patches
 - same     the same set again (must be ~0: nothing is recomputed)
 - weight   the same LoRA at 0.5
 - swap     the second LoRA instead of the first
-- swap back  the first one again (on the CPU its layer deltas are still cached)
+- swap back  the first one again
 - remove   back to no LoRA (pristine weights put back)
 
 The baseline is A1111's way of applying a set: every targeted weight restored from its backup
@@ -168,7 +168,8 @@ def main() -> None:
     parser.add_argument("--family", choices=("sd1", "sdxl"), default="sd1")
     parser.add_argument("--rank", type=int, default=128)
     parser.add_argument("--size", type=int, default=256, help="image size for the per-step timing")
-    parser.add_argument("--steps", type=int, default=3, help="UNet steps timed per case")
+    parser.add_argument("--steps", type=int, default=3, help="UNet steps timed per case and round")
+    parser.add_argument("--rounds", type=int, default=3, help="rounds of none / LoRA in force, alternated")
     parser.add_argument(
         "--no-baseline", action="store_true", help="skip the baseline (it keeps a full copy of every targeted weight)"
     )
@@ -179,7 +180,7 @@ def main() -> None:
     from bench.bench_load import ensure_checkpoint, registry_over
     from modules.models.loader import Placement
     from modules.models.lora_formats import read_network
-    from modules.models.lora_patch import DeltaCache, NetworkPatch
+    from modules.models.lora_patch import NetworkPatch
     from modules.models.manager import ModelManager
     from modules.models.memory import MemoryBudget
     from modules.models.spec import ModelSpec
@@ -197,7 +198,6 @@ def main() -> None:
             placement = Placement()
         budget = MemoryBudget(4 << 30)  # the app's default sd_checkpoint_cache_bytes
         models = ModelManager(registry_over(Path(tmp), path), placement, budget=budget, background_hashing=False)
-        deltas = DeltaCache(budget)  # as the app's ExtraNetworks (used for CPU weights only)
         models.load(path.name)
         model = models.active.model  # type: ignore[union-attr]
         dtype = next(model.unet.parameters()).dtype
@@ -216,9 +216,7 @@ def main() -> None:
         a, b = read_network(files[0]), read_network(files[1])
 
         def patch(weights: Any, name: str, m: float) -> NetworkPatch:
-            return NetworkPatch(
-                f"lora:{name}:te={m}:unet={m}:dyn=None", weights, te_multiplier=m, unet_multiplier=m, cache=deltas
-            )
+            return NetworkPatch(f"lora:{name}:te={m}:unet={m}:dyn=None", weights, te_multiplier=m, unet_multiplier=m)
 
         def lease(*patches: NetworkPatch) -> None:
             with models.lease(ModelSpec(path.name, patches=patches)):
@@ -246,15 +244,13 @@ def main() -> None:
         for key in ours:
             ratio = ours[key] / baseline[key] if baseline[key] > 0 else nan
             print(f"{key:10} {ours[key]:8.3f} {baseline[key]:11.3f} {ratio:7.2f}")
-        cached = sum(h.nbytes for h in budget.snapshot() if h.kind == DeltaCache.KIND)
-        print(f"delta cache: {len(deltas)} layers, {cached / 2**20:.0f} MiB")
         if stats is not None:
             print(f"patcher: applied {stats.applied}, skipped {stats.skipped}, restored {stats.restored_tensors}")
 
         # alternate the two cases (this VM's timings drift): the best of each
         lora = (patch(a, "a", 0.8),)
         none_times, with_times = [], []
-        for _ in range(2):
+        for _ in range(args.rounds):
             lease()
             none_times.append(_step_time(model, args.size, args.steps))
             lease(*lora)

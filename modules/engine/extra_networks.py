@@ -3,8 +3,7 @@ textual-inversion embeddings its model can use.
 
 `ExtraNetworks.resolve(prompts)` reads the first prompt's tags (A1111), looks each network up in
 the registry (by name or alias), and loads it through a RAM cache inside the one memory budget
-(kind "lora" / "hypernetwork": parsed tensors stay for the next job), and on the CPU the full
-layer deltas too (`lora_patch.DeltaCache`, kind "lora-delta": a weight change is then one add).
+(kind "lora" / "hypernetwork": parsed tensors, in float32, stay for the next job).
 LoRAs become `NetworkPatch`es for the model lease, so an unchanged set does no work and a changed
 one redoes only what changed (`models.patches`). A tag that names a missing
 network, has bad numbers, or a file that cannot be read gives a warning in the result (A1111 only
@@ -39,7 +38,7 @@ from modules.models.embeddings import EmbeddingDatabase, EmbeddingSet
 from modules.models.hypernetworks import Hypernetwork, hypernetworks_applied, read_hypernetwork
 from modules.models.loader import StableDiffusionModel
 from modules.models.lora_formats import NetworkWeights, read_network
-from modules.models.lora_patch import DeltaCache, NetworkPatch, match_network
+from modules.models.lora_patch import NetworkPatch, match_network
 from modules.models.memory import MemoryBudget, module_nbytes
 
 if TYPE_CHECKING:
@@ -153,7 +152,6 @@ class ExtraNetworks:
         self.option = option
         self._loras = _Cache(budget, LORA)
         self._hypernetworks = _Cache(budget, HYPERNETWORK)
-        self.deltas = DeltaCache(budget)  # CPU weights: full layer deltas, so weight changes skip the products
         self.loads = 0  # files read (a public counter: an unchanged set reads nothing)
         self._bundled: dict[str, NetworkInfo] = {}  # LoRA name -> its file, whose embeddings are registered
 
@@ -192,9 +190,7 @@ class ExtraNetworks:
             return
         stamp = _stamp(info)
         identity = f"lora:{info.filename}@{stamp[0]}:{stamp[1]}:te={args.te}:unet={args.unet}:dyn={args.dyn}"
-        patch = NetworkPatch(
-            identity, weights, te_multiplier=args.te, unet_multiplier=args.unet, dyn=args.dyn, cache=self.deltas
-        )
+        patch = NetworkPatch(identity, weights, te_multiplier=args.te, unet_multiplier=args.unet, dyn=args.dyn)
         found.loras.append(ActiveLora(args.name, info, args, patch))
 
     def _add_hypernetwork(self, found: NetworkSet, args: HypernetArgs) -> None:

@@ -147,6 +147,10 @@ def parse_network(state_dict: Mapping[str, torch.Tensor], source: str = "<state 
     for key, tensor in state_dict.items():
         if not isinstance(tensor, torch.Tensor):
             continue
+        if tensor.is_floating_point() and tensor.dtype != torch.float32:
+            # converted once here (the parsed file is cached), not at every apply: the deltas are
+            # summed in float32 anyway, and fresh memory for the conversion is slow to fault in
+            tensor = tensor.to(torch.float32)
         if key.startswith(BUNDLE_PREFIX):
             name, dot, rest = key[len(BUNDLE_PREFIX) :].partition(".")
             if name and dot and rest:
