@@ -54,7 +54,7 @@ if args[:2] == ["-m", "pip"]:
 if args[:1] == ["webui.py"] or args[:2] == ["-m", "pytest"]:
     env = {{k: os.environ.get(k) for k in (
         "COMMANDLINE_ARGS", "HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE", "HF_HUB_DISABLE_TELEMETRY",
-        "LD_PRELOAD", "VIRTUAL_ENV", "MALLOC_MMAP_THRESHOLD_")}}
+        "LD_PRELOAD", "VIRTUAL_ENV", "MALLOC_MMAP_THRESHOLD_", "THP_MEM_ALLOC_ENABLE")}}
     log("webui" if args[0] == "webui.py" else "pytest", exe=sys.argv[0], cwd=os.getcwd(), env=env)
     codes_file = os.environ.get("FAKE_EXIT_CODES")
     code = 0
@@ -289,6 +289,13 @@ def test_tcmalloc_preloaded_when_found(sb: Sandbox) -> None:
     assert sb.calls("webui")[0]["env"]["LD_PRELOAD"] is None
     ok(sb.run("webui.sh"))
     assert sb.calls("webui")[0]["env"]["LD_PRELOAD"] is None
+
+
+def test_huge_pages_for_large_cpu_tensors_unless_set(sb: Sandbox) -> None:
+    ok(sb.run("webui.sh"))
+    assert sb.calls("webui")[0]["env"]["THP_MEM_ALLOC_ENABLE"] == "1"
+    ok(sb.run("webui.sh", THP_MEM_ALLOC_ENABLE="0"))
+    assert sb.calls("webui")[0]["env"]["THP_MEM_ALLOC_ENABLE"] == "0"
 
 
 def test_fixed_malloc_mmap_threshold_without_tcmalloc(sb: Sandbox) -> None:
