@@ -123,9 +123,6 @@ class _Cache:
     def key_of(self, info: NetworkInfo) -> str:
         return f"{self.kind}:{info.filename}"
 
-    def __len__(self) -> int:
-        return len(self._items)
-
 
 def _stamp(info: NetworkInfo) -> tuple[int, int]:
     try:
@@ -284,9 +281,6 @@ class ExtraNetworks:
 
     def embeddings_for(self, model: StableDiffusionModel) -> EmbeddingSet:
         return self.embeddings.for_model(model)
-
-    def hashes_value(self, hashes: dict[str, str]) -> str:
-        return hashes_text(hashes)
 
 
 def _hn_modules(network: Hypernetwork) -> Iterator[torch.nn.Module]:

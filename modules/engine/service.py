@@ -267,6 +267,7 @@ class GenerationService:
             tags = batch_networks([request.prompt])
             notes = [f"extra network {t.text} not applied: this engine has no extra networks" for t in tags]
             return JobNetworks(None, NetworkSet(warnings=notes), NetworkSet())
+        self.networks.embeddings.refresh_if_changed()  # a file dropped into the folder works (A1111)
         first = self.networks.resolve([request.prompt])
         hires: NetworkSet = first
         hr_prompt = request.hr_prompt if isinstance(request, Txt2ImgRequest) and request.enable_hr else ""

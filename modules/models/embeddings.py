@@ -175,14 +175,9 @@ class EmbeddingSet:
         return self.finder(tokenize, tokenizer)
 
     def api_json(self) -> dict[str, dict[str, dict[str, Any]]]:
-        """A1111's `/sdapi/v1/embeddings` body (skipped entries without data list what is known)."""
-        skipped: dict[str, dict[str, Any]] = {}
-        for name, (embedding, _reason) in self.skipped.items():
-            skipped[name] = (
-                embedding.info()
-                if embedding is not None
-                else {"step": None, "sd_checkpoint": None, "sd_checkpoint_name": None, "shape": None, "vectors": 0}
-            )
+        """A1111's `/sdapi/v1/embeddings` body: `skipped` holds the embeddings made for another
+        model family; files that are not embeddings at all are left out, as A1111 does."""
+        skipped = {name: e.info() for name, (e, _reason) in self.skipped.items() if e is not None}
         return {"loaded": {name: e.info() for name, e in self.loaded.items()}, "skipped": skipped}
 
 

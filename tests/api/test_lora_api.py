@@ -229,3 +229,10 @@ def test_a_loras_bundled_embedding_acts_only_with_the_lora(client: TestClient, a
     assert f'TI hashes: "zemb: {lora_hash}"' in infotext  # A1111 writes the LoRA's hash for it
     plain = json.loads(_txt2img(client, "a zemb cat")["info"])["infotexts"][0]  # type: ignore[arg-type]
     assert "TI hashes" not in plain  # without its LoRA the name is a plain word again
+
+
+def test_an_embedding_dropped_into_the_folder_works_without_a_refresh(client: TestClient, api_data_dir: Path) -> None:
+    width = client.get("/sdapi/v1/embeddings").json()["loaded"]["shiny"]["shape"]
+    write_a1111_pt(api_data_dir / "embeddings" / "fresh.pt", vectors(1, width, seed=5))
+    infotext = json.loads(_txt2img(client, "a fresh cat")["info"])["infotexts"][0]  # type: ignore[arg-type]
+    assert 'TI hashes: "fresh: ' in infotext

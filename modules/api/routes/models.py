@@ -18,7 +18,6 @@ from fastapi import APIRouter, Depends
 
 from modules.api.deps import get_services
 from modules.api.schemas_resources import (
-    EmbeddingItem,
     EmbeddingsResponse,
     HypernetworkItem,
     LoraItem,
@@ -138,9 +137,7 @@ def list_embeddings(services: Services = Depends(get_services)) -> EmbeddingsRes
     found = services.engine.embeddings()
     if found is None:
         return EmbeddingsResponse(loaded={}, skipped={})
-    loaded = {name: EmbeddingItem(**e.info()) for name, e in found.loaded.items()}
-    skipped = {name: EmbeddingItem(**e.info()) for name, (e, _why) in found.skipped.items() if e is not None}
-    return EmbeddingsResponse(loaded=loaded, skipped=skipped)
+    return EmbeddingsResponse.model_validate(found.api_json())
 
 
 @router.post("/refresh-embeddings")
