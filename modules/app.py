@@ -31,6 +31,7 @@ from modules.engine.hooks import Hooks
 from modules.engine.outputs import ImageSaver
 from modules.engine.service import GenerationService, image_saver_for
 from modules.engine.worker import Worker
+from modules.extensions.manager import ExtensionManager
 from modules.models.devices import policy_from_settings
 from modules.models.embeddings import EmbeddingDatabase
 from modules.models.face_restoration import FaceRestorers
@@ -116,6 +117,9 @@ def build_services(
         merge_dir=settings.ckpt_dir or paths.checkpoint_dir,
     )
     wire_model_options(options, engine, models)
+    extensions = ExtensionManager(settings, paths, options, environ=environ)
+    if settings.update_all_extensions:
+        extensions.update_all()
     return Services(
         settings,
         paths,
@@ -130,6 +134,7 @@ def build_services(
         face_restorers,
         networks,
         extra_networks,
+        extensions,
     )
 
 
@@ -245,6 +250,8 @@ def main(argv: Sequence[str], environ: Mapping[str, str]) -> int:
     # loop (it exports SDW_ROOT) or systemd (INVOCATION_ID).
     control = ServerControl(restartable=bool(environ.get("SDW_ROOT") or environ.get("INVOCATION_ID")))
     app.state.server_control = control
+    if services.extensions is not None and control.restartable:
+        services.extensions.restart_server = control.restart  # the Extensions tab's "Apply and restart"
     config = uvicorn.Config(
         app,
         host=settings.bind_host,

@@ -16,6 +16,7 @@ from modules.core.styles import StyleDatabase
 from modules.engine.extra_networks import ExtraNetworks
 from modules.engine.facade import Engine
 from modules.engine.worker import Worker
+from modules.extensions.manager import ExtensionManager
 from modules.models.devices import DevicePolicy
 from modules.models.face_restoration import FaceRestorers
 from modules.models.manager import ModelManager
@@ -41,3 +42,4 @@ class Services:
     face_restorers: FaceRestorers
     networks: NetworkRegistry  # LoRA / LyCORIS and hypernetwork files (read-only listing)
     extra_networks: ExtraNetworks  # the engine's LoRA / hypernetwork cache and embeddings (composition root, tests)
+    extensions: ExtensionManager | None = None  # installed extensions: list, install, update, enable
