@@ -240,8 +240,7 @@ NOT_ACTED_ON: dict[str, tuple[str, ...]] = {
         "upscaling_max_images_in_cache",
         "postprocessing_existing_caption_action",
     ),
-    f"{_LATER}: there is no extension loading": ("disabled_extensions", "disable_all_extensions"),
-    f"{_LATER}: there are no config states": ("restore_config_state_file",),
+    "config states are restored from the Extensions tab's Backup/Restore, not at start": ("restore_config_state_file",),
 }
 """Options accepted and stored (clients send them, /options lists them) that nothing reads yet,
 grouped by why. `_opt` marks them `implemented=False` with the reason as their `note`."""

@@ -60,7 +60,6 @@ LEGACY_FLAGS: tuple[tuple[str, bool], ...] = (
 _LEGACY_PREFIX = "legacy__"
 
 _SDPA = "attention uses torch SDPA"
-_NO_EXTENSIONS = "not implemented yet: no extensions are loaded"
 _NOT_WIRED = "not implemented yet: settings stay changeable"
 NOT_ACTED_ON_FLAGS: dict[str, str] = {
     "share": "no Gradio share links: nothing is opened to the internet",
@@ -68,7 +67,6 @@ NOT_ACTED_ON_FLAGS: dict[str, str] = {
     "ngrok_options": "no ngrok tunnels",
     "disable_tls_verify": "not implemented yet",
     "gradio_allowed_path": "not implemented yet: the UI serves files from its own folders only",
-    "enable_insecure_extension_access": "not implemented yet: there are no extension installs",
     "config": "model configs come from the checkpoint's tensors (and a <name>.yaml beside it)",
     "lowram": "not implemented yet: weights are loaded into RAM first",
     "xformers": _SDPA,
@@ -87,9 +85,6 @@ NOT_ACTED_ON_FLAGS: dict[str, str] = {
     "disable_safe_unpickle": "pickled checkpoints always load through an allow-list",
     "allow_code": "there is no custom-code feature",
     "hide_ui_dir_config": "not implemented yet: directory settings stay visible (the API still refuses changes)",
-    "disable_all_extensions": _NO_EXTENSIONS,
-    "disable_extra_extensions": _NO_EXTENSIONS,
-    "update_all_extensions": _NO_EXTENSIONS,
     "update_check": "no update check",
     "no_gradio_queue": "the Gradio queue is always used",
     "autolaunch": "the server does not open a browser",

