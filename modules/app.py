@@ -31,7 +31,10 @@ from modules.engine.hooks import Hooks
 from modules.engine.outputs import ImageSaver
 from modules.engine.service import GenerationService, image_saver_for
 from modules.engine.worker import Worker
+from modules.extensions.loading import ExtensionDir
 from modules.extensions.manager import ExtensionManager
+from modules.extensions.runtime import ScriptEnvironment
+from modules.extensions.setup import setup_scripts
 from modules.models.devices import policy_from_settings
 from modules.models.embeddings import EmbeddingDatabase
 from modules.models.face_restoration import FaceRestorers
@@ -120,7 +123,7 @@ def build_services(
     extensions = ExtensionManager(settings, paths, options, environ=environ)
     if settings.update_all_extensions:
         extensions.update_all()
-    return Services(
+    services = Services(
         settings,
         paths,
         options,
@@ -136,6 +139,25 @@ def build_services(
         extra_networks,
         extensions,
     )
+    active = [ExtensionDir(ext.name, ext.path) for ext in extensions.active()]
+    env = ScriptEnvironment(
+        settings=settings,
+        paths=paths,
+        options=options,
+        engine=engine,
+        styles=styles,
+        registry=registry,
+        upscalers=upscalers,
+        face_restorers=face_restorers,
+        saver=ImageSaver.from_settings(options, paths, settings),
+    )
+    services.scripts = setup_scripts(
+        env,
+        generation,
+        active,
+        on_error=lambda name, text: extensions.mark_error(name, text) if name else None,
+    )
+    return services
 
 
 def model_upscale(

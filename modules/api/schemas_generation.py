@@ -13,7 +13,7 @@ from typing import Any
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from modules.api.images import DecodeOptions, decode_image
-from modules.core.errors import NotFoundError, ValidationError
+from modules.core.errors import NotFoundError
 from modules.core.fields import HIRES, IMG2IMG, TXT2IMG, option_fields, overrides_from_infotext, values_from_infotext
 from modules.core.infotext import parse_infotext
 from modules.core.option_defaults import unimplemented_options
@@ -75,13 +75,6 @@ class GenerationPayload(BaseModel):
         if isinstance(data, dict):
             return {k: v for k, v in data.items() if v is not None}
         return data
-
-    def check_scripts(self) -> None:
-        """No selectable scripts exist yet: naming one is A1111's 422. Always-on script args and
-        `script_args` reach the core request, whose validation warns about each one set (clients
-        send `{}` or entries for extensions that are not here)."""
-        if self.script_name:
-            raise ValidationError(f"Selectable script not found: {self.script_name!r}")
 
     def echo(self) -> dict[str, Any]:
         """The request as received, defaults filled (the response's `parameters`)."""
@@ -186,6 +179,7 @@ def _common(payload: GenerationPayload) -> dict[str, Any]:
     data.update(infotext_values(payload))
     common = {name: data[name] for name in GenerationRequest.__dataclass_fields__ if name in data}
     common["styles"] = tuple(data.get("styles") or ())
+    common["script_name"] = data.get("script_name") or None
     common["script_args"] = tuple(data.get("script_args") or ())
     common["alwayson_scripts"] = dict(data.get("alwayson_scripts") or {})
     common["override_settings"] = dict(data.get("override_settings") or {})
@@ -198,7 +192,6 @@ def _common(payload: GenerationPayload) -> dict[str, Any]:
 
 
 def to_txt2img(payload: Txt2ImgPayload, decode: DecodeOptions) -> Txt2ImgRequest:
-    payload.check_scripts()
     data = _common(payload)
     if payload.firstpass_image:
         data["firstpass_image"] = decode_image(payload.firstpass_image, "firstpass_image", decode)
@@ -207,7 +200,6 @@ def to_txt2img(payload: Txt2ImgPayload, decode: DecodeOptions) -> Txt2ImgRequest
 
 
 def to_img2img(payload: Img2ImgPayload, decode: DecodeOptions) -> Img2ImgRequest:
-    payload.check_scripts()
     if not payload.init_images:
         raise NotFoundError("Init image not found")
     data = _common(payload)

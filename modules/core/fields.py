@@ -298,6 +298,8 @@ def ignored_field_warnings(request: Any, installed_scripts: Collection[str] = ()
         value = getattr(request, ignored.field)
         if _is_empty(value) or value == _default_of(request, ignored.field) or value in ignored.unset:
             continue
+        if ignored.field == "script_args" and getattr(request, "script_name", None):
+            continue  # the selected script takes them
         warnings.append(f"{ignored.field}: accepted but not acted on ({ignored.reason})")
     installed = {name.lower() for name in installed_scripts}
     for name in getattr(request, "alwayson_scripts", None) or {}:

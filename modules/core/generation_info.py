@@ -25,7 +25,9 @@ def generation_info(request: GenerationRequest, result: Result, first: int = 0) 
     model = result.model
     clip_skip = params.get("Clip skip")
     infotexts = list(result.infotexts)
-    if first:
+    if result.leading_images:
+        first = result.leading_images  # a script's grids lead, each with its own infotext
+    elif first:
         infotexts = infotexts[:1] + infotexts
     return {
         "prompt": request.prompt,

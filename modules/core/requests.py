@@ -69,12 +69,32 @@ class GenerationRequest:
     comments: Mapping[str, Any] | None = None
     force_task_id: str | None = None
     firstpass_image: Any | None = None  # a decoded image: hires fix starts from it instead of a first pass
+    script_name: str | None = None  # a selectable script (A1111: its title, lower-cased)
     script_args: tuple[Any, ...] = ()
     alwayson_scripts: Mapping[str, Any] = field(default_factory=dict)
+    # Per-image values set by scripts (A1111's p.all_prompts / all_negative_prompts / all_seeds /
+    # all_subseeds). Empty = derived from prompt/seed as usual. Prompts given here are final:
+    # styles are not applied to them again.
+    all_prompts: tuple[str, ...] = ()
+    all_negative_prompts: tuple[str, ...] = ()
+    all_seeds: tuple[int, ...] = ()
+    all_subseeds: tuple[int, ...] = ()
+    extra_generation_params: Mapping[str, Any] = field(default_factory=dict)  # more infotext keys (scripts)
 
     @property
     def effective_sampler(self) -> str:
         return self.sampler_name or self.sampler_index or "Euler"
+
+    @property
+    def image_count(self) -> int:
+        return self.batch_size * self.n_iter
+
+    def prompt_at(self, index: int) -> str:
+        """Image `index`'s prompt: `all_prompts[index]` when a script set them, else `prompt`."""
+        return self.all_prompts[index] if self.all_prompts else self.prompt
+
+    def negative_prompt_at(self, index: int) -> str:
+        return self.all_negative_prompts[index] if self.all_negative_prompts else self.negative_prompt
 
     def replace(self, **changes: Any) -> GenerationRequest:
         return dataclasses.replace(self, **changes)
@@ -191,4 +211,11 @@ def validate_request(
         _require(request.inpaint_full_res_padding >= 0, "inpaint_full_res_padding must be >= 0")
         blur_x, blur_y = request.blur_xy
         _require(blur_x >= 0 and blur_y >= 0, "mask_blur must be >= 0")
+    total = request.image_count
+    for name in ("all_prompts", "all_negative_prompts", "all_seeds", "all_subseeds"):
+        values = getattr(request, name)
+        _require(
+            not values or len(values) >= total,
+            f"{name}: {len(values)} values for {total} images (batch_size x n_iter)",
+        )
     return request, warnings

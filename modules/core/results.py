@@ -50,6 +50,9 @@ class Result:
     grid_path: Path | None = None
     model: ModelUsed = field(default_factory=ModelUsed)
     version: str = ""  # the engine's version string ("sd-webui-x.y.z")
+    # images before the generated ones (grids a script made; A1111's index_of_first_image); their
+    # infotexts lead `infotexts` too, while prompts/seeds/params are the generated images' only
+    leading_images: int = 0
 
 
 def extras_infotext(info: dict[str, Any]) -> str:

@@ -122,6 +122,17 @@ class JobHandle(Generic[T]):
         return self._job.context.preview_version
 
 
+class DoneCall(Generic[T]):
+    """What `submit_call` gives for a call that ran inline inside the running job."""
+
+    def __init__(self, future: Future[T], job_id: str) -> None:
+        self.future = future
+        self.id = job_id
+
+    def result(self, timeout: float | None = None) -> T:
+        return self.future.result(timeout)
+
+
 @dataclass(frozen=True)
 class QueueStatus:
     """Where a job stands (A1111's `/internal/progress`)."""
@@ -185,6 +196,27 @@ class Engine:
                 self._handles.popitem(last=False)
         return handle
 
+    def submit_call(self, fn: Callable[[JobContext], T], description: str = "script") -> JobHandle[T] | DoneCall[T]:
+        """Run `fn(ctx)` as a job of its own (script code that generates outside a job). Called on
+        the worker thread (from inside a job) it runs at once in that job instead of queueing
+        behind itself."""
+        if self._worker.on_worker_thread():
+            ctx = self._worker.current
+            assert ctx is not None
+            done: Future[T] = Future()
+            try:
+                done.set_result(fn(ctx))
+            except BaseException as exc:
+                done.set_exception(exc)
+            return DoneCall(done, ctx.id)
+        job = self._worker.submit(fn, description=description)
+        handle: JobHandle[T] = JobHandle(job, self._worker, description)
+        with self._lock:
+            self._handles[handle.id] = handle
+            while len(self._handles) > _KEEP_HANDLES:
+                self._handles.popitem(last=False)
+        return handle
+
     def run_sync(self, request: Request, timeout: float | None = None) -> Any:
         """Submit and wait for the result (tests, scripts on another thread)."""
         return self.submit(request).result(timeout)
@@ -192,10 +224,7 @@ class Engine:
     def process(self, request: GenerationRequest, ctx: JobContext, *, hooks: Hooks | None = None) -> Result:
         """Process a generation request now, inside the running job (worker thread only): for
         code that runs many generations in one job (loopback, X/Y/Z plot, SD upscale)."""
-        prepared, warnings = self._generation.prepare(request)
-        result = self._generation.process(prepared, ctx, hooks=hooks)
-        result.warnings[:0] = warnings
-        return result
+        return self._generation.prepare_and_process(request, ctx, hooks)
 
     # -- reading and control -----------------------------------------------------------------
 

@@ -4,7 +4,9 @@ Features that plug into generation (extension scripts, ControlNet, the refiner, 
 previews) register here instead of editing the loop or patching libraries:
 
 - events, fired on the worker thread in this order for every job:
-  `before_process` once; per batch `before_batch`, then `after_batch` with the decoded images;
+  `before_process` once; per batch `before_batch`, `before_hires` (hires fix only), then
+  `after_batch` with the decoded images (a listener may replace `event.images`, even with
+  another number of images: the job's result follows);
   per image `postprocess_image` (a listener may replace `event.image`); when the image is saved,
   `before_image_saved` (a listener may change `event.image` / `event.infotext`) and
   `after_image_saved` (with `event.path`);
@@ -53,6 +55,17 @@ class BatchEvent:
     prompts: list[str]
     negative_prompts: list[str]
     images: list[Any] = field(default_factory=list)
+
+
+@dataclass
+class HiresEvent:
+    """A batch is about to get its hires-fix pass (A1111's `before_hr`)."""
+
+    request: GenerationRequest
+    seeds: list[int]
+    prompts: list[str]
+    width: int  # the hires pass's output size
+    height: int
 
 
 @dataclass
@@ -114,6 +127,7 @@ class Hooks:
         self.before_process: Event[ProcessEvent] = Event("before_process")
         self.before_batch: Event[BatchEvent] = Event("before_batch")
         self.after_batch: Event[BatchEvent] = Event("after_batch")
+        self.before_hires: Event[HiresEvent] = Event("before_hires")
         self.postprocess_image: Event[ImageEvent] = Event("postprocess_image")
         self.before_image_saved: Event[SaveEvent] = Event("before_image_saved")
         self.after_image_saved: Event[SaveEvent] = Event("after_image_saved")
@@ -155,6 +169,7 @@ class Hooks:
             "before_process",
             "before_batch",
             "after_batch",
+            "before_hires",
             "postprocess_image",
             "before_image_saved",
             "after_image_saved",

@@ -35,7 +35,7 @@ from modules.engine import noise as noise_mod
 from modules.engine import samplers as smp
 from modules.engine.conditioning import ConditioningSettings, Encoder, PromptPlan, encode_plan, step_conds
 from modules.engine.extra_networks import JobNetworks
-from modules.engine.hooks import BatchEvent, Hooks
+from modules.engine.hooks import BatchEvent, HiresEvent, Hooks
 from modules.engine.sampler_runner import SamplerOptions, SamplerPass, img2img_steps
 from modules.engine.sampling import CFGDenoiser, LatentMask, SamplingJob, a1111_alphas_cumprod
 from modules.engine.worker import ImageSkipped, JobContext, JobInterrupted
@@ -293,7 +293,11 @@ class Processor:
             total = r.batch_size * r.n_iter
             seed = noise_mod.resolve_seed(r.seed)
             subseed = noise_mod.resolve_seed(r.subseed)
-            self._seeds = ([seed + i for i in range(total)], [subseed + i for i in range(total)])
+            seeds = [int(s) for s in r.all_seeds[:total]] if r.all_seeds else [seed + i for i in range(total)]
+            subseeds = (
+                [int(s) for s in r.all_subseeds[:total]] if r.all_subseeds else [subseed + i for i in range(total)]
+            )
+            self._seeds = (seeds, subseeds)
         return self._seeds
 
     def result_seed(self, index: int) -> int:
@@ -487,9 +491,36 @@ class Processor:
         self.hooks.before_batch.fire(event)
         return event
 
-    def end_batch(self, event: BatchEvent, images: list[Image.Image]) -> None:
+    def end_batch(self, event: BatchEvent, images: list[Image.Image], result: Result | None = None) -> None:
+        """Fire `after_batch`. A listener may replace `event.images` (same count: the batch's images
+        in `result` are replaced; another count: the batch's entries are rebuilt from the event's
+        prompts / seeds, the last one repeated where the lists are shorter)."""
         event.images = list(images)
         self.hooks.after_batch.fire(event)
+        if result is None or event.images == list(images):
+            return
+        n = len(images)
+        start = len(result.images) - n
+        if len(event.images) == n:
+            result.images[start:] = event.images
+            return
+
+        def pick(values: list[Any], i: int) -> Any:
+            return values[min(i, len(values) - 1)] if values else None
+
+        params = result.params[start:] or [{}]
+        subseeds = result.subseeds[start:] or [0]
+        new_count = len(event.images)
+        for name in ("images", "prompts", "negative_prompts", "seeds", "subseeds", "params"):
+            del getattr(result, name)[start:]
+        for i, image in enumerate(event.images):
+            result.images.append(image)
+            result.prompts.append(pick(event.prompts, i))
+            result.negative_prompts.append(pick(event.negative_prompts, i))
+            result.seeds.append(pick(event.seeds, i))
+            result.subseeds.append(pick(subseeds, i))
+            result.params.append(dict(pick(params, i)))
+        assert len(result.images) == start + new_count
 
     def _finish_batch(
         self,
@@ -619,8 +650,8 @@ def run_txt2img(processor: Processor, request: Txt2ImgRequest, ctx: JobContext |
             ctx.begin_image(n, request.n_iter)
         b_seeds = [seeds[i] for i in batch]
         b_subseeds = [subseeds[i] for i in batch]
-        prompts = [request.prompt] * len(batch)
-        negatives = [request.negative_prompt] * len(batch)
+        prompts = [request.prompt_at(i) for i in batch]
+        negatives = [request.negative_prompt_at(i) for i in batch]
         event = processor.begin_batch(n, batch, b_seeds, prompts, negatives)
         # the batch's second checkpoints (hires checkpoint, refiner) stay leased until it is decoded
         with contextlib.ExitStack() as stack:
@@ -677,7 +708,7 @@ def run_txt2img(processor: Processor, request: Txt2ImgRequest, ctx: JobContext |
                     height,
                     model=processor.current_model,
                 )
-                processor.end_batch(event, images)
+                processor.end_batch(event, images, result)
                 result.interrupted = True
                 break
             assert latents is not None
@@ -695,7 +726,7 @@ def run_txt2img(processor: Processor, request: Txt2ImgRequest, ctx: JobContext |
                 out_h,
                 model=processor.current_model,
             )
-        processor.end_batch(event, images)
+        processor.end_batch(event, images, result)
         if ctx is not None and ctx.stopping_generation:
             break
     result.elapsed = time.perf_counter() - started
@@ -807,6 +838,7 @@ def _hires_pass(
     checkpoint the pass (and the decode, by the caller, inside `stack`) runs on that model."""
     if processor.ctx is not None:
         processor.ctx.textinfo = "hires fix"
+    processor.hooks.before_hires.fire(HiresEvent(r, list(seeds), list(prompts), hires.width, hires.height))
     low: list[Image.Image] | None = None
     if hires.upscaler not in LATENT_UPSCALE_MODES:
         # decoded by the model that made them, before another checkpoint takes its place
@@ -1033,8 +1065,8 @@ def run_img2img(processor: Processor, request: Img2ImgRequest, ctx: JobContext |
             ctx.begin_image(n, request.n_iter)
         b_seeds = [seeds[i] for i in batch]
         b_subseeds = [subseeds[i] for i in batch]
-        prompts = [request.prompt] * len(batch)
-        negatives = [request.negative_prompt] * len(batch)
+        prompts = [request.prompt_at(i) for i in batch]
+        negatives = [request.negative_prompt_at(i) for i in batch]
         event = processor.begin_batch(n, batch, b_seeds, prompts, negatives)
         batch_images = [inits[i % len(inits)] for i in range(len(batch))]
         pixels = imgops.to_tensor(batch_images, model.device, torch.float32)
@@ -1131,7 +1163,7 @@ def run_img2img(processor: Processor, request: Img2ImgRequest, ctx: JobContext |
                 model=processor.current_model,
                 finish=composite,
             )
-        processor.end_batch(event, images)
+        processor.end_batch(event, images, result)
         if result.interrupted or (ctx is not None and ctx.stopping_generation):
             break
     if inpaint is not None and inpaint.paste_to is not None and settings.overlay_inpaint and result.images:

@@ -58,6 +58,29 @@ Saver = Callable[[Result, GenerationRequest, Hooks], None]
 ModelUpscale = Callable[[Image.Image, str, tuple[int, int]], Image.Image]
 
 
+class ScriptHost(Protocol):
+    """Scripts around generation (A1111's script runner; `modules.extensions.runner` implements it).
+
+    The engine knows nothing of scripts beyond this: a request a host `wants` (a selected script,
+    or always-on scripts for its tab) runs as `host.run(request, ctx, process)` on the worker, where
+    `process(request, hooks)` prepares and processes one generation inside the job (a script may
+    call it many times); everything else runs as before."""
+
+    def names(self, request: GenerationRequest) -> list[str]:
+        """Titles of the scripts a request can name in `alwayson_scripts` (any case)."""
+        ...
+
+    def check(self, request: GenerationRequest) -> list[str]:
+        """Raise a user error for an unknown `script_name` or always-on script; return warnings."""
+        ...
+
+    def wants(self, request: GenerationRequest) -> bool: ...
+
+    def run(
+        self, request: GenerationRequest, ctx: JobContext, process: Callable[[GenerationRequest, Hooks | None], Result]
+    ) -> Result: ...
+
+
 class FaceRestorer(Protocol):
     """What the Extras face restorers (GFPGAN, CodeFormer) provide to the engine."""
 
@@ -179,6 +202,7 @@ class GenerationService:
         self.upcast_sampling = upcast_sampling  # --upcast-sampling, as the device policy allows
         self.nan_check = nan_check  # off with --disable-nan-check
         self.networks = networks  # LoRAs, hypernetworks, embeddings (None: a bare engine without them)
+        self.scripts: ScriptHost | None = None  # set by the composition root when scripts are loaded
 
     # -- on the caller's thread --------------------------------------------------------------
 
@@ -186,7 +210,8 @@ class GenerationService:
         """Validate and apply styles before anything is queued: a bad sampler, size or setting is
         a user error right away. Returns the request to run and the warnings for the caller."""
         limit = int(self.options.get("max_pixels_times_batch"))  # type: ignore[call-overload]
-        request, warnings = validate_request(request, Limits(max_pixels_times_batch=limit))
+        scripts = self.scripts.names(request) if self.scripts is not None else []
+        request, warnings = validate_request(request, Limits(max_pixels_times_batch=limit), scripts)
         request, style_warnings = self._apply_styles(request)
         warnings += style_warnings
         request = self._with_default_networks(request)
@@ -215,8 +240,24 @@ class GenerationService:
         return request, warnings
 
     def submit(self, request: GenerationRequest) -> Job[Result]:
-        request, warnings = self.prepare(request)
         kind = "img2img" if isinstance(request, Img2ImgRequest) else "txt2img"
+        host = self.scripts
+        if host is None and request.script_name:
+            raise ValidationError(f"Selectable script not found: {request.script_name!r}")  # A1111's 422
+        if host is not None and host.wants(request):
+            warnings = host.check(request)  # an unknown script is a user error before queueing
+            self.prepare(request)  # so is a bad sampler or size; scripts get the request as sent
+
+            def run_scripted(ctx: JobContext) -> Result:
+                result = host.run(request, ctx, lambda r, hooks: self.prepare_and_process(r, ctx, hooks))
+                result.warnings[:0] = [w for w in warnings if w not in result.warnings]
+                for warning in result.warnings:
+                    log.warning("%s %s: %s", kind, ctx.id, warning)
+                return result
+
+            return self.worker.submit(run_scripted, task_id=request.force_task_id, description=kind)
+
+        request, warnings = self.prepare(request)
 
         def run(ctx: JobContext) -> Result:
             result = self.process(request, ctx)
@@ -227,13 +268,20 @@ class GenerationService:
 
         return self.worker.submit(run, task_id=request.force_task_id, description=kind)
 
+    def prepare_and_process(self, request: GenerationRequest, ctx: JobContext, hooks: Hooks | None = None) -> Result:
+        """Prepare (validate, styles) and process one request inside the running job."""
+        prepared, warnings = self.prepare(request)
+        result = self.process(prepared, ctx, hooks=hooks)
+        result.warnings[:0] = warnings
+        return result
+
     def run_sync(self, request: GenerationRequest, timeout: float | None = None) -> Result:
         return self.submit(request).future.result(timeout)
 
     def _apply_styles(self, request: GenerationRequest) -> tuple[GenerationRequest, list[str]]:
         """A1111 applies styles server-side before anything else; unknown names are skipped (as
         A1111 does) but reported."""
-        if not request.styles:
+        if not request.styles or request.all_prompts:  # prompts a script set are final
             return request, []
         known = {s.name for s in self.styles.styles()} if self.styles is not None else set()
         missing = [name for name in request.styles if name not in known]
@@ -250,11 +298,18 @@ class GenerationService:
         if self.networks is None or request.disable_extra_networks:
             return request
         multiplier = self._option("extra_networks_default_multiplier", 1.0)
-        prompt = request.prompt
-        for option, kind in (("sd_lora", "lora"), ("sd_hypernetwork", "hypernet")):
-            name = request.override_settings.get(option, self._option(option, "None"))
-            prompt = with_default_network(prompt, kind, str(name or "None"), float(multiplier))
-        return request if prompt == request.prompt else request.replace(prompt=prompt)
+
+        def added(prompt: str) -> str:
+            for option, kind in (("sd_lora", "lora"), ("sd_hypernetwork", "hypernet")):
+                name = request.override_settings.get(option, self._option(option, "None"))
+                prompt = with_default_network(prompt, kind, str(name or "None"), float(multiplier))
+            return prompt
+
+        prompt = added(request.prompt)
+        all_prompts = tuple(added(p) for p in request.all_prompts)
+        if prompt == request.prompt and all_prompts == request.all_prompts:
+            return request
+        return request.replace(prompt=prompt, all_prompts=all_prompts)
 
     def _job_networks(self, request: GenerationRequest) -> JobNetworks:
         """The networks the request's prompts name (its first prompt's tags; the hires prompt's for
@@ -264,14 +319,14 @@ class GenerationService:
                 self.networks.use_bundled()  # no LoRA in force: none of their embeddings either
             return JobNetworks(self.networks)
         if self.networks is None:  # a bare engine (tests, tools): say so rather than drop the tags
-            tags = batch_networks([request.prompt])
+            tags = batch_networks([request.prompt_at(0)])
             notes = [f"extra network {t.text} not applied: this engine has no extra networks" for t in tags]
             return JobNetworks(None, NetworkSet(warnings=notes), NetworkSet())
         self.networks.embeddings.refresh_if_changed()  # a file dropped into the folder works (A1111)
-        first = self.networks.resolve([request.prompt])
+        first = self.networks.resolve([request.prompt_at(0)])
         hires: NetworkSet = first
         hr_prompt = request.hr_prompt if isinstance(request, Txt2ImgRequest) and request.enable_hr else ""
-        if hr_prompt and hr_prompt != request.prompt:
+        if hr_prompt and hr_prompt != request.prompt_at(0):
             hires = self.networks.resolve([hr_prompt])
         self.networks.use_bundled(first, hires)
         return JobNetworks(self.networks, first, hires)
@@ -475,6 +530,7 @@ class GenerationService:
             if settings.emphasis != "Original":
                 p[_EMPHASIS] = settings.emphasis
             p.update(processor.extra_params)
+            p.update(request.extra_generation_params)  # scripts' keys (A1111's p.extra_generation_params)
             return order_params({k: v for k, v in p.items() if v is not None})
 
         return params

@@ -84,11 +84,12 @@ ALLOWED_LAYERS: dict[str, frozenset[str]] = {
     "core": frozenset(),
     "models": frozenset({"core"}),
     "engine": frozenset({"core", "models"}),
-    "services": frozenset({"core", "models", "engine"}),
-    "api": frozenset({"core", "engine", "services"}),
-    "ui": frozenset({"core", "engine", "services"}),
-    "extensions": frozenset({"core", "engine", "services"}),
+    "extensions": frozenset({"core", "engine"}),  # the extension manager and the script runtime
+    "services": frozenset({"core", "models", "engine", "extensions"}),
+    "api": frozenset({"core", "engine", "services", "extensions"}),
+    "ui": frozenset({"core", "engine", "services", "extensions"}),
     "app": frozenset({"core", "models", "engine", "services", "api", "ui", "extensions"}),
+    "facade": frozenset({"core", "models", "engine", "services", "api", "ui", "extensions", "facade", "app"}),
 }
 ADAPTER_LAYERS = ("api", "ui", "extensions")
 
@@ -137,9 +138,22 @@ def _our_imports(path: Path, name: str | None = None) -> set[str]:
     return found
 
 
+# A1111's module names that extension code imports (`modules.scripts`, `modules.shared`, ...): single
+# files at the top of the package, views over the internal packages. They may import anything; no
+# internal package may import them (no rule below lists "facade").
+_NOT_FACADES = frozenset({"app", "services"})
+
+
+def _is_facade(name: str) -> bool:
+    return name not in _NOT_FACADES and (ROOT / "modules" / f"{name}.py").is_file()
+
+
 def _layer(module: str) -> str:
-    """`modules.engine.samplers` -> "engine", `modules.app` -> "app", `modules` -> "" (the package)."""
+    """`modules.engine.samplers` -> "engine", `modules.app` -> "app", `modules` -> "" (the package),
+    `modules.scripts` -> "facade"."""
     parts = module.split(".")
+    if len(parts) == 2 and _is_facade(parts[1]):
+        return "facade"
     return parts[1] if len(parts) > 1 else ""
 
 

@@ -31,6 +31,7 @@ DESCRIBERS = {"core/option_defaults.py", "core/option_info.py", "core/options.py
 NOT_A_READ = {
     "sigma_min": "engine/samplers.py: diffusers' final_sigmas_type value",
     "disable_all_extensions": "core/settings.py: the flag of the same name",
+    "ddim_discretize": "extensions/processing_api.py: A1111's p field of that name, reported as not acted on",
 }
 
 

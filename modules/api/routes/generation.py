@@ -37,7 +37,9 @@ def build_response(
     infotexts = list(result.infotexts)
     first = 0
     return_grid = bool(services.options.get("return_grid")) if "return_grid" in services.options else True
-    if payload.save_images and len(images) > 1 and result.grid is not None and return_grid:
+    if result.leading_images:
+        first = result.leading_images  # a script's grids are already in front
+    elif payload.save_images and len(images) > 1 and result.grid is not None and return_grid:
         images.insert(0, result.grid)
         infotexts.insert(0, _first(infotexts, ""))
         first = 1

@@ -76,13 +76,20 @@ def get_prompt_styles(services: Services = Depends(get_services)) -> list[Prompt
 
 
 @router.get("/scripts", response_model=ScriptsList)
-def get_scripts() -> ScriptsList:
-    return ScriptsList(txt2img=[], img2img=[])
+def get_scripts(services: Services = Depends(get_services)) -> ScriptsList:
+    """The lower-cased titles of each tab's scripts (A1111 lists selectable and always-on ones)."""
+    if services.scripts is None:
+        return ScriptsList(txt2img=[], img2img=[])
+    runner = services.scripts.runner
+    return ScriptsList(txt2img=runner.titles(False), img2img=runner.titles(True))
 
 
 @router.get("/script-info", response_model=list[ScriptInfo])
-def get_script_info() -> list[ScriptInfo]:
-    return []
+def get_script_info(services: Services = Depends(get_services)) -> list[ScriptInfo]:
+    """Every script of both tabs with its arguments (label, default, range, choices)."""
+    if services.scripts is None:
+        return []
+    return [ScriptInfo(**item) for item in services.scripts.runner.script_info()]
 
 
 @router.get("/extensions", response_model=list[ExtensionItem])
