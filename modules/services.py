@@ -8,6 +8,7 @@ composition root and the tests; adapters never read them (a test checks).
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 from modules.core.options import Options
 from modules.core.paths import Paths
@@ -23,6 +24,9 @@ from modules.models.manager import ModelManager
 from modules.models.network_registry import NetworkRegistry
 from modules.models.registry import ModelRegistry
 from modules.models.upscalers import UpscalerRegistry
+
+if TYPE_CHECKING:
+    from modules.extensions.setup import ScriptSetup
 
 
 @dataclass
@@ -43,3 +47,4 @@ class Services:
     networks: NetworkRegistry  # LoRA / LyCORIS and hypernetwork files (read-only listing)
     extra_networks: ExtraNetworks  # the engine's LoRA / hypernetwork cache and embeddings (composition root, tests)
     extensions: ExtensionManager | None = None  # installed extensions: list, install, update, enable
+    scripts: ScriptSetup | None = None  # the script runner, callbacks and extension page assets
