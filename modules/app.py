@@ -34,7 +34,7 @@ from modules.engine.worker import Worker
 from modules.extensions.loading import ExtensionDir
 from modules.extensions.manager import ExtensionManager
 from modules.extensions.runtime import ScriptEnvironment
-from modules.extensions.setup import setup_scripts
+from modules.extensions.setup import extension_preloads, setup_scripts
 from modules.models.devices import policy_from_settings
 from modules.models.embeddings import EmbeddingDatabase
 from modules.models.face_restoration import FaceRestorers
@@ -253,7 +253,8 @@ def load_initial_model(services: Services) -> None:
 
 def main(argv: Sequence[str], environ: Mapping[str, str]) -> int:
     try:
-        settings = parse_settings(argv, environ)
+        first = parse_settings(argv, environ, known_only=True)  # where the extensions are
+        settings = parse_settings(argv, environ, preloads=extension_preloads(first, REPO_ROOT, environ))
     except SettingsError as exc:
         print(f"error: {exc}")
         return 2

@@ -227,6 +227,8 @@ class Settings:
     loglevel: str | None = None
     # --- not a flag: messages produced while parsing (ignored/legacy flags) ---
     warnings: tuple[str, ...] = field(default=(), metadata={"flag": False})
+    # --- not ours: flags that extensions' preload.py added (dest -> value; A1111's cmd_opts has them) ---
+    extension_flags: Mapping[str, Any] = field(default_factory=dict, metadata={"flag": False})
 
     def __post_init__(self) -> None:
         if (self.tls_keyfile is None) != (self.tls_certfile is None):
@@ -608,19 +610,35 @@ def not_acted_on_warnings(values: Mapping[str, object]) -> list[str]:
     ]
 
 
-def parse_settings(argv: Sequence[str], environ: Mapping[str, str] | None = None) -> Settings:
-    """Parse `argv` (without the program name) plus env COMMANDLINE_ARGS into `Settings`."""
+def parse_settings(
+    argv: Sequence[str],
+    environ: Mapping[str, str] | None = None,
+    *,
+    preloads: Sequence[Callable[[argparse.ArgumentParser], None]] = (),
+    known_only: bool = False,
+) -> Settings:
+    """Parse `argv` (without the program name) plus env COMMANDLINE_ARGS into `Settings`.
+
+    `preloads` are extensions' `preload(parser)` functions: the flags they add are parsed too and
+    land in `Settings.extension_flags`. `known_only` skips flags nobody knows (the first pass that
+    finds the extensions, before their flags exist)."""
     env: Mapping[str, str] = environ if environ is not None else {}
     args = [*argv, *split_env_args(env)]
     parser = build_parser()
+    ours = {action.dest for action in parser._actions}
+    for preload in preloads:
+        preload(parser)
     warnings: list[str] = []
-    if _is_true_env(env.get("IGNORE_CMD_ARGS_ERRORS")):
+    if known_only:
+        namespace, _unknown = parser.parse_known_args(args)
+    elif _is_true_env(env.get("IGNORE_CMD_ARGS_ERRORS")):
         namespace, unknown = parser.parse_known_args(args)
         if unknown:
             warnings.append(f"ignored unknown command-line arguments: {' '.join(unknown)}")
     else:
         namespace = parser.parse_args(args)
     values = vars(namespace)
+    extension_flags = {k: values.pop(k) for k in list(values) if k not in ours}
 
     for name, _ in LEGACY_FLAGS:
         dest = _LEGACY_PREFIX + name.lstrip("-").replace("-", "_")
@@ -633,4 +651,4 @@ def parse_settings(argv: Sequence[str], environ: Mapping[str, str] | None = None
         values[key] = tuple(values[key] or ())
     warnings.extend(not_acted_on_warnings(values))
 
-    return Settings(**values, warnings=tuple(warnings))
+    return Settings(**values, warnings=tuple(warnings), extension_flags=extension_flags)

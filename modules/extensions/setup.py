@@ -18,14 +18,19 @@ from modules.extensions.loading import (
     BUILTIN_SCRIPTS_DIR,
     ExtensionDir,
     PageAssets,
+    Preload,
     load_script_classes,
     page_assets,
+    preload_functions,
 )
 from modules.extensions.runner import ScriptRunner
 
 if TYPE_CHECKING:
+    from collections.abc import Mapping
+    from pathlib import Path
     from types import ModuleType
 
+    from modules.core.settings import Settings
     from modules.engine.service import GenerationService
 
 log = logging.getLogger(__name__)
@@ -66,3 +71,23 @@ def setup_scripts(
     env.runner = runner
     generation.scripts = runner
     return ScriptSetup(runner, callbacks, page_assets(extensions), env, errors)
+
+
+def extension_preloads(settings: Settings, repo_root: Path, environ: Mapping[str, str]) -> list[Preload]:
+    """The enabled extensions' `preload(parser)` functions, found from a first parse of the flags
+    (data dir, --disable-*-extensions) and the saved `disabled_extensions` option. Nothing is
+    written: no folders made, no options saved."""
+    from modules.core.options import Options, default_option_infos
+    from modules.core.paths import Paths
+    from modules.extensions.manager import ExtensionManager
+
+    paths = Paths.from_settings(settings, repo_root, environ)
+    options = Options(default_option_infos(), paths.config_file)
+    options.load()
+    manager = ExtensionManager(settings, paths, options, environ=environ)
+    dirs = [ExtensionDir(ext.name, ext.path) for ext in manager.active()]
+
+    def report(name: str | None, text: str) -> None:
+        log.error("extension %s: %s", name, text)
+
+    return preload_functions(dirs, report)
