@@ -5,12 +5,12 @@ from __future__ import annotations
 from fastapi import FastAPI
 
 from modules.api.errors import install_error_handlers
-from modules.api.routes import extras, generation, info, models, options, pnginfo, progress, server
+from modules.api.routes import extensions, extras, generation, info, models, options, pnginfo, progress, server
 from modules.api.security import install_security
 from modules.services import Services
 
 PREFIX = "/sdapi/v1"
-ROUTERS = (generation, progress, pnginfo, options, models, info, server, extras)
+ROUTERS = (generation, progress, pnginfo, options, models, info, server, extras, extensions)
 
 
 def install_api(app: FastAPI, services: Services) -> None:

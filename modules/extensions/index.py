@@ -18,7 +18,6 @@ import socket
 import ssl
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 from urllib.parse import urljoin, urlsplit
@@ -233,14 +232,6 @@ def _int(value: object) -> int:
         return int(value)  # type: ignore[call-overload]
     except (TypeError, ValueError):
         return 0
-
-
-def short_date(value: str) -> str:
-    """An index ISO time ("2023-01-02T03:04:05Z") as a local date; "" when absent or malformed."""
-    try:
-        return datetime.strptime(value, "%Y-%m-%dT%H:%M:%SZ").replace(tzinfo=UTC).astimezone().strftime("%Y-%m-%d")
-    except (TypeError, ValueError):
-        return ""
 
 
 def load_index(

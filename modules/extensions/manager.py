@@ -34,7 +34,7 @@ from pathlib import Path
 from typing import Any
 
 from modules.core.atomic import atomic_write_json
-from modules.core.errors import ForbiddenError, NotFoundError, ValidationError
+from modules.core.errors import ForbiddenError, NotFoundError, UserError, ValidationError
 from modules.core.options import Options
 from modules.core.paths import Paths
 from modules.core.settings import Settings
@@ -192,6 +192,7 @@ class ExtensionManager:
         self.default_index_url = default_index_url(environ)
         # set by the composition root when the process runs under something that restarts it
         self.restart_server: Callable[[], None] | None = None
+        self.restart_delay_s = 1.0
         self._write_lock = threading.RLock()  # one install/update/restore at a time
         self._state_lock = threading.Lock()
         self._status: dict[str, tuple[bool, str]] = {}
@@ -203,6 +204,11 @@ class ExtensionManager:
     def access_disabled(self) -> bool:
         """True when write actions are refused (non-local without the unlock flag)."""
         return self.settings.disable_extension_access
+
+    @property
+    def access_note(self) -> str | None:
+        """Why write actions are refused (with the flag that allows them), or None when allowed."""
+        return ACCESS_NOTE if self.access_disabled else None
 
     def check_access(self, action: str) -> None:
         """ForbiddenError (and an audit line) when write actions are refused."""
@@ -455,7 +461,7 @@ class ExtensionManager:
             self.git.fetch(ext.path)
             after = self.git.rev_parse(ext.path, upstream)
             head = self.git.rev_parse(ext.path)
-        except GitError as exc:
+        except UserError as exc:
             log.warning("checking %s for updates failed: %s", ext.name, exc)
             return False, "unknown (remote error)"
         if after == head:
@@ -521,7 +527,7 @@ class ExtensionManager:
             self.git.fetch(ext.path)
             self.git.reset_hard(ext.path, upstream)
             new = self.git.rev_parse(ext.path)
-        except GitError as exc:
+        except UserError as exc:
             audit.warning("update of extension %s from %s failed: %s", ext.name, redact_url(ext.remote), exc)
             return UpdateOutcome(ext.name, False, old, old, str(exc))
         self._set_status(ext.name, False, "latest")
@@ -653,7 +659,7 @@ class ExtensionManager:
                 try:
                     self.git.fetch(ext.path)
                     self.git.reset_hard(ext.path, commit)
-                except GitError as exc:
+                except UserError as exc:
                     failed.append(f"{ext.name}: {exc}")
                     continue
                 audit.info("restored extension %s to %s (was %s)", ext.name, commit, ext.commit_hash)
@@ -708,10 +714,15 @@ class ExtensionManager:
         return self.restart_server is not None
 
     def request_restart(self) -> bool:
-        """Ask the server to restart (True), or False when it cannot restart itself."""
-        if self.restart_server is None:
+        """Ask the server to restart in `restart_delay_s` (so the answer that says so is still
+        sent): True, or False when it cannot restart itself."""
+        restart = self.restart_server
+        if restart is None:
             return False
-        self.restart_server()
+        log.info("restart requested from the Extensions tab")
+        timer = threading.Timer(self.restart_delay_s, restart)
+        timer.daemon = True
+        timer.start()
         return True
 
 

@@ -1,12 +1,13 @@
 """The whole Gradio page: the quicksettings row and A1111's top-level tabs (a1111.md 10), then the
 wiring between tabs (send-to, the checkpoint's effect on img2img) and ui-config.json over the
-built tree. Train and Extensions exist with a short note."""
+built tree. Train exists with a short note."""
 
 from __future__ import annotations
 
 import gradio as gr
 
 from modules.services import Services
+from modules.ui.extensions import build_extensions_tab
 from modules.ui.extras import build_extras_tab
 from modules.ui.img2img import build_img2img_tab, is_instruct_pix2pix
 from modules.ui.merger import build_merger_tab
@@ -17,7 +18,7 @@ from modules.ui.settings import build_settings_tab
 from modules.ui.txt2img import build_txt2img_tab
 from modules.ui.ui_config import apply_ui_config
 
-# (label, elem_id suffix) in A1111's order; Train and Extensions are placeholders for now
+# (label, elem_id suffix) in A1111's order; Train is a placeholder for now
 TABS = (
     ("txt2img", "txt2img"),
     ("img2img", "img2img"),
@@ -49,6 +50,8 @@ def build_blocks(services: Services) -> gr.Blocks:
                         build_settings_tab(services)
                     elif name == "modelmerger":
                         build_merger_tab(services)
+                    elif name == "extensions":
+                        build_extensions_tab(services)
                     else:
                         gr.Markdown(f"**{label}** is coming: this tab is not built yet.", elem_classes="sdw-coming")
         wire_send_to(services, tabs, txt2img, img2img, extras, pnginfo)
