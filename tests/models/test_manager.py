@@ -174,19 +174,19 @@ def test_unload_and_reload(tree: dict[str, Path]) -> None:
     assert m.active.model is model  # type: ignore[union-attr]
 
 
-def test_twenty_switches_keep_memory_bounded(tree: dict[str, Path]) -> None:
+def test_repeated_switches_keep_memory_bounded(tree: dict[str, Path]) -> None:
     m = _manager(tree, cache_bytes=0)
     refs: list[weakref.ref[object]] = []
     for name in ("one", "two", "one", "two"):  # warm up allocator and caches
         m.load(name)
     gc.collect()
     rss0 = psutil.Process().memory_info().rss
-    for i in range(20):
+    for i in range(12):  # was 20: 12 shows a leak as well (one model per switch) at 60% of the time
         m.load("one" if i % 2 else "two")
         refs.append(weakref.ref(m.active.model))  # type: ignore[union-attr]
     gc.collect()
     growth = psutil.Process().memory_info().rss - rss0
     alive = sum(r() is not None for r in refs)
-    assert alive == 1, f"{alive} models still alive after 20 switches"
+    assert alive == 1, f"{alive} models still alive after 12 switches"
     model_bytes = m.active.model.nbytes()  # type: ignore[union-attr]
     assert growth < 64 * 1024 * 1024 + 4 * model_bytes, f"RSS grew {growth / 2**20:.1f} MiB"
