@@ -198,7 +198,9 @@ class GitRunner:
             _kill_group(process)
             raise GitTimeout(f"{what}: timed out after {limit:g} s (killed)") from None
         if process.returncode != 0:
-            message = (err or out).decode("utf-8", errors="replace").strip() or f"exit code {process.returncode}"
+            text = (err or out).decode("utf-8", errors="replace")
+            lines = [line for line in text.splitlines() if line.strip() and not line.startswith("Cloning into")]
+            message = "\n".join(lines) or f"exit code {process.returncode}"
             raise GitError(f"{what} failed: {message[-MAX_MESSAGE_CHARS:]}")
         return out.decode("utf-8", errors="replace").strip()
 

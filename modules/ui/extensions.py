@@ -70,7 +70,6 @@ _AVAILABLE_JS = """
 element.addEventListener("click", (event) => {
   const button = event.target instanceof Element ? event.target.closest("button.sdw-ext-install") : null;
   if (!button || button.disabled) return;
-  button.disabled = true;
   trigger("click", {url: button.dataset.url || ""});
 });
 """
@@ -334,7 +333,8 @@ def load_available(
     except UserError as exc:
         raise _user_error(exc) from exc
     table, tags = available_table(manager, index, selected_tags, showing_type, filtering_type, order, "")
-    return index, table, gr.update(choices=tags), "", ""
+    choices = list(dict.fromkeys([*tags, *(selected_tags or [])]))  # the selected ones stay valid choices
+    return index, table, gr.update(choices=choices), "", ""
 
 
 def install_from_index(

@@ -134,8 +134,10 @@ def test_available_table_from_a_local_index(make_manager: ManagerFactory, tmp_pa
     index_file.write_text(json.dumps(INDEX), encoding="utf-8")
     manager = make_manager()
     (manager.paths.extensions_dir / "beta-tab").mkdir(parents=True)
-    index, table, tags, search, note = tab.load_available(manager, str(index_file), [], "hide", "or", "a-z")
-    assert search == "" and note == "" and "installed" in tags["choices"]
+    index, table, tags, search, note = tab.load_available(
+        manager, str(index_file), ["ads", "other"], "hide", "or", "a-z"
+    )
+    assert search == "" and note == "" and {"installed", "script", "tab", "ads", "other"} <= set(tags["choices"])
     assert 'data-url="https://github.com/u/alpha"' in table
     assert 'data-url="https://github.com/u/beta-tab.git" disabled>Installed' in table
     filtered, _ = tab.available_table(manager, index, ["tab"], "show", "or", "stars", "wildcard")
