@@ -59,12 +59,6 @@ UI_COLOR_MODES: tuple[str, ...] = ("Auto (browser)", "Light", "Dark")
 _LATER = "not implemented yet"
 NOT_ACTED_ON: dict[str, tuple[str, ...]] = {
     f"{_LATER}: the web UI always saves generated images": ("samples_save",),
-    f"{_LATER}: grids carry no text annotations": (
-        "font",
-        "grid_text_active_color",
-        "grid_text_inactive_color",
-        "grid_background_color",
-    ),
     f"{_LATER}: no extra copies (before face restoration / hires fix / color correction, masks, init "
     "images, interrupted images) are saved": (
         "save_images_before_face_restoration",
