@@ -653,6 +653,9 @@ class ExtensionManager:
                 commit = str(entry.get("commit_hash") or "")
                 if not commit or ext.remote is None:
                     continue
+                if not is_commit_hash(commit):
+                    failed.append(f"{ext.name}: the saved commit {commit[:50]!r} is not a commit hash")
+                    continue
                 if commit == ext.commit_hash:
                     restored.append(f"{ext.name}: already at {commit[:8]}")
                     continue
