@@ -404,7 +404,9 @@ class ExtensionManager:
         if not script.is_file():
             return None
         env = dict(os.environ)
-        env["PYTHONPATH"] = os.pathsep.join(p for p in (str(self.paths.repo_root), env.get("PYTHONPATH", "")) if p)
+        # the code's root (where launch.py and modules/ are), whatever the data dir
+        code_root = str(Path(__file__).resolve().parents[2])
+        env["PYTHONPATH"] = os.pathsep.join(p for p in (code_root, env.get("PYTHONPATH", "")) if p)
         log.info("running install.py of extension %s", path.name)
         try:
             process = subprocess.Popen(
