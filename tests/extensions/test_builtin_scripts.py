@@ -176,8 +176,19 @@ def test_prompt_matrix_grid_cells_and_prompts(client: TestClient) -> None:
     assert info["all_seeds"] == [5, 5, 5, 5]
     assert len(images) == 5
     grid, cells = images[0], images[1:]
-    # 2 parts: 2 columns (red) x 2 rows (blue); combination k is cell k in row-major order
-    assert grid.width >= 128 and grid.height >= 128
+    # 2 parts: 2 columns ("red" off, on) x 2 rows ("blue" off, on), labels left (3/4 of a cell)
+    # and on top; combination k is cell k in row-major order
+    assert grid.width == 48 + 2 * 64
+    pad_top = grid.height - 2 * 64
+    assert pad_top > 0
+    background = (255, 255, 255)
+    left_label = pixels(grid.crop((48, 0, 48 + 64, pad_top)))  # "red", struck through
+    right_label = pixels(grid.crop((48 + 64, 0, 48 + 128, pad_top)))  # "red"
+    row_labels = pixels(grid.crop((0, pad_top, 48, grid.height)))
+    assert (left_label == (153, 153, 153)).all(axis=-1).any()  # inactive colour, with the strike
+    assert left_label.min() >= 140
+    assert right_label.min() < 100 and not (right_label == (153, 153, 153)).all(axis=-1).any()
+    assert (row_labels != background).any()
     for k, cell in enumerate(cells):
         col, row = k % 2, k // 2
         # the cells are the bottom-right block of the grid (labels, if any, go left and top)
@@ -206,8 +217,10 @@ def test_prompt_matrix_negative_space_start_seeds_margin_and_uneven_batches(clie
     assert info["all_seeds"] == [5, 6, 7, 8]
     assert len(images) == 5
     grid = images[0]
-    # 2 x 2 cells with a 4 px margin between them
-    assert grid.width >= 2 * 64 + 4 and grid.height >= 2 * 64 + 4
+    # 2 x 2 cells with a 4 px margin between them, labels left and on top
+    assert grid.width == 48 + 2 * 64 + 4 and grid.height > 2 * 64 + 4
+    gap = pixels(grid.crop((48 + 64, grid.height - 64, 48 + 68, grid.height)))
+    assert (gap == (255, 255, 255)).all()
     last = images[4]
     assert np.array_equal(pixels(grid.crop((grid.width - 64, grid.height - 64, grid.width, grid.height))), pixels(last))
     assert params(info["infotexts"][4])["Seed"] == 8

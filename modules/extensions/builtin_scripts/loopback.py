@@ -18,9 +18,8 @@ from typing import Any
 from PIL import Image
 
 from modules.core.errors import ValidationError
-from modules.engine.grids import make_grid
 from modules.extensions import runtime
-from modules.extensions.builtin_scripts import tiles
+from modules.extensions.builtin_scripts import grid_labels, tiles
 from modules.extensions.processing_api import Processed, fix_seed, process_images
 from modules.extensions.script_base import Script
 
@@ -175,7 +174,7 @@ class Loopback(Script):
         env = runtime.maybe_environment()
         grids: list[Image.Image] = []
         if len(history) > 1:
-            grid = make_grid(history, rows=1)
+            grid = grid_labels.image_grid(history, rows=1)
             tiles.save_script_image(
                 grid,
                 kind="img2img",

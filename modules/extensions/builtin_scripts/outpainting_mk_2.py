@@ -18,9 +18,8 @@ import numpy as np
 from PIL import Image, ImageDraw
 
 from modules.core.errors import ValidationError
-from modules.engine.grids import make_grid
 from modules.extensions import runtime
-from modules.extensions.builtin_scripts import tiles
+from modules.extensions.builtin_scripts import grid_labels, tiles
 from modules.extensions.processing_api import Processed, process_images
 from modules.extensions.script_base import Script
 
@@ -317,7 +316,7 @@ class OutpaintingMk2(Script):
         leading: list[Image.Image] = []
         only_if_multiple = env is None or bool(env.options.get("grid_only_if_multiple"))
         if results and not (len(results) < 2 and only_if_multiple):
-            grid = make_grid(results)
+            grid = grid_labels.image_grid(results)
             if env is None or bool(env.options.get("return_grid")):
                 leading.append(grid)
             tiles.save_script_image(

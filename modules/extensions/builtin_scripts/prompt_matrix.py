@@ -2,7 +2,8 @@
 the parts (2^n for n parts, the base always in), joined to the base with ", " or " ", after it or
 (put at start) before it, in the positive or the negative prompt; all with one seed unless
 "different seeds". A grid of the images comes first: combination k is cell k in row-major order,
-the first half of the parts (rounded up) switch along the columns, the rest along the rows.
+the first half of the parts (rounded up) switch along the columns, the rest along the rows, and
+the labels above and left of the cells say which parts are in (struck through: out).
 A1111's `script_args`: `[put_at_start, different_seeds, prompt_type, variations_delimiter,
 margin_size]`.
 """
@@ -16,9 +17,8 @@ from typing import Any
 from PIL import Image
 
 from modules.core.errors import ValidationError
-from modules.engine.grids import make_grid
 from modules.extensions import runtime
-from modules.extensions.builtin_scripts import tiles
+from modules.extensions.builtin_scripts import grid_labels, tiles
 from modules.extensions.processing_api import (
     Processed,
     StableDiffusionProcessing,
@@ -49,24 +49,12 @@ def matrix_shape(variable_parts: int) -> tuple[int, int]:
     return 2 ** math.ceil(variable_parts / 2), 2 ** (variable_parts // 2)
 
 
-def matrix_grid(images: list[Image.Image], parts: list[str], margin: int) -> Image.Image:
-    """The images in a grid, `margin` pixels between cells."""
-    cols, rows = matrix_shape(len(parts) - 1)
-    if margin <= 0:
-        return make_grid(images, rows)
-    width, height = images[0].size
-    background = _background()
-    grid = Image.new("RGB", (cols * width + margin * (cols - 1), rows * height + margin * (rows - 1)), background)
-    for index, image in enumerate(images):
-        col, row = index % cols, index // cols
-        grid.paste(image, ((width + margin) * col, (height + margin) * row))
-    return grid
-
-
-def _background() -> str:
-    env = runtime.maybe_environment()
-    value = env.options.get("grid_background_color") if env is not None else None
-    return str(value) if value else "#ffffff"
+def matrix_grid(images: list[Image.Image], parts: list[str], margin: int, batch_size: int = 1) -> Image.Image:
+    """The images in a grid labelled with the parts (active ones drawn, the others struck
+    through: A1111's prompt matrix), `margin` pixels between cells."""
+    _, rows = matrix_shape(len(parts) - 1)
+    grid = grid_labels.image_grid(images, rows, batch_size=batch_size)
+    return grid_labels.draw_prompt_matrix(grid, images[0].width, images[0].height, parts, margin)
 
 
 def _flag(value: Any, what: str) -> bool:
@@ -211,7 +199,7 @@ class PromptMatrix(Script):
         generated = processed.images[processed.index_of_first_image :]
         if len(generated) < len(prompts):  # interrupted: no grid of a partial matrix
             return processed
-        grid = matrix_grid(generated, parts, margin)
+        grid = matrix_grid(generated, parts, margin, max(1, int(p.batch_size)))
         processed.images = [grid, *generated]
         processed.infotexts = [processed.infotexts[0] if processed.infotexts else "", *processed.infotexts]
         processed.index_of_first_image = 1
