@@ -27,7 +27,7 @@ from modules.extensions.builtin_scripts import tiles
 from modules.extensions.builtin_scripts.loopback import denoising_strength
 from modules.extensions.builtin_scripts.outpainting_mk_2 import matched_noise, split_growth
 from modules.extensions.builtin_scripts.prompt_matrix import matrix_prompts, matrix_shape
-from modules.extensions.builtin_scripts.prompts_from_file import parse_line, parse_lines
+from modules.extensions.builtin_scripts.prompts_from_file import load_prompt_file, parse_line, parse_lines
 from modules.extensions.builtin_scripts.sd_upscale import resolve_upscaler
 from modules.services import Services
 
@@ -280,10 +280,12 @@ def test_prompts_from_file_lines_with_options(client: TestClient) -> None:
 
 
 def test_prompts_from_file_start_position_and_bad_lines(client: TestClient) -> None:
-    payload = {**SMALL, "prompt": "base", "script_name": "prompts from file or textbox"}
-    payload["script_args"] = [False, False, "start", "one\n--prompt two --steps 1"]
+    payload = {**SMALL, "prompt": "base", "seed": -1, "script_name": "prompts from file or textbox"}
+    payload["script_args"] = [False, True, "start", "one\n--prompt two --steps 1"]
     _, info = post(client, "txt2img", payload)
     assert info["all_prompts"] == ["one base", "two base"]
+    # "use same random seed for all lines": -1 becomes one random seed for every line
+    assert info["all_seeds"][0] == info["all_seeds"][1] != -1
 
     for line, expected in [
         ("--prompt x --stepz 3", "unknown commandline option: --stepz"),
@@ -297,6 +299,15 @@ def test_prompts_from_file_start_position_and_bad_lines(client: TestClient) -> N
         payload["script_args"] = [False, False, "start", f"fine\n{line}"]
         message = post_error(client, "txt2img", payload)
         assert "line 2" in message and expected in message, (line, message)
+
+
+def test_prompts_from_file_upload_fills_the_textbox(tmp_path: Path) -> None:
+    data = b"first line \r\n--prompt second\n"
+    cleared, text, _ = load_prompt_file(data)
+    assert cleared is None and text == "first line\n--prompt second\n"
+    path = tmp_path / "prompts.txt"
+    path.write_bytes(data)
+    assert load_prompt_file(str(path))[1] == text
 
 
 def test_prompts_from_file_parsing() -> None:
