@@ -388,6 +388,15 @@ def test_outpainting_mk2_grows_chosen_sides(client: TestClient) -> None:
     # mask blur is used x4 on the axes that grow (A1111)
     assert params(info["infotexts"][0])["Mask blur"] == 16
 
+    for args, expected in [
+        ([None, 5000, 4, ["left"], 1.0, 0.05], "exceeds 8192 px"),
+        ([None, 64, 4, ["north"], 1.0, 0.05], "directions"),
+        ([None, 64, -1, ["left"], 1.0, 0.05], "mask blur"),
+        ([None, 64, 4, ["left"], 1.0, 3.0], "color variation"),
+    ]:
+        payload["script_args"] = args
+        assert expected in post_error(client, "img2img", payload), args
+
 
 def test_outpainting_mk2_shares_growth_between_sides(client: TestClient) -> None:
     payload = img2img(script_name="outpainting mk2", script_args=["", 8, 0, ["left", "right"], 1.0, 0.05])

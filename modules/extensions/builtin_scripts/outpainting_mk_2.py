@@ -112,6 +112,18 @@ def split_growth(size: int, before: int, after: int) -> tuple[int, int]:
     return grow_before, grow_after
 
 
+MAX_SIDE = 8192  # the engine's largest image side (`Limits.max_side`)
+
+
+def check_canvas(image: Image.Image, pixels: int, script: str) -> None:
+    """The grown canvas must stay within the largest image the engine makes."""
+    for side, size in (("width", image.width), ("height", image.height)):
+        if _round64(size + 2 * pixels) > MAX_SIDE:
+            raise ValidationError(
+                f"{script}: expanding the {side} of {size} px by {pixels} px on both sides exceeds {MAX_SIDE} px"
+            )
+
+
 def check_directions(direction: Any, script: str) -> list[str]:
     if isinstance(direction, str):
         direction = [direction]
@@ -203,6 +215,7 @@ class OutpaintingMk2(Script):
         if not p.init_images:
             raise ValidationError(f"{name}: an init image is required")
         init_img: Image.Image = p.init_images[0].convert("RGB")
+        check_canvas(init_img, px, name)
 
         save_samples = not p.do_not_save_samples
         save_grid = not p.do_not_save_grid

@@ -16,7 +16,7 @@ from PIL import Image, ImageDraw
 from modules.core.errors import ValidationError
 from modules.extensions import runtime
 from modules.extensions.builtin_scripts import tiles
-from modules.extensions.builtin_scripts.outpainting_mk_2 import check_directions, split_growth, whole
+from modules.extensions.builtin_scripts.outpainting_mk_2 import check_canvas, check_directions, split_growth, whole
 from modules.extensions.processing_api import Processed, process_images
 from modules.extensions.script_base import Script
 
@@ -80,6 +80,7 @@ class PoorMansOutpainting(Script):
         tile_w, tile_h = int(p.width) // 8 * 8, int(p.height) // 8 * 8
         tiles.check_tiling(tile_w, tile_h, px, what=f"{NAME}: pixels to expand")
         init_img: Image.Image = p.init_images[0]
+        check_canvas(init_img, px, NAME)
 
         save_samples = not p.do_not_save_samples
         p.mask_blur = blur * 2
