@@ -176,7 +176,7 @@ def _layout(
     for label in labels:
         for line in _wrap(draw, label.text, font, width):
             left, top, right, bottom = draw.multiline_textbbox((0, 0), line, font=font)
-            out.append(GridAnnotation(line, label.is_active, (right - left, bottom - top), width))
+            out.append(GridAnnotation(line, label.is_active, (int(right - left), int(bottom - top)), width))
     return out
 
 
