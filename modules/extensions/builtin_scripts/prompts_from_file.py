@@ -75,32 +75,33 @@ def _sampler(text: str) -> str:
     return text
 
 
-PROMPT_TAGS: dict[str, Callable[[str], Any]] = {
-    "sd_model": _checkpoint,
-    "outpath_samples": _string,
-    "outpath_grids": _string,
-    "prompt_for_display": _string,
-    "prompt": _string,
-    "negative_prompt": _string,
-    "styles": _styles,
-    "seed": _int,
-    "subseed_strength": _float,
-    "subseed": _int,
-    "seed_resize_from_h": _int,
-    "seed_resize_from_w": _int,
-    "sampler_index": _int,
-    "sampler_name": _sampler,
-    "batch_size": _int,
-    "n_iter": _int,
-    "steps": _int,
-    "cfg_scale": _float,
-    "width": _int,
-    "height": _int,
-    "restore_faces": _boolean,
-    "tiling": _boolean,
-    "do_not_save_samples": _boolean,
-    "do_not_save_grid": _boolean,
-}
+# keyword form: these are `p` fields; the quoted names of the options module are settings
+PROMPT_TAGS: dict[str, Callable[[str], Any]] = dict(
+    sd_model=_checkpoint,
+    outpath_samples=_string,
+    outpath_grids=_string,
+    prompt_for_display=_string,
+    prompt=_string,
+    negative_prompt=_string,
+    styles=_styles,
+    seed=_int,
+    subseed_strength=_float,
+    subseed=_int,
+    seed_resize_from_h=_int,
+    seed_resize_from_w=_int,
+    sampler_index=_int,
+    sampler_name=_sampler,
+    batch_size=_int,
+    n_iter=_int,
+    steps=_int,
+    cfg_scale=_float,
+    width=_int,
+    height=_int,
+    restore_faces=_boolean,
+    tiling=_boolean,
+    do_not_save_samples=_boolean,
+    do_not_save_grid=_boolean,
+)
 """A1111's allowed `--keys` and how each value is read."""
 
 # keys A1111 takes that change nothing here, with why (the line still runs; a warning says so)
