@@ -18,6 +18,7 @@ from __future__ import annotations
 import configparser
 import contextlib
 import errno
+import importlib.metadata
 import json
 import logging
 import os
@@ -166,6 +167,29 @@ class RestoreReport:
 
 
 # --- the manager --------------------------------------------------------------------------------
+
+
+PROTECTED_PACKAGES = (
+    "torch",
+    "torchvision",
+    "transformers",
+    "diffusers",
+    "huggingface-hub",
+    "tokenizers",
+    "safetensors",
+    "accelerate",
+    "gradio",
+    "gradio-client",
+    "fastapi",
+    "starlette",
+    "pydantic",
+    "uvicorn",
+    "numpy",
+    "pillow",
+    "spandrel",
+    "open-clip-torch",
+)
+"""Distributions an extension's install.py may not move (pinned through PIP_CONSTRAINT)."""
 
 
 class ExtensionManager:
@@ -397,6 +421,28 @@ class ExtensionManager:
             message += " Its install.py failed: see the output."
         return InstallResult(name=name, path=target, commit_hash=head, installer=installer, message=message)
 
+    def _write_constraints(self) -> Path | None:
+        """A pip constraints file pinning the installed versions of the packages the app runs on
+        (`PROTECTED_PACKAGES`), for extensions' installers: an install.py asking for another torch
+        or transformers fails with pip's conflict message instead of breaking the app (seen with
+        sd-dynamic-prompts' magicprompt extra, which moves transformers 5 back to 4.x)."""
+        lines = []
+        for name in PROTECTED_PACKAGES:
+            try:
+                lines.append(f"{name}=={importlib.metadata.version(name)}")
+            except importlib.metadata.PackageNotFoundError:
+                continue
+        if not lines:
+            return None
+        target = self.paths.tmp_dir / "extension-constraints.txt"
+        try:
+            target.parent.mkdir(parents=True, exist_ok=True)
+            target.write_text("\n".join(lines) + "\n", encoding="utf-8")
+        except OSError as exc:
+            log.warning("cannot write the pip constraints for installers: %s", exc)
+            return None
+        return target
+
     def run_installer(self, path: Path) -> InstallerRun | None:
         """Run `path/install.py` with this Python (cwd = the extension, PYTHONPATH = the repo root);
         None when there is none. Failure and timeout are reported, not raised."""
@@ -407,6 +453,10 @@ class ExtensionManager:
         # the code's root (where launch.py and modules/ are), whatever the data dir
         code_root = str(Path(__file__).resolve().parents[2])
         env["PYTHONPATH"] = os.pathsep.join(p for p in (code_root, env.get("PYTHONPATH", "")) if p)
+        # pip run by the installer may add packages but not move the ones the app runs on
+        constraints = self._write_constraints()
+        if constraints is not None:
+            env["PIP_CONSTRAINT"] = " ".join(p for p in (str(constraints), env.get("PIP_CONSTRAINT", "")) if p)
         log.info("running install.py of extension %s", path.name)
         try:
             process = subprocess.Popen(

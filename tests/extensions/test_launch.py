@@ -52,3 +52,28 @@ def test_an_installer_imports_launch_as_a1111_installers_do(tmp_path: Path) -> N
     )
     assert out.returncode == 0, out.stderr
     assert "skip_install False" in out.stdout
+
+
+def test_installers_run_with_the_app_packages_pinned(tmp_path: Path) -> None:
+    """An install.py's pip may add packages but not move torch or transformers (PIP_CONSTRAINT)."""
+    import importlib.metadata
+
+    from modules.core.options import Options, default_option_infos
+    from modules.core.paths import Paths
+    from modules.core.settings import parse_settings
+    from modules.extensions.manager import ExtensionManager
+
+    settings = parse_settings(["--data-dir", str(tmp_path)], {})
+    paths = Paths.from_settings(settings, tmp_path, {})
+    manager = ExtensionManager(settings, paths, Options(default_option_infos(), None))
+    ext = tmp_path / "extensions" / "pins"
+    ext.mkdir(parents=True)
+    (ext / "install.py").write_text(
+        "import os, pathlib\n"
+        "files = os.environ['PIP_CONSTRAINT'].split()\n"
+        "print(pathlib.Path(files[0]).read_text())\n"
+    )
+    run = manager.run_installer(ext)
+    assert run is not None and run.ok, run
+    assert f"torch=={importlib.metadata.version('torch')}" in run.output
+    assert f"transformers=={importlib.metadata.version('transformers')}" in run.output
