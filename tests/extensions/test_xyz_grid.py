@@ -7,6 +7,7 @@ from __future__ import annotations
 import base64
 import io
 import json
+import shutil
 from pathlib import Path
 from typing import Any
 
@@ -38,9 +39,21 @@ from modules.extensions.builtin_scripts.xyz_grid import (
     to_csv,
 )
 from modules.extensions.processing_api import Processed, p_from_request
-from tests.api.conftest import api_app, api_data_dir, api_services, client  # noqa: F401 (the API fixtures)
+from tests.api.conftest import api_app, api_services, client  # noqa: F401 (the API fixtures)
 
-API_CHECKPOINTS = {"sd1": "sd1.safetensors"}
+
+@pytest.fixture(scope="module")
+def api_data_dir(tiny_models: dict[str, Path], tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The API app's data dir: the tiny sd1 checkpoint and two prompt styles."""
+    root = tmp_path_factory.mktemp("xyz-data")
+    checkpoints = root / "models" / "Stable-diffusion"
+    checkpoints.mkdir(parents=True)
+    shutil.copy(tiny_models["sd1"], checkpoints / "sd1.safetensors")
+    (root / "styles.csv").write_text(
+        'name,prompt,negative_prompt\nred,"{prompt}, red",\nblue,"blue {prompt}",ugly\n', encoding="utf-8"
+    )
+    return root
+
 
 # features.md 5 (A1111 v1.10.1): the axis type lists as clients number them
 TXT2IMG_AXES = [
@@ -383,20 +396,30 @@ def test_cell_order_costly_axes_outermost_and_overrides_per_cell() -> None:
 # -- through the API ---------------------------------------------------------------------------
 
 
-def test_steps_by_cfg_grid_cells_equal_the_requests_made_alone(client: TestClient) -> None:
-    args = xyz_args(STEPS, "1-2", CFG, "3, 7", include_lone_images=True, margin_size=4)
-    images, info = generate(client, args)
+MARGIN = 4
+
+
+@pytest.fixture(scope="module")
+def steps_by_cfg(client: TestClient) -> tuple[list[Image.Image], dict[str, Any]]:
+    """One 2x2 run (X: Steps 1-2, Y: CFG Scale 3, 7) with legend, margins and the lone images."""
+    return generate(client, xyz_args(STEPS, "1-2", CFG, "3, 7", include_lone_images=True, margin_size=MARGIN))
+
+
+def test_steps_by_cfg_grid_cells_equal_the_requests_made_alone(
+    client: TestClient, steps_by_cfg: tuple[list[Image.Image], dict[str, Any]]
+) -> None:
+    images, info = steps_by_cfg
     grid, lone = images[0], images[1:]
     assert info["index_of_first_image"] == 1
     assert len(lone) == 4
-    pad_left = SIZE * 3 // 4
-    assert grid.width == 2 * SIZE + pad_left + 4
-    pad_top = grid.height - 2 * SIZE - 4
+    pad_left = SIZE * 3 // 4  # the row-label band: 3/4 of a cell
+    assert grid.width == 2 * SIZE + pad_left + MARGIN
+    pad_top = grid.height - 2 * SIZE - MARGIN
     assert pad_top > 0
     combos = [(1, 3.0), (2, 3.0), (1, 7.0), (2, 7.0)]  # X varies fastest
     for index, (steps, cfg) in enumerate(combos):
         col, row = index % 2, index // 2
-        left, top = pad_left + col * (SIZE + 4), pad_top + row * (SIZE + 4)
+        left, top = pad_left + col * (SIZE + MARGIN), pad_top + row * (SIZE + MARGIN)
         assert same(grid.crop((left, top, left + SIZE, top + SIZE)), lone[index])
         alone = client.post("/sdapi/v1/txt2img", json={**BASE, "steps": steps, "cfg_scale": cfg})
         assert alone.status_code == 200, alone.text
@@ -410,23 +433,25 @@ def test_steps_by_cfg_grid_cells_equal_the_requests_made_alone(client: TestClien
     assert "Y Type: CFG Scale" in main_info and 'Y Values: "3, 7"' in main_info
 
 
-def test_labels_are_drawn_only_with_draw_legend(client: TestClient) -> None:
-    args = xyz_args(STEPS, "1, 2", CFG, "3, 7", include_lone_images=True)
-    (with_legend, *lone), _ = generate(client, args)
-    (plain,), _ = generate(client, xyz_args(STEPS, "1, 2", CFG, "3, 7", draw_legend=False))
-    assert plain.size == (2 * SIZE, 2 * SIZE)  # the cells alone
+def test_labels_are_drawn_only_with_draw_legend(
+    client: TestClient, steps_by_cfg: tuple[list[Image.Image], dict[str, Any]]
+) -> None:
+    (with_legend, *lone), _ = steps_by_cfg
+    (plain,), _ = generate(client, xyz_args(STEPS, "1-2", CFG, "3, 7", draw_legend=False, margin_size=MARGIN))
+    assert plain.size == (2 * SIZE, 2 * SIZE)  # the cells alone (margins come with the legend, as in A1111)
     for index, cell in enumerate(lone):
         col, row = index % 2, index // 2
         assert same(plain.crop((col * SIZE, row * SIZE, (col + 1) * SIZE, (row + 1) * SIZE)), cell)
     pad_left = SIZE * 3 // 4
-    pad_top = with_legend.height - 2 * SIZE
-    assert with_legend.width == 2 * SIZE + pad_left and pad_top > 0
+    pad_top = with_legend.height - 2 * SIZE - MARGIN
     top_band = with_legend.crop((pad_left, 0, with_legend.width, pad_top))
     left_band = with_legend.crop((0, pad_top, pad_left, with_legend.height))
-    assert top_band.getextrema() != ((255, 255),) * 3  # not all background: text is there
+    assert top_band.getextrema() != ((255, 255),) * 3  # not all background: the labels are there
     assert left_band.getextrema() != ((255, 255),) * 3
     corner = with_legend.crop((0, 0, pad_left, pad_top))
     assert corner.getextrema() == ((255, 255),) * 3
+    gap = with_legend.crop((pad_left + SIZE, pad_top, pad_left + SIZE + MARGIN, with_legend.height))
+    assert gap.getextrema() == ((255, 255),) * 3  # the margin between columns is background
 
 
 def test_z_axis_sub_grids_and_vary_seeds(client: TestClient) -> None:
@@ -546,3 +571,17 @@ def test_defaults_fill_missing_args(client: TestClient) -> None:
     info = json.loads(response.json()["info"])
     assert "X Type: Steps" in info["infotexts"][0]
     assert len(response.json()["images"]) == 1  # no lone images by default
+
+
+def test_checkpoint_vae_and_styles_axes(client: TestClient) -> None:
+    args = xyz_args(11, "", 29, "Automatic, None", 30, "red, blue", x_dropdown=["sd1"], include_lone_images=True)
+    images, info = generate(client, args)
+    assert len(images) == 1 + 4
+    assert all("Model: sd1" in text for text in info["infotexts"][1:])
+    assert info["all_prompts"] == ["a cat, red", "a cat, red", "blue a cat", "blue a cat"]
+    assert info["all_negative_prompts"] == ["", "", "ugly", "ugly"]
+    assert "X Type: Checkpoint name, X Values: sd1" in info["infotexts"][0]
+    response = post(client, xyz_args(30, "red, green", csv_mode=True))
+    assert response.status_code == 422 and "unknown style: green" in response.json()["detail"]
+    response = post(client, xyz_args(29, "Automatic, nonexistent.pt", csv_mode=True))
+    assert response.status_code == 422 and "unknown VAE: nonexistent.pt" in response.json()["detail"]

@@ -1078,6 +1078,10 @@ class XYZPlot(Script):
         is_img2img = isinstance(p, StableDiffusionProcessingImg2Img)
         options = axis_options(is_img2img)
         csv_mode = bool(csv_mode)
+        try:
+            margin = max(0, int(float(margin_size or 0)))
+        except (TypeError, ValueError):
+            raise ValidationError(f"X/Y/Z plot: grid margins: {margin_size!r} is not a number") from None
         picked = [
             ("X", pick_axis(options, x_type, "X"), x_values, x_values_dropdown, vary_seeds_x),
             ("Y", pick_axis(options, y_type, "Y"), y_values, y_values_dropdown, vary_seeds_y),
@@ -1127,7 +1131,7 @@ class XYZPlot(Script):
             draw_legend=bool(draw_legend),
             include_lone_images=bool(include_lone_images),
             include_sub_grids=bool(include_sub_grids),
-            margin=max(0, int(margin_size or 0)),
+            margin=margin,
             no_fixed_seeds=bool(no_fixed_seeds),
         )
 
@@ -1136,7 +1140,7 @@ class XYZPlot(Script):
         labels = {a.opt.label for a in axes}
         out: list[str] = []
         if isinstance(p, StableDiffusionProcessingTxt2Img) and not getattr(p, "enable_hr", False):
-            for label in ("Hires steps", "Hires sampler", "Hires upscaler", "Denoising"):
+            for label in ("Hires steps", "Hires sampler", "Hires upscaler", "Denoising", "Extra noise"):
                 if label in labels:
                     out.append(f"X/Y/Z plot: the {label} axis changes nothing: hires fix is off (enable_hr)")
         if "Refiner switch at" in labels and "Refiner checkpoint" not in labels and not p.refiner_checkpoint:
