@@ -766,7 +766,6 @@ class TotalTQDM:
 total_tqdm = TotalTQDM()
 
 # plain values of A1111's module
-demo: Any = None  # the Gradio Blocks (not reachable from extension code here)
 interrogator: Any = None
 clip_model: Any = None
 mem_mon: Any = None
@@ -884,6 +883,9 @@ def __getattr__(name: str) -> Any:
         if env is None or env.face_restorers is None:
             return []
         return [FaceRestoration(n) for n in env.face_restorers.available()]
+    if name == "demo":  # the page's gr.Blocks, when the UI puts it in the environment's `extra`
+        env = runtime.maybe_environment()
+        return env.extra.get("demo") if env is not None else None
     if name == "hypernetworks":
         return _hypernetworks()
     if name == "device":
