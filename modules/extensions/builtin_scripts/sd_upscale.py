@@ -194,7 +194,7 @@ class SDUpscale(Script):
             all_prompts=[prompt] * len(results),
             all_negative_prompts=[negative] * len(results),
             all_seeds=seeds,
-            all_subseeds=seeds,
+            all_subseeds=[int(p.subseed)] * len(results) if isinstance(p.subseed, int) else None,
             infotexts=infotexts,
         )
         out.width, out.height = image.width, image.height
