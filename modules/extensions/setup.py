@@ -12,7 +12,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
-from modules.extensions import runtime
+from modules.extensions import gradio_compat, runtime
 from modules.extensions.callbacks import CallbackRegistry
 from modules.extensions.loading import (
     BUILTIN_SCRIPTS_DIR,
@@ -66,7 +66,7 @@ def setup_scripts(
     env.callbacks = callbacks
     runtime.install(env)  # before the scripts' modules run: their top level may read the facades
     dirs = [ExtensionDir(None, BUILTIN_SCRIPTS_DIR), *extensions]
-    classes = load_script_classes(dirs, report, adapt_module=adapt_module)
+    classes = load_script_classes(dirs, report, adapt_module=adapt_module or gradio_compat.adapt_module)
     runner = ScriptRunner(classes, on_error=report)
     env.runner = runner
     generation.scripts = runner
