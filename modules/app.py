@@ -151,6 +151,7 @@ def build_services(
         face_restorers=face_restorers,
         saver=ImageSaver.from_settings(options, paths, settings),
     )
+    models.on_loaded.append(lambda info: services.scripts.callbacks.model_loaded(info) if services.scripts else None)
     services.scripts = setup_scripts(
         env,
         generation,
@@ -203,6 +204,7 @@ def create_app(services: Services) -> FastAPI:
         from modules.ui.mount import mount_ui  # gradio is only imported when the UI is served
 
         mount_ui(app, services)
+        _app_started(services, app)
         return app
 
     @app.get("/", response_class=HTMLResponse)
@@ -220,7 +222,15 @@ def create_app(services: Services) -> FastAPI:
             f"<h2>Checkpoints</h2><ul>{rows}</ul></body></html>"
         )
 
+    _app_started(services, app)
     return app
+
+
+def _app_started(services: Services, app: FastAPI) -> None:
+    """Extensions' `on_app_started(demo, app)` (they add their REST routes there)."""
+    if services.scripts is not None:
+        demo = services.scripts.environment.extra.get("demo")
+        services.scripts.callbacks.fire("app_started", demo, app)
 
 
 def load_initial_model(services: Services) -> None:
