@@ -9,7 +9,8 @@ import io
 import json
 import shutil
 from pathlib import Path
-from typing import Any
+from types import SimpleNamespace
+from typing import Any, cast
 
 import pytest
 from fastapi.testclient import TestClient
@@ -38,6 +39,7 @@ from modules.extensions.builtin_scripts.xyz_grid import (
     reorder_prompt,
     to_csv,
 )
+from modules.extensions.callbacks import CallbackRegistry
 from modules.extensions.processing_api import Processed, p_from_request
 from tests.api.conftest import api_app, api_services, client  # noqa: F401 (the API fixtures)
 
@@ -234,6 +236,22 @@ def test_image_grid_rows_and_background() -> None:
     assert mixed.getpixel((SIZE + 32, 32)) == (0, 0, 255)
     auto = image_grid(cells(6), style=GridStyle(prevent_empty_spots=True))
     assert auto.size == (3 * SIZE, 2 * SIZE)
+
+
+def test_image_grid_fires_the_image_grid_callbacks() -> None:
+    callbacks = CallbackRegistry()
+
+    def one_row(params: Any) -> None:
+        params.cols, params.rows = len(params.imgs), 1
+
+    callbacks.add("image_grid", one_row)
+    before = runtime.maybe_environment()
+    runtime.install(cast(runtime.ScriptEnvironment, SimpleNamespace(callbacks=callbacks, options={})))
+    try:
+        grid = image_grid(cells(4), rows=2, style=WHITE)
+    finally:
+        runtime.install(before)
+    assert grid.size == (4 * SIZE, SIZE)
 
 
 def test_annotations_add_label_bands_and_margins() -> None:

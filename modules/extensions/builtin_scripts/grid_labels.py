@@ -136,7 +136,8 @@ def image_grid(
 ) -> Image.Image:
     """`images` row by row on a `grid_background_color` canvas; the cell is the largest image
     and smaller images are centred in it. Without `rows`, the `n_rows` option decides (auto:
-    about square; `grid_prevent_empty_spots`: a divisor of the count)."""
+    about square; `grid_prevent_empty_spots`: a divisor of the count). Extensions' `image_grid`
+    callbacks may change the images, columns and rows first (as in A1111)."""
     if not images:
         raise ValueError("a grid needs at least one image")
     style = style or GridStyle.current()
@@ -146,6 +147,7 @@ def image_grid(
         )
     rows = max(1, min(int(rows), len(images)))
     cols = math.ceil(len(images) / rows)
+    images, cols, rows = _grid_callbacks(list(images), cols, rows)
     cell_w = max(im.width for im in images)
     cell_h = max(im.height for im in images)
     grid = Image.new("RGB", (cols * cell_w, rows * cell_h), style.background)
@@ -154,6 +156,19 @@ def image_grid(
         top = index // cols * cell_h + (cell_h - im.height) // 2
         grid.paste(im if im.mode == "RGB" else im.convert("RGB"), (left, top))
     return grid
+
+
+def _grid_callbacks(images: list[Image.Image], cols: int, rows: int) -> tuple[list[Image.Image], int, int]:
+    from modules.extensions import runtime
+    from modules.extensions.callbacks import ImageGridLoopParams
+
+    env = runtime.maybe_environment()
+    if env is None or env.callbacks is None or not images:
+        return images, cols, rows
+    params = ImageGridLoopParams(images, cols, rows)
+    env.callbacks.fire("image_grid", params)
+    new_images = list(params.imgs) or images
+    return new_images, max(1, int(params.cols)), max(1, int(params.rows))
 
 
 def _wrap(draw: ImageDraw.ImageDraw, text: str, font: ImageFont.FreeTypeFont, width: int) -> list[str]:
