@@ -30,13 +30,16 @@ from modules.extensions.builtin_scripts.grid_labels import (
 )
 from modules.extensions.builtin_scripts.xyz_grid import (
     XYZPlot,
+    axis_controls,
     axis_options,
     csv_values,
     expand_float_ranges,
     expand_int_ranges,
+    fill_values,
     parse_size,
     pick_axis,
     reorder_prompt,
+    swap_axes,
     to_csv,
 )
 from modules.extensions.callbacks import CallbackRegistry
@@ -215,6 +218,56 @@ def test_unusable_axes_keep_their_slot_and_say_why() -> None:
     txt2img_noise = axis_options(False)[26]
     assert txt2img_noise.label == "Initial noise multiplier" and "img2img" in (txt2img_noise.unsupported or "")
     assert axis_options(True)[25].unsupported is None
+
+
+def test_page_controls_follow_the_axis_type() -> None:
+    options = axis_options(False)
+    button, textbox, dropdown = axis_controls(options, STEPS, "1-3", [], False)
+    assert (button["visible"], textbox["visible"], dropdown["visible"]) == (False, True, False)
+    # a choices axis: the dropdown, with the typed values that are choices carried over
+    button, textbox, dropdown = axis_controls(options, SAMPLER, "Euler, Bogus, DDIM", [], False)
+    assert button["visible"] and not textbox["visible"] and dropdown["visible"]
+    assert dropdown["value"] == ["Euler", "DDIM"] and "Euler a" in dropdown["choices"]
+    # CSV mode: back to the textbox, chosen values as CSV
+    _, textbox, dropdown = axis_controls(options, SAMPLER, "", ["Euler", "DDIM"], True)
+    assert textbox == {"visible": True, "value": "Euler,DDIM"} and not dropdown["visible"]
+    assert fill_values(options, STEPS, False) == ({}, {})
+    assert fill_values(options, 39, True) == ({"value": "GPU,CPU,NV"}, {})
+    assert fill_values(options, 39, False)[1]["value"] == ["GPU", "CPU", "NV"]
+    assert swap_axes(options, STEPS, "1-3", [], SAMPLER, "", ["Euler"]) == (
+        "Sampler",
+        "",
+        ["Euler"],
+        "Steps",
+        "1-3",
+        [],
+    )
+
+
+def test_ui_builds_a1111s_controls_with_their_ids() -> None:
+    import gradio as gr
+
+    script = XYZPlot()
+    script.is_img2img = True
+    with gr.Blocks():
+        controls = script.ui(True)
+    assert len(controls) == 18
+    ids = [c.elem_id for c in controls]
+    assert ids[:3] == [
+        "script_img2img_xyz_plot_x_type",
+        "script_img2img_xyz_plot_x_values",
+        "script_img2img_xyz_plot_x_values_dropdown",
+    ]
+    assert ids[9:] == [
+        f"script_img2img_xyz_plot_{name}"
+        for name in (
+            "draw_legend", "include_lone_images", "include_sub_grids", "no_fixed_seeds", "vary_seeds_x",
+            "vary_seeds_y", "vary_seeds_z", "margin_size", "csv_mode",
+        )
+    ]  # fmt: skip
+    assert [label for _, label in script.infotext_fields or [] if isinstance(label, str)] == [
+        "X Type", "X Values", "Y Type", "Y Values", "Z Type", "Z Values",
+    ]  # fmt: skip
 
 
 # -- labelled grids ----------------------------------------------------------------------------

@@ -767,6 +767,56 @@ def axis_text(opt: AxisOption, text: Any, dropdown: Any, csv_mode: bool) -> str:
     return str(text or "")
 
 
+# -- the page's axis controls (what the X/Y/Z rows show for an axis type) ----------------------
+
+
+def _option_at(options: Sequence[AxisOption], kind: Any) -> AxisOption:
+    try:
+        return pick_axis(options, kind, "axis")
+    except ValidationError:
+        return options[0]
+
+
+def axis_controls(
+    options: Sequence[AxisOption], kind: Any, text: Any, chosen: Any, csv_mode: bool
+) -> tuple[dict[str, Any], dict[str, Any], dict[str, Any]]:
+    """Updates of the fill button, the values textbox and the values dropdown when the axis type
+    or the CSV mode changes: axes with choices show the dropdown (or, in CSV mode, the textbox)
+    and carry over the values that are valid choices."""
+    opt = _option_at(options, kind)
+    if opt.choices is None:
+        return {"visible": False}, {"visible": True, "value": text}, {"visible": False}
+    choices = opt.choices()
+    chosen = list(chosen or []) if not isinstance(chosen, str) else csv_values(chosen)
+    if csv_mode:
+        if chosen:
+            text = to_csv([c for c in chosen if c in choices])
+            chosen = []
+    elif text:
+        chosen = [c for c in csv_values(str(text)) if c in choices]
+        text = ""
+    return (
+        {"visible": True},
+        {"visible": bool(csv_mode), "value": text},
+        {"choices": choices, "visible": not csv_mode, "value": chosen},
+    )
+
+
+def fill_values(options: Sequence[AxisOption], kind: Any, csv_mode: bool) -> tuple[dict[str, Any], dict[str, Any]]:
+    """The fill button: every choice of the axis, into the textbox (CSV mode) or the dropdown."""
+    opt = _option_at(options, kind)
+    if opt.choices is None:
+        return {}, {}
+    if csv_mode:
+        return {"value": to_csv(opt.choices())}, {}
+    return {}, {"choices": opt.choices(), "value": opt.choices()}
+
+
+def swap_axes(options: Sequence[AxisOption], t1: Any, v1: Any, d1: Any, t2: Any, v2: Any, d2: Any) -> tuple[Any, ...]:
+    """The swap buttons: two axes' type (as its label), values and chosen values exchanged."""
+    return _option_at(options, t2).label, v2, d2, _option_at(options, t1).label, v1, d1
+
+
 # -- the grid ---------------------------------------------------------------------------------
 
 
@@ -945,14 +995,8 @@ class XYZPlot(Script):
             swap_yz = gr.Button("Swap Y/Z axes", elem_id="yz_grid_swap_axes_button")
             swap_xz = gr.Button("Swap X/Z axes", elem_id="xz_grid_swap_axes_button")
 
-        def option_at(index: Any) -> AxisOption:
-            try:
-                return pick_axis(options, index, "axis")
-            except ValidationError:
-                return options[0]
-
         def swap(t1: Any, v1: Any, d1: Any, t2: Any, v2: Any, d2: Any) -> tuple[Any, ...]:
-            return option_at(t2).label, v2, d2, option_at(t1).label, v1, d1
+            return swap_axes(options, t1, v1, d1, t2, v2, d2)
 
         for button, first, second in (
             (swap_xy, (x_type, x_values, x_values_dropdown), (y_type, y_values, y_values_dropdown)),
@@ -963,30 +1007,12 @@ class XYZPlot(Script):
             button.click(swap, inputs=both, outputs=both)
 
         def fill(kind: Any, csv: bool) -> tuple[Any, Any]:
-            opt = option_at(kind)
-            if opt.choices is None:
-                return gr.update(), gr.update()
-            if csv:
-                return to_csv(opt.choices()), gr.update()
-            return gr.update(), gr.update(choices=opt.choices(), value=opt.choices())
+            text, dropdown = fill_values(options, kind, csv)
+            return gr.update(**text), gr.update(**dropdown)
 
         def select_axis(kind: Any, text: Any, chosen: Any, csv: bool) -> tuple[Any, Any, Any]:
-            opt = option_at(kind)
-            if opt.choices is None:
-                return gr.update(visible=False), gr.update(visible=True, value=text), gr.update(visible=False)
-            choices = opt.choices()
-            if csv:
-                if chosen:
-                    text = to_csv([c for c in chosen if c in choices])
-                    chosen = []
-            elif text:
-                chosen = [c for c in csv_values(str(text)) if c in choices]
-                text = ""
-            return (
-                gr.update(visible=True),
-                gr.update(visible=bool(csv), value=text),
-                gr.update(choices=choices, visible=not csv, value=chosen or []),
-            )
+            button, textbox, dropdown = axis_controls(options, kind, text, chosen, csv)
+            return gr.update(**button), gr.update(**textbox), gr.update(**dropdown)
 
         rows = (
             (x_type, x_values, x_values_dropdown, fill_x),
