@@ -158,6 +158,9 @@ def build_services(
         active,
         on_error=lambda name, text: extensions.mark_error(name, text) if name else None,
     )
+    # extensions' options exist whether or not the page is served (A1111 adds them while building
+    # the UI, so API-only servers there lack them)
+    services.scripts.callbacks.fire("ui_settings")
     return services
 
 

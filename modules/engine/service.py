@@ -244,8 +244,10 @@ class GenerationService:
         host = self.scripts
         if host is None and request.script_name:
             raise ValidationError(f"Selectable script not found: {request.script_name!r}")  # A1111's 422
+        # an unknown script (selectable or always-on) is a user error before queueing (A1111's 422)
+        script_warnings = host.check(request) if host is not None else []
         if host is not None and host.wants(request):
-            warnings = host.check(request)  # an unknown script is a user error before queueing
+            warnings = script_warnings
             self.prepare(request)  # so is a bad sampler or size; scripts get the request as sent
 
             def run_scripted(ctx: JobContext) -> Result:
@@ -258,6 +260,7 @@ class GenerationService:
             return self.worker.submit(run_scripted, task_id=request.force_task_id, description=kind)
 
         request, warnings = self.prepare(request)
+        warnings[:0] = script_warnings
 
         def run(ctx: JobContext) -> Result:
             result = self.process(request, ctx)

@@ -69,11 +69,22 @@ def test_sampler_parameters_are_acted_on_without_warnings(client: TestClient) ->
 
 
 def test_txt2img_warns_for_each_ignored_field_it_was_sent(client: TestClient) -> None:
-    payload = {**SMALL, "prompt": "p", **TXT2IMG_IGNORED, "alwayson_scripts": {"ADetailer": {"args": [True]}}}
+    payload = {**SMALL, "prompt": "p", **TXT2IMG_IGNORED}
     warnings = warnings_of(client.post("/sdapi/v1/txt2img", json=payload))
     for name in TXT2IMG_IGNORED:
         assert sum(w.startswith(f"{name}: accepted but not acted on (") for w in warnings) == 1, (name, warnings)
-    assert "alwayson_scripts: script 'ADetailer' is not installed; its args were ignored" in warnings
+
+
+def test_an_always_on_script_that_is_not_installed_is_a_422_and_a_builtin_section_a_warning(
+    client: TestClient,
+) -> None:
+    payload = {**SMALL, "prompt": "p", "alwayson_scripts": {"ADetailer": {"args": [True]}}}
+    r = client.post("/sdapi/v1/txt2img", json=payload)
+    assert r.status_code == 422 and r.json()["detail"] == "always on script ADetailer not found"  # A1111's words
+    # A1111's built-in UI sections are always-on scripts there; here they are request fields
+    payload["alwayson_scripts"] = {"Seed": {"args": [5, False, -1, 0, 0, 0]}}
+    warnings = warnings_of(client.post("/sdapi/v1/txt2img", json=payload))
+    assert any(w.startswith("alwayson_scripts: 'Seed' is a built-in section here") for w in warnings), warnings
 
 
 def test_defaults_empty_and_standard_values_are_no_warning(client: TestClient) -> None:

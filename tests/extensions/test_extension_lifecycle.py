@@ -96,7 +96,7 @@ def test_install_run_update_disable(start: Any, data_dir: Path, repo: Path) -> N
     assert r.status_code == 200, r.text
     tagged, tagged_info = app.txt2img(alwayson_scripts={"Fixture tag": {"args": [True, "shiny"]}}, save_images=True)
     assert tagged_info["all_prompts"] == ["a cat, shiny"]
-    assert "Fixture tag: noted:shiny" in tagged_info["infotexts"][0]
+    assert 'Fixture tag: "noted:shiny"' in tagged_info["infotexts"][0]  # quoted: it holds a colon (A1111)
     assert tagged["images"][0] != plain["images"][0]
     saved = (data_dir / "extensions" / "sdw-fixture" / "saved.txt").read_text().split()
     assert saved and saved[-1].endswith(".png")

@@ -12,7 +12,6 @@ from fastapi import APIRouter, Depends
 
 from modules.api.deps import get_services
 from modules.api.schemas_resources import (
-    ExtensionItem,
     FaceRestorerItem,
     LatentUpscalerModeItem,
     MemoryResponse,
@@ -90,11 +89,6 @@ def get_script_info(services: Services = Depends(get_services)) -> list[ScriptIn
     if services.scripts is None:
         return []
     return [ScriptInfo(**item) for item in services.scripts.runner.script_info()]
-
-
-@router.get("/extensions", response_model=list[ExtensionItem])
-def get_extensions() -> list[ExtensionItem]:
-    return []
 
 
 @router.get("/memory", response_model=MemoryResponse)
