@@ -126,10 +126,21 @@ def gaussian_kernel_blur(mask: Image.Image, blur_x: int, blur_y: int) -> Image.I
         kernel = kernel / kernel.sum()
         shape = [1, 1, 1, 1]
         shape[dim] = size
-        pad = [0, 0, 0, 0]
-        pad[0 if dim == 3 else 2] = pad[1 if dim == 3 else 3] = size // 2
-        out = torch.nn.functional.conv2d(torch.nn.functional.pad(out, pad, mode="reflect"), kernel.view(shape))
+        padded = out.index_select(dim, _reflect101(out.shape[dim], size // 2))
+        out = torch.nn.functional.conv2d(padded, kernel.view(shape))
     return Image.fromarray(out[0, 0].clamp(0, 255).round().to(torch.uint8).numpy(), mode="L")
+
+
+def _reflect101(n: int, pad: int) -> torch.Tensor:
+    """Indices of an axis of length `n` padded by `pad` on both sides with OpenCV's default border
+    (BORDER_REFLECT_101: `dcb|abcd|cba`), repeating the reflection when `pad` exceeds the axis (a
+    blur wider than the mask; torch's own reflect padding refuses that)."""
+    index = torch.arange(-pad, n + pad)
+    if n == 1:
+        return torch.zeros_like(index)
+    period = 2 * (n - 1)
+    index = index % period
+    return torch.where(index >= n, period - index, index)
 
 
 def prepare_mask(mask: Image.Image, *, invert: bool, blur_x: int, blur_y: int, round_mask: bool) -> Image.Image:

@@ -229,6 +229,8 @@ class StableDiffusionProcessing:
             prompt[0] if isinstance(prompt, list) and prompt else prompt if isinstance(prompt, str) else ""
         )
         values["negative_prompt"] = negative[0] if isinstance(negative, list) and negative else negative or ""
+        if "mask_blur" in values:  # `p.mask_blur` sets both axes; the per-axis values are what is sent
+            values["mask_blur"] = None
         values["seed"] = self.all_seeds[0] if self.all_seeds else (self.seed if isinstance(self.seed, int) else -1)
         subseed0 = self.all_subseeds[0] if self.all_subseeds else self.subseed
         values["subseed"] = subseed0 if isinstance(subseed0, int) else -1
@@ -463,13 +465,15 @@ class Processed:
         for result in self.results:
             warnings.extend(w for w in result.warnings if w not in warnings)
         warnings.extend(w for w in self.warnings if w not in warnings)
+        # the per-image lists as the script left them (A1111's Processed keeps an X/Y/Z plot's
+        # cells' values even when only the grid is returned)
         return Result(
             images=list(self.images),
             infotexts=list(self.infotexts),
-            seeds=list(self.all_seeds[:generated]) or [self.seed] * generated,
-            subseeds=list(self.all_subseeds[:generated]),
-            prompts=list(self.all_prompts[:generated]),
-            negative_prompts=list(self.all_negative_prompts[:generated]),
+            seeds=list(self.all_seeds) or [self.seed] * generated,
+            subseeds=list(self.all_subseeds),
+            prompts=list(self.all_prompts),
+            negative_prompts=list(self.all_negative_prompts),
             width=self.width,
             height=self.height,
             params=params,
