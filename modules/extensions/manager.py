@@ -27,6 +27,7 @@ import shutil
 import signal
 import subprocess
 import sys
+import tempfile
 import threading
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field, replace
@@ -434,14 +435,14 @@ class ExtensionManager:
                 continue
         if not lines:
             return None
-        target = self.paths.tmp_dir / "extension-constraints.txt"
-        try:
-            target.parent.mkdir(parents=True, exist_ok=True)
-            target.write_text("\n".join(lines) + "\n", encoding="utf-8")
+        try:  # the system's temp dir: the data dir's tmp/ holds clones only; removed after the run
+            fd, name = tempfile.mkstemp(prefix="sdw-extension-constraints-", suffix=".txt")
+            with os.fdopen(fd, "w", encoding="utf-8") as f:
+                f.write("\n".join(lines) + "\n")
         except OSError as exc:
             log.warning("cannot write the pip constraints for installers: %s", exc)
             return None
-        return target
+        return Path(name)
 
     def run_installer(self, path: Path) -> InstallerRun | None:
         """Run `path/install.py` with this Python (cwd = the extension, PYTHONPATH = the repo root);
@@ -470,6 +471,8 @@ class ExtensionManager:
             )
         except OSError as exc:
             log.warning("cannot run install.py of %s: %s", path.name, exc)
+            if constraints is not None:
+                constraints.unlink(missing_ok=True)
             return InstallerRun(ok=False, returncode=None, output=str(exc))
         timed_out = False
         try:
@@ -482,6 +485,8 @@ class ExtensionManager:
                 raw, _ = process.communicate(timeout=10)
             except subprocess.TimeoutExpired:
                 raw = b""
+        if constraints is not None:
+            constraints.unlink(missing_ok=True)
         output = (raw or b"").decode("utf-8", errors="replace")[-MAX_OUTPUT_CHARS:]
         if timed_out:
             output += f"\ninstall.py timed out after {self.installer_timeout_s:g} s and was stopped"

@@ -221,16 +221,13 @@ def test_model_views_and_lists(ext: ModuleType, api_services: Services) -> None:
 
 
 def test_model_loaded_gets_the_new_model(ext: ModuleType, api_services: Services) -> None:  # noqa: F811
-    assert api_services.scripts is not None
-    listener = api_services.scripts.callbacks.model_loaded
-    api_services.models.on_loaded.append(listener)  # the composition root's wiring
+    assert api_services.scripts is not None  # the composition root wires model_loaded to the manager
     try:
         _reset(ext)
         api_services.engine.switch_model(checkpoint="sd2.safetensors")
         assert [m.is_sd2 for m in ext.RECORD["loaded"]] == [True]
         assert ext.RECORD["loaded"][0].sd_checkpoint_info.name == "sd2.safetensors"
     finally:
-        api_services.models.on_loaded.remove(listener)
         api_services.engine.switch_model(checkpoint="sd1.safetensors")
 
 
