@@ -13,6 +13,7 @@ from modules.ui.img2img import build_img2img_tab, is_instruct_pix2pix
 from modules.ui.merger import build_merger_tab
 from modules.ui.pnginfo import build_pnginfo_tab
 from modules.ui.quicksettings import build_quicksettings
+from modules.ui.scripts import build_options_json, fire_ui_callbacks, render_extension_tab
 from modules.ui.send_to import wire_send_to
 from modules.ui.settings import build_settings_tab
 from modules.ui.txt2img import build_txt2img_tab
@@ -32,11 +33,17 @@ TABS = (
 
 
 def build_blocks(services: Services) -> gr.Blocks:
+    # extensions' before_ui / ui_tabs callbacks; their tabs go before Settings (A1111)
+    extension_tabs = fire_ui_callbacks(services)
     with gr.Blocks(title="Stable Diffusion", analytics_enabled=False) as blocks:
         quick = build_quicksettings(services, blocks)
 
         with gr.Tabs(elem_id="tabs") as tabs:
             for label, name in TABS:
+                if name == "settings":
+                    for ext in extension_tabs:
+                        with gr.Tab(ext.title, id=ext.elem_id, elem_id=f"tab_{ext.elem_id}"):
+                            render_extension_tab(ext)
                 with gr.Tab(label, id=name, elem_id=f"tab_{name}"):
                     if name == "txt2img":
                         txt2img = build_txt2img_tab(services)
@@ -47,13 +54,14 @@ def build_blocks(services: Services) -> gr.Blocks:
                     elif name == "extras":
                         extras = build_extras_tab(services)
                     elif name == "settings":
-                        build_settings_tab(services)
+                        settings = build_settings_tab(services)
                     elif name == "modelmerger":
                         build_merger_tab(services)
                     elif name == "extensions":
                         build_extensions_tab(services)
                     else:
                         gr.Markdown(f"**{label}** is coming: this tab is not built yet.", elem_classes="sdw-coming")
+        build_options_json(services, [settings.result])  # outside the tabs: A1111's `opts` for page scripts
         wire_send_to(services, tabs, txt2img, img2img, extras, pnginfo)
         if quick.status is not None and img2img.image_cfg_scale is not None:
             # img2img's Image CFG Scale follows the checkpoint (shown for instruct-pix2pix only):

@@ -41,9 +41,16 @@ from modules.ui.img2img_modes import (
     SKETCH,
     SUBTAB_IDS,
 )
-from modules.ui.img2img_request import RESIZE_BY, RESIZE_TO, img2img_request_from_ui, resolution_preview
+from modules.ui.img2img_request import (
+    RESIZE_BY,
+    RESIZE_TO,
+    SCRIPT_FIELDS,
+    img2img_request_from_ui,
+    resolution_preview,
+)
 from modules.ui.named_inputs import inputs_of, values_of
 from modules.ui.refiner import build_refiner
+from modules.ui.scripts import ScriptSection, build_script_section
 from modules.ui.token_counter import wire_token_counters
 
 RESIZE_MODES = ("Just resize", "Crop and resize", "Resize and fill", "Just resize (latent upscale)")
@@ -78,6 +85,7 @@ class Img2ImgTab:
     image_cfg_scale: gr.Slider | None = None
     # the Batch sub-tab's components by `batch_plan` keyword
     batch_fields: dict[str, Any] = field(default_factory=dict)
+    scripts: ScriptSection | None = None
 
     @property
     def mode_outputs(self) -> list[Any]:
@@ -369,6 +377,7 @@ def build_img2img_tab(services: Services) -> Img2ImgTab:
             seeds = build_seed_section("img2img")
             seed, extra, subseed = seeds.seed, seeds.extra, seeds.subseed
             subseed_strength, resize_w, resize_h = seeds.subseed_strength, seeds.resize_w, seeds.resize_h
+            scripts = build_script_section(services, is_img2img=True)
         results = build_results_column("img2img")
     progress, gallery, html_info = results.progress, results.gallery, results.html_info
     generation_info, output_buttons = results.generation_info, results.output_buttons
@@ -428,9 +437,10 @@ def build_img2img_tab(services: Services) -> Img2ImgTab:
     def run(values: dict[str, Any]) -> Iterator[tuple[Any, ...]]:
         ui, batch = split(values)
         if int(ui["mode"]) == BATCH:
-            yield from run_batch(services, ui, batch_plan(services, **batch), row.stop_requested)
+            with_scripts = {**ui, SCRIPT_FIELDS: scripts.request_fields(values)}
+            yield from run_batch(services, with_scripts, batch_plan(services, **batch), row.stop_requested)
             return
-        yield from run_generation(services, img2img_request_from_ui(**ui))
+        yield from run_generation(services, scripts.apply(img2img_request_from_ui(**ui), values))
 
     def check(values: dict[str, Any]) -> None:
         """User errors (no image, empty mask, a refused folder) before the buttons change: an
@@ -442,7 +452,7 @@ def build_img2img_tab(services: Services) -> Img2ImgTab:
             img2img_request_from_ui(**ui)
 
     outputs = [progress, gallery, html_info, generation_info, last_seeds]
-    wire_generate(services, row, run, {**request_fields, **batch_fields}, outputs, check=check)
+    wire_generate(services, row, run, {**request_fields, **batch_fields, **scripts.fields}, outputs, check=check)
 
     # -- sub-tabs, copy image to, resize ---------------------------------------------------
     def select_mode(number: int) -> Callable[[], tuple[int, Any, Any]]:
@@ -555,4 +565,5 @@ def build_img2img_tab(services: Services) -> Img2ImgTab:
         inpaint_sketch=inpaint_sketch,
         image_cfg_scale=image_cfg,
         batch_fields=batch_fields,
+        scripts=scripts,
     )

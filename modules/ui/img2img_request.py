@@ -22,6 +22,9 @@ from modules.ui.img2img_modes import BATCH, INPAINT, INPAINT_SKETCH, INPAINT_UPL
 from modules.ui.refiner import refiner_request_values
 
 RESIZE_TO, RESIZE_BY = 0, 1  # the `#img2img_tabs_resize` tabs
+SCRIPT_FIELDS = "script_fields"
+"""Key of `request_for_image`'s values holding the script request fields (`modules.ui.scripts`),
+set by the tab for its Batch runs, where each image's request is made from the values."""
 
 
 def scaled_size(width: int, height: int, scale: float) -> tuple[int, int]:
@@ -42,7 +45,8 @@ def resolution_preview(size: tuple[int, int] | None, scale: float) -> str:
 
 
 def request_for_image(values: Mapping[str, Any], image: Image.Image, mask: Image.Image | None) -> Img2ImgRequest:
-    """A request from the tab's values for one (image, mask); "Resize by" sizes it from `image`."""
+    """A request from the tab's values for one (image, mask); "Resize by" sizes it from `image`.
+    The script fields under `SCRIPT_FIELDS`, when there, are the request's."""
     width, height = int(values["width"]), int(values["height"])
     if int(values["selected_scale_tab"]) == RESIZE_BY:
         width, height = scaled_size(image.width, image.height, float(values["scale_by"]))
@@ -80,6 +84,7 @@ def request_for_image(values: Mapping[str, Any], image: Image.Image, mask: Image
         subseed_strength=float(values["subseed_strength"]),
         seed_resize_from_w=int(values["seed_resize_from_w"]),
         seed_resize_from_h=int(values["seed_resize_from_h"]),
+        **values.get(SCRIPT_FIELDS, {}),
     )
 
 

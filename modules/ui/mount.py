@@ -8,6 +8,8 @@ wraps it like every other route.
 from __future__ import annotations
 
 import asyncio
+import logging
+import re
 from collections.abc import Callable
 from pathlib import Path
 from typing import TypeVar
@@ -17,10 +19,12 @@ from fastapi import FastAPI
 from starlette.routing import Match, Mount, Route
 from starlette.types import Receive, Scope, Send
 
+from modules.extensions.loading import PageAssets
 from modules.services import Services
 from modules.ui.blocks import build_blocks
 from modules.ui.theme import ui_theme
 
+log = logging.getLogger(__name__)
 T = TypeVar("T")
 CSS_DIR = Path(__file__).parent / "css"
 JS_DIR = Path(__file__).parent / "js"
@@ -54,13 +58,16 @@ def mount_ui(app: FastAPI, services: Services) -> None:
 
 def _mount(app: FastAPI, services: Services) -> None:
     blocks = build_blocks(services)
+    assets = services.scripts.assets if services.scripts is not None else None
+    if services.scripts is not None:  # A1111's `shared.demo` / on_app_started's `demo`
+        services.scripts.environment.extra["demo"] = blocks
     blocks.queue(default_concurrency_limit=1)
     gr.mount_gradio_app(
         app,
         blocks,
         path="/",
-        css=page_css(),
-        head=page_head(),
+        css=page_css(assets),
+        head=page_head(assets),
         theme=ui_theme(services),
         footer_links=["api", "gradio"] if services.settings.api_enabled else ["gradio"],
         show_error=True,
@@ -76,15 +83,36 @@ def _mount(app: FastAPI, services: Services) -> None:
     app.state.ui_blocks = blocks
 
 
-def page_css() -> str:
-    """Every stylesheet in `modules/ui/css/`, in name order."""
-    return "\n".join(p.read_text(encoding="utf-8") for p in sorted(CSS_DIR.glob("*.css")))
+def page_css(assets: PageAssets | None = None) -> str:
+    """Every stylesheet in `modules/ui/css/`, in name order, then the extensions' `style.css`."""
+    ours = [p.read_text(encoding="utf-8") for p in sorted(CSS_DIR.glob("*.css"))]
+    theirs = [_inline(text, "style") for text in _read_assets(assets.styles if assets else [])]
+    return "\n".join([*ours, *theirs])
 
 
-def page_head() -> str:
-    """Scripts for the page's <head>: every file in `modules/ui/js/`, in name order."""
-    scripts = (p.read_text(encoding="utf-8") for p in sorted(JS_DIR.glob("*.js")))
-    return "".join(f"<script>\n{text}\n</script>" for text in scripts)
+def page_head(assets: PageAssets | None = None) -> str:
+    """Scripts for the page's <head>: every file in `modules/ui/js/`, in name order (A1111's page
+    helpers among them), then the extensions' `javascript/*.js` and, as modules, `*.mjs`, inline."""
+    ours = [p.read_text(encoding="utf-8") for p in sorted(JS_DIR.glob("*.js"))]
+    scripts = [*ours, *_read_assets(assets.scripts if assets else [])]
+    modules = _read_assets(assets.module_scripts if assets else [])
+    head = "".join(f"<script>\n{_inline(text, 'script')}\n</script>" for text in scripts)
+    return head + "".join(f'<script type="module">\n{_inline(text, "script")}\n</script>' for text in modules)
+
+
+def _read_assets(paths: list[Path]) -> list[str]:
+    out: list[str] = []
+    for path in paths:
+        try:
+            out.append(path.read_text(encoding="utf-8"))
+        except (OSError, UnicodeDecodeError) as exc:
+            log.error("extension file %s left out of the page: %s", path, exc)
+    return out
+
+
+def _inline(text: str, tag: str) -> str:
+    """`text` safe inside <tag>...</tag>: a closing tag in it would end the element early."""
+    return re.sub(rf"</(?={tag})", r"<\\/", text, flags=re.IGNORECASE)
 
 
 class _FallbackMount(Mount):

@@ -35,6 +35,7 @@ from modules.ui.extra_networks import extra_networks_tabs
 from modules.ui.extras import upscaler_names
 from modules.ui.named_inputs import inputs_of, values_of
 from modules.ui.refiner import build_refiner, checkpoint_titles, refiner_request_values, refresh_checkpoint_choices
+from modules.ui.scripts import ScriptSection, build_script_section
 from modules.ui.token_counter import wire_token_counters
 
 LATENT_UPSCALERS = (
@@ -172,6 +173,7 @@ class Txt2ImgTab:
     output_buttons: OutputButtons
     # the input components by converter keyword, plus "subseed_show" (send-to and paste fill them)
     fields: dict[str, Any] = field(default_factory=dict)
+    scripts: ScriptSection | None = None
 
 
 def final_resolution(
@@ -292,6 +294,7 @@ def build_txt2img_tab(services: Services) -> Txt2ImgTab:
             seeds = build_seed_section("txt2img")
             seed, extra, subseed = seeds.seed, seeds.extra, seeds.subseed
             subseed_strength, resize_w, resize_h = seeds.subseed_strength, seeds.resize_w, seeds.resize_h
+            scripts = build_script_section(services, is_img2img=False)
         results = build_results_column("txt2img")
     progress, gallery, html_info = results.progress, results.gallery, results.html_info
     generation_info, output_buttons = results.generation_info, results.output_buttons
@@ -331,9 +334,11 @@ def build_txt2img_tab(services: Services) -> Txt2ImgTab:
     }
 
     def run(values: dict[str, Any]) -> Iterator[tuple[Any, ...]]:
-        yield from run_generation(services, txt2img_request_from_ui(**values))
+        request = txt2img_request_from_ui(**{name: values[name] for name in request_fields})
+        yield from run_generation(services, scripts.apply(request, values))
 
-    wire_generate(services, row, run, request_fields, [progress, gallery, html_info, generation_info, last_seeds])
+    outputs = [progress, gallery, html_info, generation_info, last_seeds]
+    wire_generate(services, row, run, {**request_fields, **scripts.fields}, outputs)
 
     swap.click(lambda w, h: (h, w), [width, height], [width, height], queue=False)
 
@@ -385,4 +390,4 @@ def build_txt2img_tab(services: Services) -> Txt2ImgTab:
         control.change(show_row_unless(same), control, row_shown, queue=False, show_progress="hidden")
 
     fields = {**request_fields, "subseed_show": extra}
-    return Txt2ImgTab(row, gallery, html_info, generation_info, output_buttons, fields)
+    return Txt2ImgTab(row, gallery, html_info, generation_info, output_buttons, fields, scripts)

@@ -129,6 +129,11 @@ def _keywords(converter: Callable[..., Any]) -> set[str]:
     return set(inspect.signature(converter).parameters)
 
 
+def _script_defaults(fields: dict[str, Any]) -> dict[str, Any]:
+    """The script controls' values as built (Script: None): the tabs pass them in by name too."""
+    return {name: component.value for name, component in fields.items()}
+
+
 def test_values_of_maps_components_to_names() -> None:
     with gr.Blocks():
         a, b = gr.Textbox(), gr.Number()
@@ -144,10 +149,13 @@ def test_txt2img_generate_reads_its_fields_by_name(services: Services) -> None:
     assert set(request_fields) == _keywords(txt2img_request_from_ui)
     run, inputs = _handler(blocks, tab.gallery)
     values = {**TXT2IMG_DEFAULTS, "prompt": "named", "steps": 3.0, "width": 64.0, "seed": 5.0, "cfg_scale": 4.5}
-    outputs = list(run(_data(request_fields, values, inputs)))
+    assert tab.scripts is not None
+    scripts = _script_defaults(tab.scripts.fields)
+    outputs = list(run(_data({**request_fields, **tab.scripts.fields}, {**values, **scripts}, inputs)))
     [request] = _engine(services).requests
     assert isinstance(request, Txt2ImgRequest)
-    assert request == txt2img_request_from_ui(**values)
+    assert request == tab.scripts.apply(txt2img_request_from_ui(**values), scripts)
+    assert request.script_name is None
     assert (request.prompt, request.steps, request.width, request.cfg_scale) == ("named", 3, 64, 4.5)
     assert outputs[-1][-1] == (5, 6)  # the last seeds, for ♻️
 
@@ -157,7 +165,8 @@ def test_img2img_generate_and_its_check_read_their_fields_by_name(services: Serv
         tab = build_img2img_tab(services)
     request_fields = {k: v for k, v in tab.fields.items() if k != "subseed_show"}
     assert set(request_fields) == _keywords(img2img_request_from_ui)
-    fields = {**request_fields, **tab.batch_fields}
+    assert tab.scripts is not None
+    fields = {**request_fields, **tab.batch_fields, **tab.scripts.fields}
     run, inputs = _handler(blocks, tab.gallery)
     batch = {
         "batch_source": "upload",
@@ -168,6 +177,7 @@ def test_img2img_generate_and_its_check_read_their_fields_by_name(services: Serv
     }
     image = Image.new("RGB", (40, 24), (200, 30, 30))
     values = {**IMG2IMG_DEFAULTS, "mode": IMG2IMG, "init_image": image, "prompt": "by name", "denoising_strength": 0.4}
+    batch.update(_script_defaults(tab.scripts.fields))
     outputs = list(run(_data(fields, {**values, **batch}, inputs)))
     [request] = _engine(services).requests
     assert isinstance(request, Img2ImgRequest)
