@@ -57,7 +57,7 @@ def services(tmp_path: Path) -> Any:
 def test_unread_options_are_not_offered_and_read_ones_are(services: Any) -> None:
     blocks, tab = build(services)
     ids = elem_ids(blocks)
-    for key in ("tiling", "font", "samples_save", "token_merging_ratio"):  # nothing reads these
+    for key in ("tiling", "samples_save", "token_merging_ratio"):  # nothing reads these
         assert key in unimplemented_options()
         assert f"setting_{key}" not in ids and key not in tab.fields
     for key in (
@@ -66,6 +66,7 @@ def test_unread_options_are_not_offered_and_read_ones_are(services: Any) -> None
         "emphasis",
         "eta_ddim",
         "s_churn",
+        "font",  # grid labels (X/Y/Z plot, prompt matrix)
     ):  # the engine reads these
         assert f"setting_{key}" in ids and key in tab.fields
     assert not set(tab.fields) & set(unimplemented_options())
