@@ -335,6 +335,8 @@ def adapt_module(module: types.ModuleType) -> None:
     root = _extension_root(module)
     seen: set[int] = set()
     pending = [module]
+    if root is not None:  # every module of the extension's folder imported so far, however reached
+        pending += [m for m in list(sys.modules.values()) if isinstance(m, types.ModuleType) and _inside(m, root)]
     while pending:
         current = pending.pop()
         if id(current) in seen:

@@ -76,6 +76,7 @@ EXTENSION = """
 import gradio as gr
 from gradio import Button, Slider
 import ext_helper
+from ext_pkg.tab import on_tabs  # a function only: its module is reached through sys.modules
 
 class MyButton(gr.Button):
     pass
@@ -114,6 +115,9 @@ def test_adapt_module_rebinds_an_extensions_gradio_globals_and_its_helpers(tmp_p
     (ext / "scripts").mkdir(parents=True)
     (ext / "scripts" / "thing.py").write_text(textwrap.dedent(EXTENSION), encoding="utf-8")
     (ext / "ext_helper.py").write_text(textwrap.dedent(HELPER), encoding="utf-8")
+    (ext / "ext_pkg").mkdir()
+    (ext / "ext_pkg" / "__init__.py").write_text("", encoding="utf-8")
+    (ext / "ext_pkg" / "tab.py").write_text("import gradio as gr\n\ndef on_tabs():\n    return gr\n", encoding="utf-8")
     module = _load(ext / "scripts" / "thing.py", "sdw_test_ext_thing")
     try:
         with gradio.Blocks(), pytest.raises(AttributeError, match="style"):
@@ -121,13 +125,14 @@ def test_adapt_module_rebinds_an_extensions_gradio_globals_and_its_helpers(tmp_p
         adapt_module(module)
         assert module.gr is compat_gradio and module.Button is compat_gradio.Button
         assert module.ext_helper.gr is compat_gradio  # a helper module in the extension's folder
+        assert module.on_tabs() is compat_gradio  # sd-dynamic-prompts' wildcards tab is built this way
         assert module.MyButton.__mro__[1] is gradio.Button  # defined at import: left as it was
         with gradio.Blocks():
             a, b, c, text = module.build()
         assert a.elem_classes == ["tool"] and b.elem_classes == ["tool"]
         assert (c.value, c.container) == (3, False) and text.buttons == ["copy"]
     finally:
-        for name in ("ext_helper", "sdw_test_ext_thing"):
+        for name in ("ext_helper", "sdw_test_ext_thing", "ext_pkg", "ext_pkg.tab"):
             sys.modules.pop(name, None)
     # gradio's own modules and ours are never touched
     assert gradio.Button is not compat_gradio.Button
