@@ -265,9 +265,26 @@ def test_prompt_styles(api: TestClient) -> None:
 def test_empty_lists_in_a1111_shapes(api: TestClient) -> None:
     assert api.get(f"{V1}/face-restorers").json() == []
     assert api.get(f"{V1}/realesrgan-models").json() == []
-    assert api.get(f"{V1}/scripts").json() == {"txt2img": [], "img2img": []}
-    assert api.get(f"{V1}/script-info").json() == []
     assert api.get(f"{V1}/extensions").json() == []
+
+
+def test_builtin_scripts_are_listed_as_a1111_lists_them(api: TestClient) -> None:
+    scripts = api.get(f"{V1}/scripts").json()
+    assert scripts["txt2img"] == ["prompt matrix", "prompts from file or textbox", "x/y/z plot"]
+    assert scripts["img2img"] == [
+        "loopback",
+        "outpainting mk2",
+        "poor man's outpainting",
+        "prompt matrix",
+        "prompts from file or textbox",
+        "sd upscale",
+        "x/y/z plot",
+    ]
+    info = {(s["name"], s["is_img2img"]): s for s in api.get(f"{V1}/script-info").json()}
+    upscale = info[("sd upscale", True)]
+    assert not upscale["is_alwayson"]
+    assert [a["label"] for a in upscale["args"]][1:] == ["Tile overlap", "Upscaler", "Scale Factor"]
+    assert len(info[("x/y/z plot", False)]["args"]) == 18
 
 
 def test_memory_on_cpu(api: TestClient) -> None:
