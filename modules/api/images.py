@@ -15,17 +15,15 @@ from __future__ import annotations
 import base64
 import binascii
 import io
-import ipaddress
 import re
-import socket
 import warnings
-from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
 import httpx
 from PIL import Image
 
+from modules.core import addresses
 from modules.core.errors import ValidationError
 from modules.core.options import Options
 from modules.engine.image_metadata import encode_image
@@ -36,7 +34,8 @@ URL_TIMEOUT_S = 30.0
 MAX_DOWNLOAD_BYTES = 64 * 1024 * 1024
 KEEP_MODES = ("RGB", "RGBA", "L")
 
-IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
+IPAddress = addresses.IPAddress
+Resolver = addresses.Resolver
 
 
 @dataclass(frozen=True)
@@ -64,39 +63,13 @@ class DecodeOptions:
 
 
 def address_allowed(ip: IPAddress) -> bool:
-    """Only global unicast addresses may be fetched."""
-    if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
-        ip = ip.ipv4_mapped
-    if ip.is_loopback or ip.is_private or ip.is_link_local or ip.is_reserved or ip.is_multicast or ip.is_unspecified:
-        return False
-    if isinstance(ip, ipaddress.IPv6Address) and ip.is_site_local:
-        return False
-    return ip.is_global
-
-
-Resolver = Callable[[str, int], list[str]]
-
-
-def _system_resolver(host: str, port: int) -> list[str]:
-    infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
-    return [str(info[4][0]) for info in infos]
+    """Only global unicast addresses may be fetched (modules.core.addresses)."""
+    return addresses.address_allowed(ip)
 
 
 def _checked_address(field: str, host: str, port: int, resolver: Resolver) -> str:
     """The address to connect to; every address the name resolves to must be allowed."""
-    try:
-        addresses = [ipaddress.ip_address(host.strip("[]"))]
-    except ValueError:
-        try:
-            addresses = [ipaddress.ip_address(a.split("%", 1)[0]) for a in resolver(host, port)]
-        except (OSError, UnicodeError, ValueError) as exc:
-            raise ValidationError(f"{field}: cannot resolve {host!r}: {exc}") from None
-    if not addresses:
-        raise ValidationError(f"{field}: cannot resolve {host!r}")
-    for ip in addresses:
-        if not address_allowed(ip):
-            raise ValidationError(f"{field}: request to a local resource not allowed ({host} is {ip})")
-    return str(addresses[0])
+    return addresses.checked_address(host, port, resolver, prefix=f"{field}: ", allowed=address_allowed)
 
 
 def fetch_url(
@@ -109,7 +82,7 @@ def fetch_url(
     resolver: Resolver | None = None,
 ) -> bytes:
     """GET an http(s) URL to a global address; redirects followed by hand (each hop checked)."""
-    resolve = resolver or _system_resolver
+    resolve = resolver or addresses.system_resolver
     headers = {"User-Agent": user_agent} if user_agent else {}
     with httpx.Client(timeout=timeout, follow_redirects=False, trust_env=False) as client:
         for _hop in range(MAX_REDIRECTS + 1):

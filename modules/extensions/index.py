@@ -11,17 +11,17 @@ between), a timeout and a size cap. A local file is read only when the server is
 from __future__ import annotations
 
 import http.client
-import ipaddress
 import json
 import os
 import socket
 import ssl
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 from urllib.parse import urljoin, urlsplit
 
+from modules.core import addresses
 from modules.core.errors import ForbiddenError, ValidationError
 
 DEFAULT_INDEX_URL = (
@@ -47,8 +47,7 @@ SORT_ORDERS = (
 INSTALLED_TAG = "installed"
 DEFAULT_HIDDEN_TAGS = ("ads", "local" + "ization", INSTALLED_TAG)
 
-Resolver = Callable[[str, int], list[str]]
-IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
+Resolver = addresses.Resolver
 
 
 def default_index_url(environ: Mapping[str, str] | None = None) -> str:
@@ -267,34 +266,11 @@ def load_index(
 # --- https fetch to global addresses ------------------------------------------------------------
 
 
-def address_allowed(ip: IPAddress) -> bool:
-    """Only global unicast addresses may be fetched."""
-    if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
-        ip = ip.ipv4_mapped
-    if ip.is_loopback or ip.is_private or ip.is_link_local or ip.is_reserved or ip.is_multicast or ip.is_unspecified:
-        return False
-    return ip.is_global
-
-
-def _system_resolver(host: str, port: int) -> list[str]:
-    return [str(info[4][0]) for info in socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)]
-
-
 def checked_address(host: str, port: int, resolver: Resolver) -> str:
     """The address to connect to; every address `host` resolves to must be global."""
-    try:
-        addresses = [ipaddress.ip_address(host.strip("[]"))]
-    except ValueError:
-        try:
-            addresses = [ipaddress.ip_address(a.split("%", 1)[0]) for a in resolver(host, port)]
-        except (OSError, UnicodeError, ValueError) as exc:
-            raise ValidationError(f"cannot resolve {host!r}: {exc}") from None
-    if not addresses:
-        raise ValidationError(f"cannot resolve {host!r}")
-    for ip in addresses:
-        if not address_allowed(ip):
-            raise ValidationError(f"the extension index may not be fetched from a local address ({host} is {ip})")
-    return str(addresses[0])
+    return addresses.checked_address(
+        host, port, resolver, refusal="the extension index may not be fetched from a local address"
+    )
 
 
 class _PinnedHTTPSConnection(http.client.HTTPSConnection):
@@ -319,7 +295,7 @@ def fetch_https(
     max_bytes: int = MAX_INDEX_BYTES,
 ) -> bytes:
     """GET an https URL from a global address (redirects followed by hand, each checked)."""
-    resolve = resolver or _system_resolver
+    resolve = resolver or addresses.system_resolver
     for _hop in range(MAX_REDIRECTS + 1):
         parts = urlsplit(url)
         if parts.scheme.lower() != "https" or not parts.hostname:
