@@ -14,12 +14,14 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 from fastapi import APIRouter, Depends
 from pydantic import BaseModel, Field
 
 from modules.api.deps import get_services
 from modules.core.errors import UserError
-from modules.extensions.manager import ExtensionManager, InstallerRun
+from modules.extensions.manager import Extension, ExtensionManager, InstallerRun
 from modules.services import Services
 
 router = APIRouter(tags=["extensions"])
@@ -104,21 +106,22 @@ def _installer(run: InstallerRun | None) -> InstallerOutput | None:
     return InstallerOutput(ok=run.ok, returncode=run.returncode, output=run.output, timed_out=run.timed_out)
 
 
+def _item_fields(e: Extension) -> dict[str, Any]:
+    """A1111's fields of one extension (commit_date as the string its pydantic 1 made of the int)."""
+    return {
+        "name": e.name,
+        "remote": e.remote,
+        "branch": e.branch,
+        "commit_hash": e.commit_hash,
+        "version": e.version,
+        "commit_date": str(e.commit_date) if e.commit_date is not None else None,
+        "enabled": e.enabled,
+    }
+
+
 @router.get("/extensions", response_model=list[ExtensionItem])
 def list_extensions(manager: ExtensionManager = Depends(get_manager)) -> list[ExtensionItem]:
-    return [
-        ExtensionItem(
-            name=e.name,
-            remote=e.remote,
-            branch=e.branch,
-            commit_hash=e.commit_hash,
-            version=e.version,
-            commit_date=str(e.commit_date) if e.commit_date is not None else None,
-            enabled=e.enabled,
-        )
-        for e in manager.installed()
-        if e.remote is not None
-    ]
+    return [ExtensionItem(**_item_fields(e)) for e in manager.installed() if e.remote is not None]
 
 
 @router.post("/extensions/install", response_model=InstallResponse)
@@ -154,17 +157,7 @@ def update_extensions(body: UpdateRequest, manager: ExtensionManager = Depends(g
 @router.post("/extensions/check-updates", response_model=list[ExtensionStatus])
 def check_updates(manager: ExtensionManager = Depends(get_manager)) -> list[ExtensionStatus]:
     return [
-        ExtensionStatus(
-            name=e.name,
-            remote=e.remote,
-            branch=e.branch,
-            commit_hash=e.commit_hash,
-            version=e.version,
-            commit_date=str(e.commit_date) if e.commit_date is not None else None,
-            enabled=e.enabled,
-            can_update=e.can_update,
-            status=e.status,
-        )
+        ExtensionStatus(**_item_fields(e), can_update=e.can_update, status=e.status)
         for e in manager.check_for_updates()
         if e.remote is not None
     ]
