@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Runs the test suite: ./test.sh [pytest args...]   (default args come from pyproject.toml)
 #
-#   ./test.sh                         everything (what CI runs, as ./test.sh -q)
+#   ./test.sh                         everything (what CI runs, as ./test.sh -q): the non-browser
+#                                     tests on two workers, then the browser tests
 #   ./test.sh -m "not browser"        the fast lane: all but the Chromium-driven UI tests
 #   ./test.sh -m "not browser and not slow"   faster still: also skips the server-process tests
 #   ./test.sh -m browser              only the browser tests (they share one server and one Chromium)
@@ -32,4 +33,26 @@ export HF_HUB_OFFLINE=1
 export TRANSFORMERS_OFFLINE=1
 export HF_HUB_DISABLE_TELEMETRY=1
 
-exec "$python" -m pytest "$@"
+# A whole run (no test paths, -m, -k or -n given) goes in two parts: everything but the browser
+# tests on two worker processes (pytest-xdist, one test file per worker at a time), then the
+# browser tests in this process (they share one server and one Chromium). Any other call is one
+# plain pytest run with the arguments given.
+whole_run=1
+for arg in "$@"; do
+    case "$arg" in
+        -m|-k|-n|--numprocesses|-m*|-k*|-n*|--numprocesses=*|tests|tests/*|*.py|*::*) whole_run=0 ;;
+    esac
+done
+if [[ $whole_run -eq 0 ]]; then
+    exec "$python" -m pytest "$@"
+fi
+"$python" -m pytest -m "not browser" -n 2 --dist loadfile "$@"
+rc_fast=$?
+"$python" -m pytest -m browser "$@"
+rc_browser=$?
+# exit code 5 ("no tests collected") of one part is fine when the other part ran tests
+if [[ $rc_fast -eq 5 && $rc_browser -eq 0 ]] || [[ $rc_fast -eq 0 && $rc_browser -eq 5 ]]; then
+    exit 0
+fi
+[[ $rc_fast -ne 0 ]] && exit "$rc_fast"
+exit "$rc_browser"

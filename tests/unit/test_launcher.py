@@ -168,7 +168,17 @@ def test_root_with_f_proceeds_and_f_is_not_passed_on(sb: Sandbox) -> None:
 
 def test_test_sh_runs_as_root(sb: Sandbox) -> None:
     ok(sb.run("test.sh", FAKE_UID="0"))
-    assert len(sb.calls("pytest")) == 1
+    # a whole run: the non-browser tests on two workers, then the browser tests
+    fast, browser = sb.calls("pytest")
+    assert fast["argv"][2:6] == ["-m", "not browser", "-n", "2"]
+    assert browser["argv"][2:4] == ["-m", "browser"]
+
+
+def test_test_sh_with_a_selection_is_one_plain_pytest_run(sb: Sandbox) -> None:
+    for args in (["-m", "not browser"], ["tests/unit"], ["tests/unit/test_x.py::test_y"], ["-k", "lora"]):
+        ok(sb.run("test.sh", "-q", *args))
+        [call] = sb.calls("pytest")
+        assert call["argv"][2:] == ["-q", *args]
 
 
 # --- install / stamp ----------------------------------------------------------------------
@@ -363,7 +373,11 @@ def test_test_sh_after_webui_sh_adds_only_test_extra(sb: Sandbox) -> None:
 
 def test_test_sh_returns_pytest_exit_code(sb: Sandbox) -> None:
     sb.exit_codes(5)
-    assert sb.run("test.sh").returncode == 5
+    assert sb.run("test.sh", "tests/unit").returncode == 5
+    # a whole run fails when either part fails; "no tests collected" (5) only when both collect none
+    for codes, expected in (((5, 5), 5), ((1, 0), 1), ((0, 2), 2), ((5, 0), 0), ((0, 5), 0)):
+        sb.exit_codes(*codes)
+        assert sb.run("test.sh").returncode == expected, codes
 
 
 def test_scripts_are_executable() -> None:
