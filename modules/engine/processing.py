@@ -287,13 +287,17 @@ class Processor:
     # -- seeds and prompts -------------------------------------------------------------------
 
     def seeds(self) -> tuple[list[int], list[int]]:
-        """Every image's seed and subseed: -1 resolved once per job, then seed + i (A1111)."""
+        """Every image's seed and subseed: -1 resolved once per job, then seed + i (A1111; the same
+        seed for all with a variation strength), subseed + i."""
         if self._seeds is None:
             r = self.request
             total = r.batch_size * r.n_iter
             seed = noise_mod.resolve_seed(r.seed)
             subseed = noise_mod.resolve_seed(r.subseed)
-            seeds = [int(s) for s in r.all_seeds[:total]] if r.all_seeds else [seed + i for i in range(total)]
+            # A1111: seed + i, but every image gets the same seed when a variation strength is set
+            # (the variation subseeds differ)
+            step = 0 if r.subseed_strength else 1
+            seeds = [int(s) for s in r.all_seeds[:total]] if r.all_seeds else [seed + i * step for i in range(total)]
             subseeds = (
                 [int(s) for s in r.all_subseeds[:total]] if r.all_subseeds else [subseed + i for i in range(total)]
             )

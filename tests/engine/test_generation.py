@@ -422,3 +422,13 @@ def test_pixel_cap_comes_from_the_setting(engine: GenerationService) -> None:
         assert len(engine.run_sync(t2i(batch_size=2, steps=1), 120).images) == 2
     finally:
         engine.options.set("max_pixels_times_batch", 2048 * 2048 * 8)
+
+
+def test_a_variation_strength_keeps_the_seed_and_varies_the_subseed_across_a_batch(engine: GenerationService) -> None:
+    """A1111's rule: all_seeds = seed + i only without a variation strength; with one every image
+    has the seed and the subseeds count up."""
+    plain = engine.run_sync(t2i(seed=50, subseed=7, batch_size=2), 120)
+    varied = engine.run_sync(t2i(seed=50, subseed=7, subseed_strength=0.5, batch_size=2), 120)
+    assert plain.seeds == [50, 51]
+    assert varied.seeds == [50, 50] and varied.subseeds == [7, 8]
+    assert "Seed: 50" in varied.infotexts[1] and "Variation seed: 8" in varied.infotexts[1]
