@@ -47,6 +47,7 @@ from modules.core.infotext import build_infotext, format_params_line
 from modules.core.requests import Limits, validate_request
 from modules.engine import samplers as smp
 from modules.engine.hooks import BatchEvent, Hooks
+from modules.engine.processing import LATENT_UPSCALE_MODES
 from modules.extensions import runtime
 from modules.extensions.builtin_scripts.grid_labels import (
     GridAnnotation,
@@ -69,14 +70,7 @@ log = logging.getLogger(__name__)
 TITLE = "X/Y/Z plot"
 FILL_SYMBOL = "\U0001f4d2"  # 📒
 SEED_AXES = ("Seed", "Var. seed")
-LATENT_UPSCALERS = (
-    "Latent",
-    "Latent (antialiased)",
-    "Latent (bicubic)",
-    "Latent (bicubic antialiased)",
-    "Latent (nearest)",
-    "Latent (nearest-exact)",
-)
+LATENT_UPSCALERS = tuple(LATENT_UPSCALE_MODES)  # the hires latent modes the engine runs
 PLAIN_UPSCALERS = ("None", "Lanczos", "Nearest")
 RNG_SOURCES = ("GPU", "CPU", "NV")
 FACE_MODELS = ("CodeFormer", "GFPGAN")
