@@ -1,0 +1,1 @@
+"""Training on the worker: datasets and bucketing, textual inversion, hypernetworks, LoRA."""
