@@ -30,6 +30,7 @@ from modules.engine.facade import Engine, wire_model_options
 from modules.engine.hooks import Hooks
 from modules.engine.outputs import ImageSaver
 from modules.engine.service import GenerationService, image_saver_for
+from modules.engine.training.service import TrainingService
 from modules.engine.worker import Worker
 from modules.extensions.loading import ExtensionDir
 from modules.extensions.manager import ExtensionManager
@@ -109,6 +110,16 @@ def build_services(
         nan_check=not settings.disable_nan_check,
         networks=extra_networks,
     )
+    training = TrainingService(
+        worker=worker,
+        models=models,
+        generation=generation,
+        embeddings=embeddings,
+        networks=networks,
+        paths=paths,
+        options=options,
+        selected_checkpoint=lambda: generation.selected_checkpoint(),
+    )
     engine = Engine(
         worker=worker,
         models=models,
@@ -118,6 +129,7 @@ def build_services(
         upscalers=upscalers,
         face_restorers=face_restorers,
         merge_dir=settings.ckpt_dir or paths.checkpoint_dir,
+        training=training,
     )
     wire_model_options(options, engine, models)
     extensions = ExtensionManager(settings, paths, options, environ=environ)

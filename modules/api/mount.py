@@ -5,12 +5,23 @@ from __future__ import annotations
 from fastapi import FastAPI
 
 from modules.api.errors import install_error_handlers
-from modules.api.routes import extensions, extras, generation, info, models, options, pnginfo, progress, server
+from modules.api.routes import (
+    extensions,
+    extras,
+    generation,
+    info,
+    models,
+    options,
+    pnginfo,
+    progress,
+    server,
+    training,
+)
 from modules.api.security import install_security
 from modules.services import Services
 
 PREFIX = "/sdapi/v1"
-ROUTERS = (generation, progress, pnginfo, options, models, info, server, extras, extensions)
+ROUTERS = (generation, progress, pnginfo, options, models, info, server, extras, extensions, training)
 
 
 def install_api(app: FastAPI, services: Services) -> None:

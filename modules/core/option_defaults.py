@@ -456,6 +456,14 @@ def _system_and_api() -> list[OptionInfo]:
         ),
         _opt("training_xattention_optimizations", False, "Use cross attention optimizations while training", tr),
         _opt("training_enable_tensorboard", False, "Enable tensorboard logging", tr),
+        _opt(
+            "training_generation_policy",
+            "Wait behind the training run",
+            "Generation requests during a training run",
+            tr,
+            choices=("Wait behind the training run", "Refuse while training"),
+            comment="ours: a run holds the GPU; requests either queue behind it or are refused (HTTP 409)",
+        ),
     ]
 
 

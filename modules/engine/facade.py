@@ -7,6 +7,8 @@ are read by job id. Nothing outside the engine touches the worker or the model m
     engine.submit(ExtrasRequest(...))       -> JobHandle[list[ExtrasResult]]
     engine.submit(MergeRequest(...))        -> JobHandle[MergeResult]
     engine.submit(SwitchModel(...)) / UnloadModel() / ReloadModel()  -> JobHandle[ModelSwitched]
+    engine.submit(LoraTrainRequest(...) | TrainEmbeddingRequest | TrainHypernetworkRequest) -> JobHandle[TrainResult]
+    engine.create_embedding(...) / create_hypernetwork(...) -> CreateResult; engine.training_status(job_id)
     engine.progress(job_id) / interrupt(job_id) / skip(job_id) / result(job_id) / queue_status(job_id)
     engine.model_status()                   -> ModelStatus (never waits)
 
@@ -44,11 +46,20 @@ from modules.core.jobs import (
 from modules.core.options import Options
 from modules.core.requests import GenerationRequest
 from modules.core.results import ExtrasResult, MergeResult, ModelStatus, ModelSwitched, Result
+from modules.core.training import (
+    CreateEmbeddingRequest,
+    CreateHypernetworkRequest,
+    CreateResult,
+    LoraTrainRequest,
+    TrainEmbeddingRequest,
+    TrainHypernetworkRequest,
+)
 from modules.engine import upscaling
 from modules.engine.extras import dest_side, run_extras
 from modules.engine.hooks import Hooks
 from modules.engine.service import GenerationService
 from modules.engine.token_count import count_tokens
+from modules.engine.training.service import TrainingService
 from modules.engine.worker import Job, JobContext, Worker, idle_progress
 from modules.models import merge as merging
 from modules.models.embeddings import EmbeddingSet
@@ -60,7 +71,18 @@ from modules.models.upscalers import UpscalerRegistry
 log = logging.getLogger(__name__)
 
 T = TypeVar("T")
-Request = GenerationRequest | ExtrasRequest | MergeRequest | SwitchModel | UnloadModel | ReloadModel
+TRAIN_REQUESTS = (LoraTrainRequest, TrainEmbeddingRequest, TrainHypernetworkRequest)
+Request = (
+    GenerationRequest
+    | ExtrasRequest
+    | MergeRequest
+    | SwitchModel
+    | UnloadModel
+    | ReloadModel
+    | LoraTrainRequest
+    | TrainEmbeddingRequest
+    | TrainHypernetworkRequest
+)
 
 _KEEP_HANDLES = 256
 
@@ -158,6 +180,7 @@ class Engine:
         upscalers: UpscalerRegistry | None = None,
         face_restorers: FaceRestorers | None = None,
         merge_dir: Path | None = None,
+        training: TrainingService | None = None,
     ) -> None:
         self._worker = worker
         self._models = models
@@ -167,6 +190,7 @@ class Engine:
         self._upscalers = upscalers
         self._face_restorers = face_restorers
         self._merge_dir = merge_dir
+        self._training = training
         self.hooks: Hooks = generation.hooks  # extensions register here; every generation job fires them
         self._handles: OrderedDict[str, JobHandle[Any]] = OrderedDict()
         self._lock = threading.Lock()
@@ -179,6 +203,8 @@ class Engine:
         """Validate `request` on the caller's thread (a user error is raised before anything is
         queued), then queue it on the worker. A full queue is `QueueFullError` (429)."""
         if isinstance(request, GenerationRequest):
+            if self._training is not None:
+                self._training.check_generation_allowed()
             job: Job[Any] = self._generation.submit(request)
             kind = job.context.description
         elif isinstance(request, ExtrasRequest):
@@ -187,6 +213,9 @@ class Engine:
             job, kind = self._submit_merge(request), "model-merge"
         elif isinstance(request, SwitchModel | UnloadModel | ReloadModel):
             job, kind = self._submit_model_job(request), "model-switch"
+        elif isinstance(request, TRAIN_REQUESTS):
+            job = self._trainer().submit(request)[0]
+            kind = job.context.description
         else:
             raise TypeError(f"not a job request: {type(request).__name__}")
         handle: JobHandle[Any] = JobHandle(job, self._worker, kind)
@@ -428,6 +457,27 @@ class Engine:
             return results
 
         return self._worker.submit(work, description="extras")
+
+    # -- training --------------------------------------------------------------------------------
+
+    def _trainer(self) -> TrainingService:
+        if self._training is None:
+            raise UserError("training is not available in this server")
+        return self._training
+
+    def create_embedding(self, request: CreateEmbeddingRequest, timeout: float | None = None) -> CreateResult:
+        """Create an embedding file (a short job: it reads the model's token embeddings)."""
+        return self._trainer().create_embedding(request).future.result(timeout)
+
+    def create_hypernetwork(self, request: CreateHypernetworkRequest) -> CreateResult:
+        return self._trainer().create_hypernetwork(request)
+
+    def training_status(self, job_id: str | None = None) -> dict[str, Any] | None:
+        """A training run's progress (step, losses, samples, state...), the latest when no id."""
+        return self._trainer().status(job_id)
+
+    def training_busy(self) -> bool:
+        return self._training is not None and self._training.busy()
 
     def _submit_merge(self, request: MergeRequest) -> Job[MergeResult]:
         """Validate on the caller's thread, then merge as one job on the worker (progress: one
