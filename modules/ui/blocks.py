@@ -1,6 +1,6 @@
 """The whole Gradio page: the quicksettings row and A1111's top-level tabs (a1111.md 10), then the
 wiring between tabs (send-to, the checkpoint's effect on img2img) and ui-config.json over the
-built tree. Train exists with a short note."""
+built tree."""
 
 from __future__ import annotations
 
@@ -16,10 +16,11 @@ from modules.ui.quicksettings import build_quicksettings
 from modules.ui.scripts import build_options_json, fire_ui_callbacks, render_extension_tab
 from modules.ui.send_to import wire_send_to
 from modules.ui.settings import build_settings_tab
+from modules.ui.train import build_train_tab
 from modules.ui.txt2img import build_txt2img_tab
 from modules.ui.ui_config import apply_ui_config
 
-# (label, elem_id suffix) in A1111's order; Train is a placeholder for now
+# (label, elem_id suffix) in A1111's order
 TABS = (
     ("txt2img", "txt2img"),
     ("img2img", "img2img"),
@@ -59,6 +60,8 @@ def build_blocks(services: Services) -> gr.Blocks:
                         build_merger_tab(services)
                     elif name == "extensions":
                         build_extensions_tab(services)
+                    elif name == "train":
+                        build_train_tab(services)
                     else:
                         gr.Markdown(f"**{label}** is coming: this tab is not built yet.", elem_classes="sdw-coming")
         build_options_json(services, [settings.result])  # outside the tabs: A1111's `opts` for page scripts
