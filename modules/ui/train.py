@@ -463,6 +463,7 @@ def build_train_tab(services: Services) -> TrainTab:
                 height=240,
                 label="Loss",
                 show_label=False,
+                visible=False,  # shown once a run starts
                 elem_id="ti_loss_plot",
             )
             gallery = gr.Gallery(
@@ -523,9 +524,7 @@ def _create_embedding_form() -> tuple[dict[str, Any], gr.Button]:
             value=False, label="Overwrite Old Embedding", elem_id="train_overwrite_old_embedding"
         ),
     }
-    with gr.Row():
-        gr.HTML("", container=False)
-        button = gr.Button("Create embedding", variant="primary", elem_id="train_create_embedding")
+    button = gr.Button("Create embedding", variant="primary", elem_id="train_create_embedding")
     return fields, button
 
 
@@ -571,9 +570,7 @@ def _create_hypernetwork_form() -> tuple[dict[str, Any], gr.Button]:
             value=False, label="Overwrite Old Hypernetwork", elem_id="train_overwrite_old_hypernetwork"
         ),
     }
-    with gr.Row():
-        gr.HTML("", container=False)
-        button = gr.Button("Create hypernetwork", variant="primary", elem_id="train_create_hypernetwork")
+    button = gr.Button("Create hypernetwork", variant="primary", elem_id="train_create_hypernetwork")
     return fields, button
 
 
@@ -628,7 +625,7 @@ def _preprocess_form(services: Services) -> tuple[dict[str, Any], gr.Button, gr.
             interactive=status.deepbooru is None,
             elem_id="train_process_caption_deepbooru",
         )
-    notes = [n for n in (status.blip, status.deepbooru) if n]
+    notes = list(dict.fromkeys(n for n in (status.blip, status.deepbooru) if n))
     gr.HTML(
         "".join(f"<p>{html.escape(n)}</p>" for n in notes),
         visible=bool(notes),
@@ -803,20 +800,22 @@ def _lora_form(services: Services) -> tuple[dict[str, Any], dict[str, gr.Button]
         with gr.Row():
             number("resolution_width", "Training width", d.resolution[0], minimum=64, step=8)
             number("resolution_height", "Training height", d.resolution[1], minimum=64, step=8)
+        with gr.Row():
             check("enable_bucket", "Aspect-ratio buckets", d.enable_bucket)
             check("bucket_no_upscale", "Do not upscale small images into buckets", d.bucket_no_upscale)
         with gr.Row():
             number("min_bucket_reso", "Min bucket resolution", d.min_bucket_reso, minimum=64, step=8)
             number("max_bucket_reso", "Max bucket resolution", d.max_bucket_reso, minimum=64, step=8)
-            number("bucket_reso_steps", "Bucket resolution steps", d.bucket_reso_steps, minimum=8, step=8)
+            number("bucket_reso_steps", "Bucket steps", d.bucket_reso_steps, minimum=8, step=8)
         with gr.Row():
             check("random_crop", "Random crop", d.random_crop)
             check("flip_aug", "Flip augmentation", d.flip_aug)
             check("cache_latents", "Cache latents", d.cache_latents)
         with gr.Row():
             box("caption_extension", "Caption extension", d.caption_extension)
-            check("shuffle_caption", "Shuffle caption tags", d.shuffle_caption)
             number("keep_tokens", "Keep first N tags when shuffling", d.keep_tokens, minimum=0)
+        with gr.Row():
+            check("shuffle_caption", "Shuffle caption tags", d.shuffle_caption)
             fields["caption_dropout_rate"] = gr.Slider(
                 0, 1, value=d.caption_dropout_rate, step=0.05, label="Caption dropout rate",
                 elem_id="train_lora_caption_dropout_rate",
@@ -825,6 +824,7 @@ def _lora_form(services: Services) -> tuple[dict[str, Any], dict[str, gr.Button]
         with gr.Row():
             number("network_dim", "Network rank (dim)", d.network_dim, minimum=1)
             number("network_alpha", "Network alpha", d.network_alpha, precision=None, minimum=0)
+        with gr.Row():
             number("conv_dim", "Conv rank (0: none)", d.conv_dim, minimum=0)
             number("conv_alpha", "Conv alpha", d.conv_alpha, precision=None, minimum=0)
         with gr.Row():
@@ -838,19 +838,26 @@ def _lora_form(services: Services) -> tuple[dict[str, Any], dict[str, gr.Button]
         with gr.Row():
             choice("optimizer_type", "Optimizer", OPTIMIZERS, d.optimizer_type)
             choice("lr_scheduler", "LR scheduler", LR_SCHEDULERS, d.lr_scheduler)
+        with gr.Row():
             number("lr_warmup_steps", "Warmup steps", d.lr_warmup_steps, minimum=0)
             number("max_grad_norm", "Max gradient norm (0: off)", d.max_grad_norm, precision=None, minimum=0)
-    with gr.Accordion("Steps", open=True, elem_id="train_lora_group_steps"), gr.Row():
-        number("train_batch_size", "LoRA batch size", d.train_batch_size, minimum=1)
-        number("max_train_epochs", "Max epochs (0: use max steps)", d.max_train_epochs or 0, minimum=0)
-        number("max_train_steps", "LoRA max steps", d.max_train_steps, minimum=1)
-        number("gradient_accumulation_steps", "LoRA gradient accumulation", d.gradient_accumulation_steps, minimum=1)
-        number("seed", "Training seed", d.seed)
-    with gr.Accordion("Memory and loss", open=False, elem_id="train_lora_group_memory"), gr.Row():
-        check("gradient_checkpointing", "Gradient checkpointing", d.gradient_checkpointing)
-        choice("mixed_precision", "Mixed precision", MIXED_PRECISIONS, d.mixed_precision)
-        number("min_snr_gamma", "Min-SNR gamma (0: off)", d.min_snr_gamma or 0, precision=None, minimum=0)
-        number("noise_offset", "Noise offset", d.noise_offset, precision=None, minimum=0)
+    with gr.Accordion("Steps", open=True, elem_id="train_lora_group_steps"):
+        with gr.Row():
+            number("max_train_steps", "LoRA max steps", d.max_train_steps, minimum=1)
+            number("max_train_epochs", "Max epochs (0: use max steps)", d.max_train_epochs or 0, minimum=0)
+        with gr.Row():
+            number("train_batch_size", "LoRA batch size", d.train_batch_size, minimum=1)
+            number(
+                "gradient_accumulation_steps", "LoRA gradient accumulation", d.gradient_accumulation_steps, minimum=1
+            )
+            number("seed", "Training seed", d.seed)
+    with gr.Accordion("Memory and loss", open=False, elem_id="train_lora_group_memory"):
+        with gr.Row():
+            check("gradient_checkpointing", "Gradient checkpointing", d.gradient_checkpointing)
+            choice("mixed_precision", "Mixed precision", MIXED_PRECISIONS, d.mixed_precision)
+        with gr.Row():
+            number("min_snr_gamma", "Min-SNR gamma (0: off)", d.min_snr_gamma or 0, precision=None, minimum=0)
+            number("noise_offset", "Noise offset", d.noise_offset, precision=None, minimum=0)
     with gr.Accordion("Samples and saving", open=False, elem_id="train_lora_group_samples"):
         with gr.Row():
             number("sample_every_n_steps", "Sample every N steps (0: never)", d.sample_every_n_steps, minimum=0)
@@ -957,7 +964,7 @@ def _wire_training(
             "",
             "",
             progress_html(status, queued=True),
-            loss_frame(None),
+            gr.update(value=loss_frame(None), visible=True),
             [],
             gr.Timer(active=True),
         ]
@@ -1028,10 +1035,10 @@ def _wire_training(
         def attach() -> list[Any]:
             status = services.engine.training_status()
             if status is None or status.get("state") != RUNNING or not status.get("job_id"):
-                return [gr.skip(), gr.skip()]
-            return [{"job": status["job_id"], "samples": -1}, gr.Timer(active=True)]
+                return [gr.skip(), gr.skip(), gr.skip()]
+            return [{"job": status["job_id"], "samples": -1}, gr.Timer(active=True), gr.update(visible=True)]
 
-        root.load(attach, None, [tab.watch, tab.timer], queue=False, show_progress="hidden")
+        root.load(attach, None, [tab.watch, tab.timer, tab.plot], queue=False, show_progress="hidden")
 
 
 def _job_done(services: Services, job_id: str) -> bool:
