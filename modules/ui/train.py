@@ -900,24 +900,28 @@ def _wire_create(
     def make_embedding(data: dict[Any, Any]) -> list[Any]:
         request = _user_error(lambda: create_embedding_request(**values_of(fields_e, data)))
         result = _user_error(lambda: services.engine.create_embedding(request))
-        pages = [render_page(services, _prefix_of(c), TEXTUAL_INVERSION) for c in ti_cards]
-        return [gr.update(choices=embedding_names(services)), f"Created: {result.filename}", "", *pages]
+        return [f"Created: {result.filename}", ""]
 
     def make_hypernetwork(data: dict[Any, Any]) -> list[Any]:
         request = _user_error(lambda: create_hypernetwork_request(**values_of(fields_h, data)))
         result = _user_error(lambda: services.engine.create_hypernetwork(request))
-        pages = [render_page(services, _prefix_of(c), HYPERNETWORKS) for c in hn_cards]
-        return [gr.update(choices=hypernetwork_names(services)), f"Created: {result.filename}", "", *pages]
+        return [f"Created: {result.filename}", ""]
 
-    create_embedding.click(
-        make_embedding, inputs_of(fields_e), [tab.embedding, tab.output, tab.error, *ti_cards], concurrency_limit=1
+    def embeddings_listed() -> list[Any]:
+        pages = [render_page(services, _prefix_of(c), TEXTUAL_INVERSION) for c in ti_cards]
+        return [gr.update(choices=embedding_names(services)), *pages]
+
+    def hypernetworks_listed() -> list[Any]:
+        pages = [render_page(services, _prefix_of(c), HYPERNETWORKS) for c in hn_cards]
+        return [gr.update(choices=hypernetwork_names(services)), *pages]
+
+    # the lists are updated by a second event: an error marks only the first one's outputs
+    create_embedding.click(make_embedding, inputs_of(fields_e), [tab.output, tab.error], concurrency_limit=1).success(
+        embeddings_listed, None, [tab.embedding, *ti_cards], queue=False, show_progress="hidden"
     )
     create_hypernetwork.click(
-        make_hypernetwork,
-        inputs_of(fields_h),
-        [tab.hypernetwork, tab.output, tab.error, *hn_cards],
-        concurrency_limit=1,
-    )
+        make_hypernetwork, inputs_of(fields_h), [tab.output, tab.error], concurrency_limit=1
+    ).success(hypernetworks_listed, None, [tab.hypernetwork, *hn_cards], queue=False, show_progress="hidden")
 
 
 def _prefix_of(cards: Any) -> str:
@@ -954,18 +958,20 @@ def _wire_training(
     services: Services, tab: TrainTab, buttons: Mapping[str, gr.Button], lora_buttons: Mapping[str, gr.Button]
 ) -> None:
     train_fields, lora_fields = tab.train_fields, tab.lora_fields
-    started_outputs = [tab.watch, tab.output, tab.error, tab.progress, tab.plot, tab.gallery, tab.timer]
 
     def start(request: Any) -> list[Any]:
         handle = _user_error(lambda: services.engine.submit(request))
-        status = services.engine.training_status(handle.id)
+        return [{"job": handle.id, "samples": 0}, ""]
+
+    def started(watch: dict[str, Any] | None) -> list[Any]:
+        """After a submit: a fresh output column, and the poll on."""
+        job = str((watch or {}).get("job") or "")
+        status = services.engine.training_status(job) if job else None
         return [
-            {"job": handle.id, "samples": 0},
-            "",
-            "",
-            progress_html(status, queued=True),
+            progress_html(status, queued=_queued(services, job)),
             gr.update(value=loss_frame(None), visible=True),
             [],
+            "",
             gr.Timer(active=True),
         ]
 
@@ -979,13 +985,19 @@ def _wire_training(
         _resolve_dirs(services, values, {"data_root": "LoRA dataset directory", "output_dir": "LoRA output directory"})
         return start(_user_error(lambda: lora_request(values)))
 
-    buttons["embedding"].click(
-        lambda data: train_ti("embedding", data), inputs_of(train_fields), started_outputs, concurrency_limit=1
-    )
-    buttons["hypernetwork"].click(
-        lambda data: train_ti("hypernetwork", data), inputs_of(train_fields), started_outputs, concurrency_limit=1
-    )
-    lora_buttons["train"].click(train_lora, inputs_of(lora_fields), started_outputs, concurrency_limit=1)
+    # the output column is reset by a second event: an error marks only the first one's outputs
+    for button, fn, inputs in (
+        (buttons["embedding"], lambda data: train_ti("embedding", data), inputs_of(train_fields)),
+        (buttons["hypernetwork"], lambda data: train_ti("hypernetwork", data), inputs_of(train_fields)),
+        (lora_buttons["train"], train_lora, inputs_of(lora_fields)),
+    ):
+        button.click(fn, inputs, [tab.watch, tab.output], concurrency_limit=1).success(
+            started,
+            tab.watch,
+            [tab.progress, tab.plot, tab.gallery, tab.error, tab.timer],
+            queue=False,
+            show_progress="hidden",
+        )
 
     def interrupt(watch: dict[str, Any] | None) -> None:
         """Stop the run this page follows, else the latest run that is still going."""

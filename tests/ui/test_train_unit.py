@@ -117,15 +117,16 @@ def in_a_loop(fn: Callable[[], T]) -> T:
 
 
 class FakeHandle:
-    def __init__(self, job_id: str, done: bool = False) -> None:
+    def __init__(self, job_id: str, *, done: bool = False, running: bool = False) -> None:
         self.id = job_id
         self._done = done
+        self._running = running
 
     def done(self) -> bool:
         return self._done
 
     def is_running(self) -> bool:
-        return not self._done
+        return self._running
 
 
 class FakeEngine:
@@ -205,6 +206,13 @@ def defaults(fields: dict[str, Any]) -> dict[str, Any]:
 def handler(blocks: gr.Blocks, component: Any, event: str) -> Any:
     [fn] = [f for f in blocks.fns.values() if (component._id, event) in f.targets]
     return fn
+
+
+def then(blocks: gr.Blocks, fn: Any) -> Any:
+    """The event that runs after `fn` succeeded."""
+    [after] = [f for f in blocks.fns.values() if f.trigger_after == fn._id]
+    assert after.trigger_only_on_success
+    return after
 
 
 def call(fn: Any, fields: dict[str, Any], values: dict[str, Any]) -> Any:
@@ -481,8 +489,11 @@ def test_create_embedding_says_where_and_lists_it(services: Any) -> None:
         {"name": "new", "init_text": "cat", "num_vectors_per_token": 3, "overwrite_old": False},
     )
     assert services.engine.submitted == [CreateEmbeddingRequest(name="new", num_vectors_per_token=3, init_text="cat")]
-    assert out[1] == "Created: /data/embeddings/new.pt"
-    assert out[0]["choices"] == ["emb_a", "emb_b"]
+    assert out == ["Created: /data/embeddings/new.pt", ""]
+    assert fn.outputs == [tab.output, tab.error]  # an error marks only these
+    listed = then(blocks, fn)
+    assert listed.fn()[0]["choices"] == ["emb_a", "emb_b"]
+    assert listed.outputs == [tab.embedding]
 
     fn = handler(blocks, _button(blocks, "train_create_hypernetwork"), "click")
     values = defaults(tab.create_hypernetwork_fields) | {"name": "h2", "layer_structure": "1, x"}
@@ -506,9 +517,13 @@ def test_train_lora_submits_and_starts_polling_or_says_what_is_wrong(services: A
     assert isinstance(request, LoraTrainRequest)
     assert request.data_root == str((services.paths.data_dir / "set").resolve())  # relative to the data dir
     assert request.output_dir == ""
-    assert out[0] == {"job": "task(1)", "samples": 0}
-    assert "waiting for the worker" in out[3]
-    assert isinstance(out[-1], gr.Timer) and out[-1].active is True
+    assert out == [{"job": "task(1)", "samples": 0}, ""]
+    assert fn.outputs == [tab.watch, tab.output]  # an error marks only these
+    started = then(blocks, fn)
+    progress, plot, gallery, error, timer = started.fn({"job": "task(1)", "samples": 0})
+    assert "waiting for the worker" in progress
+    assert plot["visible"] is True and len(plot["value"]) == 0 and gallery == [] and error == ""
+    assert isinstance(timer, gr.Timer) and timer.active is True
 
     # the engine's refusal, a folder outside the data dir, a bad number: gr.Error with the message
     services.engine.refuse = "the LoRA to train needs a name"
@@ -534,7 +549,7 @@ def test_the_poll_follows_the_run_and_rebuilds_the_cards_when_it_ends(
     sample = tmp_path / "s1.png"
     Image.new("RGB", (8, 8), "red").save(sample)
     engine = services.engine
-    engine.handles["task(9)"] = FakeHandle("task(9)")
+    engine.handles["task(9)"] = FakeHandle("task(9)", running=True)
     engine.status = {
         "kind": "lora",
         "name": "mine",
