@@ -423,6 +423,17 @@ def _find_component(elem_id: str) -> Any:
     return next((b for b in root.blocks.values() if getattr(b, "elem_id", None) == elem_id), None)
 
 
+def _fire_train_tabs(services: Services, preview: Mapping[str, Any]) -> None:
+    """Extensions' `on_ui_train_tabs` callbacks, inside `#train_tabs` (their `gr.Tab`s become
+    sub-tabs), with A1111's `UiTrainTabParams` (txt2img's preview controls, in A1111's order)."""
+    setup = getattr(services, "scripts", None)
+    if setup is None:
+        return
+    from modules.extensions.callbacks import UiTrainTabParams
+
+    setup.callbacks.fire("ui_train_tabs", UiTrainTabParams([preview.get(name) for name in TXT2IMG_PREVIEW]))
+
+
 def _refresh_button(elem_id: str) -> gr.Button:
     return gr.Button("🔄", elem_id=elem_id, size="sm", scale=0, min_width=40, elem_classes="sdw-train-refresh")
 
@@ -435,6 +446,8 @@ def _user_error(fn: Callable[[], Any]) -> Any:
 
 
 def build_train_tab(services: Services) -> TrainTab:
+    # txt2img's controls (read when "Read parameters from txt2img" is on), when on the page
+    preview = {name: c for name, elem_id in TXT2IMG_PREVIEW.items() if (c := _find_component(elem_id)) is not None}
     gr.HTML(
         f"<p class='sdw-train-note'>See <b><a href='{WIKI}' target='_blank'>wiki</a></b> for detailed explanation.</p>"
     )
@@ -450,6 +463,7 @@ def build_train_tab(services: Services) -> TrainTab:
                 train_fields, refreshes, train_buttons = _train_form(services)
             with gr.Tab("Train LoRA", id="train_lora"):
                 lora_fields, lora_buttons = _lora_form(services)
+            _fire_train_tabs(services, preview)
         with gr.Column(scale=1, elem_id="ti_gallery_container"):
             output = gr.Textbox(value="", show_label=False, interactive=False, lines=2, elem_id="ti_output")
             progress = gr.HTML("", elem_id="ti_progress", padding=False)
@@ -474,11 +488,7 @@ def build_train_tab(services: Services) -> TrainTab:
     watch = gr.State({})
     preprocess_job = gr.State("")
 
-    # txt2img's controls (read when "Read parameters from txt2img" is on), when on the page
-    for name, elem_id in TXT2IMG_PREVIEW.items():
-        component = _find_component(elem_id)
-        if component is not None:
-            train_fields[name] = component
+    train_fields.update(preview)
     cards = [
         (page, component)
         for prefix in CARD_PREFIXES

@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 from collections.abc import Callable
+from concurrent.futures import Future
 from pathlib import Path
 from types import SimpleNamespace
 from typing import Any, TypeVar
@@ -136,6 +137,7 @@ class FakeEngine:
         self.handles: dict[str, FakeHandle] = {}
         self.interrupted: list[str | None] = []
         self.refuse: str | None = None
+        self.calls: list[str] = []
 
     def embeddings(self) -> Any:
         return SimpleNamespace(loaded={"emb_b": 1, "emb_a": 2})
@@ -155,6 +157,16 @@ class FakeEngine:
 
     def interrupt(self, job_id: str | None = None) -> None:
         self.interrupted.append(job_id)
+
+    def submit_call(self, fn: Callable[[Any], Any], description: str = "script") -> Any:
+        """Runs `fn` at once (a finished job)."""
+        future: Future[Any] = Future()
+        try:
+            future.set_result(fn(SimpleNamespace(interrupted=False)))
+        except Exception as exc:
+            future.set_exception(exc)
+        self.calls.append(description)
+        return SimpleNamespace(id="task(call)", future=future, result=future.result)
 
     def create_embedding(self, request: CreateEmbeddingRequest) -> CreateResult:
         self.submitted.append(request)
@@ -634,3 +646,52 @@ def test_status_texts() -> None:
     assert len(frame) <= train.PLOT_POINTS + 1
     assert frame["step"].iloc[0] == 1 and frame["step"].iloc[-1] == 2501
     assert list(loss_frame(None).columns) == ["step", "loss"] and len(loss_frame(None)) == 0
+
+
+def test_preprocess_runs_as_a_job_and_reports(services: Any) -> None:
+    src = services.paths.data_dir / "raw"
+    src.mkdir()
+    Image.new("RGB", (100, 60), "blue").save(src / "a.png")
+    (src / "b.png").write_text("not an image")
+    blocks, tab = build(services)
+    fn = handler(blocks, _button(blocks, "train_run_preprocess"), "click")
+    fields = tab.preprocess_fields
+    values = defaults(fields) | {"src": "raw", "dst": "prepared", "width": 64, "height": 64, "flip": True}
+    *_, (summary, job) = list(call(fn, fields, values))
+    assert services.engine.calls == ["preprocess"]
+    assert summary == "Preprocessing finished: 2 images written; skipped 1: b.png (not an image)."
+    assert job == ""
+    assert sorted(p.name for p in (services.paths.data_dir / "prepared").iterdir()) == [
+        "00000-0-a.png",
+        "00000-1-a.png",
+    ]
+    with pytest.raises(gr.Error, match="only folders inside the data dir"):
+        list(call(fn, fields, values | {"dst": "/tmp/elsewhere"}))
+
+
+def test_extensions_add_train_sub_tabs(services: Any) -> None:
+    seen: list[Any] = []
+
+    def fire(kind: str, params: Any) -> list[Any]:
+        assert kind == "ui_train_tabs"
+        seen.append(params)
+        with gr.Tab("Extension training"):
+            gr.Textbox(elem_id="ext_train_box")
+        return [None]
+
+    services.scripts = SimpleNamespace(callbacks=SimpleNamespace(fire=fire))
+    blocks, tab = build(services, with_other_tabs=True)
+    assert [t.label for t in tab.tabs.children][-2:] == ["Train LoRA", "Extension training"]
+    assert "ext_train_box" in elem_ids(blocks)
+    [params] = seen
+    ids = [c.elem_id for c in params.txt2img_preview_params]
+    assert ids == [
+        "txt2img_prompt",
+        "txt2img_neg_prompt",
+        "txt2img_steps",
+        "txt2img_sampling",
+        "txt2img_cfg_scale",
+        "txt2img_seed",
+        "txt2img_width",
+        "txt2img_height",
+    ]
