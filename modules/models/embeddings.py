@@ -31,6 +31,7 @@ import logging
 import os
 import threading
 from collections.abc import Callable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -418,6 +419,7 @@ class EmbeddingDatabase:
         self._files: dict[str, Embedding] = {}
         self._unreadable: dict[str, str] = {}  # images without embedding data: name -> reason
         self._bundled: dict[str, dict[str, Embedding]] = {}  # source LoRA -> name -> embedding
+        self._overrides: dict[str, Embedding] = {}  # embeddings being trained: they win over files
         self._sets: dict[tuple[Any, ...], EmbeddingSet] = {}
         self._generation = 0
         self._mtimes: tuple[float, ...] | None = None
@@ -501,6 +503,26 @@ class EmbeddingDatabase:
         self._generation += 1
         self._sets.clear()
 
+    @contextmanager
+    def override(self, embedding: Embedding) -> Iterator[Embedding]:
+        """While inside, `embedding` stands for its name in every view, over a file or a bundled
+        embedding of the same name (the embedding being trained: its samples use the current
+        vectors, which the trainer updates in place, not the last file saved). Refreshes keep it;
+        on exit the views are as before."""
+        with self._lock:
+            previous = self._overrides.get(embedding.name)
+            self._overrides[embedding.name] = embedding
+            self._changed()
+        try:
+            yield embedding
+        finally:
+            with self._lock:
+                if previous is None:
+                    self._overrides.pop(embedding.name, None)
+                else:
+                    self._overrides[embedding.name] = previous
+                self._changed()
+
     # -- views -----------------------------------------------------------------------------------
 
     def all(self) -> dict[str, Embedding]:
@@ -510,6 +532,7 @@ class EmbeddingDatabase:
             for bundle in self._bundled.values():
                 for name, embedding in bundle.items():
                     merged.setdefault(name, embedding)
+            merged.update(self._overrides)
             return merged
 
     def for_model(self, model_or_family: Any) -> EmbeddingSet:
@@ -524,9 +547,9 @@ class EmbeddingDatabase:
             cached = self._sets.get(key)
             if cached is not None:
                 return cached
-            files = dict(self._files)
-            bundled = [e for bundle in self._bundled.values() for e in bundle.values()]
-            unreadable = dict(self._unreadable)
+            files = {**self._files, **self._overrides}
+            bundled = [e for bundle in self._bundled.values() for e in bundle.values() if e.name not in self._overrides]
+            unreadable = {n: r for n, r in self._unreadable.items() if n not in self._overrides}
         loaded: dict[str, Embedding] = {}
         skipped: dict[str, tuple[Embedding | None, str]] = {}
         for name, embedding in files.items():
