@@ -47,6 +47,7 @@ from modules.core.training import (
     TrainHypernetworkRequest,
 )
 from modules.engine.training.preprocess import EXISTING_CAPTION_ACTIONS, PreprocessReport, preprocess_images
+from modules.engine.training.templates import DEFAULT_EMBEDDING_TEMPLATE, list_templates
 from modules.services import Services
 from modules.ui.common import sampler_choices
 from modules.ui.extra_network_cards import HYPERNETWORKS, LORA, TEXTUAL_INVERSION
@@ -58,7 +59,6 @@ WIKI = "https://github.com/AUTOMATIC1111/stable-diffusion-webui/wiki/Textual-Inv
 POLL_SECONDS = 1.0
 PREPROCESS_POLL_SECONDS = 0.25
 PLOT_POINTS = 1000  # the loss plot shows at most this many points (evenly thinned)
-DEFAULT_TEMPLATE = "style_filewords.txt"
 RUNNING = "running"
 CARD_PREFIXES = ("txt2img", "img2img")
 KIND_PAGES = {"embedding": TEXTUAL_INVERSION, "hypernetwork": HYPERNETWORKS, "lora": LORA}
@@ -195,7 +195,7 @@ def train_request(kind: str, values: Mapping[str, Any]) -> TrainEmbeddingRequest
         "latent_sampling_method": str(values["latent_sampling_method"]),
         "use_weight": bool(values["use_weight"]),
         "create_image_every": _int(values["create_image_every"], "Save an image every N steps"),
-        "template_filename": str(values["template_filename"] or DEFAULT_TEMPLATE),
+        "template_filename": str(values["template_filename"] or DEFAULT_EMBEDDING_TEMPLATE),
         "preview_from_txt2img": bool(values["preview_from_txt2img"]),
     }
     previews = {
@@ -408,11 +408,8 @@ def hypernetwork_names(services: Services) -> list[str]:
 
 
 def template_names(services: Services) -> list[str]:
-    try:  # TEMPORARY until the templates module lands
-        templates: Any = importlib.import_module("modules.engine.training.templates")
-    except ImportError:
-        return []
-    return sorted(templates.list_templates(services.paths))
+    """The prompt templates the trainers read (A1111's `textual_inversion_templates`)."""
+    return list(list_templates())
 
 
 def _find_component(elem_id: str) -> Any:
@@ -720,7 +717,7 @@ def _train_form(services: Services) -> tuple[dict[str, Any], dict[str, gr.Button
         templates = template_names(services)
         fields["template_filename"] = gr.Dropdown(
             label="Prompt template",
-            value=DEFAULT_TEMPLATE if DEFAULT_TEMPLATE in templates else (templates[0] if templates else None),
+            value=DEFAULT_EMBEDDING_TEMPLATE if DEFAULT_EMBEDDING_TEMPLATE in templates else None,
             choices=templates,
             elem_id="train_template_file",
         )

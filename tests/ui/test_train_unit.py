@@ -271,6 +271,8 @@ def test_a1111_defaults(services: Any) -> None:
     assert (t["steps"].value, t["create_image_every"].value, t["save_embedding_every"].value) == (100000, 500, 500)
     assert (t["log_directory"].value, t["latent_sampling_method"].value) == ("textual_inversion", "once")
     assert t["save_image_with_stored_embedding"].value is True
+    assert t["template_filename"].value == "style_filewords.txt"  # the bundled templates
+    assert {"hypernetwork.txt", "subject_filewords.txt"} <= {c[0] for c in t["template_filename"].choices}
     p = tab.preprocess_fields
     assert (p["width"].value, p["height"].value, p["existing_caption"].value) == (512, 512, "ignore")
     assert (p["split_threshold"].value, p["overlap_ratio"].value) == (0.5, 0.2)
