@@ -1,15 +1,96 @@
-"""Textual-inversion training with A1111's semantics (placeholder: filled in below)."""
+"""Textual-inversion training with A1111's semantics (its Train tab's "Train Embedding").
+
+The run (shared with the hypernetwork trainer, `run_a1111_training`):
+
+* the learning rate is A1111's schedule string ("0.005:100, 1e-3:1000, 1e-5": a rate until a
+  step, parse errors are a `UserError`); training starts at the step stored in the file and ends
+  at `steps` (A1111's "Max steps") or when the schedule runs out; a file already at or past it is
+  left alone with a warning;
+* the data set is A1111's: the images directly in `data_root`, each resized to the training size
+  (or kept at its own size, floored to 64, with `varsize`), a caption from its `.txt` file or its
+  file name (`[filewords]`), a random line of the prompt template with `[name]` and
+  `[filewords]` filled; `shuffle_tags` / `tag_drop_out` edit the file words each time (otherwise
+  an image keeps the line it drew first, as in A1111); images of one size are batched together;
+  `batch_size` and `gradient_step` (accumulation) are capped by the image count as A1111 caps
+  them; an image that cannot be read is reported by name (`TrainResult.skipped_images`, a warning)
+  and left out;
+* latents: `latent_sampling_method` "once" (one draw cached), "deterministic" (the posterior
+  mean) or "random" (a new draw every time); `use_weight` weighs the loss per pixel with the
+  image's alpha channel (at latent size, shifted to min 0 and scaled to mean 1);
+* gradient clipping "value" / "norm" with its own schedule string (A1111's `clip_grad_value`);
+* every `save_*_every` steps a copy `<name>-<step>.pt` in `<log>/<date>/<name>/embeddings`
+  (`hypernetworks`), and the file itself updated in place (atomic), so a crash loses at most the
+  steps since; with the `save_optimizer_state` option the optimizer state goes to `<file>.optim`
+  beside each saved file (A1111's name and keys, with a checksum of the weights it belongs to)
+  and a later run resumes with it; every `create_image_every` steps a preview image in
+  `<log>/<date>/<name>/images` made with the weights as they are (txt2img's preview settings when
+  `preview_from_txt2img`, else the batch's first prompt at the training size and 20 steps, as
+  A1111 does); embeddings also save that image with the embedding in a text chunk in
+  `image_embeddings` when `save_image_with_stored_embedding`; the loss goes to
+  `textual_inversion_loss.csv` (`hypernetwork_loss.csv`) every `training_write_csv_every` steps;
+* the interrupt saves the file as it is and returns `interrupted=True`; the model is left as it
+  was found.
+
+Noise and timesteps come from a generator seeded by the step number, and the data order from one
+seeded by the epoch, so a resumed run sees what an uninterrupted one would have.
+
+Deliberate differences from A1111: the step stored in a saved file is the number of optimizer
+steps done (A1111 names its copies one step ahead of the step inside them); the run stops at
+exactly `steps`.
+"""
 
 from __future__ import annotations
 
+import csv
+import datetime
+import hashlib
+import io
+import logging
 import math
+import random
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import AbstractContextManager, ExitStack, contextmanager, nullcontext
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
+import torch
+
+from modules.core.atomic import atomic_write_bytes
 from modules.core.errors import UserError
+from modules.core.requests import Txt2ImgRequest
+from modules.core.training import (
+    CLIP_GRAD_MODES,
+    LATENT_SAMPLING_METHODS,
+    TrainEmbeddingRequest,
+    TrainHypernetworkRequest,
+    TrainResult,
+)
+from modules.engine.sampling import TextCond
+from modules.engine.training import templates
+from modules.engine.training.creation import (
+    embedding_file_bytes,
+    embedding_suffix,
+    safetensors_step,
+    torch_bytes,
+)
+from modules.engine.training.diffusion import TokenHook, TrainingView
+from modules.engine.training.session import TrainingRun, load_state
+
+if TYPE_CHECKING:
+    from modules.models.embeddings import Embedding
+
+log = logging.getLogger(__name__)
 
 _SCHEDULE_HELP = (
     'invalid learning rate schedule {text!r}: it should be a number or, for example, "0.001:100, 0.00001:1000, '
     '1e-5:10000" (0.001 until step 100, 0.00001 until 1000, 1e-5 until 10000)'
 )
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".bmp")
+_SEED = 0x5D7A1  # base of the per-step / per-epoch seeds
+
+
+# --------------------------------------------------------------------------- learning rates
 
 
 def parse_learn_rate(text: str, max_steps: int, current_step: int = 0) -> list[tuple[float, int]]:
@@ -59,3 +140,684 @@ class LearnRateSchedule:
             if steps_done < end:
                 return rate
         return None
+
+
+# --------------------------------------------------------------------------- the data set
+
+
+@dataclass
+class Entry:
+    """One training image as A1111 keeps it."""
+
+    filename: str
+    filewords: str
+    mean: torch.Tensor  # [4, h, w] scaled latent mean (float32, CPU)
+    std: torch.Tensor | None  # kept for "random" sampling
+    weight: torch.Tensor | None  # [4, h, w] loss weight (use_weight)
+    text: str | None = None  # the template line drawn once (no tag edits)
+
+
+@dataclass
+class DataSet:
+    entries: list[Entry]
+    skipped: list[tuple[str, str]]
+    lines: list[str]
+    batch_size: int
+    gradient_step: int
+    batches_per_epoch: int  # batches an epoch yields (after capping)
+
+    @property
+    def steps_per_epoch(self) -> int:
+        return max(1, self.batches_per_epoch // self.gradient_step)
+
+
+def _opt(options: Any, key: str, default: Any) -> Any:
+    if options is None:
+        return default
+    try:
+        value = options.get(key)
+    except Exception:
+        return default
+    return default if value is None else value
+
+
+def _alpha_weight(alpha: Any, shape: Sequence[int]) -> torch.Tensor:
+    """A1111's loss weight from an alpha channel: resized to latent size, repeated per channel,
+    shifted to a minimum of 0 and scaled to a mean of 1 (a flat alpha gives ones)."""
+    import numpy as np
+    from PIL import Image
+
+    channels, height, width = shape
+    small = alpha.resize((width, height), Image.Resampling.BICUBIC)
+    weight = torch.from_numpy(np.asarray(small, dtype=np.float32).copy()).expand(channels, height, width).clone()
+    weight -= weight.min()
+    mean = float(weight.mean())
+    return weight / mean if mean > 0 else torch.ones_like(weight)
+
+
+def _pixels(image: Any) -> torch.Tensor:
+    import numpy as np
+
+    array = np.asarray(image.convert("RGB"), dtype=np.float32) / 127.5 - 1.0
+    return torch.from_numpy(array.copy()).permute(2, 0, 1)
+
+
+def _scan_images(root: Path) -> list[Path]:
+    """A1111's data set: the files directly in the folder (no subfolders), images by suffix."""
+    return sorted(
+        (p for p in root.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES),
+        key=lambda p: p.name.lower(),
+    )
+
+
+def _open_image(path: Path) -> Any:
+    """The image (EXIF orientation applied), or an exception saying why it cannot be used."""
+    from PIL import Image, ImageOps
+
+    with Image.open(path) as raw:
+        raw.load()
+        image = ImageOps.exif_transpose(raw)
+    if image.width < 1 or image.height < 1:
+        raise ValueError("the image is empty")
+    return image
+
+
+def prepare_data(
+    request: TrainEmbeddingRequest | TrainHypernetworkRequest,
+    view: TrainingView,
+    run: TrainingRun,
+    *,
+    placeholder: str,
+    lines: list[str],
+    options: Any,
+) -> DataSet:
+    """Read, resize and encode the data set (see the module docstring)."""
+    from PIL import Image
+
+    root = Path(request.data_root).expanduser()
+    if not request.data_root or not root.is_dir():
+        raise UserError(f"the dataset directory {request.data_root!r} does not exist or is not a directory")
+    paths = _scan_images(root)
+    if not paths:
+        raise UserError(f"the dataset directory {root} has no images ({', '.join(IMAGE_SUFFIXES)})")
+    word_regex = str(_opt(options, "dataset_filename_word_regex", "") or "")
+    join_string = str(_opt(options, "dataset_filename_join_string", " ") or "")
+    method = request.latent_sampling_method
+    gen = torch.Generator().manual_seed(_SEED)
+    text_rng = random.Random(_SEED)
+    fixed_text = not (request.shuffle_tags or request.tag_drop_out)
+    entries: list[Entry] = []
+    skipped: list[tuple[str, str]] = []
+    from modules.engine.training.captions import load_caption
+
+    for path in paths:
+        if run.should_stop():
+            break
+        try:
+            image = _open_image(path)
+            alpha = image.getchannel("A") if request.use_weight and "A" in image.getbands() else None
+            rgb = image.convert("RGB")
+            if request.varsize:
+                width, height = max(64, rgb.width // 64 * 64), max(64, rgb.height // 64 * 64)
+            else:
+                width, height = int(request.training_width), int(request.training_height)
+            if rgb.size != (width, height):
+                rgb = rgb.resize((width, height), Image.Resampling.BICUBIC)
+            pixels = _pixels(rgb).unsqueeze(0)
+        except Exception as exc:  # a bad image is reported and left out, never fatal
+            reason = f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
+            skipped.append((path.name, reason))
+            run.warn(f"skipped {path.name}: {reason}")
+            continue
+        caption = load_caption(path, fallback="filename", word_regex=word_regex, join_string=join_string)
+        posterior_mean, posterior_std = view.encode_images(pixels)
+        mean = posterior_mean[0].float().cpu()
+        std: torch.Tensor | None = posterior_std[0].float().cpu()
+        if method == "once":
+            assert std is not None
+            mean, std = TrainingView.sample_latents(mean, std, generator=gen), None
+        elif method == "deterministic":
+            std = None
+        weight = None
+        if request.use_weight:
+            weight = _alpha_weight(alpha, tuple(mean.shape)) if alpha is not None else torch.ones_like(mean)
+        entry = Entry(path.name, caption.text, mean, std, weight)
+        if fixed_text:
+            entry.text = templates.fill(text_rng.choice(lines), placeholder, caption.text)
+        entries.append(entry)
+    if not entries:
+        raise UserError(f"no usable images in {root}: " + "; ".join(f"{n}: {r}" for n, r in skipped))
+    batch_size = max(1, min(int(request.batch_size), len(entries)))
+    gradient_step = max(1, min(int(request.gradient_step), len(entries) // batch_size))
+    data = DataSet(entries, skipped, lines, batch_size, gradient_step, 0)
+    data.batches_per_epoch = len(epoch_batches(data, 0))
+    return data
+
+
+def epoch_batches(data: DataSet, epoch: int) -> list[list[int]]:
+    """The batches of one epoch: images of one latent size together, shuffled by a generator
+    seeded with the epoch (the same for a resumed run); a size with fewer images than the batch
+    gives a smaller batch; the tail that does not fill `gradient_step` batches is dropped."""
+    rng = random.Random(_SEED + epoch)
+    groups: dict[tuple[int, ...], list[int]] = {}
+    for index, entry in enumerate(data.entries):
+        groups.setdefault(tuple(entry.mean.shape), []).append(index)
+    batches: list[list[int]] = []
+    for key in sorted(groups):
+        members = groups[key][:]
+        rng.shuffle(members)
+        size = data.batch_size
+        for start in range(0, len(members), size):
+            chunk = members[start : start + size]
+            if len(chunk) == size or len(members) < size:
+                batches.append(chunk)
+    rng.shuffle(batches)
+    usable = len(batches) - len(batches) % data.gradient_step
+    return batches[:usable] if usable > 0 else batches[: data.gradient_step]
+
+
+# --------------------------------------------------------------------------- the loop
+
+
+@dataclass
+class Trainable:
+    """What the shared loop trains and how it saves it."""
+
+    kind: str  # "embedding" | "hypernetwork"
+    name: str
+    filename: Path  # the file updated in place
+    params: list[torch.Tensor]
+    start_step: int
+    encode: Callable[[list[str]], TextCond]
+    write: Callable[[Path, int], None]  # the weights as a file at `path`, storing `step`
+    checksum: Callable[[], str]
+    attach: Callable[[], AbstractContextManager[Any]]  # in force while training and sampling
+    train_mode: Callable[[bool], None] = lambda _mode: None
+    weight_decay: float = 0.0
+    csv_name: str = "textual_inversion_loss.csv"
+    copies_folder: str = "embeddings"
+    after_sample: Callable[[Any, int, Path], None] | None = None  # (image, step, last copy)
+    saved: list[str] = field(default_factory=list)
+
+
+def log_folder(log_root: Path, name: str) -> Path:
+    """A1111's `<log directory>/<YYYY-MM-DD>/<name>`."""
+    return Path(log_root) / datetime.date.today().strftime("%Y-%m-%d") / name
+
+
+def weights_checksum(params: Sequence[torch.Tensor]) -> str:
+    digest = hashlib.sha256()
+    for param in params:
+        digest.update(param.detach().to("cpu", torch.float32).contiguous().numpy().tobytes())
+    return digest.hexdigest()[:16]
+
+
+def _save_optimizer(path: Path, optimizer: torch.optim.Optimizer, checksum: str) -> None:
+    data = {
+        "hash": checksum,
+        "optimizer_name": type(optimizer).__name__,
+        "optimizer_state_dict": optimizer.state_dict(),
+    }
+    atomic_write_bytes(Path(f"{path}.optim"), torch_bytes(data))
+
+
+def _load_optimizer(path: Path, optimizer: torch.optim.Optimizer, checksum: str, run: TrainingRun) -> bool:
+    optim_path = Path(f"{path}.optim")
+    try:
+        saved = load_state(optim_path)
+    except Exception as exc:
+        run.warn(f"{optim_path.name} could not be read ({exc}); starting a new optimizer")
+        return False
+    if saved is None:
+        return False
+    if saved.get("hash") != checksum or saved.get("optimizer_name", "AdamW") != type(optimizer).__name__:
+        run.warn(f"{optim_path.name} belongs to other weights; starting a new optimizer")
+        return False
+    try:
+        optimizer.load_state_dict(saved["optimizer_state_dict"])
+    except (KeyError, ValueError, RuntimeError) as exc:
+        run.warn(f"cannot resume from {optim_path.name} ({exc}); starting a new optimizer")
+        return False
+    return True
+
+
+def _write_loss(folder: Path, name: str, step: int, steps_per_epoch: int, loss: float, rate: float) -> None:
+    path = folder / name
+    new = not path.exists()
+    with path.open("a", newline="", encoding="utf-8") as out:
+        writer = csv.DictWriter(out, fieldnames=["step", "epoch", "epoch_step", "loss", "learn_rate"])
+        if new:
+            writer.writeheader()
+        writer.writerow(
+            {
+                "step": step,
+                "epoch": (step - 1) // steps_per_epoch,
+                "epoch_step": (step - 1) % steps_per_epoch,
+                "loss": f"{loss:.7f}",
+                "learn_rate": rate,
+            }
+        )
+
+
+def _save_png(image: Any, path: Path, infotext: str | None) -> None:
+    from PIL import PngImagePlugin
+
+    info = PngImagePlugin.PngInfo()
+    if infotext:
+        info.add_text("parameters", infotext)
+    buffer = io.BytesIO()
+    image.save(buffer, format="PNG", pnginfo=info)
+    atomic_write_bytes(path, buffer.getvalue())
+
+
+@contextmanager
+def model_kept(model: Any) -> Iterator[None]:
+    """The leased model's parameters frozen while inside (gradients flow through it, never into
+    it); every `requires_grad` flag and train/eval mode restored on the way out."""
+    modules = [m for part in model.modules() for m in part.modules()]
+    modes = [(m, m.training) for m in modules]
+    flags = [(p, p.requires_grad) for part in model.modules() for p in part.parameters()]
+    try:
+        for param, _flag in flags:
+            param.requires_grad_(False)
+        yield
+    finally:
+        for param, flag in flags:
+            param.requires_grad_(flag)
+        for module, training in modes:
+            module.train(training)
+
+
+def _check_request(request: TrainEmbeddingRequest | TrainHypernetworkRequest, save_every: int) -> None:
+    if int(request.batch_size) < 1:
+        raise UserError("batch size must be a positive integer")
+    if int(request.gradient_step) < 1:
+        raise UserError("gradient accumulation steps must be a positive integer")
+    if int(request.steps) < 1:
+        raise UserError("max steps must be a positive integer")
+    if save_every < 0 or int(request.create_image_every) < 0:
+        raise UserError("the save / image intervals must be 0 (off) or positive")
+    if request.clip_grad_mode not in CLIP_GRAD_MODES:
+        raise UserError(f"gradient clipping must be one of {', '.join(CLIP_GRAD_MODES)}")
+    if request.latent_sampling_method not in LATENT_SAMPLING_METHODS:
+        raise UserError(f"latent sampling method must be one of {', '.join(LATENT_SAMPLING_METHODS)}")
+    if not 0.0 <= float(request.tag_drop_out) <= 1.0:
+        raise UserError("tag dropout must be between 0 and 1")
+    if not request.varsize and (int(request.training_width) < 64 or int(request.training_height) < 64):
+        raise UserError("training width and height must be at least 64")
+    if (save_every or request.create_image_every) and not str(request.log_directory or "").strip():
+        raise UserError("the log directory is empty")
+
+
+def _captions(data: DataSet, batch: list[int], rng: random.Random, name: str, request: Any) -> list[str]:
+    from modules.engine.training.captions import a1111_tags
+
+    out = []
+    for index in batch:
+        entry = data.entries[index]
+        if entry.text is not None:
+            out.append(entry.text)
+            continue
+        words = a1111_tags(entry.filewords, rng, shuffle_tags=request.shuffle_tags, tag_drop_out=request.tag_drop_out)
+        out.append(templates.fill(rng.choice(data.lines), name, words))
+    return out
+
+
+def _latents(data: DataSet, batch: list[int], gen: torch.Generator) -> tuple[torch.Tensor, torch.Tensor | None]:
+    rows = []
+    for index in batch:
+        entry = data.entries[index]
+        if entry.std is not None:
+            rows.append(TrainingView.sample_latents(entry.mean, entry.std, generator=gen))
+        else:
+            rows.append(entry.mean)
+    weights = [data.entries[i].weight for i in batch]
+    weight = torch.stack([w for w in weights if w is not None]) if all(w is not None for w in weights) else None
+    return torch.stack(rows), weight
+
+
+def preview_request(request: TrainEmbeddingRequest | TrainHypernetworkRequest, prompt: str) -> Txt2ImgRequest:
+    """A1111's preview: txt2img's preview settings when `preview_from_txt2img`, else the batch's
+    first prompt at the training size with 20 steps and the other settings at their defaults."""
+    if request.preview_from_txt2img:
+        return Txt2ImgRequest(
+            prompt=request.preview_prompt,
+            negative_prompt=request.preview_negative_prompt,
+            steps=int(request.preview_steps),
+            sampler_name=request.preview_sampler_name,
+            cfg_scale=float(request.preview_cfg_scale),
+            seed=int(request.preview_seed),
+            width=int(request.preview_width),
+            height=int(request.preview_height),
+            do_not_save_samples=True,
+            do_not_save_grid=True,
+        )
+    return Txt2ImgRequest(
+        prompt=prompt,
+        steps=20,
+        width=int(request.training_width),
+        height=int(request.training_height),
+        do_not_save_samples=True,
+        do_not_save_grid=True,
+    )
+
+
+def run_a1111_training(
+    request: TrainEmbeddingRequest | TrainHypernetworkRequest,
+    run: TrainingRun,
+    target: Trainable,
+    *,
+    view: TrainingView,
+    save_every: int,
+    log_root: Path,
+    options: Any = None,
+    template_dirs: Sequence[Path] | None = None,
+    repeat_noise: bool = False,
+) -> TrainResult:
+    """The loop both A1111 trainers share (see the module docstring). `repeat_noise` gives
+    every step the same timesteps and noise (tests: loss on a repeated batch)."""
+    _check_request(request, save_every)
+    steps = int(request.steps)
+    start = target.start_step
+    if start >= steps:
+        message = f"{target.name} has already been trained to step {start}, at or past max steps {steps}"
+        run.warn(message)
+        return TrainResult(target.kind, target.name, str(target.filename), start, warnings=(message,))
+    rates = LearnRateSchedule(request.learn_rate, steps, start)
+    clip_rates = (
+        LearnRateSchedule(request.clip_grad_value, steps, start) if request.clip_grad_mode != "disabled" else None
+    )
+    lines = templates.read_template(request.template_filename, template_dirs)
+    folder = log_folder(log_root, target.name)
+    copies = folder / target.copies_folder if save_every > 0 else None
+    images = folder / "images" if int(request.create_image_every) > 0 else None
+    for made in (copies, images):
+        if made is not None:
+            made.mkdir(parents=True, exist_ok=True)
+    run.ctx.textinfo = f"Preparing dataset from {request.data_root}..."
+    data = prepare_data(request, view, run, placeholder=target.name, lines=lines, options=options)
+    first_rate = rates.rate(start)
+    optimizer = torch.optim.AdamW(target.params, lr=first_rate or 0.0, weight_decay=target.weight_decay)
+    save_optimizer = bool(_opt(options, "save_optimizer_state", False))
+    if save_optimizer and _load_optimizer(target.filename, optimizer, target.checksum(), run):
+        log.info("training %s: optimizer state resumed from %s.optim", target.name, target.filename.name)
+    device = view.device
+    unet_dtype = next(view.unet.parameters()).dtype
+    scaler = torch.amp.GradScaler("cuda", enabled=device.type == "cuda" and unet_dtype == torch.float16)
+    csv_every = int(_opt(options, "training_write_csv_every", 500) or 0)
+    gs = data.gradient_step
+    run.begin(steps, start)
+
+    step = start
+    interrupted = False
+    last_loss: float | None = None
+    samples: list[str] = []
+    last_copy: Path | None = None
+
+    def save(path: Path) -> None:
+        target.write(path, step)
+        if save_optimizer:
+            _save_optimizer(path, optimizer, target.checksum())
+        run.note_saved(step, path)
+        target.saved.append(str(path))
+
+    with ExitStack() as stack:
+        stack.enter_context(model_kept(run.model))
+        stack.enter_context(torch.enable_grad())
+        stack.enter_context(target.attach())
+        target.train_mode(True)
+        stack.callback(target.train_mode, False)
+        done = False
+        while not done and step < steps:
+            epoch, position = divmod(step, data.steps_per_epoch)
+            batches = epoch_batches(data, epoch)
+            groups = [batches[i : i + gs] for i in range(0, len(batches) - gs + 1, gs)]
+            if not groups:
+                raise UserError("the data set gives no batch (check batch size and gradient accumulation)")
+            for group in groups[position:]:
+                rate = rates.rate(step)
+                if rate is None or step >= steps:
+                    done = True
+                    break
+                if run.should_stop():
+                    interrupted = done = True
+                    break
+                for param_group in optimizer.param_groups:
+                    param_group["lr"] = rate
+                gen = torch.Generator().manual_seed(_SEED if repeat_noise else _SEED + 7919 * (step + 1))
+                text_rng = random.Random(_SEED + step)
+                loss_sum = 0.0
+                first_prompt = ""
+                for batch in group:
+                    captions = _captions(data, batch, text_rng, target.name, request)
+                    first_prompt = first_prompt or captions[0]
+                    latents, weight = _latents(data, batch, gen)
+                    latents = latents.to(device)
+                    timesteps = view.schedule.sample_timesteps(len(batch), generator=gen)
+                    noise = view.schedule.sample_noise(latents, generator=gen)
+                    cond = target.encode(captions)
+                    loss = view.loss(latents, cond, timesteps, noise, weight_map=weight).mean() / gs
+                    scaler.scale(loss).backward()
+                    loss_sum += float(loss.detach())
+                if clip_rates is not None:
+                    scaler.unscale_(optimizer)
+                    limit = clip_rates.rate(step) or 0.0
+                    if request.clip_grad_mode == "value":
+                        torch.nn.utils.clip_grad_value_(target.params, limit)
+                    else:
+                        torch.nn.utils.clip_grad_norm_(target.params, limit)
+                scaler.step(optimizer)
+                scaler.update()
+                optimizer.zero_grad(set_to_none=True)
+                step += 1
+                last_loss = loss_sum
+                run.step_done(step, loss_sum, lr=rate, epoch=epoch)
+                if csv_every > 0 and step % csv_every == 0:
+                    folder.mkdir(parents=True, exist_ok=True)
+                    _write_loss(folder, target.csv_name, step, data.steps_per_epoch, loss_sum, rate)
+                if copies is not None and step % save_every == 0:
+                    last_copy = copies / f"{target.name}-{step}{target.filename.suffix}"
+                    save(last_copy)
+                    save(target.filename)
+                if images is not None and step % int(request.create_image_every) == 0 and run.can_sample:
+                    preview = _preview(request, run, target, images, step, first_prompt)
+                    if preview is not None:
+                        samples.append(str(preview[1]))
+                        if target.after_sample is not None and last_copy is not None:
+                            target.after_sample(preview[0], step, last_copy)
+                            last_copy = None
+                if step >= steps:
+                    done = True
+                    break
+        save(target.filename)
+    message = f"{target.kind} {target.name} saved to {target.filename} at step {step}"
+    log.info("training: %s%s", message, " (interrupted)" if interrupted else "")
+    return TrainResult(
+        target.kind,
+        target.name,
+        str(target.filename),
+        step,
+        interrupted=interrupted,
+        last_loss=last_loss,
+        samples=tuple(samples),
+        saved=tuple(target.saved),
+        warnings=tuple(run.progress.warnings),
+        skipped_images=tuple(data.skipped),
+    )
+
+
+def _preview(
+    request: TrainEmbeddingRequest | TrainHypernetworkRequest,
+    run: TrainingRun,
+    target: Trainable,
+    folder: Path,
+    step: int,
+    prompt: str,
+) -> tuple[Any, Path] | None:
+    target.train_mode(False)
+    try:
+        result = run.sample(preview_request(request, prompt))
+    except Exception as exc:  # a failed preview is reported; training goes on
+        run.warn(f"preview image at step {step} failed: {exc}")
+        return None
+    finally:
+        target.train_mode(True)
+    if not result.images:
+        return None
+    image = result.images[0]
+    path = folder / f"{target.name}-{step}.png"
+    _save_png(image, path, result.infotexts[0] if result.infotexts else None)
+    run.note_sample(step, path)
+    return image, path
+
+
+# --------------------------------------------------------------------------- embeddings
+
+
+def _find_embedding(name: str, run: TrainingRun, embeddings_dir: Path) -> Embedding:
+    from modules.models.embeddings import read_embedding_file
+
+    if run.embeddings is not None:
+        run.embeddings.refresh_if_changed()
+        found = run.embeddings.all().get(name)
+        if found is not None and found.filename is not None:
+            return found
+    for suffix in (".pt", ".safetensors"):
+        path = Path(embeddings_dir) / f"{name}{suffix}"
+        if path.is_file():
+            _stem, embedding, _reason = read_embedding_file(path)
+            if embedding is not None:
+                return embedding
+    raise UserError(f"embedding {name!r} not found (create it first, or refresh the embeddings list)", status_code=404)
+
+
+def png_embedding_chunk(data: dict[str, Any]) -> str:
+    """A1111's `sd-ti-embedding` PNG text: the file's dict as JSON, tensors as
+    {"TORCHTENSOR": nested lists}, base64-encoded."""
+    import base64
+    import json
+
+    def encode(value: Any) -> Any:
+        if isinstance(value, torch.Tensor):
+            return {"TORCHTENSOR": value.detach().cpu().float().tolist()}
+        if isinstance(value, dict):
+            return {str(k): encode(v) for k, v in value.items()}
+        return value
+
+    return base64.b64encode(json.dumps(encode(data)).encode("utf-8")).decode("ascii")
+
+
+def train_embedding(
+    request: TrainEmbeddingRequest,
+    run: TrainingRun,
+    *,
+    embeddings_dir: Path,
+    log_root: Path,
+    options: Any = None,
+    template_dirs: Sequence[Path] | None = None,
+    checkpoint_hash: str | None = None,
+    repeat_noise: bool = False,
+) -> TrainResult:
+    """Train the embedding `request.embedding_name` (A1111's `train_embedding`; see the module
+    docstring). `checkpoint_hash`: the model's short hash, stored as `sd_checkpoint`."""
+    from modules.models.embeddings import Embedding, encoder_slots
+
+    name = (request.embedding_name or "").strip()
+    if not name:
+        raise UserError("choose an embedding to train")
+    model = run.model
+    embedding = _find_embedding(name, run, embeddings_dir)
+    slots = encoder_slots(model)
+    misfit = embedding.misfit(slots, f"this {model.family.label} model")
+    if misfit is not None:
+        raise UserError(f"embedding {name!r} cannot be trained on this model: {misfit}")
+    keys = [slot.key for slot in slots]
+    assert embedding.filename is not None
+    filename = Path(embedding.filename)
+    if filename.suffix.lower() != embedding_suffix(keys):
+        raise UserError(
+            f"embedding {name!r} is a {filename.suffix} file; training writes A1111's layout "
+            f"({embedding_suffix(keys)} for this model): create a new embedding to train"
+        )
+    start = embedding.step if filename.suffix.lower() == ".pt" else safetensors_step(filename)
+    view = TrainingView(model, clip_skip=int(_opt(options, "CLIP_stop_at_last_layers", 1) or 1))
+    device = view.device
+    params: list[torch.Tensor] = []
+    for key in keys:
+        vectors = embedding.vectors_for(key)
+        assert vectors is not None
+        params.append(vectors.detach().to(device=device, dtype=torch.float32).clone().requires_grad_(True))
+    ids: list[int] = model.tokenizers[0]([name], add_special_tokens=False, truncation=False).input_ids[0]
+    hook = TokenHook(tuple(ids), tuple(params))
+    live = Embedding(
+        name=name,
+        vectors={key: param.detach() for key, param in zip(keys, params, strict=True)},
+        vector_count=int(params[0].shape[0]),
+        shape=embedding.shape,
+        step=start,
+        filename=filename,
+    )
+    checkpoint_name = Path(model.source).stem if getattr(model, "source", None) else None
+
+    def current() -> dict[str, torch.Tensor]:
+        return {key: param.detach() for key, param in zip(keys, params, strict=True)}
+
+    def write(path: Path, step: int) -> None:
+        live.step = step
+        data = embedding_file_bytes(
+            current(), name=path.stem, step=step, sd_checkpoint=checkpoint_hash, sd_checkpoint_name=checkpoint_name
+        )
+        path.parent.mkdir(parents=True, exist_ok=True)
+        atomic_write_bytes(path, data)
+
+    def attach() -> AbstractContextManager[Any]:
+        return run.embeddings.override(live) if run.embeddings is not None else nullcontext()
+
+    def with_embedding(image: Any, step: int, copy: Path) -> None:
+        if not request.save_image_with_stored_embedding:
+            return
+        from PIL import PngImagePlugin
+
+        vectors = current()
+        data: dict[str, Any] = (
+            {"string_to_token": {"*": 265}, "string_to_param": {"*": vectors["clip"]}}
+            if keys == ["clip"]
+            else dict(vectors)
+        )
+        data.update(
+            {"name": name, "step": step, "sd_checkpoint": checkpoint_hash, "sd_checkpoint_name": checkpoint_name}
+        )
+        folder = copy.parent.parent / "image_embeddings"
+        folder.mkdir(parents=True, exist_ok=True)
+        info = PngImagePlugin.PngInfo()
+        info.add_text("sd-ti-embedding", png_embedding_chunk(data))
+        buffer = io.BytesIO()
+        image.save(buffer, format="PNG", pnginfo=info)
+        atomic_write_bytes(folder / f"{name}-{step}.png", buffer.getvalue())
+
+    target = Trainable(
+        kind="embedding",
+        name=name,
+        filename=filename,
+        params=params,
+        start_step=int(start or 0),
+        encode=lambda captions: view.encode_text(captions, grad=True, token_hook=hook),
+        write=write,
+        checksum=lambda: weights_checksum(params),
+        attach=attach,
+        weight_decay=0.0,
+        csv_name="textual_inversion_loss.csv",
+        copies_folder="embeddings",
+        after_sample=with_embedding,
+    )
+    return run_a1111_training(
+        request,
+        run,
+        target,
+        view=view,
+        save_every=int(request.save_embedding_every or 0),
+        log_root=log_root,
+        options=options,
+        template_dirs=template_dirs,
+        repeat_noise=repeat_noise,
+    )
