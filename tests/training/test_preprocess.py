@@ -124,14 +124,14 @@ def test_bad_images_are_reported_by_name_and_skipped(src: Path, tmp_path: Path) 
 
     skipped = dict(report.skipped)
     assert set(skipped) == {"truncated.png", "text.jpg", "huge.png"}
-    assert skipped["text.jpg"] == "not an image"
-    assert "too large" in skipped["huge.png"]
-    assert skipped["truncated.png"].startswith("unreadable")
+    assert skipped["text.jpg"] == "not an image Pillow can read"
+    assert "too many pixels" in skipped["huge.png"]
+    assert skipped["truncated.png"].startswith("truncated")
     assert sorted(p.name.split("-", 2)[2] for p in report.written) == ["cmyk.png", "good.png", "grey16.png"]
     # 16-bit grey is scaled to 8 bits (not clipped to white)
     grey = next(p for p in report.written if "grey16" in p.name)
     assert 0 < _pixels(grey).mean() < 250
-    assert "skipped 3" in report.summary() and "text.jpg (not an image)" in report.summary()
+    assert "skipped 3" in report.summary() and "text.jpg (not an image Pillow can read)" in report.summary()
 
 
 def test_the_sources_own_caption_file(src: Path, tmp_path: Path) -> None:

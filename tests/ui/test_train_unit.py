@@ -661,7 +661,7 @@ def test_preprocess_runs_as_a_job_and_reports(services: Any) -> None:
     values = defaults(fields) | {"src": "raw", "dst": "prepared", "width": 64, "height": 64, "flip": True}
     *_, (summary, job) = list(call(fn, fields, values))
     assert services.engine.calls == ["preprocess"]
-    assert summary == "Preprocessing finished: 2 images written; skipped 1: b.png (not an image)."
+    assert summary == "Preprocessing finished: 2 images written; skipped 1: b.png (not an image Pillow can read)."
     assert job == ""
     assert sorted(p.name for p in (services.paths.data_dir / "prepared").iterdir()) == [
         "00000-0-a.png",

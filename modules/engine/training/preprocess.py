@@ -9,8 +9,9 @@ source (`existing_caption`: ignore, copy, prepend, append), written next to each
 `<name>.txt`. Outputs are named `<index>-<tile>-<source stem>.png` (the leading numbers are what
 A1111's dataset strips when it takes the caption from the file name).
 
-Every file is written atomically. Images that cannot be used (truncated, not an image, too many
-pixels) are reported by name with the reason and skipped; the run goes on.
+Images are read as the trainers read them (`dataset.open_training_image`); every file is written
+atomically. Images that cannot be used (truncated, not an image, too many pixels) are reported by
+name with the reason and skipped; the run goes on.
 """
 
 from __future__ import annotations
@@ -21,14 +22,14 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-from PIL import Image, ImageOps
+from PIL import Image
 
 from modules.core.atomic import atomic_write_bytes
 from modules.core.errors import UserError
+from modules.engine.training.dataset import DEFAULT_MAX_PIXELS, ImageSkipped, open_training_image
 
 IMAGE_SUFFIXES = frozenset({".png", ".jpg", ".jpeg", ".webp", ".bmp", ".gif", ".tif", ".tiff"})
 EXISTING_CAPTION_ACTIONS = ("ignore", "copy", "prepend", "append")
-DEFAULT_MAX_PIXELS = 8192 * 8192
 
 Caption = Callable[[Image.Image], str]
 
@@ -55,32 +56,15 @@ def source_images(src: Path) -> list[Path]:
 
 
 def open_image(path: Path, *, max_pixels: int = DEFAULT_MAX_PIXELS) -> Image.Image:
-    """`path` fully decoded as RGB (RGBA when it has transparency), EXIF orientation applied.
-    Raises ValueError with a short reason when it cannot be used."""
-    try:
-        with Image.open(path) as image:
-            if image.width * image.height > max_pixels:
-                raise ValueError(f"too large ({image.width}x{image.height} pixels)")
-            image.load()
-            upright = ImageOps.exif_transpose(image) or image
-            return _to_rgb(upright)
-    except ValueError:
-        raise
-    except Image.DecompressionBombError:
-        raise ValueError("too large") from None
-    except (OSError, SyntaxError) as exc:
-        reason = "not an image" if isinstance(exc, Image.UnidentifiedImageError) else f"unreadable: {exc}"
-        raise ValueError(reason) from None
-
-
-def _to_rgb(image: Image.Image) -> Image.Image:
-    if image.mode in ("I;16", "I;16B", "I;16L", "I"):  # 16/32-bit grey: scale to 8 bits, not clip
-        grey = image.convert("I")
-        high = grey.getextrema()[1]
-        shift = 8 if isinstance(high, int) and high > 255 else 0
-        return grey.point(lambda v: v / (1 << shift)).convert("L").convert("RGB")
-    has_alpha = image.mode in ("RGBA", "LA", "PA") or (image.mode == "P" and "transparency" in image.info)
-    return image.convert("RGBA" if has_alpha else "RGB")
+    """`path` decoded as the trainers decode it (`dataset.open_training_image`: upright, CMYK,
+    palette and 16-bit converted), as RGB, or RGBA when it has transparency. Raises
+    `ImageSkipped` with a short reason when it cannot be used."""
+    loaded = open_training_image(path, max_pixels=max_pixels)
+    if loaded.alpha is None:
+        return loaded.rgb
+    rgba = loaded.rgb.convert("RGBA")
+    rgba.putalpha(loaded.alpha)
+    return rgba
 
 
 def _cover(image: Image.Image, width: int, height: int) -> Image.Image:
@@ -196,8 +180,8 @@ def preprocess_images(
             on_progress(index, len(files))
         try:
             image = open_image(path, max_pixels=max_pixels)
-        except ValueError as exc:
-            skipped.append((path.name, str(exc)))
+        except ImageSkipped as exc:
+            skipped.append((path.name, exc.reason))
             continue
         existing = _existing_caption(path) if existing_caption != "ignore" else ""
         sub = 0
