@@ -11,6 +11,7 @@ from typing import Any
 import pytest
 import torch
 from PIL import Image
+from safetensors import safe_open
 
 from modules.core.errors import UserError
 from modules.core.hashes import HashCache
@@ -20,11 +21,13 @@ from modules.core.results import Result
 from modules.core.training import CreateEmbeddingRequest, TrainEmbeddingRequest
 from modules.engine.conditioning import ConditioningSettings, Encoder
 from modules.engine.training.creation import create_embedding
+from modules.engine.training.diffusion import TrainingView
 from modules.engine.training.embedding_trainer import train_embedding
 from modules.engine.training.session import TrainingRun
 from modules.engine.worker import JobContext
 from modules.models.embeddings import EmbeddingDatabase, read_embedding_file
 from modules.models.loader import Placement, StableDiffusionModel, load_single_file
+from tests.fixtures.training_data import write_problem_images
 
 pytestmark = pytest.mark.usefixtures("no_network")
 
@@ -180,14 +183,72 @@ def test_interrupt_leaves_a_valid_file(sd1: StableDiffusionModel, tmp_path: Path
 
 def test_broken_image_is_reported_and_skipped(sd1: StableDiffusionModel, tmp_path: Path) -> None:
     emb_dir, _db = _setup(tmp_path, sd1)
-    data = _images(tmp_path / "data", 2)
-    good = (data / "0000-red round thing.png").read_bytes()
-    (data / "broken.png").write_bytes(good[: len(good) // 2])
-    (data / "notes.txt").write_text("not an image")
-    _run, result = _train(sd1, _request(data, steps=2), tmp_path, emb_dir)
+    data = _images(tmp_path / "data", 1)
+    write_problem_images(data)  # broken.png, cmyk.jpg, grey16.png
+    (data / "notes.md").write_text("not an image")
+    run, result = _train(sd1, _request(data, steps=2, batch_size=4), tmp_path, emb_dir)
     assert [name for name, _reason in result.skipped_images] == ["broken.png"]
     assert any("broken.png" in w for w in result.warnings)
-    assert result.steps_done == 2
+    assert result.steps_done == 2 and len(run.progress.losses) == 2
+
+
+def test_varsize_weights_random_latents_tag_edits_and_clipping(
+    sd1: StableDiffusionModel, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    emb_dir, _db = _setup(tmp_path, sd1)
+    data = tmp_path / "data"
+    data.mkdir()
+    half = Image.new("RGBA", (64, 64), (200, 30, 30, 255))
+    half.paste((200, 30, 30, 0), (0, 0, 32, 64))  # left half transparent
+    half.save(data / "half.png")
+    Image.new("RGB", (96, 64), (30, 30, 200)).save(data / "wide.png")
+    (data / "wide.txt").write_text("blue, wide, flat")
+    seen: list[tuple[tuple[int, ...], torch.Tensor | None]] = []
+    loss = TrainingView.loss
+
+    def spy(self: TrainingView, latents: torch.Tensor, *args: Any, **kw: Any) -> torch.Tensor:
+        seen.append((tuple(latents.shape), kw.get("weight_map")))
+        return loss(self, latents, *args, **kw)
+
+    monkeypatch.setattr(TrainingView, "loss", spy)
+    request = _request(
+        data,
+        steps=4,
+        batch_size=2,
+        varsize=True,
+        use_weight=True,
+        latent_sampling_method="random",
+        shuffle_tags=True,
+        tag_drop_out=0.3,
+        clip_grad_mode="norm",
+        clip_grad_value="0.01",
+    )
+    _run, result = _train(sd1, request, tmp_path, emb_dir)
+    assert result.steps_done == 4
+    shapes = {shape for shape, _w in seen}
+    assert shapes == {(1, 4, 8, 8), (1, 4, 8, 12)}  # varsize: one size per batch, never mixed
+    for shape, weight in seen:
+        assert weight is not None
+        if shape[-1] == 8:  # the half-transparent image: zero weight on its left half
+            assert float(weight[..., :3].max()) == 0.0 and float(weight[..., 5:].min()) > 0.0
+        else:
+            assert torch.equal(weight, torch.ones_like(weight))
+
+
+def test_sdxl_embedding_trains_both_encoders(tiny_models: dict[str, Path], tmp_path: Path) -> None:
+    xl = load_single_file(tiny_models["sdxl"], Placement())
+    emb_dir = tmp_path / "embeddings"
+    create_embedding(CreateEmbeddingRequest(name=NAME, num_vectors_per_token=2, init_text="cat"), emb_dir, xl)
+    before = read_embedding_file(emb_dir / f"{NAME}.safetensors")[1]
+    data = _images(tmp_path / "data", 1)
+    _run, result = _train(xl, _request(data, steps=2, learn_rate="0.1"), tmp_path, emb_dir)
+    assert result.steps_done == 2 and Path(result.filename).suffix == ".safetensors"
+    after = read_embedding_file(emb_dir / f"{NAME}.safetensors")[1]
+    assert before is not None and after is not None
+    for key in ("clip_l", "clip_g"):
+        assert not torch.equal(before.vectors[key], after.vectors[key])
+    with safe_open(str(emb_dir / f"{NAME}.safetensors"), framework="pt") as f:
+        assert sorted(f.keys()) == ["clip_g", "clip_l"] and f.metadata()["step"] == "2"
 
 
 def test_wrong_names_and_schedules(sd1: StableDiffusionModel, tmp_path: Path) -> None:

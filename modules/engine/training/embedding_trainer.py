@@ -6,14 +6,15 @@ The run (shared with the hypernetwork trainer, `run_a1111_training`):
   step, parse errors are a `UserError`); training starts at the step stored in the file and ends
   at `steps` (A1111's "Max steps") or when the schedule runs out; a file already at or past it is
   left alone with a warning;
-* the data set is A1111's: the images directly in `data_root`, each resized to the training size
-  (or kept at its own size, floored to 64, with `varsize`), a caption from its `.txt` file or its
-  file name (`[filewords]`), a random line of the prompt template with `[name]` and
-  `[filewords]` filled; `shuffle_tags` / `tag_drop_out` edit the file words each time (otherwise
-  an image keeps the line it drew first, as in A1111); images of one size are batched together;
+* the data set is A1111's, read through `dataset.py` (flat folder, bad files skipped and
+  reported by name in `TrainResult.skipped_images` and as warnings; CMYK, 16-bit and the like
+  converted): each image stretched to the training size (bicubic), or with `varsize` kept at its
+  own size (floored to 8) and batched with images of the same size; a caption from its `.txt`
+  file or its file name (`[filewords]`, the filename options applied); a random line of the
+  prompt template with `[name]` and `[filewords]` filled; `shuffle_tags` / `tag_drop_out` edit
+  the file words every time (otherwise an image keeps the line it drew first, as in A1111);
   `batch_size` and `gradient_step` (accumulation) are capped by the image count as A1111 caps
-  them; an image that cannot be read is reported by name (`TrainResult.skipped_images`, a warning)
-  and left out;
+  them, and an epoch drops the batches that do not fill an accumulation;
 * latents: `latent_sampling_method` "once" (one draw cached), "deterministic" (the posterior
   mean) or "random" (a new draw every time); `use_weight` weighs the loss per pixel with the
   image's alpha channel (at latent size, shifted to min 0 and scaled to mean 1);
@@ -31,8 +32,9 @@ The run (shared with the hypernetwork trainer, `run_a1111_training`):
 * the interrupt saves the file as it is and returns `interrupted=True`; the model is left as it
   was found.
 
-Noise and timesteps come from a generator seeded by the step number, and the data order from one
-seeded by the epoch, so a resumed run sees what an uninterrupted one would have.
+Noise and timesteps come from a generator seeded by the step number, and the data order from the
+sampler's seed and the epoch, so a resumed run sees what an uninterrupted one would have (the
+optimizer state too, with `save_optimizer_state`).
 
 Deliberate differences from A1111: the step stored in a saved file is the number of optimizer
 steps done (A1111 names its copies one step ahead of the step inside them); the run stops at
@@ -50,7 +52,7 @@ import math
 import random
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import AbstractContextManager, ExitStack, contextmanager, nullcontext
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -74,6 +76,14 @@ from modules.engine.training.creation import (
     safetensors_step,
     torch_bytes,
 )
+from modules.engine.training.dataset import (
+    BatchPlan,
+    BucketBatchSampler,
+    DatasetConfig,
+    LatentCache,
+    TrainingBatch,
+    TrainingDataset,
+)
 from modules.engine.training.diffusion import TokenHook, TrainingView
 from modules.engine.training.session import TrainingRun, load_state
 
@@ -86,7 +96,6 @@ _SCHEDULE_HELP = (
     'invalid learning rate schedule {text!r}: it should be a number or, for example, "0.001:100, 0.00001:1000, '
     '1e-5:10000" (0.001 until step 100, 0.00001 until 1000, 1e-5 until 10000)'
 )
-IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".bmp")
 _SEED = 0x5D7A1  # base of the per-step / per-epoch seeds
 
 
@@ -145,33 +154,8 @@ class LearnRateSchedule:
 # --------------------------------------------------------------------------- the data set
 
 
-@dataclass
-class Entry:
-    """One training image as A1111 keeps it."""
-
-    filename: str
-    filewords: str
-    mean: torch.Tensor  # [4, h, w] scaled latent mean (float32, CPU)
-    std: torch.Tensor | None  # kept for "random" sampling
-    weight: torch.Tensor | None  # [4, h, w] loss weight (use_weight)
-    text: str | None = None  # the template line drawn once (no tag edits)
-
-
-@dataclass
-class DataSet:
-    entries: list[Entry]
-    skipped: list[tuple[str, str]]
-    lines: list[str]
-    batch_size: int
-    gradient_step: int
-    batches_per_epoch: int  # batches an epoch yields (after capping)
-
-    @property
-    def steps_per_epoch(self) -> int:
-        return max(1, self.batches_per_epoch // self.gradient_step)
-
-
-def _opt(options: Any, key: str, default: Any) -> Any:
+def option_value(options: Any, key: str, default: Any) -> Any:
+    """An option's value (`default` without options or for an unknown key)."""
     if options is None:
         return default
     try:
@@ -181,45 +165,45 @@ def _opt(options: Any, key: str, default: Any) -> Any:
     return default if value is None else value
 
 
-def _alpha_weight(alpha: Any, shape: Sequence[int]) -> torch.Tensor:
-    """A1111's loss weight from an alpha channel: resized to latent size, repeated per channel,
-    shifted to a minimum of 0 and scaled to a mean of 1 (a flat alpha gives ones)."""
-    import numpy as np
-    from PIL import Image
+@dataclass
+class DataSet:
+    """The data set of one run: the images (`dataset.py`), their cached latents, the batch order,
+    the template lines, and A1111's caps on batch size and accumulation."""
 
-    channels, height, width = shape
-    small = alpha.resize((width, height), Image.Resampling.BICUBIC)
-    weight = torch.from_numpy(np.asarray(small, dtype=np.float32).copy()).expand(channels, height, width).clone()
-    weight -= weight.min()
-    mean = float(weight.mean())
-    return weight / mean if mean > 0 else torch.ones_like(weight)
+    dataset: TrainingDataset
+    cache: LatentCache
+    sampler: BucketBatchSampler
+    lines: list[str]
+    fixed_lines: dict[int, str]  # item -> the template line it drew once (no tag edits)
+    batch_size: int
+    gradient_step: int
+    _plans: dict[int, list[BatchPlan]] = field(default_factory=dict)
 
+    @property
+    def skipped(self) -> list[tuple[str, str]]:
+        return list(self.dataset.report.skipped)
 
-def _pixels(image: Any) -> torch.Tensor:
-    import numpy as np
+    @property
+    def steps_per_epoch(self) -> int:
+        """Optimizer steps per epoch: A1111 drops the batches that do not fill an accumulation."""
+        return max(1, len(self.sampler) // self.gradient_step)
 
-    array = np.asarray(image.convert("RGB"), dtype=np.float32) / 127.5 - 1.0
-    return torch.from_numpy(array.copy()).permute(2, 0, 1)
+    def group(self, step: int) -> list[BatchPlan]:
+        """The batches of the optimizer step that starts with `step` steps done."""
+        epoch, within = divmod(step, self.steps_per_epoch)
+        if epoch not in self._plans:
+            self._plans = {epoch: self.sampler.epoch_plans(epoch)}
+        plans = self._plans[epoch]
+        return plans[within * self.gradient_step : (within + 1) * self.gradient_step]
 
-
-def _scan_images(root: Path) -> list[Path]:
-    """A1111's data set: the files directly in the folder (no subfolders), images by suffix."""
-    return sorted(
-        (p for p in root.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES),
-        key=lambda p: p.name.lower(),
-    )
-
-
-def _open_image(path: Path) -> Any:
-    """The image (EXIF orientation applied), or an exception saying why it cannot be used."""
-    from PIL import Image, ImageOps
-
-    with Image.open(path) as raw:
-        raw.load()
-        image = ImageOps.exif_transpose(raw)
-    if image.width < 1 or image.height < 1:
-        raise ValueError("the image is empty")
-    return image
+    def captions(self, batch: TrainingBatch, name: str) -> list[str]:
+        """The prompts of a batch: a template line with `[name]` and the (edited) file words."""
+        rng = random.Random(batch.plan.seed ^ 0x7E3)
+        out = []
+        for index, words in zip(batch.plan.indices, batch.captions, strict=True):
+            line = self.fixed_lines.get(index)
+            out.append(templates.fill(line if line is not None else rng.choice(self.lines), name, words))
+        return out
 
 
 def prepare_data(
@@ -227,93 +211,43 @@ def prepare_data(
     view: TrainingView,
     run: TrainingRun,
     *,
-    placeholder: str,
     lines: list[str],
     options: Any,
-) -> DataSet:
-    """Read, resize and encode the data set (see the module docstring)."""
-    from PIL import Image
-
+) -> DataSet | None:
+    """Read and encode the data set (see the module docstring); None when interrupted."""
     root = Path(request.data_root).expanduser()
     if not request.data_root or not root.is_dir():
         raise UserError(f"the dataset directory {request.data_root!r} does not exist or is not a directory")
-    paths = _scan_images(root)
-    if not paths:
-        raise UserError(f"the dataset directory {root} has no images ({', '.join(IMAGE_SUFFIXES)})")
-    word_regex = str(_opt(options, "dataset_filename_word_regex", "") or "")
-    join_string = str(_opt(options, "dataset_filename_join_string", " ") or "")
-    method = request.latent_sampling_method
-    gen = torch.Generator().manual_seed(_SEED)
-    text_rng = random.Random(_SEED)
-    fixed_text = not (request.shuffle_tags or request.tag_drop_out)
-    entries: list[Entry] = []
-    skipped: list[tuple[str, str]] = []
-    from modules.engine.training.captions import load_caption
-
-    for path in paths:
-        if run.should_stop():
-            break
-        try:
-            image = _open_image(path)
-            alpha = image.getchannel("A") if request.use_weight and "A" in image.getbands() else None
-            rgb = image.convert("RGB")
-            if request.varsize:
-                width, height = max(64, rgb.width // 64 * 64), max(64, rgb.height // 64 * 64)
-            else:
-                width, height = int(request.training_width), int(request.training_height)
-            if rgb.size != (width, height):
-                rgb = rgb.resize((width, height), Image.Resampling.BICUBIC)
-            pixels = _pixels(rgb).unsqueeze(0)
-        except Exception as exc:  # a bad image is reported and left out, never fatal
-            reason = f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
-            skipped.append((path.name, reason))
-            run.warn(f"skipped {path.name}: {reason}")
-            continue
-        caption = load_caption(path, fallback="filename", word_regex=word_regex, join_string=join_string)
-        posterior_mean, posterior_std = view.encode_images(pixels)
-        mean = posterior_mean[0].float().cpu()
-        std: torch.Tensor | None = posterior_std[0].float().cpu()
-        if method == "once":
-            assert std is not None
-            mean, std = TrainingView.sample_latents(mean, std, generator=gen), None
-        elif method == "deterministic":
-            std = None
-        weight = None
-        if request.use_weight:
-            weight = _alpha_weight(alpha, tuple(mean.shape)) if alpha is not None else torch.ones_like(mean)
-        entry = Entry(path.name, caption.text, mean, std, weight)
-        if fixed_text:
-            entry.text = templates.fill(text_rng.choice(lines), placeholder, caption.text)
-        entries.append(entry)
-    if not entries:
-        raise UserError(f"no usable images in {root}: " + "; ".join(f"{n}: {r}" for n, r in skipped))
-    batch_size = max(1, min(int(request.batch_size), len(entries)))
-    gradient_step = max(1, min(int(request.gradient_step), len(entries) // batch_size))
-    data = DataSet(entries, skipped, lines, batch_size, gradient_step, 0)
-    data.batches_per_epoch = len(epoch_batches(data, 0))
-    return data
-
-
-def epoch_batches(data: DataSet, epoch: int) -> list[list[int]]:
-    """The batches of one epoch: images of one latent size together, shuffled by a generator
-    seeded with the epoch (the same for a resumed run); a size with fewer images than the batch
-    gives a smaller batch; the tail that does not fill `gradient_step` batches is dropped."""
-    rng = random.Random(_SEED + epoch)
-    groups: dict[tuple[int, ...], list[int]] = {}
-    for index, entry in enumerate(data.entries):
-        groups.setdefault(tuple(entry.mean.shape), []).append(index)
-    batches: list[list[int]] = []
-    for key in sorted(groups):
-        members = groups[key][:]
-        rng.shuffle(members)
-        size = data.batch_size
-        for start in range(0, len(members), size):
-            chunk = members[start : start + size]
-            if len(chunk) == size or len(members) < size:
-                batches.append(chunk)
-    rng.shuffle(batches)
-    usable = len(batches) - len(batches) % data.gradient_step
-    return batches[:usable] if usable > 0 else batches[: data.gradient_step]
+    config = replace(
+        DatasetConfig.for_a1111(
+            request,
+            filename_word_regex=str(option_value(options, "dataset_filename_word_regex", "") or ""),
+            filename_join_string=str(option_value(options, "dataset_filename_join_string", " ") or ""),
+        ),
+        layout="flat",  # A1111 reads the folder's own images
+        fit="stretch",  # and resizes each to the training size
+        resample="bicubic",
+    )
+    dataset = TrainingDataset.from_folder(root, config)
+    for name, reason in dataset.report.skipped:
+        run.warn(f"skipped {name}: {reason}")
+    log.info("training data set:\n%s", dataset.describe())
+    cache = LatentCache(dataset, method=request.latent_sampling_method)
+    if not cache.build(view.encode_images, generator=torch.Generator().manual_seed(_SEED), should_stop=run.should_stop):
+        return None
+    for note in cache.notes:
+        run.warn(note)
+    count = len(dataset)
+    batch_size = max(1, min(int(request.batch_size), count))
+    gradient_step = max(1, min(int(request.gradient_step), count // batch_size))
+    sampler = BucketBatchSampler.for_dataset(
+        dataset, batch_size=batch_size, seed=_SEED, drop_last=not request.varsize and count >= batch_size
+    )
+    fixed: dict[int, str] = {}
+    if not (request.shuffle_tags or request.tag_drop_out):
+        rng = random.Random(_SEED)
+        fixed = {index: rng.choice(lines) for index in range(count)}
+    return DataSet(dataset, cache, sampler, lines, fixed, batch_size, gradient_step)
 
 
 # --------------------------------------------------------------------------- the loop
@@ -449,33 +383,6 @@ def _check_request(request: TrainEmbeddingRequest | TrainHypernetworkRequest, sa
         raise UserError("the log directory is empty")
 
 
-def _captions(data: DataSet, batch: list[int], rng: random.Random, name: str, request: Any) -> list[str]:
-    from modules.engine.training.captions import a1111_tags
-
-    out = []
-    for index in batch:
-        entry = data.entries[index]
-        if entry.text is not None:
-            out.append(entry.text)
-            continue
-        words = a1111_tags(entry.filewords, rng, shuffle_tags=request.shuffle_tags, tag_drop_out=request.tag_drop_out)
-        out.append(templates.fill(rng.choice(data.lines), name, words))
-    return out
-
-
-def _latents(data: DataSet, batch: list[int], gen: torch.Generator) -> tuple[torch.Tensor, torch.Tensor | None]:
-    rows = []
-    for index in batch:
-        entry = data.entries[index]
-        if entry.std is not None:
-            rows.append(TrainingView.sample_latents(entry.mean, entry.std, generator=gen))
-        else:
-            rows.append(entry.mean)
-    weights = [data.entries[i].weight for i in batch]
-    weight = torch.stack([w for w in weights if w is not None]) if all(w is not None for w in weights) else None
-    return torch.stack(rows), weight
-
-
 def preview_request(request: TrainEmbeddingRequest | TrainHypernetworkRequest, prompt: str) -> Txt2ImgRequest:
     """A1111's preview: txt2img's preview settings when `preview_from_txt2img`, else the batch's
     first prompt at the training size with 20 steps and the other settings at their defaults."""
@@ -535,17 +442,19 @@ def run_a1111_training(
         if made is not None:
             made.mkdir(parents=True, exist_ok=True)
     run.ctx.textinfo = f"Preparing dataset from {request.data_root}..."
-    data = prepare_data(request, view, run, placeholder=target.name, lines=lines, options=options)
+    data = prepare_data(request, view, run, lines=lines, options=options)
+    if data is None:  # interrupted while encoding the images: nothing trained, the file untouched
+        return TrainResult(target.kind, target.name, str(target.filename), start, interrupted=True)
     first_rate = rates.rate(start)
     optimizer = torch.optim.AdamW(target.params, lr=first_rate or 0.0, weight_decay=target.weight_decay)
-    save_optimizer = bool(_opt(options, "save_optimizer_state", False))
+    save_optimizer = bool(option_value(options, "save_optimizer_state", False))
     if save_optimizer and _load_optimizer(target.filename, optimizer, target.checksum(), run):
         log.info("training %s: optimizer state resumed from %s.optim", target.name, target.filename.name)
     device = view.device
     unet_dtype = next(view.unet.parameters()).dtype
     scaler = torch.amp.GradScaler("cuda", enabled=device.type == "cuda" and unet_dtype == torch.float16)
-    csv_every = int(_opt(options, "training_write_csv_every", 500) or 0)
-    gs = data.gradient_step
+    csv_every = int(option_value(options, "training_write_csv_every", 500) or 0)
+    accumulation = data.gradient_step
     run.begin(steps, start)
 
     step = start
@@ -567,68 +476,59 @@ def run_a1111_training(
         stack.enter_context(target.attach())
         target.train_mode(True)
         stack.callback(target.train_mode, False)
-        done = False
-        while not done and step < steps:
-            epoch, position = divmod(step, data.steps_per_epoch)
-            batches = epoch_batches(data, epoch)
-            groups = [batches[i : i + gs] for i in range(0, len(batches) - gs + 1, gs)]
-            if not groups:
-                raise UserError("the data set gives no batch (check batch size and gradient accumulation)")
-            for group in groups[position:]:
-                rate = rates.rate(step)
-                if rate is None or step >= steps:
-                    done = True
-                    break
-                if run.should_stop():
-                    interrupted = done = True
-                    break
-                for param_group in optimizer.param_groups:
-                    param_group["lr"] = rate
-                gen = torch.Generator().manual_seed(_SEED if repeat_noise else _SEED + 7919 * (step + 1))
-                text_rng = random.Random(_SEED + step)
-                loss_sum = 0.0
-                first_prompt = ""
-                for batch in group:
-                    captions = _captions(data, batch, text_rng, target.name, request)
-                    first_prompt = first_prompt or captions[0]
-                    latents, weight = _latents(data, batch, gen)
-                    latents = latents.to(device)
-                    timesteps = view.schedule.sample_timesteps(len(batch), generator=gen)
-                    noise = view.schedule.sample_noise(latents, generator=gen)
-                    cond = target.encode(captions)
-                    loss = view.loss(latents, cond, timesteps, noise, weight_map=weight).mean() / gs
-                    scaler.scale(loss).backward()
-                    loss_sum += float(loss.detach())
-                if clip_rates is not None:
-                    scaler.unscale_(optimizer)
-                    limit = clip_rates.rate(step) or 0.0
-                    if request.clip_grad_mode == "value":
-                        torch.nn.utils.clip_grad_value_(target.params, limit)
-                    else:
-                        torch.nn.utils.clip_grad_norm_(target.params, limit)
-                scaler.step(optimizer)
-                scaler.update()
-                optimizer.zero_grad(set_to_none=True)
-                step += 1
-                last_loss = loss_sum
-                run.step_done(step, loss_sum, lr=rate, epoch=epoch)
-                if csv_every > 0 and step % csv_every == 0:
-                    folder.mkdir(parents=True, exist_ok=True)
-                    _write_loss(folder, target.csv_name, step, data.steps_per_epoch, loss_sum, rate)
-                if copies is not None and step % save_every == 0:
-                    last_copy = copies / f"{target.name}-{step}{target.filename.suffix}"
-                    save(last_copy)
-                    save(target.filename)
-                if images is not None and step % int(request.create_image_every) == 0 and run.can_sample:
-                    preview = _preview(request, run, target, images, step, first_prompt)
-                    if preview is not None:
-                        samples.append(str(preview[1]))
-                        if target.after_sample is not None and last_copy is not None:
-                            target.after_sample(preview[0], step, last_copy)
-                            last_copy = None
-                if step >= steps:
-                    done = True
-                    break
+        while step < steps:
+            rate = rates.rate(step)
+            if rate is None:
+                break
+            if run.should_stop():
+                interrupted = True
+                break
+            for param_group in optimizer.param_groups:
+                param_group["lr"] = rate
+            gen = torch.Generator().manual_seed(_SEED if repeat_noise else _SEED + 7919 * (step + 1))
+            loss_sum = 0.0
+            first_prompt = ""
+            for plan in data.group(step):
+                batch = data.dataset.batch(plan, cache=data.cache)
+                captions = data.captions(batch, target.name)
+                first_prompt = first_prompt or captions[0]
+                assert batch.latents is not None
+                latents = batch.latents.to(device=device, dtype=torch.float32)
+                timesteps = view.schedule.sample_timesteps(latents.shape[0], generator=gen)
+                noise = view.schedule.sample_noise(latents, generator=gen)
+                cond = target.encode(captions)
+                weight = batch.weights.to(device) if batch.weights is not None else None
+                loss = view.loss(latents, cond, timesteps, noise, weight_map=weight).mean() / accumulation
+                scaler.scale(loss).backward()
+                loss_sum += float(loss.detach())
+            if clip_rates is not None:
+                scaler.unscale_(optimizer)
+                limit = clip_rates.rate(step) or 0.0
+                if request.clip_grad_mode == "value":
+                    torch.nn.utils.clip_grad_value_(target.params, limit)
+                else:
+                    torch.nn.utils.clip_grad_norm_(target.params, limit)
+            scaler.step(optimizer)
+            scaler.update()
+            optimizer.zero_grad(set_to_none=True)
+            epoch = step // data.steps_per_epoch
+            step += 1
+            last_loss = loss_sum
+            run.step_done(step, loss_sum, lr=rate, epoch=epoch)
+            if csv_every > 0 and step % csv_every == 0:
+                folder.mkdir(parents=True, exist_ok=True)
+                _write_loss(folder, target.csv_name, step, data.steps_per_epoch, loss_sum, rate)
+            if copies is not None and step % save_every == 0:
+                last_copy = copies / f"{target.name}-{step}{target.filename.suffix}"
+                save(last_copy)
+                save(target.filename)
+            if images is not None and step % int(request.create_image_every) == 0 and run.can_sample:
+                preview = _preview(request, run, target, images, step, first_prompt)
+                if preview is not None:
+                    samples.append(str(preview[1]))
+                    if target.after_sample is not None and last_copy is not None:
+                        target.after_sample(preview[0], step, last_copy)
+                        last_copy = None
         save(target.filename)
     message = f"{target.kind} {target.name} saved to {target.filename} at step {step}"
     log.info("training: %s%s", message, " (interrupted)" if interrupted else "")
@@ -740,7 +640,7 @@ def train_embedding(
             f"({embedding_suffix(keys)} for this model): create a new embedding to train"
         )
     start = embedding.step if filename.suffix.lower() == ".pt" else safetensors_step(filename)
-    view = TrainingView(model, clip_skip=int(_opt(options, "CLIP_stop_at_last_layers", 1) or 1))
+    view = TrainingView(model, clip_skip=int(option_value(options, "CLIP_stop_at_last_layers", 1) or 1))
     device = view.device
     params: list[torch.Tensor] = []
     for key in keys:

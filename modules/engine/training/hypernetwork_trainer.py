@@ -31,7 +31,7 @@ from modules.engine.training.creation import hypernetwork_file_data, torch_bytes
 from modules.engine.training.diffusion import TrainingView
 from modules.engine.training.embedding_trainer import (
     Trainable,
-    _opt,
+    option_value,
     run_a1111_training,
     weights_checksum,
 )
@@ -86,7 +86,7 @@ def train_hypernetwork(
     except ModelFileError as exc:
         raise UserError(f"hypernetwork {name!r} cannot be trained: {exc}") from exc
     model = run.model
-    view = TrainingView(model, clip_skip=int(_opt(options, "CLIP_stop_at_last_layers", 1) or 1))
+    view = TrainingView(model, clip_skip=int(option_value(options, "CLIP_stop_at_last_layers", 1) or 1))
     widths = {int(getattr(model.unet.config, "cross_attention_dim", 0) or 0)}
     widths |= {int(c) for c in getattr(model.unet.config, "block_out_channels", ())}
     if not widths & set(network.layers):
