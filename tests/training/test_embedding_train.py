@@ -5,6 +5,7 @@ an interrupt leaves a valid file, a broken image is reported and skipped."""
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import Any
 
@@ -134,6 +135,10 @@ def test_trained_file_changes_conditioning_and_previews_use_current_vectors(
     assert len(result.samples) == 2
     stored = read_embedding_file(folder / "image_embeddings" / f"{NAME}-4.png")[1]
     assert stored is not None and torch.equal(stored.vectors["clip"], file_vectors.vectors["clip"])
+    (settings,) = folder.glob("settings-*.json")  # A1111's save_training_settings_to_txt (on by default)
+    saved_settings = json.loads(settings.read_text())
+    assert saved_settings["embedding_name"] == NAME and saved_settings["num_vectors_per_token"] == 2
+    assert saved_settings["steps"] == 4 and saved_settings["num_of_dataset_images"] == 2
     lines = (folder / "textual_inversion_loss.csv").read_text().splitlines()
     assert lines[0] == "step,epoch,epoch_step,loss,learn_rate" and len(lines) == 5
     copy = read_embedding_file(folder / "embeddings" / f"{NAME}-2.pt")[1]

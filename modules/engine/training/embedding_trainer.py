@@ -28,7 +28,8 @@ The run (shared with the hypernetwork trainer, `run_a1111_training`):
   `preview_from_txt2img`, else the batch's first prompt at the training size and 20 steps, as
   A1111 does); embeddings also save that image with the embedding in a text chunk in
   `image_embeddings` when `save_image_with_stored_embedding`; the loss goes to
-  `textual_inversion_loss.csv` (`hypernetwork_loss.csv`) every `training_write_csv_every` steps;
+  `textual_inversion_loss.csv` (`hypernetwork_loss.csv`) every `training_write_csv_every` steps,
+  and the run's settings to `settings-<date-time>.json` with `save_training_settings_to_txt`;
 * the interrupt saves the file as it is and returns `interrupted=True`; the model is left as it
   was found.
 
@@ -47,6 +48,7 @@ import csv
 import datetime
 import hashlib
 import io
+import json
 import logging
 import math
 import random
@@ -271,6 +273,7 @@ class Trainable:
     csv_name: str = "textual_inversion_loss.csv"
     copies_folder: str = "embeddings"
     after_sample: Callable[[Any, int, Path], None] | None = None  # (image, step, last copy)
+    settings: dict[str, Any] = field(default_factory=dict)  # extra keys of the settings file
     saved: list[str] = field(default_factory=list)
 
 
@@ -331,6 +334,55 @@ def _write_loss(folder: Path, name: str, step: int, steps_per_epoch: int, loss: 
                 "learn_rate": rate,
             }
         )
+
+
+_SETTINGS_KEYS = frozenset(
+    {
+        "batch_size",
+        "clip_grad_mode",
+        "clip_grad_value",
+        "create_image_every",
+        "data_root",
+        "gradient_step",
+        "latent_sampling_method",
+        "learn_rate",
+        "log_directory",
+        "steps",
+        "training_height",
+        "training_width",
+        "embedding_name",
+        "save_embedding_every",
+        "save_image_with_stored_embedding",
+        "hypernetwork_name",
+        "save_hypernetwork_every",
+    }
+)
+_PREVIEW_KEYS = frozenset(
+    {
+        "preview_cfg_scale",
+        "preview_height",
+        "preview_negative_prompt",
+        "preview_prompt",
+        "preview_sampler_name",
+        "preview_seed",
+        "preview_steps",
+        "preview_width",
+    }
+)
+
+
+def write_settings(folder: Path, request: Any, extra: dict[str, Any]) -> Path:
+    """A1111's `settings-<date-time>.json` in the log folder (the `save_training_settings_to_txt`
+    option): the run's main settings, the preview ones when previews come from txt2img."""
+    now = datetime.datetime.now()
+    keys = _SETTINGS_KEYS | (_PREVIEW_KEYS if request.preview_from_txt2img else frozenset())
+    params: dict[str, Any] = {"datetime": now.strftime("%Y-%m-%d %H:%M:%S")}
+    params.update({k: getattr(request, k) for k in sorted(keys) if hasattr(request, k)})
+    params.update(extra)
+    folder.mkdir(parents=True, exist_ok=True)
+    path = folder / f"settings-{now.strftime('%Y-%m-%d-%H-%M-%S')}.json"
+    atomic_write_bytes(path, json.dumps(params, indent=4, default=str).encode("utf-8"))
+    return path
 
 
 def _save_png(image: Any, path: Path, infotext: str | None) -> None:
@@ -445,6 +497,15 @@ def run_a1111_training(
     data = prepare_data(request, view, run, lines=lines, options=options)
     if data is None:  # interrupted while encoding the images: nothing trained, the file untouched
         return TrainResult(target.kind, target.name, str(target.filename), start, interrupted=True)
+    if bool(option_value(options, "save_training_settings_to_txt", True)):
+        extra = {
+            "initial_step": start,
+            "template_file": request.template_filename,
+            "num_of_dataset_images": len(data.dataset),
+            "model_name": Path(str(getattr(run.model, "source", ""))).stem,
+            **target.settings,
+        }
+        write_settings(folder, request, extra)
     first_rate = rates.rate(start)
     optimizer = torch.optim.AdamW(target.params, lr=first_rate or 0.0, weight_decay=target.weight_decay)
     save_optimizer = bool(option_value(options, "save_optimizer_state", False))
@@ -709,6 +770,7 @@ def train_embedding(
         csv_name="textual_inversion_loss.csv",
         copies_folder="embeddings",
         after_sample=with_embedding,
+        settings={"num_vectors_per_token": int(params[0].shape[0]), "model_hash": checkpoint_hash},
     )
     return run_a1111_training(
         request,

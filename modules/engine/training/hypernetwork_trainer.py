@@ -128,6 +128,14 @@ def train_hypernetwork(
         weight_decay=0.01,  # torch's AdamW default, which A1111 keeps
         csv_name="hypernetwork_loss.csv",
         copies_folder="hypernetworks",
+        settings={
+            "model_hash": checkpoint_hash,
+            "layer_structure": list(network.layout.layer_structure),
+            "activation_func": network.layout.activation_func,
+            "weight_init": metadata.get("weight_initialization"),
+            "add_layer_norm": network.layout.is_layer_norm,
+            "use_dropout": metadata.get("use_dropout"),
+        },
     )
     try:
         return run_a1111_training(
