@@ -101,6 +101,10 @@ def test_refusals(sd1: StableDiffusionModel, tmp_path: Path) -> None:
         with pytest.raises(UserError, match="between 1 and 75"):
             create_embedding(CreateEmbeddingRequest(name="n", num_vectors_per_token=count), tmp_path, sd1)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["taken.pt"]
+    (tmp_path / "twin.safetensors").write_bytes(b"x")  # another file of that name: two "twin"s would clash
+    with pytest.raises(UserError, match="another embedding named 'twin'"):
+        create_embedding(CreateEmbeddingRequest(name="twin", overwrite_old=True), tmp_path, sd1)
+    assert not (tmp_path / "twin.pt").exists()
 
 
 def test_templates_bundled_and_user(tmp_path: Path) -> None:

@@ -17,6 +17,7 @@ False (A1111 never sets it when creating). Every write is atomic.
 
 from __future__ import annotations
 
+import glob
 import io
 import math
 from collections.abc import Mapping, Sequence
@@ -34,6 +35,7 @@ from modules.core.training import (
     CreateHypernetworkRequest,
     CreateResult,
 )
+from modules.models.embeddings import EMBEDDING_SUFFIXES
 from modules.models.hypernetworks import HypernetworkLayout, HypernetworkModule, activation_class
 
 if TYPE_CHECKING:
@@ -164,6 +166,9 @@ def create_embedding(
     vectors = init_vectors(model, request.init_text or "", count)
     path = Path(embeddings_dir) / f"{name}{embedding_suffix(list(vectors))}"
     _refuse_existing(path, request.overwrite_old, "embedding")
+    for other in sorted(Path(embeddings_dir).glob(f"{glob.escape(name)}.*")):
+        if other != path and other.suffix.lower() in EMBEDDING_SUFFIXES and other.stem == name:
+            raise UserError(f"another embedding named {name!r} exists: {other} (remove it or choose another name)")
     path.parent.mkdir(parents=True, exist_ok=True)
     data = embedding_file_bytes(vectors, name=name, step=0, sd_checkpoint=None, sd_checkpoint_name=None)
     atomic_write_bytes(path, data)
