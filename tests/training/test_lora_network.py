@@ -182,3 +182,11 @@ def test_find_targets_text_encoder_layers(models: dict[str, StableDiffusionModel
     targets = find_targets(models["sd1"], unet=False)
     names = {t.name.rsplit(".", 1)[-1] for t in targets}
     assert names == {"q_proj", "k_proj", "v_proj", "out_proj", "fc1", "fc2"}
+
+
+def test_a_seed_gives_the_same_start(models: dict[str, StableDiffusionModel]) -> None:
+    a = LoraNetwork(models["sd1"], rank=2, seed=5).kohya_state_dict()
+    b = LoraNetwork(models["sd1"], rank=2, seed=5).kohya_state_dict()
+    c = LoraNetwork(models["sd1"], rank=2, seed=6).kohya_state_dict()
+    key = "lora_unet_down_blocks_0_attentions_0_transformer_blocks_0_attn1_to_q.lora_down.weight"
+    assert torch.equal(a[key], b[key]) and not torch.equal(a[key], c[key])

@@ -15,7 +15,8 @@ stride and padding) initialised kaiming-uniform(a=√5) as `nn.Linear` is, and `
 1x1 conv back), initialised to zero, so the attached network starts as the base model. A forward
 hook on the target adds `up(down(x)) · alpha / rank · multiplier` to the target's output; the
 target itself is never replaced or changed. The LoRA weights are float32 whatever the model's
-dtype (under autocast the products run in the autocast dtype).
+dtype (under autocast the products run in the autocast dtype); with a `seed` the initial weights
+are the same on every run and device.
 
 Module keys are kohya's: `lora_unet_<diffusers path>` for SD 1.x / 2.x and
 `lora_unet_<SGM/LDM path>` for SDXL (kohya trains SDXL on its own LDM-named UNet), `lora_te_` for
@@ -128,7 +129,15 @@ def find_targets(
 class LoraModule(nn.Module):
     """down/up for one target layer; `forward(x)` is the delta added to the layer's output."""
 
-    def __init__(self, target: nn.Module, rank: int, alpha: float, *, dtype: torch.dtype = torch.float32) -> None:
+    def __init__(
+        self,
+        target: nn.Module,
+        rank: int,
+        alpha: float,
+        *,
+        dtype: torch.dtype = torch.float32,
+        generator: torch.Generator | None = None,
+    ) -> None:
         super().__init__()
         weight = cast(torch.Tensor, target.weight)
         device = weight.device
@@ -155,14 +164,23 @@ class LoraModule(nn.Module):
             raise TypeError(f"no LoRA for {type(target).__name__}")
         self.register_buffer("alpha", torch.tensor(float(alpha), dtype=torch.float32, device=device))
         self.multiplier = 1.0
-        self.reset_parameters()
+        self.reset_parameters(generator)
 
     @property
     def scale(self) -> float:
         return float(cast(torch.Tensor, self.alpha)) / self.rank
 
-    def reset_parameters(self) -> None:
-        nn.init.kaiming_uniform_(cast(torch.Tensor, self.down.weight), a=math.sqrt(5))
+    def reset_parameters(self, generator: torch.Generator | None = None) -> None:
+        """down: kaiming-uniform(a=√5) (drawn on the CPU from `generator` when given, so a seed
+        gives the same start on every device); up: zero."""
+        down = cast(torch.Tensor, self.down.weight)
+        with torch.no_grad():
+            if generator is None:
+                nn.init.kaiming_uniform_(down, a=math.sqrt(5))
+            else:
+                values = torch.empty(down.shape, dtype=torch.float32)
+                nn.init.kaiming_uniform_(values, a=math.sqrt(5), generator=generator)
+                down.copy_(values)
         nn.init.zeros_(cast(torch.Tensor, self.up.weight))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -189,6 +207,7 @@ class LoraNetwork(nn.Module):
         train_unet: bool = True,
         train_text_encoder: bool = True,
         dtype: torch.dtype = torch.float32,
+        seed: int | None = None,
     ) -> None:
         super().__init__()
         if rank <= 0:
@@ -200,10 +219,11 @@ class LoraNetwork(nn.Module):
         self.train_unet, self.train_text_encoder = train_unet, train_text_encoder
         self.targets: dict[str, LoraTarget] = {}
         self.loras = nn.ModuleDict()
+        generator = torch.Generator().manual_seed(seed) if seed is not None else None
         for target in find_targets(model, unet=train_unet, text_encoders=train_text_encoder, conv=self.conv_rank > 0):
             rank_, alpha_ = (self.conv_rank, self.conv_alpha) if target.is_conv3x3 else (self.rank, self.alpha)
             self.targets[target.key] = target
-            self.loras[target.key] = LoraModule(target.module, rank_, alpha_, dtype=dtype)
+            self.loras[target.key] = LoraModule(target.module, rank_, alpha_, dtype=dtype, generator=generator)
         if not self.targets:
             raise ValueError("no layer of this model can take a LoRA")
         self._handles: list[torch.utils.hooks.RemovableHandle] = []
