@@ -42,12 +42,18 @@ class PreprocessReport:
     stopped: bool = False  # asked to stop before the end
 
     def summary(self) -> str:
-        text = f"Preprocessing {'stopped' if self.stopped else 'finished'}: {len(self.written)} images written"
+        text = (
+            f"Preprocessing {'stopped' if self.stopped else 'finished'}: {_count(len(self.written), 'image')} written"
+        )
         if self.captions:
-            text += f", {self.captions} captions"
+            text += f", {_count(self.captions, 'caption')}"
         if self.skipped:
             text += f"; skipped {len(self.skipped)}: " + "; ".join(f"{name} ({why})" for name, why in self.skipped)
         return text + "."
+
+
+def _count(number: int, noun: str) -> str:
+    return f"{number} {noun}{'' if number == 1 else 's'}"
 
 
 def source_images(src: Path) -> list[Path]:
