@@ -215,11 +215,14 @@ class TrainingService:
                     "training needs the whole model on the device: restart without --medvram / --lowvram to train"
                 )
             run = TrainingRun(ctx, progress, model, sampler=self._sample, embeddings=self._embeddings)
+            active = self._models.active
+            checkpoint_hash = active.info.shorthash if active is not None else None
             if isinstance(request, LoraTrainRequest):
                 from modules.engine.training.lora_trainer import train_lora
 
                 output = Path(request.output_dir).expanduser() if request.output_dir else self._paths.lora_dir
-                return train_lora(request, run, output_dir=output)
+                clip_skip = int(self._options.get("CLIP_stop_at_last_layers") or 1)  # type: ignore[call-overload]
+                return train_lora(request, run, output_dir=output, clip_skip=clip_skip)
             if isinstance(request, TrainEmbeddingRequest):
                 from modules.engine.training.embedding_trainer import train_embedding
 
@@ -229,6 +232,7 @@ class TrainingService:
                     embeddings_dir=self._paths.embeddings_dir,
                     log_root=self._log_root(request.log_directory),
                     options=self._options,
+                    checkpoint_hash=checkpoint_hash,
                 )
             from modules.engine.training.hypernetwork_trainer import train_hypernetwork
 
@@ -238,6 +242,7 @@ class TrainingService:
                 hypernetworks_dir=self._paths.hypernetwork_dir,
                 log_root=self._log_root(request.log_directory),
                 options=self._options,
+                checkpoint_hash=checkpoint_hash,
             )
 
     def _log_root(self, log_directory: str) -> Path:
