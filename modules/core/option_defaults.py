@@ -100,16 +100,13 @@ NOT_ACTED_ON: dict[str, tuple[str, ...]] = {
     f"{_LATER}: model folders are always scanned the same way": ("list_hidden_files",),
     f"{_LATER}: .safetensors files are always memory-mapped": ("disable_mmap_load_safetensors",),
     f"{_LATER}: image URLs are refused for local addresses whatever this says": ("api_forbid_local_requests",),
-    f"{_LATER}: there is no training": (
-        "unload_models_when_training",
-        "pin_memory",
-        "save_optimizer_state",
-        "save_training_settings_to_txt",
-        "dataset_filename_word_regex",
-        "dataset_filename_join_string",
+    f"{_LATER}: training keeps the whole model on the device": ("unload_models_when_training",),
+    "not used: training reads its images without a DataLoader": ("pin_memory",),
+    "not used: A1111 v1.10 reads this option nowhere either (kohya folders' N_ prefix sets repeats)": (
         "training_image_repeats_per_epoch",
-        "training_write_csv_every",
-        "training_xattention_optimizations",
+    ),
+    "not used: training uses the same attention as generation (PyTorch SDPA)": ("training_xattention_optimizations",),
+    f"{_LATER}: no TensorBoard logging (the Train tab plots the loss; a CSV is written)": (
         "training_enable_tensorboard",
     ),
     f"{_LATER}: the RAM cache is bounded by sd_checkpoint_cache_bytes": (
