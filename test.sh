@@ -2,7 +2,7 @@
 # Runs the test suite: ./test.sh [pytest args...]   (default args come from pyproject.toml)
 #
 #   ./test.sh                         everything (what CI runs, as ./test.sh -q): the non-browser
-#                                     tests on two workers, then the browser tests
+#                                     tests on two workers and, beside them, the browser tests
 #   ./test.sh -m "not browser"        the fast lane: all but the Chromium-driven UI tests
 #   ./test.sh -m "not browser and not slow"   faster still: also skips the server-process tests
 #   ./test.sh -m browser              only the browser tests (they share one server and one Chromium)
@@ -33,10 +33,10 @@ export HF_HUB_OFFLINE=1
 export TRANSFORMERS_OFFLINE=1
 export HF_HUB_DISABLE_TELEMETRY=1
 
-# A whole run (no test paths, -m, -k or -n given) goes in two parts: everything but the browser
-# tests on two worker processes (pytest-xdist, one test file per worker at a time), then the
-# browser tests in this process (they share one server and one Chromium). Any other call is one
-# plain pytest run with the arguments given.
+# A whole run (no test paths, -m, -k or -n given) goes in two parts at once: everything but the
+# browser tests on two worker processes (pytest-xdist, one test file per worker at a time), and the
+# browser tests in one more process (they share one server and one Chromium). Any other call is
+# one plain pytest run with the arguments given.
 whole_run=1
 for arg in "$@"; do
     case "$arg" in
@@ -46,10 +46,20 @@ done
 if [[ $whole_run -eq 0 ]]; then
     exec "$python" -m pytest "$@"
 fi
+# The browser tests mostly wait (page loads, the server's events), so they run in the background
+# beside the others; their output is printed after the first part's.
+browser_log="$(mktemp "${TMPDIR:-/tmp}/sdw-browser-tests.XXXXXX")" || exit 1
+"$python" -m pytest -m browser "$@" >"$browser_log" 2>&1 &
+browser_pid=$!
+trap 'kill "$browser_pid" 2>/dev/null; rm -f "$browser_log"' INT TERM
 "$python" -m pytest -m "not browser" -n 2 --dist loadfile "$@"
 rc_fast=$?
-"$python" -m pytest -m browser "$@"
+wait "$browser_pid"
 rc_browser=$?
+echo
+echo "---- browser tests (run beside the others) ----"
+cat "$browser_log"
+rm -f "$browser_log"
 # exit code 5 ("no tests collected") of one part is fine when the other part ran tests
 if [[ $rc_fast -eq 5 && $rc_browser -eq 0 ]] || [[ $rc_fast -eq 0 && $rc_browser -eq 5 ]]; then
     exit 0

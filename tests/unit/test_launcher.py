@@ -58,6 +58,11 @@ if args[:1] == ["webui.py"] or args[:2] == ["-m", "pytest"]:
     log("webui" if args[0] == "webui.py" else "pytest", exe=sys.argv[0], cwd=os.getcwd(), env=env)
     codes_file = os.environ.get("FAKE_EXIT_CODES")
     code = 0
+    # a whole test.sh run starts its two parts at once: each part has its own code
+    part = {{"browser": "FAKE_EXIT_BROWSER", "not browser": "FAKE_EXIT_FAST"}}.get(
+        args[3] if args[:3] == ["-m", "pytest", "-m"] and len(args) > 3 else "")
+    if part and os.environ.get(part):
+        sys.exit(int(os.environ[part]))
     if codes_file and os.path.exists(codes_file):
         codes = open(codes_file).read().split()
         if codes:
@@ -168,10 +173,10 @@ def test_root_with_f_proceeds_and_f_is_not_passed_on(sb: Sandbox) -> None:
 
 def test_test_sh_runs_as_root(sb: Sandbox) -> None:
     ok(sb.run("test.sh", FAKE_UID="0"))
-    # a whole run: the non-browser tests on two workers, then the browser tests
-    fast, browser = sb.calls("pytest")
-    assert fast["argv"][2:6] == ["-m", "not browser", "-n", "2"]
-    assert browser["argv"][2:4] == ["-m", "browser"]
+    # a whole run: the non-browser tests on two workers and the browser tests beside them
+    calls = sorted(sb.calls("pytest"), key=lambda c: c["argv"][3])
+    assert [c["argv"][2:4] for c in calls] == [["-m", "browser"], ["-m", "not browser"]]
+    assert calls[1]["argv"][4:6] == ["-n", "2"]
 
 
 def test_test_sh_with_a_selection_is_one_plain_pytest_run(sb: Sandbox) -> None:
@@ -375,9 +380,9 @@ def test_test_sh_returns_pytest_exit_code(sb: Sandbox) -> None:
     sb.exit_codes(5)
     assert sb.run("test.sh", "tests/unit").returncode == 5
     # a whole run fails when either part fails; "no tests collected" (5) only when both collect none
-    for codes, expected in (((5, 5), 5), ((1, 0), 1), ((0, 2), 2), ((5, 0), 0), ((0, 5), 0)):
-        sb.exit_codes(*codes)
-        assert sb.run("test.sh").returncode == expected, codes
+    for (fast, browser), expected in (((5, 5), 5), ((1, 0), 1), ((0, 2), 2), ((5, 0), 0), ((0, 5), 0)):
+        proc = sb.run("test.sh", FAKE_EXIT_FAST=str(fast), FAKE_EXIT_BROWSER=str(browser))
+        assert proc.returncode == expected, (fast, browser)
 
 
 def test_scripts_are_executable() -> None:
