@@ -162,13 +162,13 @@ class LoraModule(nn.Module):
             self.up = nn.Linear(self.rank, target.out_features, bias=False, device=device, dtype=dtype)
         else:  # pragma: no cover - find_targets only yields Linear / Conv2d
             raise TypeError(f"no LoRA for {type(target).__name__}")
-        self.register_buffer("alpha", torch.tensor(float(alpha), dtype=torch.float32, device=device))
+        self.alpha = float(alpha)  # a number, not a tensor: reading it never syncs a device
         self.multiplier = 1.0
         self.reset_parameters(generator)
 
     @property
     def scale(self) -> float:
-        return float(cast(torch.Tensor, self.alpha)) / self.rank
+        return self.alpha / self.rank
 
     def reset_parameters(self, generator: torch.Generator | None = None) -> None:
         """down: kaiming-uniform(a=√5) (drawn on the CPU from `generator` when given, so a seed
@@ -280,7 +280,7 @@ class LoraNetwork(nn.Module):
             module = cast(LoraModule, self.loras[key])
             down = cast(torch.Tensor, module.down.weight).detach()
             up = cast(torch.Tensor, module.up.weight).detach()
-            alpha = cast(torch.Tensor, module.alpha).detach()
+            alpha = torch.tensor(module.alpha)
             target_dtype = dtype or down.dtype
             out[f"{key}.lora_down.weight"] = down.to("cpu", target_dtype).contiguous()
             out[f"{key}.lora_up.weight"] = up.to("cpu", target_dtype).contiguous()
@@ -302,12 +302,12 @@ class LoraNetwork(nn.Module):
                 for suffix, tensor in (
                     ("lora_down.weight", cast(torch.Tensor, module.down.weight)),
                     ("lora_up.weight", cast(torch.Tensor, module.up.weight)),
-                    ("alpha", cast(torch.Tensor, module.alpha)),
                 ):
                     source = tensors[f"{key}.{suffix}"]
                     if source.shape != tensor.shape:
                         raise ValueError(f"{key}.{suffix}: shape {tuple(source.shape)}, expected {tuple(tensor.shape)}")
                     tensor.copy_(source.to(tensor))
+                module.alpha = float(tensors[f"{key}.alpha"])
 
 
 def _hook(lora: LoraModule) -> Any:
