@@ -31,6 +31,7 @@ from modules.ui.common import (
 from modules.ui.extra_networks import extra_networks_tabs
 from modules.ui.img2img_batch import BATCH_FROM_DIR, BATCH_UPLOAD, batch_plan, run_batch
 from modules.ui.img2img_editor import COPY_TARGETS, image_of_mode, image_to_copy
+from modules.ui.img2img_interrogate import InterrogateButtons, add_interrogate_buttons, wire_interrogate_buttons
 from modules.ui.img2img_modes import (
     BATCH,
     IMG2IMG,
@@ -86,6 +87,7 @@ class Img2ImgTab:
     # the Batch sub-tab's components by `batch_plan` keyword
     batch_fields: dict[str, Any] = field(default_factory=dict)
     scripts: ScriptSection | None = None
+    interrogate: InterrogateButtons | None = None  # 📎 / 📦
 
     @property
     def mode_outputs(self) -> list[Any]:
@@ -272,6 +274,7 @@ def build_img2img_tab(services: Services) -> Img2ImgTab:
 
     row = build_prompt_row("img2img", services)
     prompt, negative, style_dropdown = row.prompt, row.negative, row.styles
+    interrogate = add_interrogate_buttons(row)
 
     # the settings go into the "Generation" tab, the extra-network tabs next to it (A1111)
     with (
@@ -476,6 +479,7 @@ def build_img2img_tab(services: Services) -> Img2ImgTab:
         "inpaint_sketch": inpaint_sketch,
         "inpaint_base": inpaint_base,
     }
+    wire_interrogate_buttons(services, interrogate, image_fields, batch_fields, prompt)
     targets = {IMG2IMG: init_image, SKETCH: sketch, INPAINT: inpaint_editor, INPAINT_SKETCH: inpaint_sketch}
     mode_updates = [mode, mode_tabs, inpaint_controls, mask_alpha]
 
@@ -566,4 +570,5 @@ def build_img2img_tab(services: Services) -> Img2ImgTab:
         image_cfg_scale=image_cfg,
         batch_fields=batch_fields,
         scripts=scripts,
+        interrogate=interrogate,
     )
