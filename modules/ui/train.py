@@ -18,7 +18,6 @@ or the outputs folder (as Extras' batch folders). Bad input is a `gr.Error` with
 from __future__ import annotations
 
 import html
-import importlib
 import threading
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
@@ -46,6 +45,7 @@ from modules.core.training import (
     TrainEmbeddingRequest,
     TrainHypernetworkRequest,
 )
+from modules.engine.interrogation import Interrogator
 from modules.engine.training.preprocess import EXISTING_CAPTION_ACTIONS, PreprocessReport, preprocess_images
 from modules.engine.training.templates import DEFAULT_EMBEDDING_TEMPLATE, list_templates
 from modules.services import Services
@@ -590,15 +590,15 @@ class _Captioners:
 
 
 def captioner_status(services: Services) -> _Captioners:
-    try:  # TEMPORARY until the interrogation module lands
-        interrogation: Any = importlib.import_module("modules.engine.interrogation")
-    except ImportError:
-        note = "Captioning is not available in this build."
-        return _Captioners(blip=note, deepbooru=note)
-    return _Captioners(
-        blip=interrogation.missing_weights(services.paths, "clip"),
-        deepbooru=interrogation.missing_weights(services.paths, "deepbooru"),
-    )
+    interrogator = _interrogator(services)
+    return _Captioners(blip=interrogator.missing("blip"), deepbooru=interrogator.missing("deepbooru"))
+
+
+def _interrogator(services: Services) -> Interrogator:
+    """The engine's interrogator (loaded models shared with img2img's buttons and the API), else
+    one over the model folders."""
+    found = getattr(services.engine, "interrogator", None)
+    return found if isinstance(found, Interrogator) else Interrogator.from_paths(services.paths, services.options)
 
 
 def _preprocess_form(services: Services) -> tuple[dict[str, Any], gr.Button, gr.Button]:
@@ -1137,8 +1137,6 @@ def _wire_preprocess(
 
 def make_captioner(services: Services, *, blip: bool, deepbooru: bool) -> Callable[[Image.Image], str] | None:
     """The caption function for preprocessing: BLIP's caption, then DeepBooru's tags, joined by
-    ", " (A1111's order); None when neither is asked for."""
-    if not (blip or deepbooru):
-        return None
-    interrogation: Any = importlib.import_module("modules.engine.interrogation")
-    return interrogation.caption_function(services.paths, blip=blip, deepbooru=deepbooru)
+    ", " (A1111's order); None when neither is asked for. Missing weights are a `UserError`
+    naming the file, raised here (before anything is queued)."""
+    return _interrogator(services).caption_function(blip=blip, deepbooru=deepbooru)

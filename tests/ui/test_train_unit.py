@@ -27,6 +27,7 @@ from modules.core.training import (
     TrainEmbeddingRequest,
     TrainHypernetworkRequest,
 )
+from modules.engine.interrogation import Interrogator
 from modules.ui import train
 from modules.ui.train import (
     TrainTab,
@@ -38,6 +39,7 @@ from modules.ui.train import (
     progress_text,
     train_request,
 )
+from tests.fixtures.interrogate_models import write_deepbooru
 
 T = TypeVar("T")
 
@@ -138,6 +140,7 @@ class FakeEngine:
         self.interrupted: list[str | None] = []
         self.refuse: str | None = None
         self.calls: list[str] = []
+        self.interrogator: Interrogator | None = None
 
     def embeddings(self) -> Any:
         return SimpleNamespace(loaded={"emb_b": 1, "emb_a": 2})
@@ -181,7 +184,15 @@ class FakeEngine:
 def services(tmp_path: Path) -> Any:
     networks = SimpleNamespace(hypernetworks=lambda: [SimpleNamespace(name="hn")], refresh=lambda kind=None: None)
     paths = SimpleNamespace(data_dir=tmp_path, outputs_dir=tmp_path / "outputs")
-    return SimpleNamespace(engine=FakeEngine(), networks=networks, paths=paths)
+    engine = FakeEngine()
+    models = tmp_path / "models"
+    engine.interrogator = Interrogator(
+        blip_dir=models / "BLIP",
+        clip_dir=models / "CLIP",
+        deepbooru_dirs=(models / "torch_deepdanbooru",),
+        category_dirs=(),
+    )
+    return SimpleNamespace(engine=engine, networks=networks, paths=paths, options=None)
 
 
 def build(services: Any, *, with_other_tabs: bool = False) -> tuple[gr.Blocks, TrainTab]:
@@ -278,19 +289,14 @@ def test_a1111_defaults(services: Any) -> None:
     assert (p["split_threshold"].value, p["overlap_ratio"].value) == (0.5, 0.2)
 
 
-def test_missing_caption_weights_disable_the_boxes_with_a_note(services: Any, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(
-        train,
-        "captioner_status",
-        lambda _s: train._Captioners(
-            blip="BLIP needs models/BLIP/model_base_caption_capfilt_large.pth", deepbooru=None
-        ),
-    )
+def test_missing_caption_weights_disable_the_boxes_with_a_note(services: Any) -> None:
+    write_deepbooru(services.paths.data_dir / "models")  # DeepBooru there, BLIP not
     blocks, tab = build(services)
     assert tab.preprocess_fields["caption_blip"].interactive is False
     assert tab.preprocess_fields["caption_deepbooru"].interactive is not False
     [note] = [c for c in blocks.blocks.values() if getattr(c, "elem_id", None) == "train_process_caption_note"]
     assert "model_base_caption_capfilt_large.pth" in note.value and note.visible
+    assert "DeepBooru" not in note.value
 
 
 # -- form -> request ------------------------------------------------------------------------------------
@@ -697,3 +703,20 @@ def test_extensions_add_train_sub_tabs(services: Any) -> None:
         "txt2img_width",
         "txt2img_height",
     ]
+
+
+def test_preprocess_captions_with_deepbooru_and_refuses_blip_without_its_weights(services: Any) -> None:
+    write_deepbooru(services.paths.data_dir / "models")
+    src = services.paths.data_dir / "raw"
+    src.mkdir()
+    Image.new("RGB", (80, 80), "green").save(src / "a.png")
+    blocks, tab = build(services)
+    fn = handler(blocks, _button(blocks, "train_run_preprocess"), "click")
+    fields = tab.preprocess_fields
+    values = defaults(fields) | {"src": "raw", "dst": "prepared", "width": 64, "height": 64}
+    *_, (summary, _job) = list(call(fn, fields, values | {"caption_deepbooru": True}))
+    assert summary == "Preprocessing finished: 1 image written, 1 caption."
+    caption = (services.paths.data_dir / "prepared" / "00000-0-a.txt").read_text()
+    assert "solo" in caption and "blue" not in caption  # the fixture's tags above / below 0.5
+    with pytest.raises(gr.Error, match=r"model_base_caption_capfilt_large\.pth"):
+        list(call(fn, fields, values | {"caption_blip": True}))
