@@ -14,6 +14,7 @@ from typing import Any
 import numpy as np
 import pytest
 import torch
+from PIL import Image
 from safetensors import safe_open
 
 from modules.core.hashes import HashCache
@@ -177,6 +178,8 @@ def test_trained_lora_loads_changes_generation_and_the_model_is_left_as_found(
     assert len(result.samples) == 2 and all(Path(p).is_file() for p in result.samples)
     assert Path(result.samples[0]).parent == lora_dir / "cube-sd1-samples"
     assert [s for s, _ in run.progress.samples] == [2, 4]
+    with Image.open(result.samples[0]) as sample:
+        assert sample.size == (64, 64) and "a red cube" in sample.info["parameters"]
 
     after = engine.run_sync(t2i(prompt="a red cube"), 120)
     assert np.array_equal(pixels(after.images[0]), pixels(before.images[0]))

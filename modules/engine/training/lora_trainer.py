@@ -28,6 +28,7 @@ each component's train/eval mode and every parameter's `requires_grad` restored.
 from __future__ import annotations
 
 import contextlib
+import io
 import logging
 import math
 import random
@@ -40,7 +41,9 @@ from pathlib import Path
 from typing import Any, cast
 
 import torch
+from PIL.PngImagePlugin import PngInfo
 
+from modules.core.atomic import atomic_write_bytes
 from modules.core.errors import UserError
 from modules.core.requests import Txt2ImgRequest
 from modules.core.training import MIXED_PRECISIONS, LoraTrainRequest, TrainResult
@@ -260,7 +263,12 @@ def _save_sample(run: TrainingRun, request: LoraTrainRequest, sample_dir: Path, 
         return None
     sample_dir.mkdir(parents=True, exist_ok=True)
     path = sample_dir / f"{request.name}-step{step:08d}.png"
-    result.images[0].save(path)
+    info = PngInfo()
+    if result.infotexts:
+        info.add_text("parameters", result.infotexts[0])
+    buffer = io.BytesIO()
+    result.images[0].save(buffer, format="PNG", pnginfo=info)
+    atomic_write_bytes(path, buffer.getvalue())
     run.note_sample(step, path)
     return path
 
