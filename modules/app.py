@@ -10,6 +10,7 @@ from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+import torch
 from fastapi import FastAPI
 from fastapi.responses import HTMLResponse
 from PIL import Image
@@ -28,6 +29,7 @@ from modules.engine import upscaling
 from modules.engine.extra_networks import ExtraNetworks
 from modules.engine.facade import Engine, wire_model_options
 from modules.engine.hooks import Hooks
+from modules.engine.interrogation import Interrogator
 from modules.engine.outputs import ImageSaver
 from modules.engine.service import GenerationService, image_saver_for
 from modules.engine.training.service import TrainingService
@@ -130,6 +132,13 @@ def build_services(
         face_restorers=face_restorers,
         merge_dir=settings.ckpt_dir or paths.checkpoint_dir,
         training=training,
+        interrogator=Interrogator.from_paths(
+            paths,
+            options,
+            device=torch.device("cpu") if settings.cpu_for("interrogate") else policy.placement.device,
+            dtype=policy.placement.dtype,
+            budget=budget,
+        ),
     )
     wire_model_options(options, engine, models)
     extensions = ExtensionManager(settings, paths, options, environ=environ)

@@ -10,6 +10,7 @@ from modules.api.routes import (
     extras,
     generation,
     info,
+    interrogate,
     models,
     options,
     pnginfo,
@@ -21,7 +22,7 @@ from modules.api.security import install_security
 from modules.services import Services
 
 PREFIX = "/sdapi/v1"
-ROUTERS = (generation, progress, pnginfo, options, models, info, server, extras, extensions, training)
+ROUTERS = (generation, progress, pnginfo, options, models, info, server, extras, extensions, training, interrogate)
 
 
 def install_api(app: FastAPI, services: Services) -> None:

@@ -57,6 +57,7 @@ from modules.core.training import (
 from modules.engine import upscaling
 from modules.engine.extras import dest_side, run_extras
 from modules.engine.hooks import Hooks
+from modules.engine.interrogation import Interrogator
 from modules.engine.service import GenerationService
 from modules.engine.token_count import count_tokens
 from modules.engine.training.service import TrainingService
@@ -181,6 +182,7 @@ class Engine:
         face_restorers: FaceRestorers | None = None,
         merge_dir: Path | None = None,
         training: TrainingService | None = None,
+        interrogator: Interrogator | None = None,
     ) -> None:
         self._worker = worker
         self._models = models
@@ -191,6 +193,9 @@ class Engine:
         self._face_restorers = face_restorers
         self._merge_dir = merge_dir
         self._training = training
+        # BLIP / CLIP / DeepDanbooru: img2img's 📎 📦, `/interrogate`, the Train tab's captions
+        # (its jobs go through `submit_call`; see `modules.engine.interrogation`)
+        self.interrogator = interrogator
         self.hooks: Hooks = generation.hooks  # extensions register here; every generation job fires them
         self._handles: OrderedDict[str, JobHandle[Any]] = OrderedDict()
         self._lock = threading.Lock()

@@ -15,7 +15,6 @@ from fastapi import FastAPI
 from fastapi.testclient import TestClient
 from PIL import Image
 
-from modules.api.routes import interrogate as interrogate_route
 from modules.app import build_services, create_app
 from modules.core.settings import parse_settings
 from modules.engine.interrogation import Interrogator
@@ -36,11 +35,8 @@ IMAGE = _b64(Image.new("RGB", (40, 30), (90, 90, 200)))
 
 def _app(data: Path) -> tuple[Services, FastAPI]:
     services = build_services(parse_settings(["--data-dir", str(data), "--nowebui"], {}), data, {})
-    if getattr(services.engine, "interrogator", None) is None:  # until the composition root wires it
-        services.engine.interrogator = Interrogator.from_paths(services.paths, services.options)  # type: ignore[attr-defined]
+    assert isinstance(services.engine.interrogator, Interrogator)  # the composition root wires it
     app = create_app(services)
-    if not any(getattr(route, "path", "") == "/sdapi/v1/interrogate" for route in app.routes):
-        app.include_router(interrogate_route.router, prefix="/sdapi/v1")
     return services, app
 
 
