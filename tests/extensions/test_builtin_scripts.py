@@ -352,12 +352,26 @@ def test_loopback_loops_and_denoising_progression(client: TestClient) -> None:
     assert np.array_equal(pixels(again[0]), pixels(images[2]))
 
 
-def test_loopback_interrogation_is_refused(client: TestClient) -> None:
-    for choice in ("CLIP", "DeepBooru"):
+def test_loopback_interrogation_needs_weights_then_appends_tags(client: TestClient, services: Services) -> None:
+    from tests.fixtures import interrogate_models
+
+    for choice, missing in (("CLIP", "BLIP"), ("DeepBooru", "model-resnet_custom_v3.pt")):
         payload = img2img(script_name="loopback", script_args=[2, 0.5, "Linear", choice])
-        assert "interrogator" in post_error(client, "img2img", payload)
+        response = client.post("/sdapi/v1/img2img", json=payload)
+        assert response.status_code == 404  # as /interrogate answers missing weights
+        assert missing in response.json()["detail"]  # names the file to put in place
     payload = img2img(script_name="loopback", script_args=[2, 0.5, "Wavy", "None"])
     assert "curve" in post_error(client, "img2img", payload)
+
+    interrogate_models.write_deepbooru(services.paths.models_dir)
+    try:
+        payload = img2img(prompt="a cat", script_name="loopback", script_args=[2, 0.5, "Linear", "DeepBooru"])
+        _, info = post(client, "img2img", payload)
+        prompts = [t.split("\n", 1)[0] for t in info["infotexts"][1:]]
+        assert len(prompts) == 2 and all(p.startswith("a cat, ") and len(p) > len("a cat, ") for p in prompts)
+        assert params(info["infotexts"][1])["Append interrogated prompt at each iteration"] == "DeepBooru"
+    finally:
+        shutil.rmtree(services.paths.models_dir / "torch_deepdanbooru", ignore_errors=True)
 
 
 def test_loopback_curves() -> None:

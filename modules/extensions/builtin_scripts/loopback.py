@@ -6,13 +6,16 @@ image. Seeds go up by one per loop. A grid of the loop (of the last images with 
 comes first when `return_grid` is on.
 A1111's `script_args`: `[loops, final_denoising_strength, denoising_curve, append_interrogation]`.
 
-"Append interrogated prompt" (CLIP / DeepBooru) needs an image interrogator, which this app
-does not have: choosing one is an error, not a loop without it.
+"Append interrogated prompt" (CLIP / DeepBooru): before each loop, the prompt becomes the
+request's prompt, ", " and the interrogation of that loop's input image (A1111's rule; the
+interrogators' weights are checked first: missing ones are an error naming the file, not a loop
+without them).
 """
 
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from typing import Any
 
 from PIL import Image
@@ -25,6 +28,23 @@ from modules.extensions.script_base import Script
 
 CURVES = ("Aggressive", "Linear", "Lazy")
 INTERROGATORS = ("None", "CLIP", "DeepBooru")
+
+
+def _interrogator(choice: str) -> Callable[[Image.Image, Any], str] | None:
+    """The engine's interrogator for "CLIP" / "DeepBooru" (its weights checked now), None for "None"."""
+    if choice == "None":
+        return None
+    env = runtime.maybe_environment()
+    interrogator = getattr(env.engine, "interrogator", None) if env is not None and env.engine is not None else None
+    if interrogator is None:
+        raise ValidationError(f"Loopback: 'Append interrogated prompt' with {choice} needs the image interrogator")
+    model = "clip" if choice == "CLIP" else "deepdanbooru"
+    interrogator.require(model)
+
+    def interrogate(image: Image.Image, ctx: Any) -> str:
+        return str(interrogator.interrogate(image.convert("RGB"), model, ctx))
+
+    return interrogate
 
 
 def denoising_strength(loop: int, loops: int, initial: float, final: float, curve: str) -> float:
@@ -95,11 +115,7 @@ class Loopback(Script):
             raise ValidationError(
                 f"Loopback: unknown interrogator {append_interrogation!r} ({', '.join(INTERROGATORS)})"
             )
-        if append_interrogation != "None":
-            raise ValidationError(
-                f"Loopback: 'Append interrogated prompt' with {append_interrogation} needs an image "
-                "interrogator, which this app does not have; choose None"
-            )
+        interrogate = _interrogator(str(append_interrogation))
         if not p.init_images:
             raise ValidationError("Loopback: an init image is required")
         loops = int(count)
@@ -118,6 +134,9 @@ class Loopback(Script):
         initial = float(p.denoising_strength if p.denoising_strength is not None else 0.75)
         original_init = list(p.init_images)
         original_fill = p.inpainting_fill
+        original_prompt = str(p.prompt or "")
+        if interrogate is not None:
+            p.extra_generation_params["Append interrogated prompt at each iteration"] = append_interrogation
 
         job = runtime.current_job()
 
@@ -140,6 +159,10 @@ class Loopback(Script):
             last_info = ""
             last_seed = int(p.seed)
             for i in range(loops):
+                if interrogate is not None:
+                    tags = interrogate(p.init_images[0], job.ctx if job is not None else None)
+                    p.prompt = f"{original_prompt}, {tags}" if original_prompt else tags
+                    p.all_prompts = None  # the prompt of this loop, not the first loop's
                 if job is not None:
                     job.ctx.textinfo = f"Loopback: iteration {i + 1}/{loops}, batch {n + 1}/{batch_count}"
                 processed = process_images(p)
