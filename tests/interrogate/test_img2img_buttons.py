@@ -27,8 +27,7 @@ IMAGE = Image.new("RGB", (40, 30), (90, 90, 200))
 
 def _services(data: Path) -> Services:
     services = build_services(parse_settings(["--data-dir", str(data)], {}), data, {})
-    if getattr(services.engine, "interrogator", None) is None:  # until the composition root wires it
-        services.engine.interrogator = Interrogator.from_paths(services.paths, services.options)  # type: ignore[attr-defined]
+    assert isinstance(services.engine.interrogator, Interrogator)  # the composition root wires it
     return services
 
 
