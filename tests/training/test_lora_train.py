@@ -78,7 +78,7 @@ def _stop_after(run: TrainingRun, steps: int) -> None:
 
 def test_loss_goes_down_on_a_repeated_batch(sd1: StableDiffusionModel) -> None:
     view = TrainingView(sd1)
-    network = LoraNetwork(sd1, rank=8, alpha=8.0)
+    network = LoraNetwork(sd1, rank=8, alpha=8.0, seed=0)
     params = list(network.parameters())
     optimizer = torch.optim.AdamW(params, lr=3e-3)
     gen = torch.Generator().manual_seed(0)
@@ -284,7 +284,7 @@ def test_interrupt_leaves_a_valid_file(sd1: StableDiffusionModel, data_root: Pat
     match = match_network(read_network(path), sd1)
     assert match.matched_unet > 0 and match.matched_te > 0 and not match.unmatched
     assert read_metadata(path)["ss_steps"] == "1"
-    state = load_state(tmp_path / "stopped.state.pt")
+    state = load_state(tmp_path / "stopped.training-state")
     assert state is not None and state["step"] == 1
     assert not any(m._forward_hooks for c in sd1.modules() for m in c.modules())
 
