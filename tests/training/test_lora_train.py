@@ -186,6 +186,8 @@ def test_trained_lora_loads_changes_generation_and_the_model_is_left_as_found(
 
     assert engine.networks is not None
     engine.networks.registry.refresh("lora")
+    # the resume state beside the file is not a LoRA of the list
+    assert [info.name for info in engine.networks.registry.loras()] == ["cube-sd1"]
     with_lora = engine.run_sync(t2i(prompt="a red cube <lora:cube-sd1:1>"), 120)
     assert not any("cube-sd1" in w for w in with_lora.warnings), with_lora.warnings
     assert "Lora hashes" in with_lora.infotexts[0]

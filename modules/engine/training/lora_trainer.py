@@ -13,9 +13,10 @@ each batch's timesteps and noise from a generator seeded by (seed, step, batch o
 resumed run draws what the uninterrupted run would have.
 
 Files (in `output_dir`): `<name>.safetensors` at the end, `<name>-step00000N.safetensors` every
-`save_every_n_steps` (kohya's names), each with `<name>.state.pt` beside it (the LoRA weights in
-float32, optimizer, scheduler and scaler states, the step and the position in the epoch, the RNG
-state, the seed); samples every `sample_every_n_steps` as `<name>-samples/<name>-step00000N.png`,
+`save_every_n_steps` (kohya's names), each with `<name>.training-state` beside it (a suffix no
+model list reads, so the state never shows as a LoRA card: the LoRA weights in float32,
+optimizer, scheduler and scaler states, the step and the position in the epoch, the RNG state, the
+seed); samples every `sample_every_n_steps` as `<name>-samples/<name>-step00000N.png`,
 made by `run.sample` with the LoRA in force. With `resume` and a state present, the run continues
 from that state's step with its optimizer state. An interrupt (`run.should_stop()`, checked
 before every step) saves the current weights as the final file plus the state and returns
@@ -81,7 +82,7 @@ LATENT_CACHE_BATCH = 4
 
 def output_paths(output_dir: Path, name: str) -> tuple[Path, Path]:
     """(final LoRA file, resume state) of a run named `name`."""
-    return output_dir / f"{name}.safetensors", output_dir / f"{name}.state.pt"
+    return output_dir / f"{name}.safetensors", output_dir / f"{name}.training-state"
 
 
 def step_file(output_dir: Path, name: str, step: int) -> Path:
