@@ -29,7 +29,7 @@ def _lora(path: Path, metadata: dict[str, str] | None = None) -> Path:
 
 @pytest.fixture(scope="module")
 def folders(api_services: Services) -> dict[str, Path]:
-    """Files in place before the first listing (the registry scans on first use)."""
+    """Files in place, then the registry rescanned."""
     lora, lyco, hn = api_services.paths.lora_dir, api_services.paths.lycoris_dir, api_services.paths.hypernetwork_dir
     _lora(lora / "kohya.safetensors", {"ss_output_name": "kohya_alias", "ss_tag_frequency": '{"img": {"cat": 3}}'})
     _lora(lyco / "sub" / "locon.safetensors")
@@ -43,6 +43,7 @@ def folders(api_services: Services) -> dict[str, Path]:
     seq = hypernetwork_sequential(768, (1, 2, 1), "relu")
     write_a1111_hypernetwork(hn / "anime.pt", {768: (seq, seq)})
     (hn / "empty.pt").write_bytes(b"")
+    api_services.networks.refresh()  # the page (the Train tab's list) may have scanned already
     return {"lora": lora, "lyco": lyco, "hn": hn}
 
 

@@ -235,8 +235,11 @@ async def train_lora(body: dict[str, Any] = Body(...), services: Services = Depe
 @router.get("/train/status")
 def train_status(task_id: str | None = Query(None), services: Services = Depends(get_services)) -> Any:
     """A training run's progress: state, step / max_steps, epoch, learning rate, mean loss, the loss
-    history, samples (step, file), saved files, warnings; the latest run without `task_id`."""
+    history, samples (step, file), saved files, warnings; the latest run without `task_id` (state
+    "idle" before any run)."""
     status = services.engine.training_status(task_id)
     if status is None:
-        raise NotFoundError("no such training run" if task_id else "no training run yet")
+        if task_id:
+            raise NotFoundError("no such training run")
+        return {"state": "idle", "step": 0, "max_steps": 0, "losses": [], "samples": [], "saved": [], "warnings": []}
     return status
