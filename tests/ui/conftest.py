@@ -216,6 +216,9 @@ def browser() -> Iterator[Any]:
     if not CHROMIUM.exists():
         pytest.skip("Debian's chromium is not installed")
     sync_api = pytest.importorskip("playwright.sync_api")
+    # `expect(...)` waits 5 s by default; the browser tests run beside the others (test.sh), where a
+    # tab switch or an event can take longer on a busy 2-core machine
+    sync_api.expect.set_options(timeout=20_000)
     with sync_api.sync_playwright() as pw:
         chromium = pw.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS, headless=True)
         yield chromium
