@@ -4,11 +4,9 @@ frozen options are shown read-only and applying a change to one is refused."""
 
 from __future__ import annotations
 
-import asyncio
-from collections.abc import Callable
 from pathlib import Path
 from types import SimpleNamespace
-from typing import Any, TypeVar
+from typing import Any
 
 import gradio as gr
 import pytest
@@ -16,23 +14,7 @@ import pytest
 from modules.core.option_defaults import default_option_infos, unimplemented_options
 from modules.core.options import Options
 from modules.ui.settings import SettingsTab, apply_settings, build_settings_tab, quicksettings_keys
-
-T = TypeVar("T")
-
-
-def in_a_loop(fn: Callable[[], T]) -> T:
-    """Build Blocks with a running event loop, closed afterwards (Gradio leaks one per Blocks
-    otherwise)."""
-
-    async def call() -> T:
-        return fn()
-
-    loop = asyncio.new_event_loop()
-    try:
-        return loop.run_until_complete(call())
-    finally:
-        loop.close()
-        asyncio.set_event_loop(None)
+from tests.ui.gradio_loop import in_a_loop
 
 
 def build(services: Any) -> tuple[gr.Blocks, SettingsTab]:

@@ -6,13 +6,12 @@ the samples, stops when the run has ended and then rebuilds that kind's extra-ne
 
 from __future__ import annotations
 
-import asyncio
 import dataclasses
 from collections.abc import Callable
 from concurrent.futures import Future
 from pathlib import Path
 from types import SimpleNamespace
-from typing import Any, TypeVar
+from typing import Any
 
 import gradio as gr
 import pytest
@@ -40,8 +39,7 @@ from modules.ui.train import (
     train_request,
 )
 from tests.fixtures.interrogate_models import write_deepbooru
-
-T = TypeVar("T")
+from tests.ui.gradio_loop import in_a_loop
 
 # A1111's Train tab ids (a1111-ui/NOTES.md "Train") and the old Preprocess tab's
 A1111_IDS = {
@@ -105,18 +103,6 @@ A1111_IDS = {
     "train_run_preprocess",
     "train_interrupt_preprocessing",
 }
-
-
-def in_a_loop(fn: Callable[[], T]) -> T:
-    async def call() -> T:
-        return fn()
-
-    loop = asyncio.new_event_loop()
-    try:
-        return loop.run_until_complete(call())
-    finally:
-        loop.close()
-        asyncio.set_event_loop(None)
 
 
 class FakeHandle:

@@ -3,35 +3,16 @@ skipped), missing keys written back, a broken file left alone; plus the theme lo
 
 from __future__ import annotations
 
-import asyncio
 import json
 import logging
-from collections.abc import Callable
 from pathlib import Path
-from typing import TypeVar
 
 import gradio as gr
 import pytest
 
 from modules.ui.theme import BUILT_IN_THEMES, theme_for
 from modules.ui.ui_config import UiConfigResult, apply_ui_config_file, tracked_components
-
-T = TypeVar("T")
-
-
-def in_a_loop(fn: Callable[[], T]) -> T:
-    """Build Blocks with a running event loop, closed afterwards (as modules/ui/mount.py does):
-    without one Gradio makes, and leaks, an event loop per Blocks."""
-
-    async def call() -> T:
-        return fn()
-
-    loop = asyncio.new_event_loop()
-    try:
-        return loop.run_until_complete(call())
-    finally:
-        loop.close()
-        asyncio.set_event_loop(None)
+from tests.ui.gradio_loop import in_a_loop
 
 
 def build_page(path: Path | None = None) -> tuple[gr.Blocks, dict[str, gr.components.Component]]:

@@ -10,3 +10,22 @@
 
 The engine's `modules.engine.interrogation.Interrogator` composes them (A1111's "clip" and
 "deepdanbooru" interrogations, captions for training folders)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+
+def folder_model_type(folder: Path) -> str | None:
+    """The `model_type` in a transformers folder's `config.json` (None when there is no readable
+    one): how BLIP and CLIP folders are told apart from other folders."""
+    config = folder / "config.json"
+    if not config.is_file():
+        return None
+    try:
+        data = json.loads(config.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    kind = data.get("model_type") if isinstance(data, dict) else None
+    return kind if isinstance(kind, str) else None

@@ -21,7 +21,6 @@ the caption is the text generated after the prompt.
 
 from __future__ import annotations
 
-import json
 import logging
 import re
 from collections.abc import Mapping
@@ -34,6 +33,7 @@ from PIL import Image
 
 from modules.core.errors import ModelFileError
 from modules.models.checkpoint_io import read_state_dict
+from modules.models.interrogators import folder_model_type
 
 log = logging.getLogger(__name__)
 
@@ -211,14 +211,7 @@ def load_blip_file(path: Path, blip_dir: Path) -> BlipCaptioner:
 
 
 def is_blip_folder(folder: Path) -> bool:
-    config = folder / "config.json"
-    if not config.is_file():
-        return False
-    try:
-        data = json.loads(config.read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        return False
-    return isinstance(data, dict) and data.get("model_type") == "blip"
+    return folder_model_type(folder) == "blip"
 
 
 def load_blip_folder(folder: Path) -> BlipCaptioner:

@@ -17,7 +17,6 @@ images are prepared as OpenAI's preprocessing: shortest side resized to the mode
 from __future__ import annotations
 
 import io
-import json
 import pickle
 import zipfile
 from collections import OrderedDict
@@ -31,6 +30,7 @@ from PIL import Image
 
 from modules.core.errors import ModelFileError, UnsafeModelFileError
 from modules.models.checkpoint_io import read_state_dict
+from modules.models.interrogators import folder_model_type
 from modules.models.interrogators.blip import CLIP_MEAN, CLIP_STD
 
 CLIP_MODEL_NAME = "ViT-L-14"
@@ -251,14 +251,7 @@ def load_openai_clip(path: Path) -> ClipRanker:
 
 
 def is_clip_folder(folder: Path) -> bool:
-    config = folder / "config.json"
-    if not config.is_file():
-        return False
-    try:
-        data = json.loads(config.read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        return False
-    return isinstance(data, dict) and data.get("model_type") == "clip"
+    return folder_model_type(folder) == "clip"
 
 
 def load_clip_folder(folder: Path) -> ClipRanker:
