@@ -16,11 +16,12 @@ from modules.core.errors import UserError
 log = logging.getLogger(__name__)
 
 
-def error_response(status: int, error: str, detail: Any, body: Any = "", errors: Any = None) -> JSONResponse:
-    return JSONResponse(
-        status_code=status,
-        content={"error": error, "detail": detail, "body": body, "errors": str(detail) if errors is None else errors},
-    )
+def error_response(
+    status: int, error: str, detail: Any, body: Any = "", errors: Any = None, *, extra: dict[str, Any] | None = None
+) -> JSONResponse:
+    """A1111's error object; `extra` adds keys a route's clients also read (e.g. `info`)."""
+    content = {"error": error, "detail": detail, "body": body, "errors": str(detail) if errors is None else errors}
+    return JSONResponse(status_code=status, content={**content, **(extra or {})})
 
 
 async def _body_text(request: Request) -> str:

@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
-import json
 import re
 from collections.abc import Mapping
 from typing import Any
@@ -52,9 +51,7 @@ _IGNORED_KEYS = frozenset({"id_task"})  # A1111's task id argument (clients send
 
 def _fail(status: int, error: str, message: str, info: str, body: Any = "") -> JSONResponse:
     """A1111's error shape with its `info` text added."""
-    content = json.loads(bytes(error_response(status, error, message, body).body))
-    content["info"] = info
-    return JSONResponse(status_code=status, content=content)
+    return error_response(status, error, message, body, extra={"info": info})
 
 
 def _kwargs(cls: type, body: Mapping[str, Any], what: str, renames: Mapping[str, str] | None = None) -> dict[str, Any]:
