@@ -47,7 +47,10 @@ if [[ $whole_run -eq 0 ]]; then
     exec "$python" -m pytest "$@"
 fi
 # The browser tests mostly wait (page loads, the server's events), so they run in the background
-# beside the others; their output is printed after the first part's.
+# beside the others; their output is printed after the first part's. Three processes then run
+# torch on the machine's cores: each gets one intra-op thread (unless the caller chose), since
+# OpenMP threads that spin-wait on shared cores starve each other and the browser.
+export OMP_NUM_THREADS="${OMP_NUM_THREADS:-1}" MKL_NUM_THREADS="${MKL_NUM_THREADS:-1}"
 browser_log="$(mktemp "${TMPDIR:-/tmp}/sdw-browser-tests.XXXXXX")" || exit 1
 "$python" -m pytest -m browser "$@" >"$browser_log" 2>&1 &
 browser_pid=$!

@@ -211,18 +211,23 @@ class Worker:
                 if job.future.cancelled() or not job.future.set_running_or_notify_cancel():
                     continue
                 self._current = job
+            failure: BaseException | None = None
+            result: Any = None
             try:
                 result = job.fn(job.context)
             except BaseException as exc:  # the worker must survive every job
                 if not isinstance(exc, UserError | JobInterrupted):
                     log.exception("job %s failed", job.context.id)
-                job.future.set_exception(exc)
+                failure = exc
+            # the job is over before its caller hears of it: a client that reads /progress right
+            # after its answer sees the worker idle, not the job it has its result for
+            with self._lock:
+                self._current = None
+                self._completed.append(job.context.id)
+            if failure is not None:
+                job.future.set_exception(failure)
             else:
                 job.future.set_result(result)
-            finally:
-                with self._lock:
-                    self._current = None
-                    self._completed.append(job.context.id)
 
     # -- control -----------------------------------------------------------------------------
 

@@ -181,3 +181,32 @@ def test_preview_is_decoded_lazily_and_cached(worker: Worker) -> None:
     assert decoded == [1]  # decoded once, only because progress asked
     gate.set()
     job.future.result(5)
+
+
+@pytest.mark.parametrize("fails", [False, True])
+def test_a_job_is_over_before_its_caller_hears_of_it(worker: Worker, fails: bool) -> None:
+    """A client reading /progress right after its answer must see the worker idle: the future
+    is settled only after the job left the worker (its callbacks run on the worker thread at
+    set_result, so they see exactly what a waiting caller could see first)."""
+
+    gate = threading.Event()
+
+    def job(ctx: JobContext) -> str:
+        gate.wait(10)  # until the callback is on the future
+        if fails:
+            raise RuntimeError("boom")
+        return "done"
+
+    seen: list[tuple[object, bool, bool]] = []
+    submitted = worker.submit(job)
+    task_id = submitted.context.id
+    submitted.future.add_done_callback(
+        lambda _f: seen.append((worker.current, worker.is_completed(task_id), worker.queue_status(task_id)[0]))
+    )
+    gate.set()
+    if fails:
+        with pytest.raises(RuntimeError):
+            submitted.future.result(timeout=10)
+    else:
+        assert submitted.future.result(timeout=10) == "done"
+    assert seen == [(None, True, False)]
