@@ -11,6 +11,7 @@ from modules.api.routes import (
     generation,
     info,
     interrogate,
+    merge,
     models,
     options,
     pnginfo,
@@ -22,7 +23,20 @@ from modules.api.security import install_security
 from modules.services import Services
 
 PREFIX = "/sdapi/v1"
-ROUTERS = (generation, progress, pnginfo, options, models, info, server, extras, extensions, training, interrogate)
+ROUTERS = (
+    generation,
+    progress,
+    pnginfo,
+    options,
+    models,
+    info,
+    server,
+    extras,
+    extensions,
+    training,
+    interrogate,
+    merge,
+)
 
 
 def install_api(app: FastAPI, services: Services) -> None:

@@ -68,6 +68,27 @@ class MergeRequest:
     add_merge_recipe: bool = True
     copy_metadata_fields: bool = True
     metadata_json: str = "{}"
+    # per-block alphas (`modules.core.merge_blocks`): a full list, sparse "block:value" pairs or a
+    # preset name; empty = the multiplier for every key
+    block_weights: str = ""
+    base_alpha: float | None = None  # keys outside the UNet's blocks, with block weights; None = M
+    # LoRAs baked into the result after merging: (name, weight) with weight as in <lora:name:weight>
+    bake_loras: tuple[tuple[str, float], ...] = ()
+
+
+@dataclass(frozen=True)
+class ExtractLoraRequest:
+    """A LoRA of rank `rank` from the difference of two checkpoints (tuned - original), saved in
+    kohya's format into the Lora folder as `<name>.safetensors`."""
+
+    original_model_name: str
+    tuned_model_name: str
+    name: str
+    rank: int = 8
+    conv_rank: int = 0  # 3x3 convolutions too (LoCon) when > 0
+    clamp_quantile: float = 0.99
+    min_diff: float = 0.01  # text encoders whose largest difference is below this are left out
+    save_as_half: bool = False
 
 
 # -- Model jobs: only the worker thread touches device weights ---------------------------------

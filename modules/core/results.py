@@ -92,10 +92,26 @@ class MergeResult:
     is_instruct_pix2pix: bool
     seconds: float
     metadata: dict[str, str] = field(default_factory=dict)
+    warnings: tuple[str, ...] = ()  # what was asked and not done (e.g. LoRA keys no layer matched)
 
     @property
     def message(self) -> str:
         return f"Checkpoint saved to {self.path}"
+
+
+@dataclass(frozen=True)
+class ExtractLoraResult:
+    """A LoRA extracted from the difference of two checkpoints."""
+
+    path: Path
+    modules: int  # LoRA modules written
+    text_encoder_included: bool  # False when the text encoders did not differ (min_diff)
+    seconds: float
+    warnings: tuple[str, ...] = ()
+
+    @property
+    def message(self) -> str:
+        return f"LoRA saved to {self.path}"
 
 
 @dataclass(frozen=True)

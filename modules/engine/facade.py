@@ -36,6 +36,7 @@ from modules.core.errors import NotFoundError, UserError
 from modules.core.jobs import (
     VAE_AUTOMATIC,
     VAE_NONE,
+    ExtractLoraRequest,
     ExtrasRequest,
     MergeRequest,
     ModelJob,
@@ -45,7 +46,14 @@ from modules.core.jobs import (
 )
 from modules.core.options import Options
 from modules.core.requests import GenerationRequest
-from modules.core.results import ExtrasResult, MergeResult, ModelStatus, ModelSwitched, Result
+from modules.core.results import (
+    ExtractLoraResult,
+    ExtrasResult,
+    MergeResult,
+    ModelStatus,
+    ModelSwitched,
+    Result,
+)
 from modules.core.training import (
     CreateEmbeddingRequest,
     CreateHypernetworkRequest,
@@ -62,9 +70,11 @@ from modules.engine.service import GenerationService
 from modules.engine.token_count import count_tokens
 from modules.engine.training.service import TrainingService
 from modules.engine.worker import Job, JobContext, Worker, idle_progress
+from modules.engine.worker import JobInterrupted as JobInterrupted  # adapters catch it from here
 from modules.models import merge as merging
 from modules.models.embeddings import EmbeddingSet
 from modules.models.face_restoration import FaceRestorers
+from modules.models.lora_extract import extract_lora
 from modules.models.manager import ModelManager
 from modules.models.registry import CheckpointInfo, ModelRegistry
 from modules.models.upscalers import UpscalerRegistry
@@ -77,6 +87,7 @@ Request = (
     GenerationRequest
     | ExtrasRequest
     | MergeRequest
+    | ExtractLoraRequest
     | SwitchModel
     | UnloadModel
     | ReloadModel
@@ -216,6 +227,8 @@ class Engine:
             job, kind = self._submit_extras(request), "extras"
         elif isinstance(request, MergeRequest):
             job, kind = self._submit_merge(request), "model-merge"
+        elif isinstance(request, ExtractLoraRequest):
+            job, kind = self._submit_extract(request), "lora-extract"
         elif isinstance(request, SwitchModel | UnloadModel | ReloadModel):
             job, kind = self._submit_model_job(request), "model-switch"
         elif isinstance(request, TRAIN_REQUESTS):
@@ -486,24 +499,85 @@ class Engine:
 
     def _submit_merge(self, request: MergeRequest) -> Job[MergeResult]:
         """Validate on the caller's thread, then merge as one job on the worker (progress: one
-        step per tensor of A)."""
+        step per tensor of A; interrupt aborts it and leaves no file)."""
         merging.validate_request(request)
         if self._merge_dir is None:
             raise UserError("the checkpoint merger has no output folder configured")
         registry, target = self._registry, self._merge_dir
+        find_lora = self._lora_finder() if request.bake_loras else None
+        if request.bake_loras and find_lora is None:
+            raise UserError("baking LoRAs needs the LoRA folder, which this server does not have")
+        for name, _weight in request.bake_loras:
+            assert find_lora is not None
+            find_lora(name)  # an unknown LoRA is a user error now, not a failed job
 
         def work(ctx: JobContext) -> MergeResult:
-            ctx.begin_image(0, 1)
-
-            def progress(done: int, total: int, what: str) -> None:
-                if ctx.sampling_steps != total:
-                    ctx.begin_pass(total)
-                ctx.textinfo = what
-                ctx.step(done)
-
-            return merging.merge_checkpoints(request, registry, target, progress=progress)
+            return merging.merge_checkpoints(
+                request, registry, target, progress=_tensor_progress(ctx), find_lora=find_lora
+            )
 
         return self._worker.submit(work, description="model-merge")
+
+    def _lora_finder(self) -> Callable[[str], Path] | None:
+        networks = self._generation.networks
+        if networks is None:
+            return None
+        registry = networks.registry
+        return lambda name: registry.find_lora(name).filename
+
+    def _submit_extract(self, request: ExtractLoraRequest) -> Job[ExtractLoraResult]:
+        """A LoRA from the difference of two checkpoints, as one job (progress: one step per layer)."""
+        merging.validate_extract_request(request)
+        networks = self._generation.networks
+        if networks is None or not networks.registry.lora_dirs:
+            raise UserError("extracting a LoRA needs the LoRA folder, which this server does not have")
+        lora_registry = networks.registry
+        original = self._single_file(request.original_model_name)
+        tuned = self._single_file(request.tuned_model_name)
+        target = lora_registry.lora_dirs[0] / f"{request.name.strip()}.safetensors"
+        if target.exists():
+            raise UserError(f"{target.name} already exists in the LoRA folder; choose another name")
+
+        def work(ctx: JobContext) -> ExtractLoraResult:
+            done = extract_lora(
+                original.filename,
+                tuned.filename,
+                target,
+                rank=request.rank,
+                conv_rank=request.conv_rank,
+                clamp_quantile=request.clamp_quantile,
+                min_diff=request.min_diff,
+                save_fp16=request.save_as_half,
+                progress=_tensor_progress(ctx),
+            )
+            lora_registry.refresh("lora")
+            return ExtractLoraResult(
+                path=done.path,
+                modules=done.modules,
+                text_encoder_included=not done.text_encoder_skipped,
+                seconds=done.seconds,
+            )
+
+        return self._worker.submit(work, description="lora-extract")
+
+    def _single_file(self, name: str) -> CheckpointInfo:
+        info = self._registry.find_checkpoint(name)
+        if info.is_folder:
+            raise UserError(f"{info.name}: diffusers folders cannot be used here; choose a single-file checkpoint")
+        return info
+
+
+def _tensor_progress(ctx: JobContext) -> Callable[[int, int, str], None]:
+    """A merge-style progress callback on a job: (done, total, what); raises on interrupt."""
+    ctx.begin_image(0, 1)
+
+    def progress(done: int, total: int, what: str) -> None:
+        if ctx.sampling_steps != total:
+            ctx.begin_pass(total)
+        ctx.textinfo = what
+        ctx.step(done)
+
+    return progress
 
 
 def wire_model_options(options: Options, engine: Engine, models: ModelManager) -> list[Callable[[], None]]:

@@ -5,6 +5,12 @@ A1111's Checkpoint Merger does, written as a new checkpoint into the Stable-diff
 - "Weighted sum": ``A * (1 - M) + B * M``;
 - "Add difference": ``A + (B - C) * M``.
 
+With block weights (`MergeRequest.block_weights`, `modules.core.merge_blocks`) M is the alpha
+of the key's UNet block (IN00..OUTnn); keys outside the blocks take the base alpha. Checkpoints of
+different families (SD 1.x with SDXL, ...) are refused from their headers, before any tensor is
+read. LoRAs in `bake_loras` are then added into the result at their weights, through the same
+delta code as at run time (`modules.models.lora_bake`), key by key as the result is written.
+
 Only floating-point tensors whose key contains ``model`` are combined; everything else (integer
 buffers, schedule tensors) is A's. Keys missing from B or C keep A's tensor. The first UNet conv of
 an inpainting (9 input channels) or instruct-pix2pix (8) model A merged with a normal model B
@@ -25,11 +31,12 @@ from __future__ import annotations
 import contextlib
 import json
 import logging
+import math
 import os
 import re
 import secrets
 import time
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -47,11 +54,16 @@ from modules.core.jobs import (
     NO_INTERPOLATION,
     NO_VAE,
     WEIGHTED_SUM,
+    ExtractLoraRequest,
     MergeRequest,
 )
 from modules.core.results import MergeResult
 from modules.core.safetensors_header import read_safetensors_header
+from modules.models import families as fam
 from modules.models.checkpoint_io import SAFETENSORS_SUFFIXES, read_state_dict
+from modules.models.lora_bake import BakePlan
+from modules.models.lora_formats import read_network
+from modules.core.merge_blocks import BlockWeights, layout_of, parse_block_weights
 from modules.models.registry import CheckpointInfo, ModelRegistry
 
 log = logging.getLogger(__name__)
@@ -64,6 +76,8 @@ VAE_PREFIX = "first_stage_model."
 _VAE_IGNORED = ("loss", "model_ema.")
 
 ProgressFn = Callable[[int, int, str], None]  # (done, total, what)
+_LORA_FILE_SUFFIXES = (".safetensors", ".pt", ".ckpt")
+LoraFinder = Callable[[str], Path]  # a LoRA's name -> its file (raises NotFoundError)
 
 
 # ------------------------------------------------------------------------------ validation
@@ -89,6 +103,18 @@ def validate_request(request: MergeRequest) -> None:
         raise ValidationError(f"unknown config source {request.config_source!r}")
     if not 0.0 <= float(request.multiplier) <= 1.0:
         raise ValidationError("Multiplier (M) must be between 0 and 1")
+    if request.block_weights.strip() and request.interp_method == NO_INTERPOLATION:
+        raise ValidationError(f"block weights need a merge of two or three models, not {NO_INTERPOLATION!r}")
+    if request.base_alpha is not None:
+        if not request.block_weights.strip():
+            raise ValidationError("a base alpha is used only with block weights")
+        if not 0.0 <= float(request.base_alpha) <= 1.0:
+            raise ValidationError("the base alpha must be between 0 and 1")
+    for name, weight in request.bake_loras:
+        if _blank(name):
+            raise ValidationError("a LoRA to bake in needs a name")
+        if not math.isfinite(float(weight)):
+            raise ValidationError(f"LoRA {name}: the weight must be a number")
     if request.discard_weights:
         try:
             re.compile(request.discard_weights)
@@ -104,6 +130,28 @@ def validate_request(request: MergeRequest) -> None:
             raise ValidationError(f"Metadata in JSON format: {exc}") from exc
         if not isinstance(extra, dict):
             raise ValidationError("Metadata in JSON format must be a JSON object")
+
+
+_MAX_RANK = 1024
+
+
+def validate_extract_request(request: ExtractLoraRequest) -> None:
+    """What can be refused about a LoRA extraction before any file is read."""
+    if _blank(request.original_model_name) or _blank(request.tuned_model_name):
+        raise ValidationError("Extracting a LoRA needs the original and the tuned model")
+    if request.original_model_name.strip() == request.tuned_model_name.strip():
+        raise ValidationError("The original and the tuned model are the same checkpoint")
+    name = request.name.strip()
+    if not name or name in (".", "..") or any(c in name for c in "/\\\0"):
+        raise ValidationError("The LoRA needs a name: a plain file name (no folders)")
+    if not 1 <= int(request.rank) <= _MAX_RANK:
+        raise ValidationError(f"Rank must be between 1 and {_MAX_RANK}")
+    if not 0 <= int(request.conv_rank) <= _MAX_RANK:
+        raise ValidationError(f"Conv rank must be between 0 (none) and {_MAX_RANK}")
+    if not 0.0 < float(request.clamp_quantile) <= 1.0:
+        raise ValidationError("Clamp quantile must be above 0 and at most 1")
+    if not float(request.min_diff) >= 0.0:
+        raise ValidationError("Minimum difference must be 0 or more")
 
 
 # ------------------------------------------------------------------------------ tensor maths
@@ -267,13 +315,28 @@ def _num(value: float) -> str:
     return str(int(rounded)) if rounded == int(rounded) and abs(rounded) >= 1 else str(rounded)
 
 
-def auto_name(method: str, multiplier: float, a: str, b: str | None, c: str | None) -> str:
-    """A1111's automatic name (without suffix): ``0.7(a) + 0.3(b)``, ``a + 0.3(b - c)``, or ``a``."""
+def auto_name(
+    method: str,
+    multiplier: float,
+    a: str,
+    b: str | None,
+    c: str | None,
+    *,
+    block_weighted: bool = False,
+    loras: Sequence[str] = (),
+) -> str:
+    """A1111's automatic name (without suffix): ``0.7(a) + 0.3(b)``, ``a + 0.3(b - c)``, or ``a``;
+    a block-weighted merge has no single M: ``bw(a, b)`` / ``a + bw(b - c)``; baked LoRAs follow
+    as ``+lora(name)``."""
     if method == WEIGHTED_SUM:
-        return f"{_num(1 - multiplier)}({a}) + {_num(multiplier)}({b})"
-    if method == ADD_DIFFERENCE:
-        return f"{a} + {_num(multiplier)}({b} - {c})"
-    return a
+        name = f"bw({a}, {b})" if block_weighted else f"{_num(1 - multiplier)}({a}) + {_num(multiplier)}({b})"
+    elif method == ADD_DIFFERENCE:
+        name = f"{a} + bw({b} - {c})" if block_weighted else f"{a} + {_num(multiplier)}({b} - {c})"
+    else:
+        name = a
+    for lora in loras:
+        name += f" +lora({Path(lora).name.split('.')[0] if lora.endswith(_LORA_FILE_SUFFIXES) else lora})"
+    return name
 
 
 def output_path(
@@ -334,7 +397,11 @@ def _config_for(request: MergeRequest, inputs: _Inputs) -> Path | None:
 
 
 def _build_metadata(
-    request: MergeRequest, inputs: _Inputs, registry: ModelRegistry, result_flags: dict[str, bool]
+    request: MergeRequest,
+    inputs: _Inputs,
+    registry: ModelRegistry,
+    result_flags: dict[str, bool],
+    weights: BlockWeights | None = None,
 ) -> dict[str, str]:
     metadata: dict[str, str] = {"format": "pt"}
     if not request.save_metadata:
@@ -344,7 +411,7 @@ def _build_metadata(
         for info in infos:
             metadata.update(read_metadata(info.filename))
     if request.add_merge_recipe:
-        recipe = {
+        recipe: dict[str, Any] = {
             "type": "webui",
             "primary_model_hash": registry.ensure_hash(inputs.a),
             "secondary_model_hash": registry.ensure_hash(inputs.b) if inputs.b else None,
@@ -359,6 +426,11 @@ def _build_metadata(
             "is_inpainting": result_flags["inpainting"],
             "is_instruct_pix2pix": result_flags["instruct-pix2pix"],
         }
+        if weights is not None:
+            recipe["block_weights"] = weights.text()
+            recipe["base_alpha"] = weights.base
+        if request.bake_loras:
+            recipe["bake_loras"] = [[name, float(weight)] for name, weight in request.bake_loras]
         metadata["sd_merge_recipe"] = json.dumps(recipe)
         models: dict[str, Any] = {}
         for info in infos:
@@ -394,11 +466,14 @@ def merge_checkpoints(
     output_dir: Path,
     *,
     progress: ProgressFn | None = None,
+    find_lora: LoraFinder | None = None,
+    target: Path | None = None,
 ) -> MergeResult:
     """Merge as the request asks, write the result into `output_dir` (atomically, never over an
-    existing file), copy the config and rescan the registry. Raises `ValidationError` /
-    `NotFoundError` / `ModelFileError` for the user; an exception from `progress` (an interrupt)
-    aborts the merge and leaves nothing behind."""
+    existing file), copy the config and rescan the registry. `target` names the file instead of
+    the request's name rules (the command line's ``--out``); `find_lora` resolves `bake_loras`.
+    Raises `ValidationError` / `NotFoundError` / `ModelFileError` for the user; an exception from
+    `progress` (an interrupt) aborts the merge and leaves nothing behind."""
     validate_request(request)
     started = time.perf_counter()
     inputs = _resolve(request, registry)
@@ -413,13 +488,20 @@ def merge_checkpoints(
     discard = re.compile(request.discard_weights) if request.discard_weights else None
     safetensors_out = request.checkpoint_format == "safetensors"
     merged = discarded = 0
+    warnings: list[str] = []
     with contextlib.ExitStack() as stack:
         src_a = stack.enter_context(TensorSource(inputs.a.filename))
         src_b = stack.enter_context(TensorSource(inputs.b.filename)) if inputs.b else None
         src_c = stack.enter_context(TensorSource(inputs.c.filename)) if inputs.c else None
-        # refuse an existing or input file before the work, from the shapes alone (headers)
+        # everything below up to the first tensor read works from the headers alone
+        _check_families(src_a, src_b, src_c)
+        weights = _block_weights(request, src_a)
+        bake = _bake_plan(request, src_a, find_lora, warnings)
         flags = _expected_flags(src_a.shapes, src_b.shapes if src_b else {})
-        target = _target_for(request, inputs, output_dir, flags)
+        if target is None:
+            target = _target_for(request, inputs, output_dir, flags, weights)
+        else:
+            output_dir = target.parent
         _check_target(target, input_paths)
 
         all_keys = src_a.keys()
@@ -427,7 +509,7 @@ def merge_checkpoints(
         discarded = len(all_keys) - len(keys)
         vae = {k: v for k, v in vae_tensors(inputs.vae).items() if k in src_a.shapes} if inputs.vae else {}
         plan = [(k, _half_dtype(src_a.dtypes[k], request.save_as_half), src_a.shapes[k]) for k in keys]
-        metadata = _build_metadata(request, inputs, registry, flags) if safetensors_out else {}
+        metadata = _build_metadata(request, inputs, registry, flags, weights) if safetensors_out else {}
         output_dir.mkdir(parents=True, exist_ok=True)
         out = stack.enter_context(_Output(target, plan, metadata if safetensors_out else None))
         total = len(keys)
@@ -442,11 +524,14 @@ def merge_checkpoints(
                 if src_b is not None and "model" in key and key not in SKIP_ON_MERGE and key in src_b:
                     c = src_c.get(key) if src_c is not None else None
                     if method != ADD_DIFFERENCE or c is not None:
-                        tensor, kind = merge_tensor(method, a, src_b.get(key), c, multiplier)
+                        alpha = weights.alpha_for(key) if weights is not None else multiplier
+                        tensor, kind = merge_tensor(method, a, src_b.get(key), c, alpha)
             if kind not in ("kept", "baked"):
                 merged += 1
                 if kind in flags and not flags[kind]:
                     raise ModelFileError(f"{key}: unexpected {kind} first convolution")
+            if bake is not None and bake.touches(key):
+                tensor = bake.apply(key, tensor)
             out.add(key, to_half(tensor, request.save_as_half).to(dtype))
             report(done, total, "Merging")
         report(total, total, "Saving")
@@ -458,6 +543,8 @@ def merge_checkpoints(
         atomic_write_bytes(target.with_suffix(".yaml"), config.read_bytes())
     registry.refresh()
     seconds = time.perf_counter() - started
+    for warning in warnings:
+        log.warning("merge into %s: %s", target.name, warning)
     log.info("merged %s into %s in %.1f s (%d tensors, %d combined)", method, target, seconds, count, merged)
     return MergeResult(
         path=target,
@@ -468,16 +555,63 @@ def merge_checkpoints(
         is_instruct_pix2pix=flags["instruct-pix2pix"],
         seconds=seconds,
         metadata=metadata,
+        warnings=tuple(warnings),
     )
 
 
-def _target_for(request: MergeRequest, inputs: _Inputs, output_dir: Path, flags: Mapping[str, bool]) -> Path:
+def _check_families(a: TensorSource, *others: TensorSource | None) -> None:
+    """Refuse checkpoints of different base architectures (from their headers alone)."""
+    family_a = fam.detect_family(a.shapes, a.path)
+    for other in others:
+        if other is None:
+            continue
+        family = fam.detect_family(other.shapes, other.path)
+        if family.base != family_a.base:
+            raise ValidationError(
+                f"cannot merge {a.path.name} ({family_a.label}) with {other.path.name} ({family.label}): "
+                "the models must be of the same kind"
+            )
+
+
+def _block_weights(request: MergeRequest, src_a: TensorSource) -> BlockWeights | None:
+    if not request.block_weights.strip():
+        return None
+    return parse_block_weights(
+        request.block_weights,
+        layout_of(src_a.shapes),
+        default=float(request.multiplier),
+        base=None if request.base_alpha is None else float(request.base_alpha),
+    )
+
+
+def _bake_plan(
+    request: MergeRequest, src_a: TensorSource, find_lora: LoraFinder | None, warnings: list[str]
+) -> BakePlan | None:
+    if not request.bake_loras:
+        return None
+    if find_lora is None:
+        raise ValidationError("baking LoRAs is not available here (no LoRA folder)")
+    networks = [(read_network(find_lora(name)), float(weight)) for name, weight in request.bake_loras]
+    plan = BakePlan(src_a.shapes, src_a.path, networks)
+    warnings.extend(plan.report.warnings())
+    return plan
+
+
+def _target_for(
+    request: MergeRequest,
+    inputs: _Inputs,
+    output_dir: Path,
+    flags: Mapping[str, bool],
+    weights: BlockWeights | None,
+) -> Path:
     base = request.custom_name.strip() or auto_name(
         request.interp_method,
         float(request.multiplier),
         inputs.a.model_name,
         inputs.b.model_name if inputs.b else None,
         inputs.c.model_name if inputs.c else None,
+        block_weighted=weights is not None,
+        loras=[name for name, _ in request.bake_loras],
     )
     return output_path(
         output_dir,

@@ -102,3 +102,50 @@ def test_merge_two_checkpoints_and_screenshot(page: Any, ui_data_dir: Path, tmp_
     page.locator("#setting_sd_model_checkpoint input").click()
     expect(page.get_by_role("option", name=re.compile(r"^merged_ui\.safetensors"))).to_have_count(1)
     page.keyboard.press("Escape")
+
+
+def test_block_merge_with_a_preset_and_screenshot(page: Any, ui_data_dir: Path, tmp_path: Path) -> None:
+    """Merge by block: the sliders follow A's blocks (13 in the tiny SD 1.x: IN00-IN05, M00,
+    OUT00-OUT05), a preset sets them, one slider is moved by hand, the file follows the sliders."""
+    sd = ui_data_dir / "models" / "Stable-diffusion"
+    page.locator("#tabs").get_by_role("tab", name="Checkpoint Merger").click()
+    merge = page.locator("#modelmerger_merge")
+    merge.wait_for(state="visible")
+    expect(page.locator("#modelmerger_interrupt")).to_be_visible()
+    _pick(page, "modelmerger_primary_model_name", re.compile(r"^sd1\.safetensors"))
+    _pick(page, "modelmerger_secondary_model_name", re.compile(r"^other\.safetensors"))
+
+    page.get_by_role("button", name=re.compile("^Merge by block")).click()
+    expect(page.locator("#modelmerger_blocks_note")).to_contain_text("13 blocks", timeout=20_000)
+    expect(page.locator("#modelmerger_block_IN06")).to_be_hidden()  # not in the tiny model
+    expect(page.locator("#modelmerger_block_OUT05")).to_be_visible()
+    page.locator("#modelmerger_use_blocks input").check()
+    _pick(page, "modelmerger_block_preset", "GRAD_V")
+    expect(page.locator("#modelmerger_block_IN00 input[type=number]")).to_have_value("1", timeout=20_000)
+    expect(page.locator("#modelmerger_block_M00 input[type=number]")).to_have_value("0")
+    in03 = page.locator("#modelmerger_block_IN03 input[type=number]")
+    in03.fill("0.25")
+    in03.press("Tab")
+    base = page.locator("#modelmerger_base_alpha input[type=number]")
+    base.fill("0.1")
+    base.press("Tab")
+    page.locator("#modelmerger_custom_name textarea, #modelmerger_custom_name input").first.fill("blocks_ui")
+    page.evaluate("window.scrollTo(0, 0)")
+    for directory in screenshot_dirs(tmp_path):
+        page.screenshot(path=str(directory / "merger_blocks.png"), full_page=True)
+    merge.click()
+
+    result = page.locator("#modelmerger_result")
+    expect(result).to_contain_text("blocks_ui.safetensors", timeout=60_000)
+    out = read_state_dict(sd / "blocks_ui.safetensors")
+    a, b = read_state_dict(sd / "sd1.safetensors"), read_state_dict(sd / "other.safetensors")
+    grad_v = [abs(1 - 2 * i / 12) for i in range(13)]  # GRAD_V over 13 blocks
+    grad_v[3] = 0.25
+    for key, alpha in (
+        ("model.diffusion_model.input_blocks.0.0.weight", grad_v[0]),
+        ("model.diffusion_model.input_blocks.3.0.op.weight", grad_v[3]),
+        ("model.diffusion_model.middle_block.0.in_layers.2.weight", grad_v[6]),
+        ("model.diffusion_model.output_blocks.5.0.in_layers.2.weight", grad_v[12]),
+        (UNET_W, 0.1),  # `out`: the base alpha
+    ):
+        torch.testing.assert_close(out[key], a[key] * (1 - alpha) + b[key] * alpha, rtol=0, atol=1e-6)

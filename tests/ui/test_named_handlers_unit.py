@@ -229,29 +229,46 @@ def test_extras_generate_submits_an_extras_request_by_name(services: Services) -
     assert out_image["value"] is image and "Postprocess upscale by" in info
 
 
+def _merge_handler(blocks: gr.Blocks, tab: Any) -> tuple[Callable[[dict[Any, Any]], Any], list[Any]]:
+    """The Merge button's handler (Extract LoRA writes into the same result box)."""
+    found = [f for f in blocks.fns.values() if f.inputs_as_dict and tab.result in f.outputs]
+    [fn] = [f for f in found if any(target[0] == tab.merge._id for target in f.targets)]
+    assert fn.fn is not None
+    return fn.fn, list(fn.inputs)
+
+
+MERGE_FORM = {
+    "primary_model_name": "a.safetensors",
+    "secondary_model_name": "b.safetensors",
+    "tertiary_model_name": None,
+    "interp_method": "Weighted sum",
+    "multiplier": 0.45,
+    "custom_name": "mix",
+    "checkpoint_format": "safetensors",
+    "save_as_half": True,
+    "config_source": "B",
+    "bake_in_vae": None,
+    "discard_weights": "",
+    "save_metadata": True,
+    "add_merge_recipe": False,
+    "copy_metadata_fields": True,
+    "metadata_json": "",
+}
+
+
+def _merge_extra(tab: Any, use_blocks: bool, bake: str = "") -> dict[str, Any]:
+    extra: dict[str, Any] = {"use_blocks": use_blocks, "base_alpha": 0.2, "bake_loras": bake}
+    extra.update({name: i / 100 for i, name in enumerate(n for n in tab.extra if n.startswith("block_"))})
+    return extra
+
+
 def test_merger_submits_a_merge_request_by_name(services: Services) -> None:
     with gr.Blocks() as blocks:
         tab = build_merger_tab(services)
-    run, inputs = _handler(blocks, tab.result)
-    values = {
-        "primary_model_name": "a.safetensors",
-        "secondary_model_name": "b.safetensors",
-        "tertiary_model_name": None,
-        "interp_method": "Weighted sum",
-        "multiplier": 0.45,
-        "custom_name": "mix",
-        "checkpoint_format": "safetensors",
-        "save_as_half": True,
-        "config_source": "B",
-        "bake_in_vae": None,
-        "discard_weights": "",
-        "save_metadata": True,
-        "add_merge_recipe": False,
-        "copy_metadata_fields": True,
-        "metadata_json": "",
-    }
-    assert set(values) == _keywords(merge_request_from_ui)
-    shown = list(run(_data(tab.fields, values, inputs)))
+    run, inputs = _merge_handler(blocks, tab)
+    assert set(MERGE_FORM) | {"block_weights", "base_alpha", "bake_loras"} == _keywords(merge_request_from_ui)
+    both = {**tab.fields, **tab.extra}
+    shown = list(run(_data(both, {**MERGE_FORM, **_merge_extra(tab, use_blocks=False)}, inputs)))
     [request] = _engine(services).requests
     assert request == MergeRequest(
         primary_model_name="a.safetensors",
@@ -261,5 +278,20 @@ def test_merger_submits_a_merge_request_by_name(services: Services) -> None:
         save_as_half=True,
         config_source="B",
         add_merge_recipe=False,
-    )
+    )  # block sliders unused: no block weights, no base alpha
     assert "Checkpoint saved to merged.safetensors" in shown[-1]
+
+
+def test_merger_block_sliders_and_loras_reach_the_request(services: Services) -> None:
+    with gr.Blocks() as blocks:
+        tab = build_merger_tab(services)
+    run, inputs = _merge_handler(blocks, tab)
+    extra = _merge_extra(tab, use_blocks=True, bake="style:0.8, detail\nother:-0.5")
+    list(run(_data({**tab.fields, **tab.extra}, {**MERGE_FORM, **extra}, inputs)))
+    [request] = _engine(services).requests
+    # no such checkpoint to read the layout from: SD 1.x/2.x's 25 blocks, in slider order
+    assert request.block_weights == ",".join(f"{i / 100:.6g}" for i in range(25))
+    assert request.base_alpha == 0.2
+    assert request.bake_loras == (("style", 0.8), ("detail", 1.0), ("other", -0.5))
+    with pytest.raises(gr.Error, match="not name:weight"):
+        list(run(_data({**tab.fields, **tab.extra}, {**MERGE_FORM, **_merge_extra(tab, True, "x:y")}, inputs)))
