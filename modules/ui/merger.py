@@ -55,6 +55,7 @@ POLL_SECONDS = 0.25
 T = TypeVar("T")
 BLOCK_NAMES = SD_LAYOUT.names  # one slider each; SDXL uses IN00-IN08, M00, OUT00-OUT08 of them
 CUSTOM_PRESET = "(custom)"
+MERGER_JOB_KINDS = ("model-merge", "lora-extract")  # what the tab's Interrupt stops
 
 
 def description_html(method: str) -> str:
@@ -483,7 +484,6 @@ def build_merger_tab(services: Services) -> MergerTab:
         "bake_loras": bake_loras,
         **{f"block_{name}": slider for name, slider in zip(BLOCK_NAMES, sliders, strict=True)},
     }
-    running: dict[str, JobHandle[Any]] = {}
 
     def form_request(data: dict[Any, Any]) -> MergeRequest:
         values = values_of(fields, data)
@@ -500,13 +500,9 @@ def build_merger_tab(services: Services) -> MergerTab:
         )
 
     def follow(job: JobHandle[Any]) -> Iterator[str]:
-        running["job"] = job
-        try:
-            while not job.done():
-                yield _progress_html(job)
-                time.sleep(POLL_SECONDS)
-        finally:
-            running.pop("job", None)
+        while not job.done():
+            yield _progress_html(job)
+            time.sleep(POLL_SECONDS)
 
     def run_merge(data: dict[Any, Any]) -> Iterator[str]:
         job = submit_merge(services, form_request(data))
@@ -544,9 +540,16 @@ def build_merger_tab(services: Services) -> MergerTab:
         yield _done_html(outcome.message, detail, outcome.warnings)
 
     def stop() -> None:
-        job = running.get("job")
-        if job is not None and not job.done():
-            services.engine.interrupt(job.id)
+        """Interrupt the running merge or LoRA extraction (whoever started it); never a generation."""
+        job_id = services.engine.current_job_id()
+        if job_id is None:
+            return
+        try:
+            kind = services.engine.handle(job_id).kind
+        except SdWebuiError:
+            return
+        if kind in MERGER_JOB_KINDS:
+            services.engine.interrupt(job_id)
 
     extract_fields: dict[str, Any] = {
         "original": extract_original,
