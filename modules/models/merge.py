@@ -57,13 +57,13 @@ from modules.core.jobs import (
     ExtractLoraRequest,
     MergeRequest,
 )
+from modules.core.merge_blocks import BlockWeights, layout_of, parse_block_weights
 from modules.core.results import MergeResult
 from modules.core.safetensors_header import read_safetensors_header
 from modules.models import families as fam
 from modules.models.checkpoint_io import SAFETENSORS_SUFFIXES, read_state_dict
 from modules.models.lora_bake import BakePlan
 from modules.models.lora_formats import read_network
-from modules.core.merge_blocks import BlockWeights, layout_of, parse_block_weights
 from modules.models.registry import CheckpointInfo, ModelRegistry
 
 log = logging.getLogger(__name__)
@@ -593,6 +593,11 @@ def _bake_plan(
         raise ValidationError("baking LoRAs is not available here (no LoRA folder)")
     networks = [(read_network(find_lora(name)), float(weight)) for name, weight in request.bake_loras]
     plan = BakePlan(src_a.shapes, src_a.path, networks)
+    for (name, _weight), report in zip(request.bake_loras, plan.report.networks, strict=True):
+        if report.matched == 0:  # a LoRA for another kind of model: refused, not a useless copy
+            raise ValidationError(
+                f"LoRA {name}: no module of it fits {src_a.path.name}; is it for another kind of model?"
+            )
     warnings.extend(plan.report.warnings())
     return plan
 
