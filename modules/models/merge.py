@@ -39,7 +39,7 @@ import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 from safetensors import safe_open
@@ -62,9 +62,10 @@ from modules.core.results import MergeResult
 from modules.core.safetensors_header import read_safetensors_header
 from modules.models import families as fam
 from modules.models.checkpoint_io import SAFETENSORS_SUFFIXES, read_state_dict
-from modules.models.lora_bake import BakePlan
-from modules.models.lora_formats import read_network
 from modules.models.registry import CheckpointInfo, ModelRegistry
+
+if TYPE_CHECKING:
+    from modules.models.lora_bake import BakePlan as _BakePlan
 
 log = logging.getLogger(__name__)
 
@@ -170,8 +171,12 @@ def merge_tensor(
         b_part, c_part = _overlap(b, c)
         if b_part is None or c_part is None:
             return a, "kept"
+        if a.shape == b_part.shape:
+            return _combine(a, b_part, c_part, multiplier), "merged"
         other = _work(b_part) - _work(c_part)
     else:
+        if a.shape == b.shape:
+            return _combine(a, b, None, multiplier), "merged"
         other = _work(b)
     kind = "merged"
     target = a
@@ -189,6 +194,37 @@ def merge_tensor(
     out = a.clone()
     out[:, : other.shape[1]] = combined
     return out, kind
+
+
+_CHUNK = 1 << 20  # elements combined at a time: the work buffers stay in cache and are reused
+
+
+def _combine(a: torch.Tensor, b: torch.Tensor, c: torch.Tensor | None, multiplier: float) -> torch.Tensor:
+    """``A * (1 - M) + B * M`` (c None) or ``A + (B - C) * M`` for tensors of one shape, in A's
+    dtype: chunk by chunk through reused float32 (float64 if any input is) buffers, with the same
+    operations in the same order as the whole-tensor formula, so the numbers are the same; no
+    full-size float32 temporaries (fresh memory is slow to fault in, and a model is ~1e9 values)."""
+    inputs = [t for t in (a, b, c) if t is not None]
+    work = torch.float64 if any(t.dtype == torch.float64 for t in inputs) else torch.float32
+    out = torch.empty(a.shape, dtype=a.dtype)
+    flat_out = out.reshape(-1)
+    flat = [t.reshape(-1) for t in inputs]
+    total = flat_out.numel()
+    size = min(_CHUNK, total)
+    buffers = [torch.empty(size, dtype=work) for _ in flat]
+    for start in range(0, total, _CHUNK):
+        stop = min(start + _CHUNK, total)
+        views = [buffer[: stop - start] for buffer in buffers]
+        for view, source in zip(views, flat, strict=True):
+            view.copy_(source[start:stop])
+        if c is None:
+            wa, wb = views
+            result = wa.mul_(1.0 - multiplier).add_(wb.mul_(multiplier))
+        else:
+            wa, wb, wc = views
+            result = wa.add_(wb.sub_(wc).mul_(multiplier))
+        flat_out[start:stop].copy_(result)
+    return out
 
 
 def _work(t: torch.Tensor) -> torch.Tensor:
@@ -586,11 +622,15 @@ def _block_weights(request: MergeRequest, src_a: TensorSource) -> BlockWeights |
 
 def _bake_plan(
     request: MergeRequest, src_a: TensorSource, find_lora: LoraFinder | None, warnings: list[str]
-) -> BakePlan | None:
+) -> _BakePlan | None:
     if not request.bake_loras:
         return None
     if find_lora is None:
         raise ValidationError("baking LoRAs is not available here (no LoRA folder)")
+    # imported here: the LoRA code pulls in transformers (seconds), which a plain merge never needs
+    from modules.models.lora_bake import BakePlan
+    from modules.models.lora_formats import read_network
+
     networks = [(read_network(find_lora(name)), float(weight)) for name, weight in request.bake_loras]
     plan = BakePlan(src_a.shapes, src_a.path, networks)
     for (name, _weight), report in zip(request.bake_loras, plan.report.networks, strict=True):
