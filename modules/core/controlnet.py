@@ -19,7 +19,8 @@ package's `ControlNetUnit.to_dict`, old and new). Built from those facts, not co
   the longer one written before May 2024).
 * `apply_preprocessor_defaults(unit, info)`: the extension's bound check (processor_res and the
   thresholds outside the preprocessor's slider range become the slider's default).
-* `control_types(preprocessors, models)`: the `/controlnet/control_types` answer.
+* `control_types(preprocessors, models)`: the `/controlnet/control_types` answer;
+  `controlnet_script_args(alwayson_scripts)`: the ControlNet entry, found case-insensitively.
 
 Stdlib only.
 """
@@ -240,6 +241,20 @@ def parse_units(args: Any, *, source: str = "alwayson_scripts.controlnet.args") 
             )
         units.append(parse_unit(entry, source=path, warnings=warnings))
     return ParsedUnits(units, warnings)
+
+
+def controlnet_script_args(alwayson_scripts: Mapping[str, Any] | None) -> tuple[str, Any] | None:
+    """(the key as sent, its `args`) of the ControlNet entry of `alwayson_scripts`, found as A1111
+    finds a script by title: case-insensitively ("controlnet" in the extension's example,
+    "ControlNet" in webuiapi's). None when there is none; `args` is None when the entry has none."""
+    if not alwayson_scripts:
+        return None
+    for key, value in alwayson_scripts.items():
+        if isinstance(key, str) and key.strip().lower() == "controlnet":
+            if isinstance(value, Mapping):
+                return key, value.get("args")
+            raise ValidationError(f'alwayson_scripts.{key}: expected an object {{"args": [...]}}')
+    return None
 
 
 def parse_unit(values: Mapping[str, Any], *, source: str = "unit", warnings: list[str] | None = None) -> ControlNetUnit:
@@ -526,6 +541,9 @@ def _field_name(display: str) -> str:
     return "_".join(word.lower() for word in display.split(" "))
 
 
+_ALWAYS_FLOAT = ("weight", "guidance_start", "guidance_end")
+
+
 def unit_infotext(index: int, unit: ControlNetUnit, model_title: str | None = None) -> tuple[str, str] | None:
     """(`ControlNet {index}`, `Module: canny, Model: ..., Weight: 1.0, Resize Mode: ..., Processor
     Res: 512, Threshold A: 100, Threshold B: 200, Guidance Start: 0.0, Guidance End: 1.0, Pixel
@@ -535,6 +553,8 @@ def unit_infotext(index: int, unit: ControlNetUnit, model_title: str | None = No
     line quotes the value (it holds commas). None when a value holds `,` or `:` (the extension
     logs an error and writes nothing for that unit then)."""
     values: dict[str, object] = {name: getattr(unit, name) for name in INFOTEXT_FIELDS}
+    for name in _ALWAYS_FLOAT:  # float-typed in the extension's unit: 1 is written "1.0"
+        values[name] = float(getattr(unit, name))
     if model_title is not None:
         values["model"] = model_title
     parts = []

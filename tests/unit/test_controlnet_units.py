@@ -24,6 +24,7 @@ from modules.core.controlnet import (
     Slider,
     apply_preprocessor_defaults,
     control_types,
+    controlnet_script_args,
     infotext_params,
     parse_unit,
     parse_unit_infotext,
@@ -179,6 +180,17 @@ def test_args_as_a_dict_by_index_and_as_one_unit_object() -> None:
     assert by_index[1].source == f"{SRC}[1]"
     single, _ = parse_units(official_example_unit())
     assert len(single) == 1 and single[0].source == SRC
+
+
+def test_the_controlnet_entry_is_found_as_a1111_finds_scripts() -> None:
+    args = [official_example_unit()]
+    assert controlnet_script_args({"controlnet": {"args": args}}) == ("controlnet", args)
+    assert controlnet_script_args({"ADetailer": {"args": []}, "ControlNet": {"args": args}}) == ("ControlNet", args)
+    assert controlnet_script_args({"ControlNet": {}}) == ("ControlNet", None)
+    assert controlnet_script_args({"ADetailer": {"args": []}}) is None
+    assert controlnet_script_args(None) is None
+    with pytest.raises(ValidationError, match=r"alwayson_scripts\.controlnet: expected an object"):
+        controlnet_script_args({"controlnet": args})
 
 
 def test_none_entries_are_skipped_and_units_pass_through() -> None:
@@ -492,6 +504,13 @@ def test_unit_infotext_writes_values_as_the_unit_holds_them() -> None:
     )
 
 
+def test_unit_infotext_writes_the_float_fields_as_floats() -> None:
+    unit = ControlNetUnit(enabled=True, weight=1, guidance_start=0, guidance_end=1, processor_res=512, threshold_a=100)
+    _, value = unit_infotext(0, unit) or ("", "")
+    assert "Weight: 1.0, " in value and "Guidance Start: 0.0, Guidance End: 1.0, " in value
+    assert "Processor Res: 512, Threshold A: 100, Threshold B: -1, " in value
+
+
 def test_a_value_with_a_comma_or_colon_writes_no_line() -> None:
     unit = ControlNetUnit(enabled=True, model="a, b")
     assert unit_infotext(0, unit) is None
@@ -567,6 +586,14 @@ def test_parse_reads_the_quoted_value_and_the_pre_2024_line() -> None:
         512,
     )
     assert (unit.threshold_a, unit.threshold_b) == (-1, -1)
+    # As A1111 1.6-era images carry it (thresholds shown, ints where the unit held ints).
+    v16 = (
+        "Module: canny, Model: control_v11p_sd15_canny [d14c016b], Weight: 1, Resize Mode: Just Resize, "
+        "Low Vram: False, Processor Res: 512, Threshold A: 100, Threshold B: 200, Guidance Start: 0, "
+        "Guidance End: 1, Pixel Perfect: True, Control Mode: Balanced"
+    )
+    unit = unit_from_infotext(v16)
+    assert (unit.resize_mode, unit.threshold_a, unit.threshold_b, unit.guidance_end) == ("Just Resize", 100, 200, 1)
     with pytest.raises(ValidationError, match="is not 'Key: value'"):
         parse_unit_infotext("Module canny, Weight: 1")
 
