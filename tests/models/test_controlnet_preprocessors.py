@@ -337,6 +337,8 @@ def test_color_grid() -> None:
     small = out(cp.run_preprocessor("color", pil(scene(256, 384)), resolution=128))
     assert small.shape == (128, 192, 3)
     assert len(np.unique(small.reshape(-1, 3), axis=0)) <= 2 * 3
+    with pytest.raises(ValidationError, match="64x64"):  # a pixel-perfect resolution under one cell
+        cp.run_preprocessor("color", pil(scene(100, 200)), resolution=32, pixel_perfect=True)
 
 
 def test_shuffle_is_seeded_and_pinned_to_512() -> None:

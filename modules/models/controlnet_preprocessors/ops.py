@@ -24,6 +24,8 @@ from collections.abc import Callable
 
 import numpy as np
 
+from modules.core.errors import ValidationError
+
 Array = np.ndarray
 
 
@@ -186,7 +188,7 @@ def color_grid(image: Array, resolution: int) -> Array:
     resized = _resize_shortest_edge(hwc3(image), resolution)
     height, width = resized.shape[:2]
     if height < 64 or width < 64:
-        raise ValueError(f"t2ia_color_grid needs at least 64x64 pixels after resizing, got {width}x{height}")
+        raise ValidationError(f"t2ia_color_grid needs at least 64x64 pixels after resizing, got {width}x{height}")
     grid = cv2.resize(resized, (width // 64, height // 64), interpolation=cv2.INTER_CUBIC)
     return np.asarray(cv2.resize(grid, (width, height), interpolation=cv2.INTER_NEAREST))
 
