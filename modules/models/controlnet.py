@@ -9,6 +9,7 @@ extension's `extensions/sd-webui-controlnet/models`, ...), plus diffusers Contro
 are named as the extension names them, `"<stem> [<old 8-hex hash>]"` (A1111's old hash of the
 weights file: SHA-256 of the 64 KiB at offset 1 MiB), each folder's files sorted by file name, the
 first folder's entry winning a repeated name; a file whose stem is exactly "None" is skipped.
+Unlike the extension, suffixes match in any case and hidden (dot) files and folders are skipped.
 Scanning reads only those 64 KiB (and a folder's config.json). `find` follows the extension's
 matching: the exact `"name [hash]"`, else the lowercase stem, else the shortest stem containing
 the (lowercase) text; "None" (or nothing) means no model; anything else is a `NotFoundError`
