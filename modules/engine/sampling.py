@@ -117,6 +117,11 @@ class UNetCall:
     down_block_additional_residuals: tuple[torch.Tensor, ...] | None = None
     mid_block_additional_residual: torch.Tensor | None = None
     extra: dict[str, Any] = field(default_factory=dict)
+    row_parts: tuple[CondPart, ...] = ()  # the part of every row ("cond", "uncond", "none"); () = all `part`
+
+    def parts_of_rows(self) -> tuple[CondPart, ...]:
+        """The CFG part of every row (a "cond+uncond" call holds both, cond rows first)."""
+        return self.row_parts or (self.part,) * int(self.x.shape[0])
 
 
 UNetFn = Callable[[UNetCall], torch.Tensor]
@@ -380,6 +385,7 @@ class CFGDenoiser:
         part: CondPart,
         owners: Sequence[int],
         time_ids: torch.Tensor | None,
+        row_parts: Sequence[CondPart] = (),
     ) -> torch.Tensor:
         job = self.job
         call = UNetCall(
@@ -393,6 +399,7 @@ class CFGDenoiser:
             sigma=sigma,
             part=part,
             owners=tuple(owners),
+            row_parts=tuple(row_parts),
         )
         if not job.unet_wrappers:
             return _call_unet(job, call).float()
@@ -469,7 +476,10 @@ class CFGDenoiser:
                 part: CondPart = "cond" if len(parts) == 1 else "cond+uncond"
                 ids = [self._time_ids(p[2], p[3]) for p in parts]
                 time_ids = None if ids[0] is None else torch.cat(ids)  # type: ignore[arg-type]
-                return self._unet_rows(model_x, t, sigma_value, _cat(*texts), both_image, part, owners_all, time_ids)
+                row_parts = [p[2] for p in parts for _ in p[3]]
+                return self._unet_rows(
+                    model_x, t, sigma_value, _cat(*texts), both_image, part, owners_all, time_ids, row_parts
+                )
             outs, start = [], 0
             for text, image_rows, part_name, who in parts:
                 n = len(who)
