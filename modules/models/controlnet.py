@@ -10,7 +10,9 @@ are named as the extension names them, `"<stem> [<old 8-hex hash>]"` (A1111's ol
 weights file: SHA-256 of the 64 KiB at offset 1 MiB), each folder's files sorted by file name, the
 first folder's entry winning a repeated name; a file whose stem is exactly "None" is skipped.
 Unlike the extension, suffixes match in any case and hidden (dot) files and folders are skipped.
-Scanning reads only those 64 KiB (and a folder's config.json). `find` follows the extension's
+Scanning reads only those 64 KiB (and a folder's config.json). `names()` is the dropdown
+("None" first); `model_list()` is what the extension's `/controlnet/model_list` answers (one name
+per lowercase stem). `find` follows the extension's
 matching: the exact `"name [hash]"`, else the lowercase stem, else the shortest stem containing
 the (lowercase) text; "None" (or nothing) means no model; anything else is a `NotFoundError`
 (after one rescan, so a file dropped in since the last scan is found).
@@ -243,8 +245,13 @@ class ControlNetRegistry:
         return list(self._snapshot()[0].values())
 
     def names(self) -> list[str]:
-        """`/controlnet/model_list`: "None" first, then every entry's name."""
+        """The extension's model dropdown: "None" first, then every entry's name."""
         return [NONE, *self._snapshot()[0]]
+
+    def model_list(self) -> list[str]:
+        """`GET /controlnet/model_list`, as the extension answers it: one name per lowercase
+        stem (the entry listed last for a stem, in the order stems first appear), no "None"."""
+        return list(self._snapshot()[1].values())
 
     # -- matching --------------------------------------------------------------------------
 

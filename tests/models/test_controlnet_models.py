@@ -504,6 +504,11 @@ def test_registry_names_as_the_extension(tree: dict[str, Path], tmp_path: Path) 
     extra = [("control_sd15_depth", tree["depth_other"]), ("diffusers_xl_canny_full", tree["xl_extra"])]
     expected = [f"{stem} [{_old_hash(path)}]" for stem, path in main + extra]
     assert registry.names() == ["None", *expected]
+    # the API's list: one name per lowercase stem, where the stem first appears (Control_SD15_Depth
+    # is listed first), answered by the entry listed last for it (the extra folder's depth model)
+    depth_other = f"control_sd15_depth [{_old_hash(tree['depth_other'])}]"
+    assert expected[0].startswith("Control_SD15_Depth ") and expected[-2] == depth_other
+    assert registry.model_list() == [depth_other, *expected[1:-2], expected[-1]]
     infos = {i.stem: i for i in registry.infos()}
     assert infos["control_v11p_sd15_canny"].path == tree["canny"]  # the first folder wins a repeated name
     folder = infos["controlnet-canny-sdxl-1.0"]
