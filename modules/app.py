@@ -26,6 +26,7 @@ from modules.core.paths import Paths
 from modules.core.settings import Settings, parse_settings
 from modules.core.styles import StyleDatabase
 from modules.engine import upscaling
+from modules.engine.controlnet_service import ControlNetService
 from modules.engine.extra_networks import ExtraNetworks
 from modules.engine.facade import Engine, wire_model_options
 from modules.engine.hooks import Hooks
@@ -38,6 +39,7 @@ from modules.extensions.loading import ExtensionDir
 from modules.extensions.manager import ExtensionManager
 from modules.extensions.runtime import ScriptEnvironment
 from modules.extensions.setup import extension_preloads, setup_scripts
+from modules.models.controlnet import ControlNetCache, ControlNetRegistry
 from modules.models.devices import policy_from_settings
 from modules.models.embeddings import EmbeddingDatabase
 from modules.models.face_restoration import FaceRestorers
@@ -112,6 +114,12 @@ def build_services(
         nan_check=not settings.disable_nan_check,
         networks=extra_networks,
     )
+    controlnet = ControlNetService(
+        ControlNetRegistry(paths.controlnet_dirs, hash_cache),
+        ControlNetCache(budget),
+        annotator_dir=paths.controlnet_annotator_dir,
+    )
+    generation.controlnet = controlnet
     training = TrainingService(
         worker=worker,
         models=models,
@@ -159,6 +167,7 @@ def build_services(
         networks,
         extra_networks,
         extensions,
+        controlnet=controlnet,
     )
     active = [ExtensionDir(ext.name, ext.path) for ext in extensions.active()]
     env = ScriptEnvironment(

@@ -14,6 +14,7 @@ from modules.core.options import Options
 from modules.core.paths import Paths
 from modules.core.settings import Settings
 from modules.core.styles import StyleDatabase
+from modules.engine.controlnet_service import ControlNetService
 from modules.engine.extra_networks import ExtraNetworks
 from modules.engine.facade import Engine
 from modules.engine.worker import Worker
@@ -48,3 +49,4 @@ class Services:
     extra_networks: ExtraNetworks  # the engine's LoRA / hypernetwork cache and embeddings (composition root, tests)
     extensions: ExtensionManager | None = None  # installed extensions: list, install, update, enable
     scripts: ScriptSetup | None = None  # the script runner, callbacks and extension page assets
+    controlnet: ControlNetService | None = None  # ControlNet models and preprocessors (/controlnet/*, the UI)

@@ -6,6 +6,7 @@ from fastapi import FastAPI
 
 from modules.api.errors import install_error_handlers
 from modules.api.routes import (
+    controlnet,
     extensions,
     extras,
     generation,
@@ -48,3 +49,4 @@ def install_api(app: FastAPI, services: Services) -> None:
     for module in ROUTERS:
         app.include_router(module.router, prefix=PREFIX)
     app.include_router(progress.internal_router)
+    app.include_router(controlnet.router)  # sd-webui-controlnet's /controlnet/* (not under /sdapi/v1)

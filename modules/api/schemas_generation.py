@@ -8,11 +8,13 @@ decoded here) and apply an optional `infotext` to the fields the client did not 
 
 from __future__ import annotations
 
+import dataclasses
 from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from modules.api.images import DecodeOptions, decode_image
+from modules.core.controlnet import ControlNetUnit, controlnet_script_args, parse_units
 from modules.core.errors import NotFoundError
 from modules.core.fields import HIRES, IMG2IMG, TXT2IMG, option_fields, overrides_from_infotext, values_from_infotext
 from modules.core.infotext import parse_infotext
@@ -191,8 +193,37 @@ def _common(payload: GenerationPayload) -> dict[str, Any]:
     return {**data, **common}
 
 
+def _controlnet(data: dict[str, Any], decode: DecodeOptions) -> None:
+    """`alwayson_scripts.controlnet` (any case) -> `controlnet_units` with their images decoded;
+    the entry leaves `alwayson_scripts` (ControlNet is built in, not a script here)."""
+    found = controlnet_script_args(data.get("alwayson_scripts"))
+    if found is None:
+        return
+    key, args = found
+    parsed = parse_units(args if args is not None else [], source=f"alwayson_scripts.{key}.args")
+    data["alwayson_scripts"] = {k: v for k, v in data["alwayson_scripts"].items() if k != key}
+    units = []
+    for unit in parsed.units:
+        if unit.enabled:
+            unit = _decoded_unit(unit, decode)
+        units.append(unit)
+    data["controlnet_units"] = tuple(units)
+    data["adapter_warnings"] = tuple(parsed.warnings)
+
+
+def _decoded_unit(unit: ControlNetUnit, decode: DecodeOptions) -> ControlNetUnit:
+    inputs = unit.image_inputs()
+    if not inputs:
+        return unit
+    first = inputs[0]
+    image = decode_image(first.image, first.field, decode)
+    mask = decode_image(first.mask, first.mask_field, decode) if first.mask is not None else None
+    return dataclasses.replace(unit, image=image, mask=mask)
+
+
 def to_txt2img(payload: Txt2ImgPayload, decode: DecodeOptions) -> Txt2ImgRequest:
     data = _common(payload)
+    _controlnet(data, decode)
     if payload.firstpass_image:
         data["firstpass_image"] = decode_image(payload.firstpass_image, "firstpass_image", decode)
     fields = Txt2ImgRequest.__dataclass_fields__
@@ -203,6 +234,7 @@ def to_img2img(payload: Img2ImgPayload, decode: DecodeOptions) -> Img2ImgRequest
     if not payload.init_images:
         raise NotFoundError("Init image not found")
     data = _common(payload)
+    _controlnet(data, decode)
     data["init_images"] = tuple(
         decode_image(value, f"init_images[{i}]", decode) for i, value in enumerate(payload.init_images)
     )

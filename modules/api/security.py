@@ -57,7 +57,7 @@ error (which can hold file paths); probes that need it can send credentials. `/`
 and `/openapi.json` are protected too. A login page and static assets get added here, by exact
 path, when the UI lands."""
 
-API_PATH_PREFIXES: tuple[str, ...] = ("/sdapi/",)
+API_PATH_PREFIXES: tuple[str, ...] = ("/sdapi/", "/controlnet/")
 API_EXACT_PATHS: frozenset[str] = frozenset({"/docs", "/redoc", "/openapi.json", "/docs/oauth2-redirect"})
 """Paths of the API realm (`--api-auth` logins); everything else is the UI realm."""
 

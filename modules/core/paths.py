@@ -35,6 +35,9 @@ class Paths:
     lycoris_dir: Path
     embeddings_dir: Path
     hypernetwork_dir: Path
+    controlnet_dir: Path
+    controlnet_dirs: tuple[Path, ...]  # models/ControlNet, --controlnet-dir, the extension's models folder
+    controlnet_annotator_dir: Path
     esrgan_dir: Path
     realesrgan_dir: Path
     dat_dir: Path
@@ -85,6 +88,19 @@ class Paths:
             lycoris_dir=pick(settings.lyco_dir_backcompat, models / "LyCORIS"),
             embeddings_dir=pick(settings.embeddings_dir, data / "embeddings"),
             hypernetwork_dir=pick(settings.hypernetwork_dir, models / "hypernetworks"),
+            controlnet_dir=models / "ControlNet",
+            controlnet_dirs=tuple(
+                dict.fromkeys(
+                    p
+                    for p in (
+                        models / "ControlNet",
+                        settings.controlnet_dir,
+                        data / "extensions" / "sd-webui-controlnet" / "models",  # the extension's folder
+                    )
+                    if p is not None
+                )
+            ),
+            controlnet_annotator_dir=pick(settings.controlnet_annotator_models_path, models / "ControlNetAnnotators"),
             esrgan_dir=pick(settings.esrgan_models_path, models / "ESRGAN"),
             realesrgan_dir=pick(settings.realesrgan_models_path, models / "RealESRGAN"),
             dat_dir=pick(settings.dat_models_path, models / "DAT"),
@@ -121,6 +137,7 @@ class Paths:
             "LyCORIS": self.lycoris_dir,
             "embeddings": self.embeddings_dir,
             "hypernetworks": self.hypernetwork_dir,
+            "ControlNet": self.controlnet_dir,
             "ESRGAN": self.esrgan_dir,
             "RealESRGAN": self.realesrgan_dir,
             "DAT": self.dat_dir,

@@ -13,6 +13,7 @@ from collections.abc import Collection, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+from modules.core.controlnet import ControlNetUnit
 from modules.core.errors import ValidationError
 from modules.core.fields import ignored_field_warnings
 from modules.core.option_defaults import unimplemented_options
@@ -72,6 +73,11 @@ class GenerationRequest:
     script_name: str | None = None  # a selectable script (A1111: its title, lower-cased)
     script_args: tuple[Any, ...] = ()
     alwayson_scripts: Mapping[str, Any] = field(default_factory=dict)
+    # ControlNet units (sd-webui-controlnet's, from `alwayson_scripts.controlnet` or the UI), images
+    # decoded by the adapter; applied by the engine (`modules.engine.controlnet_service`)
+    controlnet_units: tuple[ControlNetUnit, ...] = ()
+    # what the adapter found while reading the request and tells the caller (e.g. unknown unit keys)
+    adapter_warnings: tuple[str, ...] = ()
     # Per-image values set by scripts (A1111's p.all_prompts / all_negative_prompts / all_seeds /
     # all_subseeds). Empty = derived from prompt/seed as usual. Prompts given here are final:
     # styles are not applied to them again.

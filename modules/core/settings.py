@@ -150,6 +150,8 @@ class Settings:
     lyco_dir_backcompat: Path | None = None
     embeddings_dir: Path | None = None
     hypernetwork_dir: Path | None = None
+    controlnet_dir: Path | None = None
+    controlnet_annotator_models_path: Path | None = None
     esrgan_models_path: Path | None = None
     realesrgan_models_path: Path | None = None
     dat_models_path: Path | None = None
@@ -470,6 +472,11 @@ def build_parser() -> argparse.ArgumentParser:
     path("--lyco-dir-backcompat", "old LyCORIS folder (default models/LyCORIS)")
     path("--embeddings-dir", "textual inversion folder (default <data-dir>/embeddings)")
     path("--hypernetwork-dir", "hypernetwork folder (default models/hypernetworks)")
+    path("--controlnet-dir", "extra ControlNet model folder (besides models/ControlNet)")
+    path(
+        "--controlnet-annotator-models-path",
+        "ControlNet preprocessor weights (default models/ControlNetAnnotators; nothing is downloaded)",
+    )
     for name, folder in (
         ("esrgan", "ESRGAN"),
         ("realesrgan", "RealESRGAN"),

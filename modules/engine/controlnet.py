@@ -134,6 +134,7 @@ class ActiveUnit:
     hr_option: str = HR_BOTH
     global_pool: bool = False  # shuffle models
     module: str = "none"
+    low_vram: bool = False  # the model rests on the CPU and visits the UNet's device for each call
     _maps: dict[tuple[int, int], torch.Tensor] = field(default_factory=dict, repr=False)
 
     def active_at(self, step: int, steps: int) -> bool:
@@ -217,6 +218,18 @@ class ControlNetApplier:
         model = unit.model
         param = next(model.parameters())
         dtype, device = param.dtype, param.device
+        x = call.x
+        if unit.low_vram and device != x.device:
+            model.to(x.device)
+            try:
+                return self._run_on(model, unit, call, x.device, dtype)
+            finally:
+                model.to(device)
+        return self._run_on(model, unit, call, device, dtype)
+
+    def _run_on(
+        self, model: Any, unit: ActiveUnit, call: UNetCall, device: torch.device, dtype: torch.dtype
+    ) -> tuple[list[torch.Tensor], torch.Tensor]:
         x = call.x
         height, width = int(x.shape[2]) * 8, int(x.shape[3]) * 8
         hint = unit.hint(width, height, device, dtype).expand(x.shape[0], -1, -1, -1)

@@ -31,6 +31,7 @@ from modules.core.requests import GenerationRequest, Img2ImgRequest, Limits, Txt
 from modules.core.results import ModelUsed, Result
 from modules.core.styles import StyleDatabase
 from modules.engine import samplers as smp
+from modules.engine.controlnet_service import ControlNetService
 from modules.engine.extra_networks import ExtraNetworks, JobNetworks, NetworkSet
 from modules.engine.hooks import Hooks, ImageEvent, ProcessEvent, SaveEvent
 from modules.engine.outputs import ImageSaver
@@ -203,6 +204,7 @@ class GenerationService:
         self.nan_check = nan_check  # off with --disable-nan-check
         self.networks = networks  # LoRAs, hypernetworks, embeddings (None: a bare engine without them)
         self.scripts: ScriptHost | None = None  # set by the composition root when scripts are loaded
+        self.controlnet: ControlNetService | None = None  # set by the composition root (ControlNet models)
 
     # -- on the caller's thread --------------------------------------------------------------
 
@@ -237,6 +239,11 @@ class GenerationService:
         for key in request.override_settings:
             if key not in self.options:
                 raise ValidationError(f"override_settings: unknown setting {key!r}")
+        warnings += [w for w in request.adapter_warnings if w not in warnings]
+        if any(unit.enabled for unit in request.controlnet_units):
+            if self.controlnet is None:
+                raise ValidationError("ControlNet units were given, but ControlNet is not available here")
+            warnings += self.controlnet.check(request)  # unknown model or module: 4xx before queueing
         return request, warnings
 
     def submit(self, request: GenerationRequest) -> Job[Result]:
@@ -351,6 +358,11 @@ class GenerationService:
         )
         networks = self._job_networks(request)
         spec = replace(self.spec_for(request, settings.clip_skip), patches=networks.first.patches)
+        controlnet = None
+        if self.controlnet is not None and any(unit.enabled for unit in request.controlnet_units):
+            local = Hooks()
+            controlnet = self.controlnet.begin(local)  # its wrapper, filled once the seeds are known
+            hooks = hooks.combined(local)
         with self.models.lease(spec) as model, contextlib.closing(networks):
             used = self._model_used(model)
             preview_kind = str(overrides.get("show_progress_type", self._option("show_progress_type", "Approx NN")))
@@ -380,6 +392,9 @@ class GenerationService:
                 networks=networks,
             )
             seeds, subseeds = processor.seeds()
+            if controlnet is not None:
+                assert self.controlnet is not None
+                self.controlnet.prepare(controlnet, request, model, seeds[0], subseeds[0])
             hooks.before_process.fire(ProcessEvent(request, list(seeds), list(subseeds), model.family.label))
             with seamless_tiling(model, bool(request.tiling)):
                 if isinstance(request, Img2ImgRequest):
@@ -388,6 +403,9 @@ class GenerationService:
                     assert isinstance(request, Txt2ImgRequest)
                     result = run_txt2img(processor, request, ctx)
             result.warnings.extend(processor.warnings)
+            if controlnet is not None:
+                for params in result.params:
+                    params.update(controlnet.params)
             if request.restore_faces:
                 self._restore_faces(result)
             for i, image in enumerate(result.images):

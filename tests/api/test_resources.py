@@ -270,7 +270,8 @@ def test_empty_lists_in_a1111_shapes(api: TestClient) -> None:
 
 def test_builtin_scripts_are_listed_as_a1111_lists_them(api: TestClient) -> None:
     scripts = api.get(f"{V1}/scripts").json()
-    assert scripts["txt2img"] == ["prompt matrix", "prompts from file or textbox", "x/y/z plot"]
+    # ControlNet is built in: listed after the scripts, as A1111 lists the extension's always-on script
+    assert scripts["txt2img"] == ["prompt matrix", "prompts from file or textbox", "x/y/z plot", "controlnet"]
     assert scripts["img2img"] == [
         "loopback",
         "outpainting mk2",
@@ -279,6 +280,7 @@ def test_builtin_scripts_are_listed_as_a1111_lists_them(api: TestClient) -> None
         "prompts from file or textbox",
         "sd upscale",
         "x/y/z plot",
+        "controlnet",
     ]
     info = {(s["name"], s["is_img2img"]): s for s in api.get(f"{V1}/script-info").json()}
     upscale = info[("sd upscale", True)]

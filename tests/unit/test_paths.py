@@ -52,7 +52,8 @@ def test_defaults_follow_a1111_layout(tmp_path: Path) -> None:
     assert p.params_file == repo / "params.txt"
     assert p.outputs_dir == repo / "outputs"
     folders = p.model_folders()
-    assert {name for name in folders if name != "embeddings"} == A1111_MODEL_FOLDERS
+    # plus sd-webui-controlnet's models/ControlNet (ControlNet is built in here)
+    assert {name for name in folders if name != "embeddings"} == A1111_MODEL_FOLDERS | {"ControlNet"}
     for name, folder in folders.items():
         if name != "embeddings":
             assert folder == models / name

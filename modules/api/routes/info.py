@@ -77,10 +77,16 @@ def get_prompt_styles(services: Services = Depends(get_services)) -> list[Prompt
 @router.get("/scripts", response_model=ScriptsList)
 def get_scripts(services: Services = Depends(get_services)) -> ScriptsList:
     """The lower-cased titles of each tab's scripts (A1111 lists selectable and always-on ones)."""
+    # ControlNet is built in (`alwayson_scripts.controlnet` is read); clients look for its name here
+    builtin = ["controlnet"] if services.controlnet is not None else []
     if services.scripts is None:
-        return ScriptsList(txt2img=[], img2img=[])
+        return ScriptsList(txt2img=list(builtin), img2img=list(builtin))
     runner = services.scripts.runner
-    return ScriptsList(txt2img=runner.titles(False), img2img=runner.titles(True))
+    txt2img, img2img = runner.titles(False), runner.titles(True)
+    return ScriptsList(
+        txt2img=txt2img + [b for b in builtin if b not in txt2img],
+        img2img=img2img + [b for b in builtin if b not in img2img],
+    )
 
 
 @router.get("/script-info", response_model=list[ScriptInfo])

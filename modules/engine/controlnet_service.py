@@ -1,0 +1,302 @@
+"""ControlNet built into generation: the units of a request checked before anything is queued,
+then, inside the job, their maps made by the preprocessors and their models loaded (through the
+memory budget), and one `ControlNetApplier` wrapping the job's UNet calls.
+
+`ControlNetService` is also what the `/controlnet/*` routes and the UI read (model list,
+preprocessors, the preview of a preprocessor's output).
+
+What a unit may be (checked by `check`, a 4xx before queueing): enabled units need a known
+preprocessor ("module") and a known model (the extension's matching rules); an image, or on img2img
+the img2img image; a weighted preprocessor needs its annotator files. Not built in yet, and
+refused with a clear message rather than ignored: the reference modes (attention injection) and
+tile_colorfix (latent colour correction at sampling time). `inpaint_only` runs as `inpaint`
+(the control; the extension also restores the unmasked area from the input at every step, which
+is not done here: a warning says so). `advanced_weighting` and `effective_region_mask` are not
+applied: a warning says so.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image
+
+from modules.core.controlnet import ControlNetUnit, PreprocessorInfo, apply_preprocessor_defaults, unit_infotext
+from modules.core.errors import NotFoundError, ValidationError
+from modules.core.requests import GenerationRequest, Img2ImgRequest
+from modules.engine.controlnet import (
+    ActiveUnit,
+    ControlNetApplier,
+    pixel_perfect_resolution,
+)
+from modules.engine.hooks import Hooks
+from modules.engine.sampling import UNetCall, UNetFn
+from modules.models import controlnet_preprocessors as pre
+from modules.models.controlnet import ControlNetCache, ControlNetInfo, ControlNetRegistry
+from modules.models.loader import StableDiffusionModel
+
+log = logging.getLogger(__name__)
+
+NOT_BUILT_IN = {
+    "reference_only": "the reference modes (attention injection)",
+    "reference_adain": "the reference modes (attention injection)",
+    "reference_adain+attn": "the reference modes (attention injection)",
+    "tile_colorfix": "tile_colorfix (latent colour correction while sampling)",
+    "tile_colorfix+sharp": "tile_colorfix (latent colour correction while sampling)",
+}
+DEFAULT_UNIT_COUNT = 3
+
+
+@dataclass
+class ControlNetJob:
+    """What one generation needs: the wrapper slot (set once the maps are made), the infotext
+    entries and the warnings."""
+
+    slot: _Slot
+    params: dict[str, str] = field(default_factory=dict)
+    warnings: list[str] = field(default_factory=list)
+    detected_maps: list[Image.Image] = field(default_factory=list)
+
+    @property
+    def applier(self) -> ControlNetApplier | None:
+        return self.slot.applier
+
+
+class _Slot:
+    """A UNet wrapper whose applier is set after the hooks were combined (the maps need the seeds)."""
+
+    def __init__(self) -> None:
+        self.applier: ControlNetApplier | None = None
+
+    def __call__(self, call: UNetCall, call_next: UNetFn) -> torch.Tensor:
+        if self.applier is None:
+            return call_next(call)
+        return self.applier(call, call_next)
+
+    def begin_hires(self, *_args: object) -> None:
+        if self.applier is not None:
+            self.applier.begin_hires()
+
+
+class ControlNetService:
+    """The ControlNet models, the preprocessors and the per-job applier (see the module doc)."""
+
+    def __init__(
+        self,
+        registry: ControlNetRegistry,
+        cache: ControlNetCache,
+        *,
+        annotator_dir: Path | None = None,
+        unit_count: int = DEFAULT_UNIT_COUNT,
+    ) -> None:
+        self.registry = registry
+        self.cache = cache
+        self.annotator_dir = annotator_dir
+        self._unit_count = unit_count
+
+    # -- the provider the routes and the UI read -----------------------------------------------
+
+    def list_models(self) -> list[str]:
+        return self.registry.names()
+
+    def refresh_models(self) -> None:
+        self.registry.refresh()
+
+    def preprocessors(self) -> Sequence[PreprocessorInfo]:
+        details = pre.preprocessor_details()
+        infos: list[PreprocessorInfo] = []
+        for name in pre.module_list():
+            spec = pre.get_preprocessor(name)
+            infos.append(
+                PreprocessorInfo.from_detail(
+                    name,
+                    details[name],
+                    label=spec.label,
+                    tags=spec.tags,
+                    accepts_mask=spec.accepts_mask,
+                    requires_mask=spec.requires_mask,
+                )
+            )
+        return infos
+
+    def run_preprocessor(
+        self,
+        module: str,
+        image: Image.Image,
+        *,
+        mask: Image.Image | None = None,
+        resolution: int = -1,
+        threshold_a: float = -1,
+        threshold_b: float = -1,
+        low_vram: bool = False,
+        seed: int | None = None,
+        pixel_perfect: bool = False,
+    ) -> Image.Image:
+        result = pre.run_preprocessor(
+            module,
+            image.convert("RGB"),
+            resolution=resolution,
+            threshold_a=threshold_a,
+            threshold_b=threshold_b,
+            annotator_dir=self.annotator_dir,
+            mask=mask,
+            seed=seed,
+            pixel_perfect=pixel_perfect,
+        )
+        return result.image
+
+    def unit_count(self) -> int:
+        return self._unit_count
+
+    # -- a request's units ---------------------------------------------------------------------
+
+    def check(self, request: GenerationRequest) -> list[str]:
+        """Refuse what cannot run (before queueing); the warnings for what runs differently."""
+        warnings: list[str] = []
+        img2img_image = isinstance(request, Img2ImgRequest) and bool(request.init_images)
+        for index, unit in enumerate(request.controlnet_units):
+            if not unit.enabled:
+                continue
+            where = unit.source or f"controlnet unit {index}"
+            spec = pre.find_preprocessor(unit.module)
+            if spec is None:
+                raise ValidationError(f"{where}: module {unit.module!r} is not available")
+            if spec.name in NOT_BUILT_IN:
+                raise ValidationError(f"{where}: {NOT_BUILT_IN[spec.name]} are not built in yet")
+            missing = pre.missing_weights(spec.name, self.annotator_dir)
+            if missing:
+                files = ", ".join(str(m) for m in missing)
+                raise NotFoundError(f"{where}: preprocessor {spec.name} needs {files}; nothing is downloaded")
+            if not unit.has_model:
+                raise ValidationError(f"{where}: choose a ControlNet model (model is {unit.model!r})")
+            self._find_model(unit, where)
+            if not unit.image_inputs() and not img2img_image:
+                raise ValidationError(f"{where}: no image (give `image`, or use img2img to control with its image)")
+            if spec.name == "inpaint_only":
+                warnings.append(
+                    f"{where}: inpaint_only runs as inpaint here (the unmasked area is not restored from the "
+                    "input image while sampling)"
+                )
+            if unit.advanced_weighting is not None:
+                warnings.append(f"{where}: advanced_weighting is not applied; the unit's weight is")
+            if unit.effective_region_mask is not None:
+                warnings.append(f"{where}: effective_region_mask is not applied; the unit works on the whole image")
+        return warnings
+
+    def _find_model(self, unit: ControlNetUnit, where: str) -> ControlNetInfo:
+        try:
+            info = self.registry.find(unit.model)
+        except NotFoundError as exc:
+            raise NotFoundError(f"{where}: ControlNet model {unit.model!r} not found") from exc
+        if info is None:
+            raise ValidationError(f"{where}: choose a ControlNet model")
+        return info
+
+    def begin(self, hooks: Hooks) -> ControlNetJob:
+        """A job's slot on `hooks` (its UNet wrapper and hires marker), empty until `prepare`."""
+        slot = _Slot()
+        hooks.add_unet_wrapper(slot)
+        hooks.before_hires.add(slot.begin_hires)
+        return ControlNetJob(slot)
+
+    def prepare(
+        self, job: ControlNetJob, request: GenerationRequest, model: StableDiffusionModel, seed: int, subseed: int
+    ) -> None:
+        """Inside the job, with the model leased: make the maps, load the models, fill the slot."""
+        started = time.perf_counter()
+        unet_param = next(model.unet.parameters())
+        device, dtype = unet_param.device, unet_param.dtype
+        units: list[ActiveUnit] = []
+        enabled = [u for u in request.controlnet_units if u.enabled]
+        for index, unit in enumerate(enabled):
+            where = unit.source or f"controlnet unit {index}"
+            info = self._find_model(unit, where)
+            loaded = self.cache.get(info, "cpu" if unit.low_vram else device, dtype, base_family=model.family)
+            image, mask = self._input(unit, request)
+            spec = pre.get_preprocessor(unit.module)
+            unit = apply_preprocessor_defaults(unit, _info_of(spec))
+            resolution = unit.processor_res
+            if unit.pixel_perfect:
+                resolution = pixel_perfect_resolution(
+                    (image.height, image.width), request.height, request.width, unit.resize_mode
+                )
+            result = pre.run_preprocessor(
+                spec.name,
+                image,
+                resolution=resolution,
+                threshold_a=unit.threshold_a,
+                threshold_b=unit.threshold_b,
+                annotator_dir=self.annotator_dir,
+                mask=mask,
+                seed=pre.preprocessor_seed(seed, subseed),
+                pixel_perfect=unit.pixel_perfect,
+            )
+            detected = np.asarray(result.image.convert("RGB"))
+            if result.mask is not None and spec.name in ("inpaint", "inpaint_only"):
+                alpha = np.asarray(result.mask.convert("L").resize(result.image.size))[:, :, None]
+                detected = np.concatenate([detected, alpha], axis=2)
+            if unit.save_detected_map:
+                job.detected_maps.append(result.display)
+            units.append(
+                ActiveUnit(
+                    index=index,
+                    model=loaded.model,
+                    detected_map=np.ascontiguousarray(detected),
+                    weight=unit.weight,
+                    guidance_start=unit.guidance_start,
+                    guidance_end=unit.guidance_end,
+                    control_mode=unit.control_mode,
+                    resize_mode=unit.resize_mode,
+                    hr_option=unit.hr_option,
+                    global_pool=loaded.global_pool,
+                    module=spec.name,
+                    low_vram=unit.low_vram,
+                )
+            )
+            entry = unit_infotext(index, dataclasses.replace(unit, module=spec.name), info.name)
+            if entry is not None:
+                job.params[entry[0]] = entry[1]
+        job.slot.applier = ControlNetApplier(units)
+        log.info("ControlNet: %d unit(s) ready in %.2f s", len(units), time.perf_counter() - started)
+
+    @staticmethod
+    def _input(unit: ControlNetUnit, request: GenerationRequest) -> tuple[Image.Image, Image.Image | None]:
+        inputs = unit.image_inputs()
+        if inputs:
+            first = inputs[0]
+            image, mask = first.image, first.mask
+        elif isinstance(request, Img2ImgRequest) and request.init_images:
+            image, mask = request.init_images[0], request.mask
+        else:  # pragma: no cover - refused by check()
+            raise ValidationError(f"{unit.source or 'controlnet unit'}: no image")
+        if not isinstance(image, Image.Image):
+            raise ValidationError(f"{unit.source or 'controlnet unit'}: the image was not decoded")
+        rgb = image.convert("RGB")
+        mask_image = mask.convert("L") if isinstance(mask, Image.Image) else None
+        return rgb, mask_image
+
+
+def _info_of(spec: pre.PreprocessorSpec) -> PreprocessorInfo:
+    detail = pre.preprocessor_details()[spec.name]
+    return PreprocessorInfo.from_detail(
+        spec.name,
+        detail,
+        label=spec.label,
+        tags=spec.tags,
+        accepts_mask=spec.accepts_mask,
+        requires_mask=spec.requires_mask,
+    )
+
+
+def model_title_list(registry: ControlNetRegistry) -> list[str]:
+    return ["None", *registry.names()]
+
+
+__all__ = ["ControlNetJob", "ControlNetService", "model_title_list"]
