@@ -53,6 +53,9 @@ class Result:
     # images before the generated ones (grids a script made; A1111's index_of_first_image); their
     # infotexts lead `infotexts` too, while prompts/seeds/params are the generated images' only
     leading_images: int = 0
+    # images shown and returned after the generated ones, not generations themselves: the ControlNet
+    # units' detected maps (the extension appends them to the API's images unless a unit says not to)
+    extra_images: list[Any] = field(default_factory=list)
 
 
 def extras_infotext(info: dict[str, Any]) -> str:

@@ -406,6 +406,7 @@ class GenerationService:
             if controlnet is not None:
                 for params in result.params:
                     params.update(controlnet.params)
+                result.extra_images.extend(controlnet.detected_maps)
             if request.restore_faces:
                 self._restore_faces(result)
             for i, image in enumerate(result.images):

@@ -73,6 +73,12 @@ def test_webuiapi_payload_works_unchanged_and_weight_matters(client: TestClient)
     assert np.array_equal(_image(zero), plain)  # weight 0: the same pixels as no unit
     one = client.post("/sdapi/v1/txt2img", json={**BASE, "alwayson_scripts": {"ControlNet": {"args": [_unit()]}}})
     assert not np.array_equal(_image(one), plain)
+    assert len(one.json()["images"]) == 2  # the detected map follows the image, as the extension answers
+    edges = _image(one, 1)
+    assert edges.shape[:2] == (64, 64) and edges[32, 32].max() == 0 and edges.max() == 255
+    assert len(zero.json()["images"]) == 2
+    no_map = client.post("/sdapi/v1/txt2img", json={**BASE, "alwayson_scripts": _cn(_unit(save_detected_map=False))})
+    assert len(no_map.json()["images"]) == 1
     info = json.loads(one.json()["info"])
     text = info["infotexts"][0]
     assert 'ControlNet 0: "Module: canny, Model: control_sd1_canny [' in text

@@ -49,6 +49,8 @@ def build_response(
             encode_b64(image, services.options, infotext=infotexts[i] if i < len(infotexts) else None)
             for i, image in enumerate(images)
         ]
+        # ControlNet's detected maps follow the images, as the extension returns them
+        encoded += [encode_b64(image, services.options, infotext=None) for image in result.extra_images]
     info = generation_info(request, result, first)
     return {"images": encoded, "parameters": payload.echo(), "info": json.dumps(info, ensure_ascii=False)}
 
