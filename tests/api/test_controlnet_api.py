@@ -174,3 +174,22 @@ def test_controlnet_routes_with_the_real_registry(client: TestClient) -> None:
     assert edges.max() == 255 and edges[32, 32].max() == 0  # an outline, not the filled square
     assert "controlnet" in client.get("/sdapi/v1/scripts").json()["txt2img"]
     assert client.get("/controlnet/version").json() == {"version": 3}
+
+
+def test_inpaint_with_an_inpaint_unit(client: TestClient) -> None:
+    mask = Image.new("L", (64, 64), 0)
+    mask.paste(255, (16, 16, 48, 48))
+    payload = {
+        **BASE,
+        "init_images": [_png(_source())],
+        "mask": _png(mask),
+        "denoising_strength": 0.8,
+        "alwayson_scripts": _cn(_unit(image="", module="inpaint_only")),
+    }
+    response = client.post("/sdapi/v1/img2img", json=payload)
+    assert response.status_code == 200, response.text
+    info = json.loads(response.json()["info"])
+    assert 'ControlNet 0: "Module: inpaint_only' in info["infotexts"][0]
+    assert any("inpaint_only runs as inpaint" in w for w in info.get("warnings", []))
+    plain = client.post("/sdapi/v1/img2img", json={**payload, "alwayson_scripts": {}})
+    assert not np.array_equal(_image(response), _image(plain))
