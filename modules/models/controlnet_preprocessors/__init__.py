@@ -39,6 +39,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
+from modules.core.controlnet import tag_filters
 from modules.core.errors import NotFoundError, UserError, ValidationError
 from modules.models.controlnet_preprocessors import ops
 from modules.models.controlnet_preprocessors.catalog import (
@@ -179,33 +180,6 @@ def weighted_preprocessors() -> list[str]:
 
 # -- control types (the extension's tags) ---------------------------------------------------------
 
-_TAG_FILTER_ALIASES: Mapping[str, tuple[str, ...]] = {
-    "instructp2p": ("ip2p",),
-    "segmentation": ("seg",),
-    "normalmap": ("normal",),
-    "t2i-adapter": ("t2i_adapter", "t2iadapter", "t2ia"),
-    "ip-adapter": ("ip_adapter", "ipadapter"),
-    "openpose": ("openpose", "densepose"),
-    "instant-id": ("instant_id", "instantid"),
-    "scribble": ("sketch",),
-    "tile": ("blur",),
-}
-_UNION_TAGS = frozenset(
-    {
-        "openpose",
-        "depth",
-        "softedge",
-        "scribble",
-        "canny",
-        "lineart",
-        "mlsd",
-        "normalmap",
-        "segmentation",
-        "inpaint",
-        "tile",
-    }
-)
-
 
 def control_type_tags() -> list[str]:
     """The control types: "All", then every tag, sorted."""
@@ -215,8 +189,7 @@ def control_type_tags() -> list[str]:
 def control_type_filters(tag: str) -> set[str]:
     """Lowercase substrings a ControlNet model name is matched against for a control type (the tag,
     its aliases, and "union" for the types a union model handles)."""
-    key = tag.lower()
-    return {key, *_TAG_FILTER_ALIASES.get(key, ()), *(("union",) if key in _UNION_TAGS else ())}
+    return tag_filters(tag)  # one table: the core's (the API's control types read it too)
 
 
 def control_type_preprocessors(tag: str) -> list[str]:
