@@ -106,7 +106,7 @@ def pixel_perfect_resolution(image_hw: tuple[int, int], target_h: int, target_w:
 
 def map_tensor(image: np.ndarray) -> torch.Tensor:
     """(1, C, H, W) float in [0, 1]; a 4-channel inpaint map becomes ``rgb * (1 - m) - m``."""
-    tensor = torch.from_numpy(np.ascontiguousarray(image)).float().div_(255.0).permute(2, 0, 1)[None]
+    tensor = torch.from_numpy(np.array(image, copy=True)).float().div_(255.0).permute(2, 0, 1)[None]
     if tensor.shape[1] == 4:
         rgb, mask = tensor[:, :3], (tensor[:, 3:4] > 0.5).float()
         tensor = rgb * (1 - mask) - mask
