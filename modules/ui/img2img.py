@@ -28,6 +28,7 @@ from modules.ui.common import (
     scheduler_choices,
     wire_generate,
 )
+from modules.ui.controlnet import ControlNetSection, build_controlnet_section
 from modules.ui.extra_networks import extra_networks_tabs
 from modules.ui.img2img_batch import BATCH_FROM_DIR, BATCH_UPLOAD, batch_plan, run_batch
 from modules.ui.img2img_editor import COPY_TARGETS, image_of_mode, image_to_copy
@@ -78,7 +79,8 @@ class Img2ImgTab:
     mode: gr.State
     mode_tabs: gr.Tabs
     inpaint_controls: gr.Group
-    # the input components by converter keyword, plus "subseed_show" (send-to and paste fill them)
+    # the input components by converter keyword, plus "subseed_show" and the ControlNet units'
+    # (`controlnet_<i>_<name>`): send-to and paste fill them
     fields: dict[str, Any] = field(default_factory=dict)
     mask_alpha: gr.Slider | None = None
     sketch: gr.ImageEditor | None = None
@@ -88,6 +90,7 @@ class Img2ImgTab:
     batch_fields: dict[str, Any] = field(default_factory=dict)
     scripts: ScriptSection | None = None
     interrogate: InterrogateButtons | None = None  # 📎 / 📦
+    controlnet: ControlNetSection | None = None
 
     @property
     def mode_outputs(self) -> list[Any]:
@@ -380,6 +383,7 @@ def build_img2img_tab(services: Services) -> Img2ImgTab:
             seeds = build_seed_section("img2img")
             seed, extra, subseed = seeds.seed, seeds.extra, seeds.subseed
             subseed_strength, resize_w, resize_h = seeds.subseed_strength, seeds.resize_w, seeds.resize_h
+            controlnet = build_controlnet_section(services, is_img2img=True, size=(width, height))
             scripts = build_script_section(services, is_img2img=True)
         results = build_results_column("img2img")
     progress, gallery, html_info = results.progress, results.gallery, results.html_info
@@ -440,22 +444,26 @@ def build_img2img_tab(services: Services) -> Img2ImgTab:
     def run(values: dict[str, Any]) -> Iterator[tuple[Any, ...]]:
         ui, batch = split(values)
         if int(ui["mode"]) == BATCH:
-            with_scripts = {**ui, SCRIPT_FIELDS: scripts.request_fields(values)}
+            request_fields_of_scripts = {**scripts.request_fields(values), **controlnet.request_fields(values)}
+            with_scripts = {**ui, SCRIPT_FIELDS: request_fields_of_scripts}
             yield from run_batch(services, with_scripts, batch_plan(services, **batch), row.stop_requested)
             return
-        yield from run_generation(services, scripts.apply(img2img_request_from_ui(**ui), values))
+        request = scripts.apply(img2img_request_from_ui(**ui), values)
+        yield from run_generation(services, controlnet.apply(request, values))
 
     def check(values: dict[str, Any]) -> None:
         """User errors (no image, empty mask, a refused folder) before the buttons change: an
         error here leaves Generate as it is."""
         ui, batch = split(values)
+        controlnet.request_fields(values)  # a unit enabled without its image
         if int(ui["mode"]) == BATCH:
             batch_plan(services, **batch)
         else:
             img2img_request_from_ui(**ui)
 
     outputs = [progress, gallery, html_info, generation_info, last_seeds]
-    wire_generate(services, row, run, {**request_fields, **batch_fields, **scripts.fields}, outputs, check=check)
+    generate_fields = {**request_fields, **batch_fields, **scripts.fields, **controlnet.fields}
+    wire_generate(services, row, run, generate_fields, outputs, check=check)
 
     # -- sub-tabs, copy image to, resize ---------------------------------------------------
     def select_mode(number: int) -> Callable[[], tuple[int, Any, Any]]:
@@ -551,7 +559,8 @@ def build_img2img_tab(services: Services) -> Img2ImgTab:
 
     wire_token_counters(services, row, steps)
 
-    fields = {**request_fields, "subseed_show": extra}
+    # the ControlNet units' fields too: a paste restores them
+    fields = {**request_fields, "subseed_show": extra, **controlnet.paste_fields}
     return Img2ImgTab(
         row,
         gallery,
@@ -571,4 +580,5 @@ def build_img2img_tab(services: Services) -> Img2ImgTab:
         batch_fields=batch_fields,
         scripts=scripts,
         interrogate=interrogate,
+        controlnet=controlnet,
     )

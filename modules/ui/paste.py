@@ -20,6 +20,7 @@ from modules.core.extra_networks import restore_lora_names
 from modules.core.fields import values_from_infotext
 from modules.core.infotext import parse_infotext
 from modules.services import Services
+from modules.ui.controlnet import paste_values as controlnet_paste_values
 from modules.ui.refiner import checkpoint_title
 from modules.ui.txt2img import SAME_CHECKPOINT, SAME_SAMPLER, SAME_SCHEDULER
 
@@ -73,7 +74,8 @@ def infotext_values(parsed: Mapping[str, object]) -> dict[str, object]:
     Hires. fix is enabled when the infotext has a denoising strength and a hires upscale,
     upscaler or resize (as A1111 decides); the seed "Extra" box opens for a variation seed; the
     hires choices not set are "Use same ..." and the hires prompts empty; `enable_refiner` is
-    whether the infotext has a refiner."""
+    whether the infotext has a refiner; each `ControlNet i` line restores ControlNet unit i
+    (`modules.ui.controlnet.paste_values`)."""
     values = values_from_infotext(parsed)
     # A1111's get_hr_sampler_and_scheduler: the first pass's own sampler/schedule is "Use same"
     for name, same, first_pass in (
@@ -92,6 +94,7 @@ def infotext_values(parsed: Mapping[str, object]) -> dict[str, object]:
     )
     if "Variation seed" in parsed or "Variation seed strength" in parsed:
         values["subseed_show"] = True
+    values.update(controlnet_paste_values(parsed))  # `ControlNet i` lines -> unit i's controls
     return values
 
 

@@ -31,6 +31,7 @@ from modules.ui.common import (
     scheduler_choices,
     wire_generate,
 )
+from modules.ui.controlnet import ControlNetSection, build_controlnet_section
 from modules.ui.extra_networks import extra_networks_tabs
 from modules.ui.extras import upscaler_names
 from modules.ui.named_inputs import inputs_of, values_of
@@ -171,9 +172,11 @@ class Txt2ImgTab:
     html_info: gr.HTML
     generation_info: gr.Textbox
     output_buttons: OutputButtons
-    # the input components by converter keyword, plus "subseed_show" (send-to and paste fill them)
+    # the input components by converter keyword, plus "subseed_show" and the ControlNet units'
+    # (`controlnet_<i>_<name>`): send-to and paste fill them
     fields: dict[str, Any] = field(default_factory=dict)
     scripts: ScriptSection | None = None
+    controlnet: ControlNetSection | None = None
 
 
 def final_resolution(
@@ -294,6 +297,7 @@ def build_txt2img_tab(services: Services) -> Txt2ImgTab:
             seeds = build_seed_section("txt2img")
             seed, extra, subseed = seeds.seed, seeds.extra, seeds.subseed
             subseed_strength, resize_w, resize_h = seeds.subseed_strength, seeds.resize_w, seeds.resize_h
+            controlnet = build_controlnet_section(services, is_img2img=False, size=(width, height), enable_hr=enable_hr)
             scripts = build_script_section(services, is_img2img=False)
         results = build_results_column("txt2img")
     progress, gallery, html_info = results.progress, results.gallery, results.html_info
@@ -335,10 +339,10 @@ def build_txt2img_tab(services: Services) -> Txt2ImgTab:
 
     def run(values: dict[str, Any]) -> Iterator[tuple[Any, ...]]:
         request = txt2img_request_from_ui(**{name: values[name] for name in request_fields})
-        yield from run_generation(services, scripts.apply(request, values))
+        yield from run_generation(services, controlnet.apply(scripts.apply(request, values), values))
 
     outputs = [progress, gallery, html_info, generation_info, last_seeds]
-    wire_generate(services, row, run, {**request_fields, **scripts.fields}, outputs)
+    wire_generate(services, row, run, {**request_fields, **scripts.fields, **controlnet.fields}, outputs)
 
     swap.click(lambda w, h: (h, w), [width, height], [width, height], queue=False)
 
@@ -389,5 +393,6 @@ def build_txt2img_tab(services: Services) -> Txt2ImgTab:
     ):
         control.change(show_row_unless(same), control, row_shown, queue=False, show_progress="hidden")
 
-    fields = {**request_fields, "subseed_show": extra}
-    return Txt2ImgTab(row, gallery, html_info, generation_info, output_buttons, fields, scripts)
+    # the ControlNet units' fields too: a paste restores them
+    fields = {**request_fields, "subseed_show": extra, **controlnet.paste_fields}
+    return Txt2ImgTab(row, gallery, html_info, generation_info, output_buttons, fields, scripts, controlnet)
