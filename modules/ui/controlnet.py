@@ -450,10 +450,10 @@ def _build_unit(
     resolution = none_info.resolution if none_info is not None else None
     with gr.Row():
         processor_res = gr.Slider(
-            UNSET,
-            4096,
+            resolution.minimum if resolution is not None else UNSET,
+            resolution.maximum if resolution is not None else 4096,
             value=resolution.value if resolution is not None else UNSET,
-            step=1,
+            step=resolution.step if resolution is not None else 1,
             label="Resolution",
             visible=resolution is not None,
             elem_id=eid("controlnet_preprocessor_resolution_slider"),

@@ -1,8 +1,9 @@
 """The ControlNet accordion in a real browser against the full app (a server of its own, its data
 dir holding a tiny SD1 ControlNet): open the accordion, enable unit 0, upload a white square on
 black, Control Type Canny (the preprocessor and the model follow), Allow Preview + 💥 shows the
-edges, Generate gives an image whose infotext has `ControlNet 0`; a screenshot for people to look
-at."""
+edges, Generate gives an image whose infotext has `ControlNet 0`; ↙️ paste of a `ControlNet 0` line
+restores the unit; on img2img the upload shows only with "Upload independent control image";
+screenshots for people to look at."""
 
 from __future__ import annotations
 
@@ -100,3 +101,41 @@ def test_canny_unit_preview_and_generate(page: Any, tmp_path: Path) -> None:
 
     for directory in screenshot_dirs(tmp_path):
         page.screenshot(path=str(directory / "controlnet_txt2img.png"), full_page=True)
+
+    # ↙️ paste of an infotext restores the unit, after another Control Type narrowed the lists
+    model = page.locator(f"#{UNIT}_controlnet_model_dropdown input").input_value()
+    page.locator(f"#{UNIT}_controlnet_type_filter_radio").get_by_label("Depth", exact=True).check()
+    expect(page.locator(f"#{UNIT}_controlnet_model_dropdown input")).to_have_value("None")
+    enable.uncheck()
+    line = (
+        f"Module: canny, Model: {model}, Weight: 0.45, Resize Mode: Resize and Fill, Processor Res: 256, "
+        "Threshold A: 90, Threshold B: 180, Guidance Start: 0.1, Guidance End: 0.9, Pixel Perfect: True, "
+        "Control Mode: My prompt is more important"
+    )
+    page.locator("#txt2img_prompt textarea").fill(f'a box\nSteps: 3, Seed: 1, Size: 64x64, ControlNet 0: "{line}"')
+    page.locator("#txt2img_paste").click()
+    expect(enable).to_be_checked()
+    expect(page.locator(f"#{UNIT}_controlnet_type_filter_radio").get_by_label("All", exact=True)).to_be_checked()
+    expect(page.locator(f"#{UNIT}_controlnet_preprocessor_dropdown input")).to_have_value("canny")
+    expect(page.locator(f"#{UNIT}_controlnet_model_dropdown input")).to_have_value(model)
+    expect(page.locator(f"#{UNIT}_controlnet_control_weight_slider input[type=number]")).to_have_value("0.45")
+    expect(page.locator(f"#{UNIT}_controlnet_threshold_A_slider input[type=number]")).to_have_value("90")
+    expect(page.locator(f"#{UNIT}_controlnet_pixel_perfect_checkbox input")).to_be_checked()
+    expect(page.locator(f"#{UNIT}_controlnet_preprocessor_resolution_slider")).to_be_hidden()
+    control_mode = page.locator(f"#{UNIT}_controlnet_control_mode_radio")
+    expect(control_mode.get_by_label("My prompt is more important")).to_be_checked()
+    expect(page.locator(f"#{UNIT}_controlnet_resize_mode_radio").get_by_label("Resize and Fill")).to_be_checked()
+
+    # img2img: the img2img image is the control image until an independent one is asked for
+    page.locator("#tabs").get_by_role("tab", name="img2img").click()
+    i2i = page.locator("#img2img_controlnet")
+    i2i.get_by_role("button", name=re.compile(r"^ControlNet\b(?! Unit)")).first.click()
+    unit = "img2img_controlnet_ControlNet-0"
+    expect(page.locator(f"#{unit}_controlnet_enable_checkbox input")).to_be_visible()
+    expect(page.locator(f"#{unit}_input_image")).to_be_hidden()
+    expect(page.locator(f"#{unit}_controlnet_trigger_preprocessor")).to_be_hidden()
+    page.locator(f"#{unit}_controlnet_same_img2img_checkbox input").check()
+    expect(page.locator(f"#{unit}_input_image")).to_be_visible()
+    expect(page.locator(f"#{unit}_controlnet_trigger_preprocessor")).to_be_visible()
+    for directory in screenshot_dirs(tmp_path):
+        page.screenshot(path=str(directory / "controlnet_img2img.png"), full_page=True)

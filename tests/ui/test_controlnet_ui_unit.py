@@ -321,3 +321,16 @@ def test_no_controlnet_service_builds_no_accordion(cn_services: Services) -> Non
     assert tab.controlnet is not None and tab.controlnet.accordion is None and tab.controlnet.fields == {}
     request = Txt2ImgRequest(prompt="x")
     assert tab.controlnet.apply(request, {}) is request
+
+
+def test_the_hires_option_shows_while_hires_fix_is_on(cn_services: Services) -> None:
+    with gr.Blocks() as blocks:
+        tab = build_txt2img_tab(cn_services)
+    assert tab.controlnet is not None
+    radios = [unit.hr_option for unit in tab.controlnet.units]
+    assert all(radio.visible is False for radio in radios)
+    enable_hr = tab.fields["enable_hr"]
+    [event] = [fn for fn in blocks.fns.values() if list(fn.outputs) == radios and enable_hr in fn.inputs]
+    assert event.fn is not None
+    assert [update["visible"] for update in event.fn(True)] == [True] * 3
+    assert [update["visible"] for update in event.fn(False)] == [False] * 3
