@@ -145,13 +145,14 @@ def test_values_of_maps_components_to_names() -> None:
 def test_txt2img_generate_reads_its_fields_by_name(services: Services) -> None:
     with gr.Blocks() as blocks:
         tab = build_txt2img_tab(services)
-    request_fields = {k: v for k, v in tab.fields.items() if k != "subseed_show"}
+    request_fields = {k: v for k, v in tab.fields.items() if k != "subseed_show" and not k.startswith("controlnet_")}
     assert set(request_fields) == _keywords(txt2img_request_from_ui)
     run, inputs = _handler(blocks, tab.gallery)
     values = {**TXT2IMG_DEFAULTS, "prompt": "named", "steps": 3.0, "width": 64.0, "seed": 5.0, "cfg_scale": 4.5}
-    assert tab.scripts is not None
-    scripts = _script_defaults(tab.scripts.fields)
-    outputs = list(run(_data({**request_fields, **tab.scripts.fields}, {**values, **scripts}, inputs)))
+    assert tab.scripts is not None and tab.controlnet is not None
+    scripts = {**_script_defaults(tab.scripts.fields), **_script_defaults(tab.controlnet.fields)}
+    extra_fields = {**tab.scripts.fields, **tab.controlnet.fields}
+    outputs = list(run(_data({**request_fields, **extra_fields}, {**values, **scripts}, inputs)))
     [request] = _engine(services).requests
     assert isinstance(request, Txt2ImgRequest)
     assert request == tab.scripts.apply(txt2img_request_from_ui(**values), scripts)
@@ -163,10 +164,10 @@ def test_txt2img_generate_reads_its_fields_by_name(services: Services) -> None:
 def test_img2img_generate_and_its_check_read_their_fields_by_name(services: Services) -> None:
     with gr.Blocks() as blocks, gr.Tab("img2img"):
         tab = build_img2img_tab(services)
-    request_fields = {k: v for k, v in tab.fields.items() if k != "subseed_show"}
+    request_fields = {k: v for k, v in tab.fields.items() if k != "subseed_show" and not k.startswith("controlnet_")}
     assert set(request_fields) == _keywords(img2img_request_from_ui)
-    assert tab.scripts is not None
-    fields = {**request_fields, **tab.batch_fields, **tab.scripts.fields}
+    assert tab.scripts is not None and tab.controlnet is not None
+    fields = {**request_fields, **tab.batch_fields, **tab.scripts.fields, **tab.controlnet.fields}
     run, inputs = _handler(blocks, tab.gallery)
     batch = {
         "batch_source": "upload",
@@ -178,6 +179,7 @@ def test_img2img_generate_and_its_check_read_their_fields_by_name(services: Serv
     image = Image.new("RGB", (40, 24), (200, 30, 30))
     values = {**IMG2IMG_DEFAULTS, "mode": IMG2IMG, "init_image": image, "prompt": "by name", "denoising_strength": 0.4}
     batch.update(_script_defaults(tab.scripts.fields))
+    batch.update(_script_defaults(tab.controlnet.fields))
     outputs = list(run(_data(fields, {**values, **batch}, inputs)))
     [request] = _engine(services).requests
     assert isinstance(request, Img2ImgRequest)
