@@ -102,30 +102,6 @@ def test_canny_unit_preview_and_generate(page: Any, tmp_path: Path) -> None:
     for directory in screenshot_dirs(tmp_path):
         page.screenshot(path=str(directory / "controlnet_txt2img.png"), full_page=True)
 
-    # ↙️ paste of an infotext restores the unit, after another Control Type narrowed the lists
-    model = page.locator(f"#{UNIT}_controlnet_model_dropdown input").input_value()
-    page.locator(f"#{UNIT}_controlnet_type_filter_radio").get_by_label("Depth", exact=True).check()
-    expect(page.locator(f"#{UNIT}_controlnet_model_dropdown input")).to_have_value("None")
-    enable.uncheck()
-    line = (
-        f"Module: canny, Model: {model}, Weight: 0.45, Resize Mode: Resize and Fill, Processor Res: 256, "
-        "Threshold A: 90, Threshold B: 180, Guidance Start: 0.1, Guidance End: 0.9, Pixel Perfect: True, "
-        "Control Mode: My prompt is more important"
-    )
-    page.locator("#txt2img_prompt textarea").fill(f'a box\nSteps: 3, Seed: 1, Size: 64x64, ControlNet 0: "{line}"')
-    page.locator("#txt2img_paste").click()
-    expect(enable).to_be_checked()
-    expect(page.locator(f"#{UNIT}_controlnet_type_filter_radio").get_by_label("All", exact=True)).to_be_checked()
-    expect(page.locator(f"#{UNIT}_controlnet_preprocessor_dropdown input")).to_have_value("canny")
-    expect(page.locator(f"#{UNIT}_controlnet_model_dropdown input")).to_have_value(model)
-    expect(page.locator(f"#{UNIT}_controlnet_control_weight_slider input[type=number]")).to_have_value("0.45")
-    expect(page.locator(f"#{UNIT}_controlnet_threshold_A_slider input[type=number]")).to_have_value("90")
-    expect(page.locator(f"#{UNIT}_controlnet_pixel_perfect_checkbox input")).to_be_checked()
-    expect(page.locator(f"#{UNIT}_controlnet_preprocessor_resolution_slider")).to_be_hidden()
-    control_mode = page.locator(f"#{UNIT}_controlnet_control_mode_radio")
-    expect(control_mode.get_by_label("My prompt is more important")).to_be_checked()
-    expect(page.locator(f"#{UNIT}_controlnet_resize_mode_radio").get_by_label("Resize and Fill")).to_be_checked()
-
     # img2img: the img2img image is the control image until an independent one is asked for
     page.locator("#tabs").get_by_role("tab", name="img2img").click()
     i2i = page.locator("#img2img_controlnet")

@@ -42,11 +42,11 @@ def _subtab(page: Any, name: str) -> None:
     page.locator("#mode_img2img").get_by_role("tab", name=name, exact=True).click()
 
 
-def _settings(page: Any, prompt: str, steps: int = 2) -> None:
+def _settings(page: Any, prompt: str, steps: int = 2, size: int = 64) -> None:
     page.locator("#img2img_prompt textarea").fill(prompt)
     _set_number(page, "img2img_steps", steps)
-    _set_number(page, "img2img_width", 64)
-    _set_number(page, "img2img_height", 64)
+    _set_number(page, "img2img_width", size)
+    _set_number(page, "img2img_height", size)
     _set_number(page, "img2img_denoising_strength", 0.5)
 
 
@@ -273,7 +273,8 @@ def test_batch_upload_shows_image_k_of_n_and_interrupt_stops_it(page: Any, tmp_p
     # Gradio lists an uploaded file as "up2 .png" (name and extension in separate cells)
     expect(page.locator("#img2img_batch_upload")).to_contain_text(re.compile(r"up2\s*\.png"), timeout=20_000)
     expect(page.locator("#img2img_batch_upload")).not_to_contain_text("Uploading", timeout=20_000)
-    _settings(page, "a long batch", steps=150)
+    # long enough per image (150 steps at 256 px) that the Interrupt lands while image 1 or 2 runs
+    _settings(page, "a long batch", steps=150, size=256)
     page.locator("#img2img_generate").click()
     expect(page.locator("#img2img_progress")).to_contain_text("image 1/3", timeout=30_000)
     page.locator("#img2img_interrupt").click()
