@@ -28,7 +28,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -171,7 +171,6 @@ class ControlNetApplier:
     units: Sequence[ActiveUnit]
     hires: bool = False
     calls: int = 0
-    on_run: Callable[[ActiveUnit, UNetCall], None] | None = None
 
     def begin_hires(self, *_args: object) -> None:
         self.hires = True
@@ -203,8 +202,6 @@ class ControlNetApplier:
                 down = [a + b for a, b in zip(down, residuals[:-1], strict=True)]
                 mid = mid + residuals[-1]
             self.calls += 1
-            if self.on_run is not None:
-                self.on_run(unit, call)
         assert down is not None and mid is not None
         if call.down_block_additional_residuals is not None:
             down = [a + b for a, b in zip(call.down_block_additional_residuals, down, strict=True)]

@@ -110,21 +110,7 @@ class ControlNetService:
         self.registry.refresh()
 
     def preprocessors(self) -> Sequence[PreprocessorInfo]:
-        details = pre.preprocessor_details()
-        infos: list[PreprocessorInfo] = []
-        for name in pre.module_list():
-            spec = pre.get_preprocessor(name)
-            infos.append(
-                PreprocessorInfo.from_detail(
-                    name,
-                    details[name],
-                    label=spec.label,
-                    tags=spec.tags,
-                    accepts_mask=spec.accepts_mask,
-                    requires_mask=spec.requires_mask,
-                )
-            )
-        return infos
+        return [_info_of(pre.get_preprocessor(name)) for name in pre.module_list()]
 
     def run_preprocessor(
         self,
@@ -295,8 +281,4 @@ def _info_of(spec: pre.PreprocessorSpec) -> PreprocessorInfo:
     )
 
 
-def model_title_list(registry: ControlNetRegistry) -> list[str]:
-    return ["None", *registry.names()]
-
-
-__all__ = ["ControlNetJob", "ControlNetService", "model_title_list"]
+__all__ = ["ControlNetJob", "ControlNetService"]

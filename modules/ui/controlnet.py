@@ -41,6 +41,7 @@ from PIL import Image
 from modules.core.controlnet import (
     CONTROL_MODES,
     HR_OPTIONS,
+    INFOTEXT_FIELDS,
     RESIZE_MODES,
     ControlNetUnit,
     PreprocessorInfo,
@@ -81,22 +82,7 @@ UNIT_FIELDS = (
 )
 """A unit's controls that make its `ControlNetUnit` (named `controlnet_<i>_<name>`); img2img adds
 `independent` ("Upload independent control image")."""
-PASTED_FIELDS = (
-    "enabled",
-    "module",
-    "model",
-    "weight",
-    "resize_mode",
-    "processor_res",
-    "threshold_a",
-    "threshold_b",
-    "guidance_start",
-    "guidance_end",
-    "pixel_perfect",
-    "control_mode",
-    "low_vram",
-    "hr_option",
-)
+PASTED_FIELDS = ("enabled", *INFOTEXT_FIELDS, "low_vram", "hr_option")
 """The unit fields an infotext line restores (the extension's eleven, plus those of the older,
 longer line)."""
 UNSET = -1
