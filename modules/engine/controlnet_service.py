@@ -11,8 +11,13 @@ the img2img image; a weighted preprocessor needs its annotator files. Not built 
 refused with a clear message rather than ignored: the reference modes (attention injection) and
 tile_colorfix (latent colour correction at sampling time). `inpaint_only` runs as `inpaint`
 (the control; the extension also restores the unmasked area from the input at every step, which
-is not done here: a warning says so). `advanced_weighting` and `effective_region_mask` are not
-applied: a warning says so.
+is not done here: a warning says so); on an img2img request with its own inpaint mask it falls back
+to `inpaint` with a warning, as the extension does. `advanced_weighting` and
+`effective_region_mask` are not applied: a warning says so.
+
+Outside the UNet (`modules.engine.controlnet_post`): "Only masked" img2img inpainting crops the
+control image to the inpaint area (`inpaint_crop_input_image`, default on); the recolor
+preprocessors put their map back into the decoded image (the job's `after_batch` listener).
 """
 
 from __future__ import annotations
@@ -20,9 +25,10 @@ from __future__ import annotations
 import dataclasses
 import logging
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -34,10 +40,12 @@ from modules.core.requests import GenerationRequest, Img2ImgRequest
 from modules.engine.controlnet import (
     ActiveUnit,
     ControlNetApplier,
+    fit_map,
     pixel_perfect_resolution,
 )
-from modules.engine.hooks import Hooks
-from modules.engine.sampling import UNetCall, UNetFn
+from modules.engine.controlnet_post import RECOLOR_CHANNELS, crop_to_inpaint_region, recolor_restore
+from modules.engine.hooks import BatchEvent, HiresEvent, Hooks
+from modules.engine.sampling import UNetCall, UNetFn, run_unet_chain
 from modules.models import controlnet_preprocessors as pre
 from modules.models.controlnet import ControlNetCache, ControlNetInfo, ControlNetRegistry
 from modules.models.loader import StableDiffusionModel
@@ -69,20 +77,39 @@ class ControlNetJob:
         return self.slot.applier
 
 
-class _Slot:
-    """A UNet wrapper whose applier is set after the hooks were combined (the maps need the seeds)."""
+PostProcessor = Callable[[Image.Image, tuple[int, int]], Image.Image]
+"""Changes one decoded image; gets the size the job's last pass generated at (width, height)."""
 
-    def __init__(self) -> None:
+
+class _Slot:
+    """The job's UNet wrappers (outermost first), set after the hooks were combined (the maps need
+    the seeds), and the after-decode steps (recolor, inpaint_only's paste-back)."""
+
+    def __init__(self, request: GenerationRequest) -> None:
         self.applier: ControlNetApplier | None = None
+        self.wrappers: list[Any] = []
+        self.post: list[PostProcessor] = []
+        self.size = (request.width, request.height)
 
     def __call__(self, call: UNetCall, call_next: UNetFn) -> torch.Tensor:
-        if self.applier is None:
+        if not self.wrappers:
             return call_next(call)
-        return self.applier(call, call_next)
+        return run_unet_chain(self.wrappers, call_next, call)
 
-    def begin_hires(self, *_args: object) -> None:
-        if self.applier is not None:
-            self.applier.begin_hires()
+    def begin_hires(self, event: HiresEvent) -> None:
+        self.size = (event.width, event.height)
+        for wrapper in self.wrappers:
+            begin = getattr(wrapper, "begin_hires", None)
+            if begin is not None:
+                begin()
+
+    def after_batch(self, event: BatchEvent) -> None:
+        if not self.post or not event.images:
+            return
+        images = list(event.images)
+        for post in self.post:
+            images = [post(image, self.size) for image in images]
+        event.images = images
 
 
 class ControlNetService:
@@ -160,12 +187,18 @@ class ControlNetService:
             if missing:
                 files = ", ".join(str(m) for m in missing)
                 raise NotFoundError(f"{where}: preprocessor {spec.name} needs {files}; nothing is downloaded")
-            if not unit.has_model:
-                raise ValidationError(f"{where}: choose a ControlNet model (model is {unit.model!r})")
-            self._find_model(unit, where)
+            if not spec.model_free:
+                if not unit.has_model:
+                    raise ValidationError(f"{where}: choose a ControlNet model (model is {unit.model!r})")
+                self._find_model(unit, where)
+            elif unit.has_model:
+                warnings.append(f"{where}: {spec.name} needs no ControlNet model; {unit.model!r} is not used")
             if not unit.image_inputs() and not img2img_image:
                 raise ValidationError(f"{where}: no image (give `image`, or use img2img to control with its image)")
-            if spec.name == "inpaint_only":
+            fallback = inpaint_only_fallback(spec.name, request)
+            if fallback:
+                warnings.append(f"{where}: {fallback}")
+            elif spec.name == "inpaint_only":
                 warnings.append(
                     f"{where}: inpaint_only runs as inpaint here (the unmasked area is not restored from the "
                     "input image while sampling)"
@@ -185,11 +218,12 @@ class ControlNetService:
             raise ValidationError(f"{where}: choose a ControlNet model")
         return info
 
-    def begin(self, hooks: Hooks) -> ControlNetJob:
+    def begin(self, hooks: Hooks, request: GenerationRequest) -> ControlNetJob:
         """A job's slot on `hooks` (its UNet wrapper and hires marker), empty until `prepare`."""
-        slot = _Slot()
+        slot = _Slot(request)
         hooks.add_unet_wrapper(slot)
         hooks.before_hires.add(slot.begin_hires)
+        hooks.after_batch.add(slot.after_batch)
         return ControlNetJob(slot)
 
     def prepare(
@@ -203,10 +237,21 @@ class ControlNetService:
         enabled = [u for u in request.controlnet_units if u.enabled]
         for index, unit in enumerate(enabled):
             where = unit.source or f"controlnet unit {index}"
-            info = self._find_model(unit, where)
-            loaded = self.cache.get(info, "cpu" if unit.low_vram else device, dtype, base_family=model.family)
-            image, mask = self._input(unit, request)
             spec = pre.get_preprocessor(unit.module)
+            if inpaint_only_fallback(spec.name, request):
+                spec = pre.get_preprocessor("inpaint")  # A1111 inpaints already: the extension's fallback
+            info = None if spec.model_free else self._find_model(unit, where)
+            image, mask = self._input(unit, request)
+            image, mask, cropped = crop_to_inpaint_region(
+                image,
+                mask,
+                request,
+                unit.resize_mode,
+                module=spec.name,
+                crop_input_image=unit.inpaint_crop_input_image,
+            )
+            if cropped:
+                log.info("ControlNet %s: control image cropped to the inpaint area (Only masked)", where)
             unit = apply_preprocessor_defaults(unit, _info_of(spec))
             resolution = unit.processor_res
             if unit.pixel_perfect:
@@ -228,29 +273,36 @@ class ControlNetService:
             if result.mask is not None and spec.name in ("inpaint", "inpaint_only"):
                 alpha = np.asarray(result.mask.convert("L").resize(result.image.size))[:, :, None]
                 detected = np.concatenate([detected, alpha], axis=2)
+            detected = np.ascontiguousarray(detected)
             if unit.save_detected_map:
                 job.detected_maps.append(result.display)
-            units.append(
-                ActiveUnit(
-                    index=index,
-                    model=loaded.model,
-                    detected_map=np.ascontiguousarray(detected),
-                    weight=unit.weight,
-                    guidance_start=unit.guidance_start,
-                    guidance_end=unit.guidance_end,
-                    control_mode=unit.control_mode,
-                    resize_mode=unit.resize_mode,
-                    hr_option=unit.hr_option,
-                    global_pool=loaded.global_pool,
-                    module=spec.name,
-                    low_vram=unit.low_vram,
+            if spec.name in RECOLOR_CHANNELS:
+                job.slot.post.append(_recolor_post(detected, unit.resize_mode, spec.name))
+            if info is not None:
+                loaded = self.cache.get(info, "cpu" if unit.low_vram else device, dtype, base_family=model.family)
+                units.append(
+                    ActiveUnit(
+                        index=index,
+                        model=loaded.model,
+                        detected_map=detected,
+                        weight=unit.weight,
+                        guidance_start=unit.guidance_start,
+                        guidance_end=unit.guidance_end,
+                        control_mode=unit.control_mode,
+                        resize_mode=unit.resize_mode,
+                        hr_option=unit.hr_option,
+                        global_pool=loaded.global_pool,
+                        module=spec.name,
+                        low_vram=unit.low_vram,
+                    )
                 )
-            )
-            entry = unit_infotext(index, dataclasses.replace(unit, module=spec.name), info.name)
+            entry = unit_infotext(index, dataclasses.replace(unit, module=spec.name), info.name if info else "None")
             if entry is not None:
                 job.params[entry[0]] = entry[1]
-        job.slot.applier = ControlNetApplier(units)
-        log.info("ControlNet: %d unit(s) ready in %.2f s", len(units), time.perf_counter() - started)
+        applier = ControlNetApplier(units)
+        job.slot.applier = applier
+        job.slot.wrappers.append(applier)
+        log.info("ControlNet: %d unit(s) ready in %.2f s", len(enabled), time.perf_counter() - started)
 
     @staticmethod
     def _input(unit: ControlNetUnit, request: GenerationRequest) -> tuple[Image.Image, Image.Image | None]:
@@ -267,6 +319,22 @@ class ControlNetService:
         rgb = image.convert("RGB")
         mask_image = mask.convert("L") if isinstance(mask, Image.Image) else None
         return rgb, mask_image
+
+
+def inpaint_only_fallback(module: str, request: GenerationRequest) -> str | None:
+    """inpaint_only on an img2img request that inpaints with its own mask: the extension falls back to
+    inpaint_global_harmonious (the A1111 inpainting already keeps the unmasked area)."""
+    if module == "inpaint_only" and isinstance(request, Img2ImgRequest) and request.mask is not None:
+        return "A1111 inpaint and ControlNet inpaint_only both inpaint; the unit runs as inpaint_global_harmonious"
+    return None
+
+
+def _recolor_post(detected: np.ndarray, resize_mode: str, module: str) -> PostProcessor:
+    def post(image: Image.Image, size: tuple[int, int]) -> Image.Image:
+        feed = fit_map(detected, size[0], size[1], resize_mode)[:, :, 0]
+        return recolor_restore(image, np.ascontiguousarray(feed), module)
+
+    return post
 
 
 def _info_of(spec: pre.PreprocessorSpec) -> PreprocessorInfo:

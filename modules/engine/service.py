@@ -361,7 +361,7 @@ class GenerationService:
         controlnet = None
         if self.controlnet is not None and any(unit.enabled for unit in request.controlnet_units):
             local = Hooks()
-            controlnet = self.controlnet.begin(local)  # its wrapper, filled once the seeds are known
+            controlnet = self.controlnet.begin(local, request)  # its wrapper, filled once the seeds are known
             hooks = hooks.combined(local)
         with self.models.lease(spec) as model, contextlib.closing(networks):
             used = self._model_used(model)

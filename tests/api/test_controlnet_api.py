@@ -189,7 +189,9 @@ def test_inpaint_with_an_inpaint_unit(client: TestClient) -> None:
     response = client.post("/sdapi/v1/img2img", json=payload)
     assert response.status_code == 200, response.text
     info = json.loads(response.json()["info"])
-    assert 'ControlNet 0: "Module: inpaint_only' in info["infotexts"][0]
-    assert any("inpaint_only runs as inpaint" in w for w in info.get("warnings", []))
+    # A1111 already inpaints with its mask: as the extension, the unit falls back to
+    # inpaint_global_harmonious ("inpaint"), says so, and the infotext names what ran
+    assert 'ControlNet 0: "Module: inpaint,' in info["infotexts"][0]
+    assert any("runs as inpaint_global_harmonious" in w for w in info.get("warnings", []))
     plain = client.post("/sdapi/v1/img2img", json={**payload, "alwayson_scripts": {}})
     assert not np.array_equal(_image(response), _image(plain))

@@ -124,3 +124,77 @@ def test_guidance_end_half_runs_on_the_first_half(services: Services, monkeypatc
 def test_family_mismatch_is_refused(services: Services) -> None:
     with pytest.raises(ModelFileError, match="SD 1"):
         _run(services, "sdxl.safetensors", _unit("cn_sd1_ldm"))
+
+
+def test_recolor_puts_its_map_back_into_the_image(services: Services) -> None:
+    """recolor_luminance: after decoding, the image's LAB lightness is the unit's map (the
+    extension's post-processing); without the unit it is not."""
+    import cv2
+
+    gradient = np.tile(np.linspace(0, 255, 64, dtype=np.uint8)[None, :, None], (64, 1, 3))
+    unit = _unit("cn_sd1_ldm", module="recolor_luminance", image=Image.fromarray(gradient), threshold_a=1.0)
+    result = _run(services, "sd1", unit)
+    plain = _run(services, "sd1")
+    lightness = cv2.cvtColor(np.asarray(result.images[0].convert("RGB")), cv2.COLOR_RGB2LAB)[:, :, 0]
+    expected = cv2.cvtColor(gradient, cv2.COLOR_RGB2LAB)[:, :, 0]
+    # the channel is replaced, then converted back to RGB (colours out of gamut clip) and read again
+    assert np.abs(lightness.astype(int) - expected.astype(int)).mean() < 8
+    plain_l = cv2.cvtColor(np.asarray(plain.images[0].convert("RGB")), cv2.COLOR_RGB2LAB)[:, :, 0]
+    assert np.abs(plain_l.astype(int) - expected.astype(int)).mean() > 30
+
+
+def test_only_masked_inpaint_crops_the_control_image(services: Services) -> None:
+    """img2img "Only masked": the control image is cropped to the inpaint area (the detected map
+    shows the crop, scaled to the generation size); with inpaint_crop_input_image False it is not."""
+    from modules.core.requests import Img2ImgRequest
+
+    picture = np.zeros((128, 128, 3), dtype=np.uint8)
+    picture[:, 64:] = 255  # left half black, right half white
+    mask = Image.new("L", (128, 128), 0)
+    mask.paste(255, (72, 8, 120, 56))  # inside the white half
+
+    def run(crop: bool) -> Any:
+        request = Img2ImgRequest(
+            prompt="a tower",
+            steps=2,
+            width=64,
+            height=64,
+            seed=3,
+            sampler_name="Euler",
+            denoising_strength=0.5,
+            init_images=(Image.fromarray(picture),),
+            mask=mask,
+            mask_blur=0,
+            inpaint_full_res=True,
+            inpaint_full_res_padding=0,
+            override_settings={"sd_model_checkpoint": "sd1"},
+            controlnet_units=(
+                _unit(
+                    "cn_sd1_ldm",
+                    module="none",
+                    image=Image.fromarray(picture),
+                    resize_mode="Just Resize",
+                    inpaint_crop_input_image=crop,
+                ),
+            ),
+            do_not_save_samples=True,
+            do_not_save_grid=True,
+        )
+        return services.engine.run_sync(request, timeout=300)
+
+    cropped = np.asarray(run(True).extra_images[0].convert("L"))
+    whole = np.asarray(run(False).extra_images[0].convert("L"))
+    assert cropped.min() == 255  # the crop lies in the white half
+    assert whole[:, :32].max() < 10 and whole[:, -32:].min() > 245  # both halves
+
+
+def test_recolor_restore_replaces_the_channel_exactly_where_in_gamut() -> None:
+    import cv2
+
+    from modules.engine.controlnet_post import recolor_restore
+
+    grey = Image.new("RGB", (8, 8), (100, 100, 100))
+    feed = np.full((8, 8), 200, dtype=np.uint8)
+    out = recolor_restore(grey, feed, "recolor_intensity")
+    assert cv2.cvtColor(np.asarray(out), cv2.COLOR_RGB2HSV)[:, :, 2].min() == 200
+    assert recolor_restore(grey, np.zeros((4, 4), np.uint8), "recolor_luminance") is grey  # size mismatch: kept
