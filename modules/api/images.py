@@ -16,8 +16,10 @@ import base64
 import binascii
 import io
 import re
+import threading
 import warnings
 from dataclasses import dataclass
+from dataclasses import field as dataclass_field
 from typing import Any
 
 import httpx
@@ -38,13 +40,43 @@ IPAddress = addresses.IPAddress
 Resolver = addresses.Resolver
 
 
+class RequestTally:
+    """Images decoded so far for one request and their pixels (one `DecodeOptions` per request)."""
+
+    def __init__(self) -> None:
+        self.images = 0
+        self.pixels = 0
+        self._lock = threading.Lock()
+
+    def add_image(self, field: str, limit: int) -> None:
+        with self._lock:
+            if self.images >= limit:
+                raise ValidationError(
+                    f"{field}: more than {limit} images in one request (setting api_max_images_per_request)"
+                )
+            self.images += 1
+
+    def add_pixels(self, field: str, pixels: int, limit: int) -> None:
+        with self._lock:
+            if self.pixels + pixels > limit:
+                raise ValidationError(
+                    f"{field}: the request's images hold more than {limit / 1e6:g} MP together "
+                    "(setting api_max_request_megapixels)"
+                )
+            self.pixels += pixels
+
+
 @dataclass(frozen=True)
 class DecodeOptions:
-    """What decoding may do, read from the options once per request."""
+    """What decoding may do, read from the options once per request; `tally` counts the images
+    and pixels this request has decoded so far against `max_images` and `max_total_pixels`."""
 
     max_pixels: int
     allow_urls: bool
     user_agent: str = ""
+    max_images: int = 64
+    max_total_pixels: int = 400_000_000
+    tally: RequestTally = dataclass_field(default_factory=RequestTally, compare=False, repr=False)
 
     @classmethod
     def from_options(cls, options: Options) -> DecodeOptions:
@@ -56,6 +88,8 @@ class DecodeOptions:
             max_pixels=int(megapixels * 1_000_000),
             allow_urls=bool(get("api_enable_requests", False)),
             user_agent=str(get("api_useragent", "") or ""),
+            max_images=int(get("api_max_images_per_request", 64)),
+            max_total_pixels=int(float(get("api_max_request_megapixels", 400.0)) * 1_000_000),
         )
 
 
@@ -138,8 +172,11 @@ def decode_base64(value: str, field: str) -> bytes:
             raise ValidationError(f"{field}: invalid base64 image data") from None
 
 
-def open_image(data: bytes, field: str, max_pixels: int, *, convert: bool = True) -> Image.Image:
-    """Open, size-check, verify and load an image from bytes."""
+def open_image(
+    data: bytes, field: str, max_pixels: int, *, convert: bool = True, budget: DecodeOptions | None = None
+) -> Image.Image:
+    """Open, size-check (from the header, before any pixel is decoded: against `max_pixels`, and
+    against what is left of the request's `budget`), verify and load an image from bytes."""
     if not data:
         raise ValidationError(f"{field}: empty image")
     try:
@@ -154,6 +191,8 @@ def open_image(data: bytes, field: str, max_pixels: int, *, convert: bool = True
                 )
             if width < 1 or height < 1:
                 raise ValidationError(f"{field}: image has no pixels")
+            if budget is not None:
+                budget.tally.add_pixels(field, width * height, budget.max_total_pixels)
             probe.verify()
             image: Image.Image = Image.open(io.BytesIO(data))
             image.load()
@@ -178,6 +217,7 @@ def decode_image(value: Any, field: str, opts: DecodeOptions, *, convert: bool =
     text = value.strip()
     if not text:
         raise ValidationError(f"{field}: empty image")
+    opts.tally.add_image(field, opts.max_images)
     lower = text[:16].lower()
     if lower.startswith(("http://", "https://")):
         if not opts.allow_urls:
@@ -187,7 +227,7 @@ def decode_image(value: Any, field: str, opts: DecodeOptions, *, convert: bool =
         raise ValidationError(f"{field}: only base64 data or http(s) URLs are accepted")
     else:
         data = decode_base64(text, field)
-    return open_image(data, field, opts.max_pixels, convert=convert)
+    return open_image(data, field, opts.max_pixels, convert=convert, budget=opts)
 
 
 # -- encoding --------------------------------------------------------------------------------

@@ -9,6 +9,7 @@ Images are opaque here (PIL images at run time): core imports no imaging library
 from __future__ import annotations
 
 import dataclasses
+import math
 from collections.abc import Collection, Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -150,15 +151,55 @@ class Img2ImgRequest(GenerationRequest):
         return self.mask_blur_x, self.mask_blur_y
 
 
+INT64_MAX = 2**63 - 1
+INT64_MIN = -(2**63)
+
+
 @dataclass(frozen=True)
 class Limits:
-    """Caps from settings; the defaults are generous for one GPU and refuse absurd requests."""
+    """Caps from settings; the defaults are generous for one GPU and refuse absurd requests.
+
+    `max_pixels_times_batch`, `max_side` and `max_prompt_length` are options
+    (`max_pixels_times_batch`, `max_image_side`, `max_prompt_length`: `Limits.from_options`);
+    steps, batch size and batch count are fixed caps."""
 
     max_pixels_times_batch: int = 2048 * 2048 * 8
     max_side: int = 8192
     max_steps: int = 1000
     max_batch_size: int = 64
     max_n_iter: int = 1000
+    max_prompt_length: int = 20_000
+
+    @classmethod
+    def from_options(cls, options: Any) -> Limits:
+        """The limits set in `options` (anything with `in` and `get(key)`; missing keys keep the defaults)."""
+        base = cls()
+
+        def get(key: str, default: int) -> int:
+            return int(options.get(key)) if key in options else default
+
+        return cls(
+            max_pixels_times_batch=get("max_pixels_times_batch", base.max_pixels_times_batch),
+            max_side=get("max_image_side", base.max_side),
+            max_prompt_length=get("max_prompt_length", base.max_prompt_length),
+        )
+
+
+def hires_target(request: Txt2ImgRequest) -> tuple[int, int]:
+    """The size the hires fix upscales the first pass to, as A1111's `calculate_target_resolution`
+    works it out: `hr_scale` x the first pass, or `hr_resize_x/y` (one of them 0: the other side
+    follows the first pass's aspect ratio; both set: the size that covers both, later cropped)."""
+    width, height = max(request.width, 1), max(request.height, 1)
+    rx, ry = request.hr_resize_x, request.hr_resize_y
+    if rx == 0 and ry == 0:
+        return int(width * request.hr_scale), int(height * request.hr_scale)
+    if ry == 0:
+        return rx, rx * height // width
+    if rx == 0:
+        return ry * width // height, ry
+    if width / height < rx / ry:
+        return rx, rx * height // width
+    return ry * width // height, ry
 
 
 def override_warnings(request: GenerationRequest) -> list[str]:
@@ -186,11 +227,11 @@ def validate_request(
     (`fields.IGNORED_FIELDS`), `alwayson_scripts` entries for scripts not in `installed_scripts`,
     and `override_settings` keys of built-in options nothing reads yet."""
     warnings: list[str] = ignored_field_warnings(request, installed_scripts) + override_warnings(request)
+    _check_numbers_and_text(request, limits)
     _require(request.steps >= 1, f"steps must be at least 1 (got {request.steps})")
     _require(request.steps <= limits.max_steps, f"steps must be at most {limits.max_steps} (got {request.steps})")
     _require(1 <= request.batch_size <= limits.max_batch_size, f"batch_size must be 1..{limits.max_batch_size}")
     _require(1 <= request.n_iter <= limits.max_n_iter, f"n_iter must be 1..{limits.max_n_iter}")
-    _require(request.cfg_scale == request.cfg_scale, "cfg_scale must be a number")
     _require(0.0 <= request.subseed_strength <= 1.0, "subseed_strength must be within 0..1")
     width, height = request.width, request.height
     _require(8 <= width <= limits.max_side, f"width must be 8..{limits.max_side} (got {width})")
@@ -208,6 +249,8 @@ def validate_request(
     if isinstance(request, Txt2ImgRequest) and request.enable_hr:
         _require(request.hr_scale > 0 or (request.hr_resize_x > 0 or request.hr_resize_y > 0), "hr_scale must be > 0")
         _require(request.hr_second_pass_steps >= 0, "hr_second_pass_steps must be >= 0")
+        _require(request.hr_resize_x >= 0 and request.hr_resize_y >= 0, "hr_resize_x/hr_resize_y must be >= 0")
+        _check_hires_target(request, limits)
     if isinstance(request, Img2ImgRequest):
         _require(len(request.init_images) > 0, "init_images: at least one image is required")
         _require(request.resize_mode in (0, 1, 2, 3), f"resize_mode must be 0..3 (got {request.resize_mode})")
@@ -225,3 +268,59 @@ def validate_request(
             f"{name}: {len(values)} values for {total} images (batch_size x n_iter)",
         )
     return request, warnings
+
+
+def _field_values(request: GenerationRequest) -> list[tuple[str, Any]]:
+    """(name, value) of every plain field, items of tuples as `name[i]`."""
+    out: list[tuple[str, Any]] = []
+    for f in dataclasses.fields(request):
+        value = getattr(request, f.name)
+        if isinstance(value, tuple):
+            out += [(f"{f.name}[{i}]", item) for i, item in enumerate(value)]
+        else:
+            out.append((f.name, value))
+    return out
+
+
+def _check_numbers_and_text(request: GenerationRequest, limits: Limits) -> None:
+    """Every int fits in 64 bits (seeds reach torch's generator as int64; seed + image index too),
+    every float is finite, every text is valid Unicode (no lone surrogates) and prompts are at
+    most `limits.max_prompt_length` characters."""
+    for name, value in _field_values(request):
+        if isinstance(value, bool):
+            continue
+        if isinstance(value, int):
+            _require(INT64_MIN <= value <= INT64_MAX, f"{name}: {value} does not fit in a 64-bit integer")
+        elif isinstance(value, float):
+            _require(math.isfinite(value), f"{name}: must be a finite number (got {value})")
+        elif isinstance(value, str):
+            try:
+                value.encode("utf-8")
+            except UnicodeEncodeError:
+                raise ValidationError(f"{name}: text is not valid Unicode (lone surrogate)") from None
+            if "prompt" in name:
+                _require(
+                    len(value) <= limits.max_prompt_length,
+                    f"{name}: {len(value)} characters, more than the limit of {limits.max_prompt_length} "
+                    "(setting max_prompt_length)",
+                )
+    last = max(request.image_count - 1, 0)
+    for name in ("seed", "subseed"):
+        value = getattr(request, name)
+        _require(value + last <= INT64_MAX, f"{name}: {value} + the image index does not fit in a 64-bit integer")
+
+
+def _check_hires_target(request: Txt2ImgRequest, limits: Limits) -> None:
+    """The second pass's size against the same limits as the first pass's (before any work)."""
+    width, height = hires_target(request)
+    _require(
+        8 <= width <= limits.max_side and 8 <= height <= limits.max_side,
+        f"hires fix: the upscaled size {width}x{height} is outside 8..{limits.max_side} per side "
+        "(hr_scale / hr_resize_x / hr_resize_y; setting max_image_side)",
+    )
+    pixels = width * height * request.batch_size
+    _require(
+        pixels <= limits.max_pixels_times_batch,
+        f"hires fix: the upscaled size {width}x{height} x batch_size = {pixels} pixels exceeds the limit of "
+        f"{limits.max_pixels_times_batch} (setting max_pixels_times_batch)",
+    )

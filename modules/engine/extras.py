@@ -19,6 +19,7 @@ multiple of 8, as A1111's upscalers do.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -40,6 +41,39 @@ def dest_side(side: int, scale: float) -> int:
     """A1111's upscaler target: `side * scale` rounded down to a multiple of 8 (kept if < 8)."""
     target = int(side * scale)
     return target // 8 * 8 if target >= 8 else max(1, target)
+
+
+def check_extras_size(
+    size: tuple[int, int],
+    *,
+    resize_mode: int,
+    upscaling_resize: float,
+    upscaling_resize_w: int,
+    upscaling_resize_h: int,
+    upscaler_1: str | None,
+    max_side: int,
+    max_pixels: int,
+    field: str = "image",
+) -> None:
+    """Refuse (422, before queueing) an upscale whose result would be larger than `max_side` per
+    side or `max_pixels` in all (the `max_image_side` / `max_pixels_times_batch` settings)."""
+    if _canonical_upscaler(upscaler_1) is None:
+        return
+    width, height = size
+    if resize_mode == 1:
+        scale = max(upscaling_resize_w / max(width, 1), upscaling_resize_h / max(height, 1))
+    else:
+        scale = float(upscaling_resize)
+    if not math.isfinite(scale):
+        raise ValidationError(f"{field}: the upscale factor must be a finite number")
+    if scale <= 0:
+        return  # run_extras names the bad value
+    target = (dest_side(width, scale), dest_side(height, scale))
+    if max(target) > max_side or target[0] * target[1] > max_pixels:
+        raise ValidationError(
+            f"{field}: upscaling {width}x{height} to {target[0]}x{target[1]} exceeds the limits of {max_side} px "
+            f"per side and {max_pixels} pixels (settings max_image_side, max_pixels_times_batch)"
+        )
 
 
 def builtin_upscale(image: Image.Image, name: str, scale: float) -> Image.Image:

@@ -45,7 +45,7 @@ from modules.core.jobs import (
     UnloadModel,
 )
 from modules.core.options import Options
-from modules.core.requests import GenerationRequest
+from modules.core.requests import GenerationRequest, Limits
 from modules.core.results import (
     ExtractLoraResult,
     ExtrasResult,
@@ -63,7 +63,7 @@ from modules.core.training import (
     TrainHypernetworkRequest,
 )
 from modules.engine import upscaling
-from modules.engine.extras import dest_side, run_extras
+from modules.engine.extras import check_extras_size, dest_side, run_extras
 from modules.engine.hooks import Hooks
 from modules.engine.interrogation import Interrogator
 from modules.engine.service import GenerationService
@@ -445,6 +445,19 @@ class Engine:
         images: Sequence[Image.Image] = [image for image in request.images if isinstance(image, Image.Image)]
         if len(images) != len(request.images):
             raise UserError("extras: every image must be a decoded image")
+        limits = Limits.from_options(options)
+        for i, image in enumerate(images):
+            check_extras_size(
+                image.size,
+                resize_mode=request.resize_mode,
+                upscaling_resize=request.upscaling_resize,
+                upscaling_resize_w=request.upscaling_resize_w,
+                upscaling_resize_h=request.upscaling_resize_h,
+                upscaler_1=request.upscaler_1,
+                max_side=limits.max_side,
+                max_pixels=limits.max_pixels_times_batch,
+                field="image" if len(images) == 1 else f"imageList[{i}]",
+            )
 
         def upscale(image: Image.Image, name: str, scale: float) -> Image.Image:
             if upscalers is None:

@@ -211,9 +211,8 @@ class GenerationService:
     def prepare(self, request: GenerationRequest) -> tuple[GenerationRequest, list[str]]:
         """Validate and apply styles before anything is queued: a bad sampler, size or setting is
         a user error right away. Returns the request to run and the warnings for the caller."""
-        limit = int(self.options.get("max_pixels_times_batch"))  # type: ignore[call-overload]
         scripts = self.scripts.names(request) if self.scripts is not None else []
-        request, warnings = validate_request(request, Limits(max_pixels_times_batch=limit), scripts)
+        request, warnings = validate_request(request, Limits.from_options(self.options), scripts)
         request, style_warnings = self._apply_styles(request)
         warnings += style_warnings
         request = self._with_default_networks(request)
