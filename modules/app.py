@@ -15,6 +15,7 @@ from fastapi import FastAPI
 from fastapi.responses import HTMLResponse
 from PIL import Image
 
+from modules.api.body_limit import install_body_limit
 from modules.api.mount import install_api
 from modules.api.routes.server import ServerControl
 from modules.api.security import install_security
@@ -91,7 +92,7 @@ def build_services(
         forced_vae=settings.vae_path,
         memory_mode=policy.memory_mode,
     )
-    worker = Worker()
+    worker = Worker(max_queue=settings.queue_limit)
     saver = image_saver_for(ImageSaver.from_settings(options, paths, settings))
     styles = StyleDatabase(list(paths.styles_files))
     taesd = TaesdDecoders(paths.vae_taesd_dir, budget=budget)
@@ -211,6 +212,7 @@ def create_app(services: Services) -> FastAPI:
     app = FastAPI(title="sd-webui", docs_url="/docs" if services.settings.api_enabled else None)
     app.state.services = services
     install_security(app, services)
+    install_body_limit(app, services.settings.max_body_mb * 1024 * 1024)  # outermost: before auth reads anything
     if services.settings.api_enabled:
         install_api(app, services)
 

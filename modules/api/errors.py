@@ -35,7 +35,10 @@ async def _body_text(request: Request) -> str:
 def install_error_handlers(app: FastAPI) -> None:
     @app.exception_handler(UserError)
     async def user_error(request: Request, exc: UserError) -> JSONResponse:
-        return error_response(exc.status_code, type(exc).__name__, exc.message, await _body_text(request))
+        response = error_response(exc.status_code, type(exc).__name__, exc.message, await _body_text(request))
+        for key, value in (getattr(exc, "headers", None) or {}).items():  # e.g. 429's Retry-After
+            response.headers[key] = str(value)
+        return response
 
     @app.exception_handler(RequestValidationError)
     async def validation_error(request: Request, exc: RequestValidationError) -> JSONResponse:

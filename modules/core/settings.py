@@ -132,6 +132,8 @@ class Settings:
     api_log: bool = False
     api_server_stop: bool = False
     timeout_keep_alive: int = 30
+    max_body_mb: int = 100  # ours: largest request body, in MB (413 beyond it)
+    queue_limit: int = 64  # ours: jobs waiting for the worker (429 + Retry-After beyond it)
     cors_allow_origins: str | None = None
     cors_allow_origins_regex: str | None = None
     gradio_auth: str | None = None
@@ -446,6 +448,18 @@ def build_parser() -> argparse.ArgumentParser:
     flag("--api-log", "log every API request")
     flag("--api-server-stop", "expose the server-kill/restart/stop API routes")
     p.add_argument("--timeout-keep-alive", type=_int_at_least(1), default=30, help="HTTP keep-alive seconds")
+    p.add_argument(
+        "--max-body-mb",
+        type=_int_at_least(1),
+        default=100,
+        help="largest HTTP request body in MB; larger ones get 413 before they are read (ours)",
+    )
+    p.add_argument(
+        "--queue-limit",
+        type=_int_at_least(1),
+        default=64,
+        help="jobs that may wait for the worker; more get 429 with Retry-After (ours)",
+    )
     p.add_argument("--cors-allow-origins", default=None, help="comma-separated CORS origins")
     p.add_argument("--cors-allow-origins-regex", default=None, help="CORS origin regular expression")
     p.add_argument("--gradio-auth", type=_credentials_flag("--gradio-auth"), default=None, help="UI logins 'u:p,u2:p2'")

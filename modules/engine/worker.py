@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import itertools
 import logging
+import math
 import queue
 import threading
 import time
@@ -29,7 +30,15 @@ T = TypeVar("T")
 
 
 class QueueFullError(UserError):
+    """The queue holds `max_queue` jobs already (the `--queue-limit` flag): HTTP 429, with
+    `Retry-After` = about one job's duration (when a place frees up)."""
+
     status_code = 429
+
+    def __init__(self, message: str, *, retry_after: int = 5) -> None:
+        super().__init__(message)
+        self.retry_after = retry_after
+        self.headers = {"Retry-After": str(retry_after)}
 
 
 class JobInterrupted(Exception):
@@ -165,6 +174,7 @@ class Worker:
         self._thread = threading.Thread(target=self._run, name=name, daemon=True)
         self._started = False
         self._ids = itertools.count(1)
+        self._durations: deque[float] = deque(maxlen=16)  # seconds of the last finished jobs
 
     def on_worker_thread(self) -> bool:
         """True when called from the worker's own thread (i.e. from inside a job)."""
@@ -192,13 +202,24 @@ class Worker:
     def submit(self, fn: Callable[[JobContext], T], *, task_id: str | None = None, description: str = "") -> Job[T]:
         with self._lock:
             if len(self._pending) >= self.max_queue:
-                raise QueueFullError(f"the queue is full ({self.max_queue} jobs waiting); try again later")
+                retry = self.retry_after()
+                raise QueueFullError(
+                    f"the queue is full ({self.max_queue} jobs waiting); try again in about {retry} s",
+                    retry_after=retry,
+                )
             context = JobContext(id=task_id or f"task({uuid.uuid4().hex[:15]})", description=description)
             job: Job[T] = Job(context=context, fn=fn)
             self._pending.append(job)
         self._queue.put(job)
         self.start()
         return job
+
+    def retry_after(self) -> int:
+        """Seconds until a place in the queue is likely to free up: the mean of the last jobs'
+        durations (5 before any job finished), within 1..600."""
+        if not self._durations:
+            return 5
+        return max(1, min(600, math.ceil(sum(self._durations) / len(self._durations))))
 
     def _run(self) -> None:
         while True:
@@ -213,6 +234,7 @@ class Worker:
                 self._current = job
             failure: BaseException | None = None
             result: Any = None
+            began = time.monotonic()
             try:
                 result = job.fn(job.context)
             except BaseException as exc:  # the worker must survive every job
@@ -224,6 +246,7 @@ class Worker:
             with self._lock:
                 self._current = None
                 self._completed.append(job.context.id)
+                self._durations.append(time.monotonic() - began)
             if failure is not None:
                 job.future.set_exception(failure)
             else:

@@ -178,3 +178,132 @@ def test_extras_upscale_target_is_checked_before_queueing(
     body = {"image": png_b64(600, 600), "upscaler_1": "Lanczos", **change}
     r = client.post("/sdapi/v1/extra-single-image", json=body)
     _assert_a1111_error(r, 422, "max_image_side")
+
+
+# -- request body size ---------------------------------------------------------------------------
+
+
+def _call_asgi(app: Any, headers: list[tuple[bytes, bytes]], chunks: Iterator[bytes]) -> tuple[int, bytes, int]:
+    """POST /sdapi/v1/txt2img straight into the ASGI app; (status, body, receive calls)."""
+    import asyncio
+
+    calls = 0
+    sent: list[dict[str, Any]] = []
+
+    async def receive() -> dict[str, Any]:
+        nonlocal calls
+        calls += 1
+        chunk = next(chunks, None)
+        if chunk is None:
+            return {"type": "http.request", "body": b"", "more_body": False}
+        return {"type": "http.request", "body": chunk, "more_body": True}
+
+    async def send(message: dict[str, Any]) -> None:
+        sent.append(message)
+
+    scope = {
+        "type": "http",
+        "asgi": {"version": "3.0"},
+        "http_version": "1.1",
+        "method": "POST",
+        "scheme": "http",
+        "path": "/sdapi/v1/txt2img",
+        "raw_path": b"/sdapi/v1/txt2img",
+        "query_string": b"",
+        "root_path": "",
+        "headers": [(b"host", b"127.0.0.1"), (b"content-type", b"application/json"), *headers],
+        "client": ("127.0.0.1", 50000),
+        "server": ("127.0.0.1", 7860),
+    }
+    asyncio.run(app(scope, receive, send))
+    status = next(m["status"] for m in sent if m["type"] == "http.response.start")
+    body = b"".join(m.get("body", b"") for m in sent if m["type"] == "http.response.body")
+    return status, body, calls
+
+
+def test_a_declared_oversized_body_is_413_before_any_of_it_is_read(api_app: Any, api_services: Services) -> None:
+    limit = api_services.settings.max_body_mb * 1024 * 1024
+    assert limit == 100 * 1024 * 1024  # the flag's default
+
+    def endless() -> Iterator[bytes]:
+        raise AssertionError("the body was read")
+        yield b""
+
+    status, body, calls = _call_asgi(api_app, [(b"content-length", str(limit + 1).encode())], endless())
+    assert status == 413 and calls == 0
+    error = json.loads(body)
+    assert set(error) >= {"error", "detail", "body", "errors"} and "--max-body-mb" in error["detail"]
+
+
+def test_a_streamed_oversized_body_is_413_once_it_passes_the_cap(api_app: Any, api_services: Services) -> None:
+    limit = api_services.settings.max_body_mb * 1024 * 1024
+    chunk = b" " * (1024 * 1024)
+
+    def forever() -> Iterator[bytes]:
+        while True:
+            yield chunk
+
+    status, body, calls = _call_asgi(api_app, [(b"transfer-encoding", b"chunked")], forever())
+    assert status == 413, body[:300]
+    assert calls == limit // len(chunk) + 1  # stopped at the first chunk past the cap
+    assert "--max-body-mb" in json.loads(body)["errors"]
+
+
+def test_live_server_answers_413_without_waiting_for_the_body(live_server: str) -> None:
+    import http.client
+    from urllib.parse import urlsplit
+
+    url = urlsplit(live_server)
+    conn = http.client.HTTPConnection(url.hostname, url.port, timeout=30)
+    conn.putrequest("POST", "/sdapi/v1/txt2img")
+    conn.putheader("Content-Type", "application/json")
+    conn.putheader("Content-Length", str(200 * 1024 * 1024))  # 200 MB announced, 1 KB sent
+    conn.endheaders()
+    conn.send(b"{" + b" " * 1023)
+    response = conn.getresponse()
+    assert response.status == 413
+    assert json.loads(response.read())["error"] == "HTTPException"
+    conn.close()
+
+
+def test_body_limit_is_the_flag(tmp_path: Any) -> None:
+    from fastapi import FastAPI
+
+    from modules.api.body_limit import install_body_limit
+    from modules.core.settings import parse_settings
+
+    assert parse_settings(["--max-body-mb", "2"], {}).max_body_mb == 2
+    app = FastAPI()
+
+    @app.post("/echo")
+    async def echo(payload: dict[str, Any]) -> dict[str, Any]:
+        return {"n": len(payload["x"])}
+
+    install_body_limit(app, 2 * 1024 * 1024)
+    with TestClient(app) as c:
+        assert c.post("/echo", json={"x": "a" * 1024 * 1024}).json() == {"n": 1024 * 1024}
+        r = c.post("/echo", json={"x": "a" * 3 * 1024 * 1024})
+        assert r.status_code == 413 and "2 MB" in r.json()["detail"]
+
+
+# -- queue ---------------------------------------------------------------------------------------
+
+
+def test_a_full_queue_is_429_with_retry_after(client: TestClient, api_services: Services, busy_worker: None) -> None:
+    worker = api_services.worker
+    assert worker.max_queue == api_services.settings.queue_limit == 64  # the flag's default
+    saved = worker.max_queue
+    worker.max_queue = 0
+    try:
+        r = client.post("/sdapi/v1/txt2img", json=BASE)
+    finally:
+        worker.max_queue = saved
+    body = _assert_a1111_error(r, 429, "queue is full")
+    assert body["error"] == "QueueFullError"
+    assert int(r.headers["Retry-After"]) >= 1
+
+
+def test_queue_limit_flag() -> None:
+    from modules.core.settings import parse_settings
+
+    assert parse_settings(["--queue-limit", "3"], {}).queue_limit == 3
