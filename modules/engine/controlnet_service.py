@@ -6,18 +6,23 @@ memory budget), and one `ControlNetApplier` wrapping the job's UNet calls.
 preprocessors, the preview of a preprocessor's output).
 
 What a unit may be (checked by `check`, a 4xx before queueing): enabled units need a known
-preprocessor ("module") and a known model (the extension's matching rules); an image, or on img2img
-the img2img image; a weighted preprocessor needs its annotator files. Not built in yet, and
-refused with a clear message rather than ignored: the reference modes (attention injection) and
-tile_colorfix (latent colour correction at sampling time). `inpaint_only` runs as `inpaint`
-(the control; the extension also restores the unmasked area from the input at every step, which
-is not done here: a warning says so); on an img2img request with its own inpaint mask it falls back
-to `inpaint` with a warning, as the extension does. `advanced_weighting` and
-`effective_region_mask` are not applied: a warning says so.
+preprocessor ("module") and, unless the preprocessor needs none (the reference modes), a known
+model (the extension's matching rules); an image, or on img2img the img2img image; a weighted
+preprocessor needs its annotator files. `advanced_weighting` and `effective_region_mask` are not
+applied: a warning says so.
+
+Inside the job the slot runs, outermost first: `InpaintOnlyApplier` (an inpainting UNet's image
+channels from an inpaint unit's control; inpaint_only's restore of the unmasked area in every x0
+prediction), `ColorFixApplier` (tile_colorfix: the control latent's low frequencies in every x0
+prediction), the residual `ControlNetApplier`, then the reference modes' attention / AdaIN
+injection (modules.engine.controlnet_latent, modules.engine.controlnet_reference). `inpaint_only`
+on an img2img request with its own inpaint mask falls back to `inpaint` with a warning, as the
+extension does. The latent inputs come from `UnitLatents` (the map VAE-encoded per size).
 
 Outside the UNet (`modules.engine.controlnet_post`): "Only masked" img2img inpainting crops the
-control image to the inpaint area (`inpaint_crop_input_image`, default on); the recolor
-preprocessors put their map back into the decoded image (the job's `after_batch` listener).
+control image to the inpaint area (`inpaint_crop_input_image`, default on); after decoding, the
+recolor preprocessors put their map back into the image and inpaint_only pastes the unmasked
+control image back through its dilated, blurred mask (the job's `after_batch` listener).
 """
 
 from __future__ import annotations
@@ -43,9 +48,17 @@ from modules.engine.controlnet import (
     fit_map,
     pixel_perfect_resolution,
 )
+from modules.engine.controlnet_latent import (
+    ColorFixApplier,
+    InpaintOnlyApplier,
+    LatentUnit,
+    is_colorfix,
+    is_inpaint_only,
+    paste_unmasked,
+)
 from modules.engine.controlnet_post import RECOLOR_CHANNELS, crop_to_inpaint_region, recolor_restore
 from modules.engine.hooks import BatchEvent, HiresEvent, Hooks
-from modules.engine.sampling import UNetCall, UNetFn, run_unet_chain
+from modules.engine.sampling import UNetCall, UNetFn, a1111_alphas_cumprod, run_unet_chain
 from modules.models import controlnet_preprocessors as pre
 from modules.models.controlnet import ControlNetCache, ControlNetInfo, ControlNetRegistry
 from modules.models.loader import StableDiffusionModel
@@ -56,8 +69,6 @@ NOT_BUILT_IN = {
     "reference_only": "the reference modes (attention injection)",
     "reference_adain": "the reference modes (attention injection)",
     "reference_adain+attn": "the reference modes (attention injection)",
-    "tile_colorfix": "tile_colorfix (latent colour correction while sampling)",
-    "tile_colorfix+sharp": "tile_colorfix (latent colour correction while sampling)",
 }
 DEFAULT_UNIT_COUNT = 3
 
@@ -198,11 +209,6 @@ class ControlNetService:
             fallback = inpaint_only_fallback(spec.name, request)
             if fallback:
                 warnings.append(f"{where}: {fallback}")
-            elif spec.name == "inpaint_only":
-                warnings.append(
-                    f"{where}: inpaint_only runs as inpaint here (the unmasked area is not restored from the "
-                    "input image while sampling)"
-                )
             if unit.advanced_weighting is not None:
                 warnings.append(f"{where}: advanced_weighting is not applied; the unit's weight is")
             if unit.effective_region_mask is not None:
@@ -234,6 +240,7 @@ class ControlNetService:
         unet_param = next(model.unet.parameters())
         device, dtype = unet_param.device, unet_param.dtype
         units: list[ActiveUnit] = []
+        latent_units: list[LatentUnit] = []
         enabled = [u for u in request.controlnet_units if u.enabled]
         for index, unit in enumerate(enabled):
             where = unit.source or f"controlnet unit {index}"
@@ -278,6 +285,27 @@ class ControlNetService:
                 job.detected_maps.append(result.display)
             if spec.name in RECOLOR_CHANNELS:
                 job.slot.post.append(_recolor_post(detected, unit.resize_mode, spec.name))
+            latents = UnitLatents(model, detected, unit.resize_mode)
+            has_mask = detected.shape[2] == 4
+            if is_colorfix(spec.name) or (has_mask and spec.name in ("inpaint", "inpaint_only")):
+                latent_units.append(
+                    LatentUnit(
+                        index=index,
+                        module=spec.name,
+                        latent_of=latents.latent_of,
+                        mask_of=latents.mask_of if has_mask else None,
+                        masked_latent_of=latents.masked_latent_of if has_mask else None,
+                        weight=unit.weight,
+                        guidance_start=unit.guidance_start,
+                        guidance_end=unit.guidance_end,
+                        control_mode=unit.control_mode,
+                        hr_option=unit.hr_option,
+                        threshold_a=float(unit.threshold_a),
+                        threshold_b=float(unit.threshold_b),
+                    )
+                )
+            if is_inpaint_only(spec.name) and has_mask:
+                job.slot.post.append(_paste_post(latents))
             if info is not None:
                 loaded = self.cache.get(info, "cpu" if unit.low_vram else device, dtype, base_family=model.family)
                 units.append(
@@ -299,8 +327,15 @@ class ControlNetService:
             entry = unit_infotext(index, dataclasses.replace(unit, module=spec.name), info.name if info else "None")
             if entry is not None:
                 job.params[entry[0]] = entry[1]
+        alphas = _alphas_cumprod(model)
         applier = ControlNetApplier(units)
         job.slot.applier = applier
+        # outermost first: inpaint (image conditioning, inpaint_only's restore), colour fix, the
+        # ControlNet residuals (the extension's order: colour fix, then restore, on the UNet output)
+        if any(u.module in ("inpaint", "inpaint_only") for u in latent_units):
+            job.slot.wrappers.append(InpaintOnlyApplier(latent_units, alphas, model.prediction_type))
+        if any(is_colorfix(u.module) for u in latent_units):
+            job.slot.wrappers.append(ColorFixApplier(latent_units, alphas, model.prediction_type))
         job.slot.wrappers.append(applier)
         log.info("ControlNet: %d unit(s) ready in %.2f s", len(enabled), time.perf_counter() - started)
 
@@ -321,12 +356,85 @@ class ControlNetService:
         return rgb, mask_image
 
 
+class UnitLatents:
+    """A unit's control image in latent space at any generation size, for the units that work on
+    latents (reference, tile_colorfix, inpaint_only): `latent_of(width, height)` is the VAE encoding
+    (distribution mean, times the scaling factor, float32) of the map's RGB fitted by the unit's
+    resize mode; `mask_of(width, height)` its inpaint mask (1 = repaint) at the latent size. Both are
+    made once per size (the first pass, then the hires pass)."""
+
+    def __init__(self, model: StableDiffusionModel, detected: np.ndarray, resize_mode: str) -> None:
+        self.model = model
+        self.detected = detected
+        self.resize_mode = resize_mode
+        self._latents: dict[tuple[int, int], torch.Tensor] = {}
+        self._masks: dict[tuple[int, int], torch.Tensor] = {}
+
+    def latent_of(self, width: int, height: int) -> torch.Tensor:
+        key = (width, height)
+        if key not in self._latents:
+            rgb = fit_map(np.ascontiguousarray(self.detected[:, :, :3]), width, height, self.resize_mode)
+            pixels = torch.from_numpy(np.array(rgb, copy=True)).float().div(127.5).sub(1.0).permute(2, 0, 1)[None]
+            self._latents[key] = self._encode(pixels)
+        return self._latents[key]
+
+    def masked_latent_of(self, width: int, height: int) -> torch.Tensor:
+        """The encoding of the image with its masked part (mask > 0.5) set to 0 in [-1, 1] (what an
+        inpainting UNet's extra channels hold)."""
+        key = (-width, -height)
+        if key not in self._latents:
+            rgb = fit_map(np.ascontiguousarray(self.detected[:, :, :3]), width, height, self.resize_mode)
+            pixels = torch.from_numpy(np.array(rgb, copy=True)).float().div(127.5).sub(1.0).permute(2, 0, 1)[None]
+            keep = 1.0 - (self.mask_of(width, height) > 0.5).float()
+            self._latents[key] = self._encode(pixels * keep)
+        return self._latents[key]
+
+    def mask_of(self, width: int, height: int) -> torch.Tensor:
+        """(1, 1, height, width) float, 1 = repaint (pixel size)."""
+        key = (width, height)
+        if key not in self._masks:
+            if self.detected.shape[2] < 4:
+                raise ValueError("this unit's map has no mask")
+            alpha = fit_map(np.ascontiguousarray(self.detected[:, :, 3:4]), width, height, self.resize_mode)
+            self._masks[key] = torch.from_numpy(alpha[:, :, 0].astype(np.float32) / 255.0)[None, None]
+        return self._masks[key]
+
+    def _encode(self, pixels: torch.Tensor) -> torch.Tensor:
+        vae = self.model.vae
+        param = next(vae.parameters())
+        with torch.no_grad():
+            latent = vae.encode(pixels.to(device=param.device, dtype=param.dtype)).latent_dist.mean
+        return latent.float() * float(vae.config["scaling_factor"])
+
+    def rgb_image(self, width: int, height: int) -> Image.Image:
+        return Image.fromarray(fit_map(np.ascontiguousarray(self.detected[:, :, :3]), width, height, self.resize_mode))
+
+    def mask_image(self, width: int, height: int) -> Image.Image:
+        return Image.fromarray((self.mask_of(width, height)[0, 0].numpy() * 255).round().astype(np.uint8))
+
+
 def inpaint_only_fallback(module: str, request: GenerationRequest) -> str | None:
     """inpaint_only on an img2img request that inpaints with its own mask: the extension falls back to
     inpaint_global_harmonious (the A1111 inpainting already keeps the unmasked area)."""
     if module == "inpaint_only" and isinstance(request, Img2ImgRequest) and request.mask is not None:
         return "A1111 inpaint and ControlNet inpaint_only both inpaint; the unit runs as inpaint_global_harmonious"
     return None
+
+
+def _alphas_cumprod(model: StableDiffusionModel) -> torch.Tensor:
+    cfg = model.scheduler_config
+    return a1111_alphas_cumprod(
+        float(cfg.get("beta_start", 0.00085)),
+        float(cfg.get("beta_end", 0.012)),
+        int(cfg.get("num_train_timesteps", 1000)),
+    )
+
+
+def _paste_post(latents: UnitLatents) -> PostProcessor:
+    def post(image: Image.Image, size: tuple[int, int]) -> Image.Image:
+        return paste_unmasked(image, latents.rgb_image(*size), latents.mask_image(*size))
+
+    return post
 
 
 def _recolor_post(detected: np.ndarray, resize_mode: str, module: str) -> PostProcessor:

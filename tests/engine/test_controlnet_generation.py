@@ -198,3 +198,50 @@ def test_recolor_restore_replaces_the_channel_exactly_where_in_gamut() -> None:
     out = recolor_restore(grey, feed, "recolor_intensity")
     assert cv2.cvtColor(np.asarray(out), cv2.COLOR_RGB2HSV)[:, :, 2].min() == 200
     assert recolor_restore(grey, np.zeros((4, 4), np.uint8), "recolor_luminance") is grey  # size mismatch: kept
+
+
+def test_tile_colorfix_runs_its_latent_fix_at_every_step(services: Services, monkeypatch: pytest.MonkeyPatch) -> None:
+    """tile_colorfix inside a generation: at weight 0 nothing changes; otherwise its colour fix
+    (modules.engine.controlnet_latent, whose maths is tested there) rewrites the UNet output at
+    every model call with the control image's latent, and the image differs from the fix-less one."""
+    from modules.engine import controlnet_latent
+
+    red = Image.new("RGB", (64, 64), (220, 30, 30))
+    plain = np.asarray(_run(services, "sd1").images[0])
+    zero = _run(services, "sd1", _unit("cn_sd1_ldm", module="tile_colorfix", image=red, weight=0))
+    assert np.array_equal(np.asarray(zero.images[0]), plain)
+
+    with_fix = np.asarray(_run(services, "sd1", _unit("cn_sd1_ldm", module="tile_colorfix", image=red)).images[0])
+    changed: list[bool] = []
+    real = controlnet_latent.ColorFixApplier.__call__
+
+    def spy(self: Any, call: Any, call_next: Any) -> Any:
+        out = real(self, call, call_next)
+        changed.append(not bool((out == call_next(call)).all()))
+        return out
+
+    monkeypatch.setattr(controlnet_latent.ColorFixApplier, "__call__", spy)
+    _run(services, "sd1", _unit("cn_sd1_ldm", module="tile_colorfix", image=red))
+    assert changed == [True] * 4  # 4 Euler steps, one batched cond/uncond call each
+
+    def no_fix(self: Any, call: Any, call_next: Any) -> Any:
+        return call_next(call)
+
+    monkeypatch.setattr(controlnet_latent.ColorFixApplier, "__call__", no_fix)
+    without = np.asarray(_run(services, "sd1", _unit("cn_sd1_ldm", module="tile_colorfix", image=red)).images[0])
+    assert not np.array_equal(with_fix, without)
+
+
+def test_inpaint_only_keeps_the_unmasked_area_of_the_control_image(services: Services) -> None:
+    """txt2img with an inpaint_only unit: outside the (dilated, blurred) mask the image is the
+    control image (the extension's paste-back), inside it is generated."""
+    control = np.zeros((64, 64, 3), dtype=np.uint8)
+    control[:, :, 1] = 180  # green everywhere
+    mask = Image.new("L", (64, 64), 0)
+    mask.paste(255, (24, 24, 40, 40))
+    unit = _unit("cn_sd1_ldm", module="inpaint_only", image=Image.fromarray(control), mask=mask)
+    result = _run(services, "sd1", unit)
+    out = np.asarray(result.images[0].convert("RGB")).astype(int)
+    assert not any("inpaint_only runs as" in w for w in result.warnings)
+    assert np.abs(out[:8, :8] - control[:8, :8]).max() <= 1  # far from the mask: the control image
+    assert np.abs(out[30:34, 30:34] - control[30:34, 30:34]).max() > 20  # the masked centre: generated
