@@ -65,3 +65,10 @@ class ForbiddenError(UserError):
     """The request is understood but not allowed (e.g. a restricted setting through the API)."""
 
     status_code = 403
+
+
+class OutOfMemoryError(UserError):
+    """A job ran out of (GPU or CPU) memory; the worker freed what it could and goes on serving.
+    HTTP 507; named as torch's error, which A1111 clients see in the answer's `error`."""
+
+    status_code = 507

@@ -8,10 +8,12 @@ time without waiting for the worker (A1111's `/progress` semantics and idle shap
 
 from __future__ import annotations
 
+import gc
 import itertools
 import logging
 import math
 import queue
+import sys
 import threading
 import time
 import uuid
@@ -22,7 +24,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any, Generic, TypeVar
 
-from modules.core.errors import UserError
+from modules.core.errors import OutOfMemoryError, UserError
 
 log = logging.getLogger(__name__)
 
@@ -161,6 +163,34 @@ def idle_progress() -> dict[str, Any]:
     return {"progress": 0.0, "eta_relative": 0.0, "state": dict(IDLE_STATE), "current_image": None, "textinfo": None}
 
 
+def _is_out_of_memory(exc: BaseException) -> bool:
+    """torch's OutOfMemoryError (CUDA, MPS, XPU), or a RuntimeError/MemoryError saying so."""
+    torch = sys.modules.get("torch")
+    oom_type = getattr(torch, "OutOfMemoryError", None) if torch is not None else None
+    if oom_type is not None and isinstance(exc, oom_type):
+        return True
+    if isinstance(exc, MemoryError):
+        return True
+    return isinstance(exc, RuntimeError) and "out of memory" in str(exc).lower()
+
+
+def _out_of_memory(ctx: JobContext, exc: BaseException) -> OutOfMemoryError:
+    log.error("job %s ran out of memory (%s); memory freed, the worker goes on", ctx.id, exc)
+    first_line = (str(exc).strip().splitlines() or [""])[0][:300]
+    return OutOfMemoryError(
+        f"Out of memory while running {ctx.description or 'a job'}: {first_line}. The memory was freed; try a "
+        "smaller size, batch size or upscale, or a lower-memory mode (--medvram, --lowvram)."
+    )
+
+
+def _free_memory() -> None:
+    """After an out-of-memory error: drop the failed job's tensors and return cached blocks."""
+    gc.collect()
+    torch = sys.modules.get("torch")
+    if torch is not None and torch.cuda.is_available():
+        torch.cuda.empty_cache()
+
+
 class Worker:
     """Runs submitted jobs one at a time on its own thread."""
 
@@ -238,9 +268,14 @@ class Worker:
             try:
                 result = job.fn(job.context)
             except BaseException as exc:  # the worker must survive every job
-                if not isinstance(exc, UserError | JobInterrupted):
-                    log.exception("job %s failed", job.context.id)
-                failure = exc
+                if _is_out_of_memory(exc):
+                    failure = _out_of_memory(job.context, exc)
+                    del exc
+                    _free_memory()
+                else:
+                    if not isinstance(exc, UserError | JobInterrupted):
+                        log.exception("job %s failed", job.context.id)
+                    failure = exc
             # the job is over before its caller hears of it: a client that reads /progress right
             # after its answer sees the worker idle, not the job it has its result for
             with self._lock:

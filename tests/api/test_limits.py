@@ -307,3 +307,30 @@ def test_queue_limit_flag() -> None:
     from modules.core.settings import parse_settings
 
     assert parse_settings(["--queue-limit", "3"], {}).queue_limit == 3
+
+
+# -- out of memory -------------------------------------------------------------------------------
+
+
+def test_out_of_memory_in_the_unet_is_507_and_the_next_request_works(
+    client: TestClient, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import torch
+    from diffusers import UNet2DConditionModel
+
+    original = UNet2DConditionModel.forward
+    calls = 0
+
+    def failing(self: Any, *args: Any, **kwargs: Any) -> Any:
+        nonlocal calls
+        calls += 1
+        raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 24.00 GiB")
+
+    monkeypatch.setattr(UNet2DConditionModel, "forward", failing)
+    r = client.post("/sdapi/v1/txt2img", json=BASE)
+    body = _assert_a1111_error(r, 507, "Out of memory")
+    assert body["error"] == "OutOfMemoryError" and calls == 1
+    monkeypatch.setattr(UNet2DConditionModel, "forward", original)
+    assert client.get("/sdapi/v1/progress").json()["state"]["job_count"] == 0
+    r = client.post("/sdapi/v1/txt2img", json=BASE)
+    assert r.status_code == 200, r.text[:300]
