@@ -21,17 +21,29 @@ as the extension's):
 
 On Generate, `ControlNetSection.apply` puts the units into the request (`controlnet_units`, disabled
 units dropped, `source` "ControlNet Unit i"); the engine checks them before queueing (its errors
-reach the page as `gr.Error`). Paste: `paste_values` turns an infotext's `ControlNet i` lines into
-the units' field values (`modules.ui.paste` adds them to what it restores).
+reach the page as `gr.Error`). A model-free preprocessor (reference_only, reference_adain, ...:
+`PreprocessorInfo.model_free`) goes with the Model "None"; the UI has no model check of its own.
+
+Paste: `paste_values` turns an infotext's `ControlNet i` lines into the units' field values
+(`modules.ui.paste` adds them to what it restores), and `ControlNetSection.paste_updates` completes
+them into whole updates: Control Type "All", the dropdowns' full choices, the pasted preprocessor's
+sliders shown / hidden with its labels and ranges and the pasted values, all in the paste's one
+response. The units' own handlers listen to the user's input (`.input`), not to every change, so
+no handler chained on a programmatic change (a paste, a send-to) runs after it with half-updated
+values and overwrites what it set.
+
+Send to ControlNet (`add_send_button`, wired in `modules.ui.send_to`): a gallery's (or PNG Info's)
+image goes into the selected unit of a tab (`ControlNetSection.send_image_updates`: Enable ticked,
+on img2img "Upload independent control image" too, the accordion opened on that unit).
 
 Not here: the extension's masks drawn on the control image, batch / multi-input tabs, the
-openpose editor, presets, and sending a gallery image to a unit."""
+openpose editor, presets."""
 
 from __future__ import annotations
 
 import dataclasses
 import logging
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
@@ -63,6 +75,11 @@ ALL = "All"
 NO_MODEL = "None"
 TRIGGER = "\U0001f4a5"  # 💥
 REFRESH = "\U0001f504"  # 🔄
+MODEL_MIN_WIDTH = 360
+"""The Model dropdown's least width in px: a model title of ~38 characters shows whole."""
+SEND_LABEL = "Send to ControlNet"
+"""The gallery button's label (the name the extension's companions, e.g. the openpose editor, give
+their button that sends an image to a unit)."""
 UNIT_FIELDS = (
     "enabled",
     "image",
@@ -102,6 +119,11 @@ def unit_source(index: int) -> str:
 def unit_elem_id(tab: str, index: int, suffix: str) -> str:
     """The extension's ids: `<tab>_controlnet_ControlNet-<i>_<suffix>`."""
     return f"{tab}_controlnet_ControlNet-{index}_{suffix}"
+
+
+def unit_tab_id(tab: str, index: int) -> str:
+    """The id of unit `index`'s tab in the units' `gr.Tabs` (what `selected` names)."""
+    return f"{tab}_controlnet_unit_{index}"
 
 
 # -- the request ----------------------------------------------------------------------------------
@@ -221,6 +243,17 @@ def slider_updates(info: PreprocessorInfo | None, pixel_perfect: bool, *, reset:
     ]
 
 
+def _pasted_slider(update: dict[str, Any], slider: Slider | None, value: object) -> dict[str, Any]:
+    """`update` (of `_slider_update`, values kept) with a pasted `value`: clamped to the shown
+    slider's range, its default for the extension's -1 ("default")."""
+    if not isinstance(value, int | float) or isinstance(value, bool):
+        return update
+    number = float(value)
+    if slider is not None and update.get("visible"):
+        number = float(slider.value) if number == UNSET else min(max(number, slider.minimum), slider.maximum)
+    return {**update, "value": int(number) if number.is_integer() else number}
+
+
 def _slider_bounds(infos: Sequence[PreprocessorInfo]) -> tuple[float, float]:
     """The widest range of any threshold slider (a pasted value fits before the preprocessor's
     own range is shown)."""
@@ -246,6 +279,11 @@ class UnitControls:
     type_filter: gr.Radio
     refresh: gr.Button
     hr_option: gr.Radio
+    tab: gr.Tab | None = None
+
+    def c(self, name: str) -> Any:
+        """The unit's control `name` (a `UNIT_FIELDS` name, or "independent")."""
+        return self.fields[field_name(self.index, name)]
 
 
 @dataclass
@@ -256,6 +294,17 @@ class ControlNetSection:
     accordion: gr.Accordion | None = None
     units: list[UnitControls] = field(default_factory=list)
     fields: dict[str, Any] = field(default_factory=dict)
+    tabs: gr.Tabs | None = None
+    selected_unit: gr.State | None = None
+    """The index of the unit tab last selected (a session's; 0 at first)."""
+    preprocessors: dict[str, PreprocessorInfo] = field(default_factory=dict)
+    models: Callable[[], list[str]] = list
+    """The Model dropdown's choices now ("None" first)."""
+    send_button: gr.Button | None = None
+
+    @property
+    def tab_name(self) -> str:
+        return "img2img" if self.is_img2img else "txt2img"
 
     @property
     def paste_fields(self) -> dict[str, Any]:
@@ -274,6 +323,93 @@ class ControlNetSection:
         """`request` with the enabled units of the handler's values."""
         changes = self.request_fields(values)
         return dataclasses.replace(request, **changes) if changes else request
+
+    def paste_updates(self, updates: Mapping[Any, object]) -> dict[Any, object]:
+        """`updates` (component -> value, as `paste_fields` restores an infotext) with each unit
+        whose preprocessor is pasted made whole in the same response: the Control Type "All", the
+        Preprocessor and Model dropdowns with every choice (and the pasted values), the sliders
+        with the pasted preprocessor's visibility, labels and ranges and the pasted values, the
+        resolution hidden under the pasted Pixel Perfect (unticked when the line does not say).
+        Units the infotext says nothing about, and other components, pass unchanged."""
+        out: dict[Any, object] = dict(updates)
+        for unit in self.units:
+            module = unit.c("module")
+            if module not in updates:
+                continue
+            info = self.preprocessors.get(str(updates[module]))
+            pixel_perfect = bool(updates.get(unit.c("pixel_perfect"), False))
+            out[unit.c("pixel_perfect")] = pixel_perfect
+            out[unit.type_filter] = ALL
+            out[module] = gr.update(choices=self._module_choices(), value=updates[module])
+            models = self.models()
+            model = unit.c("model")
+            out[model] = (
+                gr.update(choices=models, value=updates[model]) if model in updates else gr.update(choices=models)
+            )
+            sliders = (info.resolution, info.slider_1, info.slider_2) if info is not None else (None, None, None)
+            names = ("processor_res", "threshold_a", "threshold_b")
+            for name, slider, update in zip(
+                names, sliders, slider_updates(info, pixel_perfect, reset=False), strict=True
+            ):
+                component = unit.c(name)
+                out[component] = _pasted_slider(update, slider, updates[component]) if component in updates else update
+        return out
+
+    def _module_choices(self) -> list[tuple[str, str]]:
+        return [(info.display_name, info.name) for info in self.preprocessors.values()]
+
+    def unit_index(self, selected: object) -> int:
+        """A valid unit index from the `selected_unit` state's value (0 when unknown)."""
+        index = selected if isinstance(selected, int) and not isinstance(selected, bool) else 0
+        return index if 0 <= index < len(self.units) else 0
+
+    @property
+    def send_outputs(self) -> list[Any]:
+        """The components `send_image_updates` updates (an event's outputs)."""
+        outputs: list[Any] = [self.accordion, self.tabs]
+        for unit in self.units:
+            outputs += [unit.c("image"), unit.c("enabled")]
+            if self.is_img2img:
+                outputs += [unit.c("independent"), unit.image_group, unit.allow_preview, unit.trigger]
+        return [o for o in outputs if o is not None]
+
+    def send_image_updates(self, image: Image.Image, selected: object = 0) -> dict[Any, object]:
+        """Updates that put `image` into the unit `selected` (the unit tab last selected; 0 when
+        unknown) as its control image: Enable ticked; on img2img "Upload independent control image"
+        ticked and the upload, Allow Preview and 💥 shown; the accordion opened on that unit's tab.
+        Raises `gr.Error` when the tab has no ControlNet."""
+        if not self.units or self.accordion is None:
+            raise gr.Error("ControlNet is not available")
+        unit = self.units[self.unit_index(selected)]
+        updates: dict[Any, object] = {
+            unit.c("image"): image,
+            unit.c("enabled"): True,
+            self.accordion: gr.update(open=True),
+        }
+        if self.tabs is not None:
+            updates[self.tabs] = gr.update(selected=unit_tab_id(self.tab_name, unit.index))
+        if self.is_img2img:
+            updates[unit.c("independent")] = True
+            for component in (unit.image_group, unit.allow_preview, unit.trigger):
+                updates[component] = gr.update(visible=True)
+        return updates
+
+
+def add_send_button(section: ControlNetSection, beside: Any) -> gr.Button | None:
+    """ "Send to ControlNet" (`#<tab>_send_to_controlnet`) appended to the row of `beside` (a built
+    button: the gallery's 📐); None (nothing built) without ControlNet units. Kept as
+    `section.send_button`; `modules.ui.send_to` wires it."""
+    row = getattr(beside, "parent", None)
+    if not section.units or row is None:
+        return None
+    parent = row.parent
+    with row:  # entering a built block again makes the current context its parent: undone below
+        button = gr.Button(
+            SEND_LABEL, elem_id=f"{section.tab_name}_send_to_controlnet", size="sm", min_width=150, scale=0
+        )
+    row.parent = parent
+    section.send_button = button
+    return button
 
 
 def model_choices(services: Services) -> list[str]:
@@ -303,16 +439,25 @@ def build_controlnet_section(
     tags = sorted({tag for info in infos for tag in info.tags})
     low, high = _slider_bounds(infos)
     models = model_choices(services)
+    section.preprocessors = dict(by_name)
+    section.models = lambda: model_choices(services)
     with gr.Accordion("ControlNet", open=False, elem_id=f"{tab}_controlnet") as accordion:
         section.accordion = accordion
-        with gr.Tabs(elem_id=f"{tab}_controlnet_tabs"):
+        section.selected_unit = gr.State(0)
+        with gr.Tabs(elem_id=f"{tab}_controlnet_tabs") as tabs:
+            section.tabs = tabs
             for index in range(controlnet.unit_count()):
-                with gr.Tab(unit_source(index), elem_id=unit_elem_id(tab, index, "tab")):
+                with gr.Tab(
+                    unit_source(index), id=unit_tab_id(tab, index), elem_id=unit_elem_id(tab, index, "tab")
+                ) as t:
                     unit = _build_unit(tab, index, is_img2img, infos, tags, (low, high), models)
+                unit.tab = t
                 section.units.append(unit)
                 section.fields.update(unit.fields)
     for unit in section.units:
         _wire_unit(services, unit, by_name, is_img2img, size)
+        if unit.tab is not None:
+            unit.tab.select(lambda i=unit.index: i, None, section.selected_unit, queue=False, show_progress="hidden")
     if enable_hr is not None:
         radios = [unit.hr_option for unit in section.units]
         enable_hr.change(
@@ -386,7 +531,8 @@ def _build_unit(
             value=default.module,
             label="Preprocessor",
             elem_id=eid("controlnet_preprocessor_dropdown"),
-            scale=4,
+            scale=2,
+            min_width=200,
         )
         trigger = gr.Button(
             TRIGGER,
@@ -397,8 +543,16 @@ def _build_unit(
             elem_id=eid("controlnet_trigger_preprocessor"),
             elem_classes="sdw-small-refresh",
         )
+        # wide enough for a whole title ("control_v11p_sd15_openpose [cab727d4]"): in a narrow
+        # column the row wraps, the Model on a line of its own (modules/ui/css/controlnet.css)
         model = gr.Dropdown(
-            list(models), value=NO_MODEL, label="Model", elem_id=eid("controlnet_model_dropdown"), scale=4
+            list(models),
+            value=NO_MODEL,
+            label="Model",
+            elem_id=eid("controlnet_model_dropdown"),
+            elem_classes="sdw-cnet-model",
+            scale=3,
+            min_width=MODEL_MIN_WIDTH,
         )
         refresh = gr.Button(
             REFRESH,
@@ -539,8 +693,10 @@ def _wire_unit(
 
     unit.refresh.click(refresh_models, model, model, queue=False)
 
-    # picking a preprocessor: its sliders with their defaults; any change of it (a paste too): the
-    # sliders' labels, ranges and visibility, the values kept
+    # the user's pick of a preprocessor: its sliders with their defaults; of Pixel Perfect: the
+    # resolution shown or hidden, the values kept. Only the user's input: a paste sets the sliders
+    # itself (`ControlNetSection.paste_updates`), and a handler chained on its change would run
+    # with the dropdown's choices not yet updated and overwrite them
     module.input(
         lambda name, pp: slider_updates(by_name.get(str(name)), bool(pp), reset=True),
         [module, pixel_perfect],
@@ -548,8 +704,7 @@ def _wire_unit(
         queue=False,
         show_progress="hidden",
     )
-    gr.on(
-        [module.change, pixel_perfect.change],
+    pixel_perfect.input(
         lambda name, pp: slider_updates(by_name.get(str(name)), bool(pp), reset=False),
         [module, pixel_perfect],
         sliders,
@@ -567,10 +722,6 @@ def _wire_unit(
         default_module = label_to_name.get(chosen["default_option"], chosen["default_option"])
         return modules, list(chosen["model_list"]), default_module, str(chosen["default_model"])
 
-    def filter_choices(tag: str) -> list[Any]:
-        modules, models, _, _ = control_type(tag)
-        return [gr.update(choices=modules), gr.update(choices=models)]
-
     def pick_type(tag: str, pp: bool) -> list[Any]:
         modules, models, default_module, default_model = control_type(tag)
         return [
@@ -579,8 +730,7 @@ def _wire_unit(
             *slider_updates(by_name.get(default_module), bool(pp), reset=True),
         ]
 
-    # any change (a paste sets "All"): the choices; the user's pick: also the defaults
-    unit.type_filter.change(filter_choices, unit.type_filter, [module, model], queue=False, show_progress="hidden")
+    # the user's pick: the choices and the defaults (a paste sets "All" and the choices itself)
     unit.type_filter.input(
         pick_type, [unit.type_filter, pixel_perfect], [module, model, *sliders], queue=False, show_progress="hidden"
     )
@@ -637,7 +787,8 @@ def _wire_unit(
                 gr.update(visible=shown),
             ]
 
-        independent.change(
+        # the user's toggle (a send-to ticks it and shows the upload itself)
+        independent.input(
             same_image,
             independent,
             [image_group, c("image"), unit.allow_preview, unit.trigger],

@@ -28,7 +28,7 @@ from modules.ui.common import (
     scheduler_choices,
     wire_generate,
 )
-from modules.ui.controlnet import ControlNetSection, build_controlnet_section
+from modules.ui.controlnet import ControlNetSection, add_send_button, build_controlnet_section
 from modules.ui.extra_networks import extra_networks_tabs
 from modules.ui.img2img_batch import BATCH_FROM_DIR, BATCH_UPLOAD, batch_plan, run_batch
 from modules.ui.img2img_editor import COPY_TARGETS, image_of_mode, image_to_copy
@@ -388,6 +388,7 @@ def build_img2img_tab(services: Services) -> Img2ImgTab:
         results = build_results_column("img2img")
     progress, gallery, html_info = results.progress, results.gallery, results.html_info
     generation_info, output_buttons = results.generation_info, results.output_buttons
+    add_send_button(controlnet, output_buttons.send_to_extras)  # "Send to ControlNet" after 📐
     last_seeds = seeds.last_seeds
 
     # the controls by the converter's keywords (and the Batch sub-tab's by `batch_plan`'s): the

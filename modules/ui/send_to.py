@@ -2,8 +2,11 @@
 gallery's 💾 / 🗃️ buttons (`modules.ui.save`), which share the gallery-selection state.
 
 - Under the txt2img and img2img galleries: 🖼️ img2img, 🎨️ inpaint, 📐 extras send the selected
-  image, and (for img2img / inpaint) its generation parameters, to that tab and switch to it.
-- PNG Info: Send to txt2img / img2img / inpaint / extras, from the dropped image and its infotext.
+  image, and (for img2img / inpaint) its generation parameters, to that tab and switch to it;
+  "Send to ControlNet" puts the selected image into the tab's own ControlNet unit (the unit tab
+  last selected, unit 0 at first) as its control image (`ControlNetSection.send_image_updates`).
+- PNG Info: Send to txt2img / img2img / inpaint / extras, from the dropped image and its infotext;
+  "Send to txt2img ControlNet" / "Send to img2img ControlNet" the image alone into that tab's unit.
 - ↙️ in a prompt row: the parameters typed (pasted) into the prompt box, or those of the last
   generation (`params.txt`) when the box is empty, restored into the tab's fields.
 
@@ -23,6 +26,7 @@ from PIL import Image
 from modules.core.errors import SdWebuiError
 from modules.services import Services
 from modules.ui.common import open_image, parse_generation_info
+from modules.ui.controlnet import ControlNetSection
 from modules.ui.extras import SINGLE, ExtrasTab
 from modules.ui.img2img import Img2ImgTab
 from modules.ui.img2img_editor import editor_value
@@ -55,13 +59,31 @@ def selected_image(gallery: Sequence[Any] | None, index: int | None, info: str) 
     return open_image(gallery[chosen]), infotext
 
 
+def restore_updates(
+    services: Services,
+    text: str,
+    fields: Mapping[str, Any],
+    controlnet: ControlNetSection | None,
+    skip: set[str] | None = None,
+) -> dict[Any, object]:
+    """Updates restoring the infotext `text` into a tab's `fields`; the ControlNet units' made
+    whole (`ControlNetSection.paste_updates`: choices, sliders and their values in this one
+    response)."""
+    updates = paste_fields(parse_for_paste(services, text), fields, skip or ())
+    return controlnet.paste_updates(updates) if controlnet is not None else updates
+
+
 def parameter_updates(
-    services: Services, infotext: str, fields: Mapping[str, Any], image: Image.Image | None = None
+    services: Services,
+    infotext: str,
+    fields: Mapping[str, Any],
+    image: Image.Image | None = None,
+    controlnet: ControlNetSection | None = None,
 ) -> dict[Any, object]:
     """Updates restoring `infotext` into `fields`; with `image` and `send_size` on, the size is the
     image's own (what img2img should produce from it)."""
     skip = skipped_fields(services)
-    updates = paste_fields(parse_for_paste(services, infotext), fields, skip) if infotext else {}
+    updates = restore_updates(services, infotext, fields, controlnet, skip) if infotext else {}
     if image is not None and "width" not in skip:
         for name, value in (("width", image.width), ("height", image.height)):
             if name in fields:
@@ -73,7 +95,7 @@ def to_img2img(
     services: Services, target: Img2ImgTab, image: Image.Image, infotext: str, mode: int
 ) -> dict[Any, object]:
     """Updates that put `image` (and its parameters) into img2img's `mode` sub-tab and select it."""
-    updates: dict[Any, object] = parameter_updates(services, infotext, target.fields, image)
+    updates: dict[Any, object] = parameter_updates(services, infotext, target.fields, image, target.controlnet)
     if mode == INPAINT:
         updates[target.inpaint_editor] = editor_value(image)
     else:
@@ -84,6 +106,69 @@ def to_img2img(
 
 def to_extras(target: ExtrasTab, image: Image.Image) -> dict[Any, object]:
     return {target.image: image, target.mode: SINGLE, target.mode_tabs: gr.Tabs(selected="extras_single_tab")}
+
+
+def _scroll_to(elem_id: str) -> str:
+    """Page JS that scrolls `#elem_id` into view (after a send-to opened it)."""
+    return f"() => {{ document.getElementById({elem_id!r})?.scrollIntoView({{block: 'start'}}); }}"
+
+
+def wire_send_to_controlnet(
+    services: Services, tabs: gr.Tabs, source: Txt2ImgTab | Img2ImgTab, selected: gr.State
+) -> None:
+    """The gallery's "Send to ControlNet": its selected image into its own tab's ControlNet unit."""
+    section = source.controlnet
+    if section is None or section.send_button is None or section.selected_unit is None:
+        return
+    target = section.tab_name
+
+    def send(gallery: Any, index: int | None, info: str, unit: object) -> dict[Any, object]:
+        image, _infotext = selected_image(gallery, index, info)
+        return {**section.send_image_updates(image, unit), tabs: gr.Tabs(selected=target)}
+
+    section.send_button.click(
+        send,
+        [source.gallery, selected, source.generation_info, section.selected_unit],
+        [*section.send_outputs, tabs],
+        concurrency_limit=None,
+        show_progress="hidden",
+    ).then(None, js=_scroll_to(f"{target}_controlnet"))
+
+
+def add_pnginfo_controlnet_buttons(
+    tabs: gr.Tabs, pnginfo: PngInfoTab, sections: Sequence[ControlNetSection | None]
+) -> list[gr.Button]:
+    """PNG Info's "Send to txt2img ControlNet" / "Send to img2img ControlNet" (a row under its
+    "Send to" buttons, one per tab with ControlNet units): the dropped image into that tab's unit."""
+    built = [s for s in sections if s is not None and s.units and s.selected_unit is not None]
+    row = getattr(pnginfo.send_extras, "parent", None)
+    column = getattr(row, "parent", None)
+    if not built or column is None:
+        return []
+    parent = column.parent
+    with column, gr.Row():  # entering a built block again makes the current context its parent: undone below
+        buttons = [
+            gr.Button(f"Send to {s.tab_name} ControlNet", elem_id=f"pnginfo_send_to_{s.tab_name}_controlnet")
+            for s in built
+        ]
+    column.parent = parent
+    for section, button in zip(built, buttons, strict=True):
+        assert section.selected_unit is not None
+
+        def send(path: str | None, unit: object, section: ControlNetSection = section) -> dict[Any, object]:
+            if not path:
+                raise gr.Error("Please drop an image first")
+            image = open_image(path)
+            return {**section.send_image_updates(image, unit), tabs: gr.Tabs(selected=section.tab_name)}
+
+        button.click(
+            send,
+            [pnginfo.image, section.selected_unit],
+            [*section.send_outputs, tabs],
+            concurrency_limit=None,
+            show_progress="hidden",
+        ).then(None, js=_scroll_to(f"{section.tab_name}_controlnet"))
+    return buttons
 
 
 def _img2img_outputs(target: Img2ImgTab) -> list[Any]:
@@ -153,10 +238,12 @@ def wire_send_to(
         buttons.send_to_extras.click(
             send_extras, gallery_inputs, [*extras_outputs, tabs], concurrency_limit=None, show_progress="hidden"
         )
+        wire_send_to_controlnet(services, tabs, source, selected)
 
     # --- from PNG Info --------------------------------------------------------------------
     def png_to_txt2img(infotext: str) -> dict[Any, object]:
-        return {**parameter_updates(services, infotext, txt2img.fields), tabs: gr.Tabs(selected="txt2img")}
+        updates = parameter_updates(services, infotext, txt2img.fields, controlnet=txt2img.controlnet)
+        return {**updates, tabs: gr.Tabs(selected="txt2img")}
 
     def png_to_img2img(path: str | None, infotext: str, mode: int = IMG2IMG) -> dict[Any, object]:
         if not path:
@@ -190,12 +277,15 @@ def wire_send_to(
     pnginfo.send_extras.click(
         png_to_extras, pnginfo.image, [*extras_outputs, tabs], concurrency_limit=None, show_progress="hidden"
     )
+    add_pnginfo_controlnet_buttons(tabs, pnginfo, [txt2img.controlnet, img2img.controlnet])
 
     # --- ↙️ paste in each prompt row -------------------------------------------------------
     for tab in (txt2img, img2img):
         fields = tab.fields
 
-        def paste(prompt: str, fields: Mapping[str, Any] = fields) -> dict[Any, object]:
+        def paste(
+            prompt: str, fields: Mapping[str, Any] = fields, controlnet: ControlNetSection | None = tab.controlnet
+        ) -> dict[Any, object]:
             text = prompt or ""
             if not text.strip():
                 params_file = services.paths.params_file
@@ -204,7 +294,7 @@ def wire_send_to(
                     raise gr.Error("Nothing to paste: the prompt is empty and there is no last generation")
             elif not looks_like_infotext(text):
                 raise gr.Error("The prompt holds no generation parameters to read (no 'Steps: ...' line)")
-            return paste_fields(parse_for_paste(services, text), fields)
+            return restore_updates(services, text, fields, controlnet)
 
         tab.row.paste.click(
             paste, tab.row.prompt, list(fields.values()), concurrency_limit=None, show_progress="hidden"

@@ -31,7 +31,7 @@ from modules.ui.common import (
     scheduler_choices,
     wire_generate,
 )
-from modules.ui.controlnet import ControlNetSection, build_controlnet_section
+from modules.ui.controlnet import ControlNetSection, add_send_button, build_controlnet_section
 from modules.ui.extra_networks import extra_networks_tabs
 from modules.ui.extras import upscaler_names
 from modules.ui.named_inputs import inputs_of, values_of
@@ -302,6 +302,7 @@ def build_txt2img_tab(services: Services) -> Txt2ImgTab:
         results = build_results_column("txt2img")
     progress, gallery, html_info = results.progress, results.gallery, results.html_info
     generation_info, output_buttons = results.generation_info, results.output_buttons
+    add_send_button(controlnet, output_buttons.send_to_extras)  # "Send to ControlNet" after 📐
     last_seeds = seeds.last_seeds
 
     # the controls by the converter's keywords: the handler gets their values by these names

@@ -17,6 +17,7 @@ from PIL import Image
 
 from modules.app import build_services
 from modules.core.controlnet import ControlNetUnit, infotext_params
+from modules.core.errors import SdWebuiError
 from modules.core.infotext import parse_infotext
 from modules.core.requests import Img2ImgRequest, Txt2ImgRequest
 from modules.core.settings import parse_settings
@@ -334,3 +335,34 @@ def test_the_hires_option_shows_while_hires_fix_is_on(cn_services: Services) -> 
     assert event.fn is not None
     assert [update["visible"] for update in event.fn(True)] == [True] * 3
     assert [update["visible"] for update in event.fn(False)] == [False] * 3
+
+
+@pytest.mark.parametrize("module", ["reference_only", "reference_adain", "reference_adain+attn"])
+def test_a_model_free_preprocessor_goes_with_the_model_none(cn_services: Services, module: str) -> None:
+    """Control Type "Reference" picks a reference preprocessor and leaves the Model "None"; the
+    unit the UI makes of it (model "None") is not refused for its model by the engine's check
+    before queueing, as a canny unit without a model is."""
+    with gr.Blocks() as blocks:
+        tab = build_txt2img_tab(cn_services)
+    assert tab.controlnet is not None and cn_services.controlnet is not None
+    unit = tab.controlnet.units[0]
+    [pick] = [
+        fn
+        for fn in blocks.fns.values()
+        if fn.fn is not None and any(t[0] == unit.type_filter._id and t[1] == "input" for t in fn.targets)
+    ]
+    module_update, model_update, *_ = pick.fn("Reference", False)  # type: ignore[misc]
+    assert module_update["value"] == "reference_only" and model_update["value"] == "None"
+    assert (module, module) in module_update["choices"]
+    assert tab.controlnet.preprocessors[module].model_free
+
+    values = unit_values(0, enabled=True, image=BLACK_SQUARE, module=module, model=model_update["value"])
+    [sent] = units_from_ui(values, 1, is_img2img=False)
+    assert sent.model == "None"
+    try:  # the reference modes may not be built into the engine yet: then refused for that only
+        cn_services.controlnet.check(Txt2ImgRequest(prompt="x", controlnet_units=(sent,)))  # type: ignore[attr-defined]
+    except SdWebuiError as exc:
+        assert "model" not in str(exc).lower(), exc
+    canny = dataclasses.replace(sent, module="canny")
+    with pytest.raises(SdWebuiError, match="choose a ControlNet model"):
+        cn_services.controlnet.check(Txt2ImgRequest(prompt="x", controlnet_units=(canny,)))  # type: ignore[attr-defined]
