@@ -14,8 +14,14 @@ What is here:
 - the weighted ones (openpose, depth_midas, lineart_realistic, softedge_hed, mlsd, normal_bae, ...)
   are listed with the annotator files they read. Nothing is ever downloaded: asked for without
   its files, one raises `NotFoundError` naming each missing file and the folder to put it in. With
-  the files present it runs through a runner registered with `register_runner` (none is built in
-  yet; without one the call answers `PreprocessorNotBuiltInError`, a 501).
+  the files present it runs through a runner registered with `register_runner`, else through the
+  built-in one (`runners.BUILT_IN`, on controlnet_aux's networks: openpose*, depth_midas,
+  normal_midas, normal_bae, softedge_hed/hedsafe, scribble_hed, softedge_pidinet/pidisafe,
+  scribble_pidinet, t2ia_sketch_pidi, lineart_realistic/coarse/anime, mlsd, softedge_teed,
+  softedge_anyline); the rest answer `PreprocessorNotBuiltInError` (a 501) saying why
+  (`runners.NOT_BUILT_IN`). A file that cannot be read or does not fit its network raises
+  `runners.AnnotatorFileError` (a `ModelFileError`, 400) naming it; `unload_annotators()` frees the
+  cached networks.
 
 Annotator folder: `models/ControlNetAnnotators` (`default_annotator_dir`), laid out as the
 extension's `extensions/sd-webui-controlnet/annotator/downloads`: `<folder>/<kind>/<file>`, e.g.
@@ -41,7 +47,7 @@ from PIL import Image
 
 from modules.core.controlnet import tag_filters
 from modules.core.errors import NotFoundError, UserError, ValidationError
-from modules.models.controlnet_preprocessors import ops
+from modules.models.controlnet_preprocessors import ops, runners
 from modules.models.controlnet_preprocessors.catalog import (
     CATALOG,
     HIDDEN,
@@ -51,6 +57,7 @@ from modules.models.controlnet_preprocessors.catalog import (
     Slider,
     WeightFile,
 )
+from modules.models.controlnet_preprocessors.runners import AnnotatorFileError, unload_annotators
 
 __all__ = [
     "ANNOTATOR_FOLDER_NAME",
@@ -59,6 +66,7 @@ __all__ = [
     "RESIZE_MODES",
     "RESOLUTION",
     "SPECS",
+    "AnnotatorFileError",
     "PreprocessResult",
     "PreprocessorCall",
     "PreprocessorNotBuiltInError",
@@ -82,6 +90,7 @@ __all__ = [
     "preprocessor_seed",
     "register_runner",
     "run_preprocessor",
+    "unload_annotators",
     "unregister_runner",
     "weight_free_preprocessors",
     "weighted_preprocessors",
@@ -100,7 +109,7 @@ def default_annotator_dir(models_dir: Path) -> Path:
 
 
 class PreprocessorNotBuiltInError(UserError):
-    """A preprocessor whose weights are present but which has no runner here."""
+    """A preprocessor whose weights are present but which has no runner here (HTTP 501)."""
 
     status_code = 501
 
@@ -392,6 +401,7 @@ def run_preprocessor(
 
     Raises `NotFoundError` for an unknown name or missing weights / package,
     `PreprocessorNotBuiltInError` for a weighted one with its files but no runner,
+    `AnnotatorFileError` for an annotator file that cannot be read or does not fit its network,
     `ValidationError` for a mask of another size."""
     spec = get_preprocessor(name)
     res, slider_1, slider_2 = effective_parameters(
@@ -401,10 +411,13 @@ def run_preprocessor(
     weights: tuple[Path, ...] = ()
     if runner is None:
         weights = _check_requirements(spec, annotator_dir)
-        runner = _runners.get(spec.name)
+        runner = _runners.get(spec.name) or runners.BUILT_IN.get(spec.name)
         if runner is None:
+            why = runners.NOT_BUILT_IN.get(spec.name) or spec.note
             raise PreprocessorNotBuiltInError(
-                f"ControlNet preprocessor {spec.label} is not built in yet" + (f" ({spec.note})" if spec.note else "")
+                f"ControlNet preprocessor {spec.label} is not built in to this webui"
+                + (f": {why}" if why else "")
+                + "; its files are present but nothing here can run it"
             )
     rgb = _rgb_array(image)
     call = PreprocessorCall(
