@@ -306,11 +306,40 @@ def scheduler_config(family: ModelFamily, prediction_type: str) -> dict[str, Any
 
 
 def architecture(shapes: Shapes, family: ModelFamily, prediction_type: str = "epsilon") -> Architecture:
-    """All component configs of a single-file checkpoint of `family`."""
-    return Architecture(
+    """All component configs of a single-file checkpoint of `family`; parts whose sizes do not
+    fit together are refused here, at load, not at the first generation."""
+    arch = Architecture(
         family=family,
         unet=unet_config(shapes, family),
         vae=vae_config(shapes, VAE_PREFIX, family),
         text_encoders=text_encoder_specs(shapes, family),
         scheduler=scheduler_config(family, prediction_type),
     )
+    check_fit(arch)
+    return arch
+
+
+def check_fit(arch: Architecture) -> None:
+    """The UNet's cross-attention width is the text encoders' output width (summed for SDXL) and
+    an SDXL UNet's `label_emb` input is the pooled text width plus 256 per size/crop/score id (6
+    ids for the base, 5 for the refiner: 2816 and 2560 at full size). `UnknownModelError` otherwise."""
+    unet = arch.unet
+    hidden = sum(int(spec.config["hidden_size"]) for spec in arch.text_encoders)
+    context = int(unet["cross_attention_dim"])
+    if context != hidden:
+        raise UnknownModelError(
+            f"the UNet's cross-attention width {context} does not fit the text encoders' output width {hidden}"
+        )
+    if not arch.family.is_sdxl:
+        return
+    adm_in = unet.get("projection_class_embeddings_input_dim")
+    if adm_in is None:
+        raise UnknownModelError("an SDXL UNet without label_emb (size conditioning)")
+    pooled = next((int(spec.config["projection_dim"]) for spec in arch.text_encoders if spec.with_projection), 0)
+    ids = 5 if arch.family.base == "sdxl-refiner" else 6
+    expected = pooled + ids * SDXL_TIME_EMBED_DIM
+    if int(adm_in) != expected:
+        raise UnknownModelError(
+            f"label_emb takes {adm_in} inputs where this {arch.family.label} layout needs {expected} "
+            f"(pooled text {pooled} + {ids} x {SDXL_TIME_EMBED_DIM} size/crop ids)"
+        )

@@ -158,7 +158,10 @@ def load_single_file(
     family = fam.detect_family(shapes, path)
     if prediction_type is None:
         prediction_type = predict_type_for(path, family, default_sd2_prediction)
-    arch = architecture(shapes, family, prediction_type)
+    try:
+        arch = architecture(shapes, family, prediction_type)
+    except UnknownModelError as exc:
+        raise UnknownModelError(f"{path}: not a usable {family.label} checkpoint: {exc}") from exc
     try:
         model = build_from_state_dict(state_dict, arch, placement, path)
     except (RuntimeError, KeyError, ValueError) as exc:

@@ -1,6 +1,12 @@
-"""Faults inside jobs (issue 19, item 3): out of memory leaves the worker serving."""
+"""Faults (issue 19, item 3): out of memory leaves the worker serving; an unusable checkpoint is
+refused at load with a message naming it, and the previous model keeps generating."""
 
 from __future__ import annotations
+
+import shutil
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
 
 import pytest
 import torch
@@ -53,3 +59,67 @@ def test_other_errors_are_not_called_out_of_memory() -> None:
             worker.submit(explode).future.result(30)
     finally:
         worker.shutdown()
+
+
+# -- unusable checkpoints are refused at load; the previous model keeps generating ---------------
+
+
+def _bad_checkpoints(tiny_models: dict[str, Path], folder: Path) -> dict[str, Path]:
+    from safetensors.torch import load_file, save_file
+
+    xl = load_file(str(tiny_models["sdxl"]))
+    key = "model.diffusion_model.label_emb.0.0.weight"
+    weight = xl[key]
+    xl[key] = torch.zeros(weight.shape[0], weight.shape[1] + 8)  # label_emb input != pooled + 6 x 256
+    save_file(xl, str(folder / "xl-label-emb.safetensors"))
+    good = tiny_models["sd1"].read_bytes()
+    (folder / "corrupt-header.safetensors").write_bytes((64).to_bytes(8, "little") + b"{not json" + b" " * 55)
+    (folder / "truncated.safetensors").write_bytes(good[: len(good) // 2])
+    return {
+        "label_emb": folder / "xl-label-emb.safetensors",
+        "corrupt header": folder / "corrupt-header.safetensors",
+        "truncated": folder / "truncated.safetensors",
+    }
+
+
+@pytest.fixture(scope="module")
+def faulty_engine(tiny_models: dict[str, Path], tmp_path_factory: pytest.TempPathFactory) -> Iterator[Any]:
+    from modules.core.hashes import HashCache
+    from modules.core.options import Options, default_option_infos
+    from modules.engine.service import GenerationService
+    from modules.models.loader import Placement
+    from modules.models.manager import ModelManager
+    from modules.models.registry import ModelRegistry
+
+    root = tmp_path_factory.mktemp("faulty")
+    sd = root / "Stable-diffusion"
+    sd.mkdir()
+    shutil.copy(tiny_models["sd1"], sd / "good.safetensors")
+    bad = _bad_checkpoints(tiny_models, sd)
+    registry = ModelRegistry([sd], [], HashCache(root / "cache.json"), hashing=False)
+    models = ModelManager(registry, Placement(), cache_bytes=1 << 34)
+    worker = Worker()
+    service = GenerationService(models, Options(default_option_infos(), None), worker)
+    models.load("good.safetensors")
+    yield service, bad
+    worker.shutdown()
+
+
+@pytest.mark.parametrize("case", ["label_emb", "corrupt header", "truncated"])
+def test_an_unusable_checkpoint_is_refused_at_load_and_the_previous_one_still_generates(
+    faulty_engine: Any, case: str
+) -> None:
+    from modules.core.errors import ModelLoadError
+    from modules.core.requests import Txt2ImgRequest
+
+    service, bad = faulty_engine
+    path = bad[case]
+    with pytest.raises(ModelLoadError) as caught:
+        service.models.load(path.name)
+    assert path.name in str(caught.value)
+    if case == "label_emb":
+        assert "label_emb" in str(caught.value) and "needs" in str(caught.value)
+    assert service.models.status().checkpoint is not None and "good" in str(service.models.status().checkpoint)
+    request = Txt2ImgRequest(prompt="a cat", steps=1, width=64, height=64, seed=1, sampler_name="Euler")
+    result = service.submit(request).future.result(120)
+    assert len(result.images) == 1
