@@ -116,8 +116,10 @@ _NAN_HINT = " Use --disable-nan-check commandline argument to disable this check
 
 
 def _first_is_nan(x: torch.Tensor) -> bool:
-    """A1111's NaN test: the first element only (a NaN overflow fills the whole tensor)."""
-    return bool(torch.isnan(x[(0,) * x.dim()]))
+    """A1111's test looks at the first element only (an fp16 overflow fills the whole tensor); this
+    one looks at every element and counts infinities too: a broken checkpoint (random weights
+    under a valid header) overflows in places and otherwise decodes to black images."""
+    return not bool(torch.isfinite(x).all())
 
 
 def _decode_one(vae: Any, latent: torch.Tensor) -> torch.Tensor:

@@ -123,3 +123,61 @@ def test_an_unusable_checkpoint_is_refused_at_load_and_the_previous_one_still_ge
     request = Txt2ImgRequest(prompt="a cat", steps=1, width=64, height=64, seed=1, sampler_name="Euler")
     result = service.submit(request).future.result(120)
     assert len(result.images) == 1
+
+
+# -- NaN / infinity check ---------------------------------------------------------------------------
+
+
+class _GreyVAE:
+    dtype = torch.float32
+    config = {"scaling_factor": 0.18215}
+
+    def __init__(self, bad_pixel: float | None = None) -> None:
+        self.bad_pixel = bad_pixel
+
+    def decode(self, z: torch.Tensor) -> Any:
+        from types import SimpleNamespace
+
+        sample = torch.zeros((z.shape[0], 3, 8, 8))
+        if self.bad_pixel is not None:
+            sample[0, 2, 7, 7] = self.bad_pixel
+        return SimpleNamespace(sample=sample)
+
+
+@pytest.mark.parametrize("bad", [float("nan"), float("inf"), float("-inf")])
+def test_non_finite_latents_anywhere_are_caught_unless_the_check_is_off(bad: float) -> None:
+    from types import SimpleNamespace
+
+    from modules.core.errors import NansException
+    from modules.engine.processing import EngineSettings, _decode
+
+    latents = torch.zeros(2, 4, 2, 2)
+    latents[1, 3, 1, 1] = bad  # not the first element: A1111's first-element test misses it
+    model = SimpleNamespace(vae=_GreyVAE())
+    with pytest.raises(NansException, match="A tensor with NaNs was produced in Unet"):
+        _decode(model, latents, EngineSettings())  # type: ignore[arg-type]
+    assert len(_decode(model, latents, EngineSettings(nan_check=False))) == 2  # type: ignore[arg-type]
+
+
+def test_a_vae_output_with_one_bad_pixel_is_caught() -> None:
+    from types import SimpleNamespace
+
+    from modules.core.errors import NansException
+    from modules.engine.processing import EngineSettings, _decode
+
+    model = SimpleNamespace(vae=_GreyVAE(bad_pixel=float("inf")))
+    with pytest.raises(NansException, match="produced in VAE"):
+        _decode(model, torch.zeros(1, 4, 2, 2), EngineSettings())  # type: ignore[arg-type]
+
+
+def test_disable_nan_check_reaches_the_engine(tmp_path: Path) -> None:
+    from modules.app import build_services
+    from modules.core.settings import parse_settings
+
+    for flags, expected in (([], True), (["--disable-nan-check"], False)):
+        settings = parse_settings(["--data-dir", str(tmp_path), *flags], {})
+        services = build_services(settings, tmp_path, {})
+        try:
+            assert services.engine._generation.nan_check is expected
+        finally:
+            services.worker.shutdown()
