@@ -130,9 +130,9 @@ def test_an_unusable_checkpoint_is_refused_at_load_and_the_previous_one_still_ge
 
 class _GreyVAE:
     dtype = torch.float32
-    config = {"scaling_factor": 0.18215}
 
     def __init__(self, bad_pixel: float | None = None) -> None:
+        self.config = {"scaling_factor": 0.18215}
         self.bad_pixel = bad_pixel
 
     def decode(self, z: torch.Tensor) -> Any:
