@@ -72,3 +72,10 @@ class OutOfMemoryError(UserError):
     HTTP 507; named as torch's error, which A1111 clients see in the answer's `error`."""
 
     status_code = 507
+
+
+class DiskFullError(UserError):
+    """A write ran out of disk space; nothing half-written was left behind (writes go through a
+    temp file). HTTP 507."""
+
+    status_code = 507

@@ -8,6 +8,7 @@ time without waiting for the worker (A1111's `/progress` semantics and idle shap
 
 from __future__ import annotations
 
+import errno
 import gc
 import itertools
 import logging
@@ -24,7 +25,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any, Generic, TypeVar
 
-from modules.core.errors import OutOfMemoryError, UserError
+from modules.core.errors import DiskFullError, OutOfMemoryError, UserError
 
 log = logging.getLogger(__name__)
 
@@ -268,7 +269,13 @@ class Worker:
             try:
                 result = job.fn(job.context)
             except BaseException as exc:  # the worker must survive every job
-                if _is_out_of_memory(exc):
+                if isinstance(exc, OSError) and exc.errno == errno.ENOSPC:
+                    log.error("job %s: no space left on device (%s)", job.context.id, exc)
+                    failure = DiskFullError(
+                        f"No space left on device while running {job.context.description or 'a job'} ({exc}); "
+                        "no partial file was written. Free some disk space and try again."
+                    )
+                elif _is_out_of_memory(exc):
                     failure = _out_of_memory(job.context, exc)
                     del exc
                     _free_memory()

@@ -181,3 +181,72 @@ def test_disable_nan_check_reaches_the_engine(tmp_path: Path) -> None:
             assert services.engine._generation.nan_check is expected
         finally:
             services.worker.shutdown()
+
+
+# -- a full disk ------------------------------------------------------------------------------------
+
+
+def _disk_full(*args: Any) -> None:
+    import errno
+    import os
+
+    raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+
+def test_a_full_disk_fails_the_job_clearly_and_the_worker_goes_on() -> None:
+    from modules.core.errors import DiskFullError
+
+    worker = Worker()
+    try:
+
+        def save(ctx: JobContext) -> None:
+            _disk_full()
+
+        with pytest.raises(DiskFullError) as caught:
+            worker.submit(save, description="txt2img").future.result(30)
+        assert caught.value.status_code == 507 and "No space left on device" in caught.value.message
+        assert worker.submit(lambda ctx: 1).future.result(30) == 1
+    finally:
+        worker.shutdown()
+
+
+def test_writers_under_a_full_disk_leave_the_old_file_and_no_partial_one(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import os
+
+    from modules.core.hashes import HashCache
+    from modules.core.options import Options, default_option_infos
+    from modules.core.styles import PromptStyle, StyleDatabase
+    from modules.engine.publishing import publish_bytes
+
+    config = tmp_path / "config.json"
+    options = Options(default_option_infos(), config)
+    options.set("samples_format", "jpg")
+    options.save()
+    styles_file = tmp_path / "styles.csv"
+    styles = StyleDatabase([styles_file])
+    styles.save(PromptStyle("one", "a cat", ""))
+    (tmp_path / "cache").mkdir()
+    cache = HashCache(tmp_path / "cache" / "cache.json")
+    before = {p.name: p.read_bytes() for p in tmp_path.iterdir() if p.is_file()}
+    assert set(before) >= {"config.json", "styles.csv"}
+
+    monkeypatch.setattr(os, "fsync", _disk_full)
+    options.set("samples_format", "webp")
+    with pytest.raises(OSError, match="No space left"):
+        options.save()
+    with pytest.raises(OSError, match="No space left"):
+        styles.save(PromptStyle("two", "a dog", ""))
+    cache.set_value("checkpoint", "x", config, "ab" * 32)  # a cache: the write failure is logged
+    outputs = tmp_path / "outputs"
+    outputs.mkdir()
+    with pytest.raises(OSError, match="No space left"):
+        publish_bytes(
+            outputs, b"\x89PNG...", basename="", decoration="x", extension="png", add_number=True, stem_budget=100
+        )
+    monkeypatch.undo()
+    after = {p.name: p.read_bytes() for p in tmp_path.iterdir() if p.is_file()}
+    assert after == before  # old files intact, no temp files left
+    assert list(outputs.iterdir()) == []
+    assert not [p for p in (tmp_path / "cache").iterdir() if p.name.endswith((".json", ".tmp"))]
