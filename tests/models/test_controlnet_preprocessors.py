@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from modules.core.errors import NotFoundError, ValidationError
+from modules.core.errors import NotFoundError, UserError, ValidationError
 from modules.models import controlnet_preprocessors as cp
 
 WEIGHT_FREE = {
@@ -485,13 +485,18 @@ def test_package_preprocessor_names_the_package() -> None:
 
 
 def test_weights_present_without_runner_then_with_one(tmp_path: Path) -> None:
+    # a weighted preprocessor with no built-in runner answers 501 with its files present
+    erika = tmp_path / "manga_line" / "erika.pth"
+    erika.parent.mkdir()
+    erika.write_bytes(b"not really")
+    img = pil(scene())
+    with pytest.raises(cp.PreprocessorNotBuiltInError) as err:
+        cp.run_preprocessor("lineart_anime_denoise", img, annotator_dir=tmp_path)
+    assert err.value.status_code == 501
+    # a registered runner wins over the built-in one (mlsd has one: the junk file is not read)
     weight = tmp_path / "mlsd" / "mlsd_large_512_fp32.pth"
     weight.parent.mkdir()
     weight.write_bytes(b"not really")
-    img = pil(scene())
-    with pytest.raises(cp.PreprocessorNotBuiltInError) as err:
-        cp.run_preprocessor("mlsd", img, annotator_dir=tmp_path)
-    assert err.value.status_code == 501
     seen: list[cp.PreprocessorCall] = []
 
     def runner(call: cp.PreprocessorCall) -> cp.PreprocessResult:
@@ -508,7 +513,8 @@ def test_weights_present_without_runner_then_with_one(tmp_path: Path) -> None:
     (call,) = seen
     assert call.weights == (weight,)
     assert (call.resolution, call.slider_1, call.slider_2) == (512, 0.1, 5.0)
-    with pytest.raises(cp.PreprocessorNotBuiltInError):
+    with pytest.raises(UserError) as unregistered:  # the built-in runner again: the junk file is refused
         cp.run_preprocessor("mlsd", img, annotator_dir=tmp_path)
+    assert unregistered.value.status_code == 400 and "mlsd_large_512_fp32.pth" in str(unregistered.value)
     with pytest.raises(ValueError, match="built in"):
         cp.register_runner("canny", runner)
