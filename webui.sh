@@ -15,7 +15,8 @@
 #   --reinstall-torch           rerun TORCH_COMMAND              } A1111 flags: also passed on
 #   --skip-install              no install step at all           } to webui.py, which accepts
 #   --skip-prepare-environment  same as --skip-install           } and ignores them
-# The last three are honoured on the command line and in COMMANDLINE_ARGS.
+# The last three are honoured on the command line and in COMMANDLINE_ARGS, as is --ray (a webui.py
+# flag: scale-out on Ray Serve), which also installs the `ray` extra of pyproject.toml.
 #
 # COMMANDLINE_ARGS is exported for webui.py, which appends it to its own argv; it is not put on
 # the command line here (it would be applied twice).
@@ -67,11 +68,13 @@ export HF_HUB_DISABLE_TELEMETRY="${HF_HUB_DISABLE_TELEMETRY:-1}"
 # Launcher flags, from argv and COMMANDLINE_ARGS (plain word split is enough to spot them).
 skip_install=0
 reinstall_torch=0
+with_ray=0
 read -r -a cmdline_words <<<"${COMMANDLINE_ARGS:-}"
 for arg in "${args[@]}" "${cmdline_words[@]}"; do
     case "$arg" in
         --skip-install | --skip-prepare-environment) skip_install=1 ;;
         --reinstall-torch) reinstall_torch=1 ;;
+        --ray) with_ray=1 ;;  # scale-out: also install the `ray` extra of pyproject.toml
     esac
 done
 
@@ -106,6 +109,7 @@ while true; do
     [[ $skip_install -eq 1 ]] && prepare_opts+=(--skip-install)
     [[ $reinstall -eq 1 ]] && prepare_opts+=(--reinstall)
     [[ $reinstall_torch -eq 1 ]] && prepare_opts+=(--reinstall-torch)
+    [[ $with_ray -eq 1 ]] && prepare_opts+=(--with-ray)
     sdw_prepare_env "${prepare_opts[@]}" || exit 1
     reinstall=0
     reinstall_torch=0

@@ -131,7 +131,7 @@ def build_services(
         options=options,
         selected_checkpoint=lambda: generation.selected_checkpoint(),
     )
-    engine = Engine(
+    engine_kwargs: dict[str, Any] = dict(
         worker=worker,
         models=models,
         registry=registry,
@@ -149,6 +149,13 @@ def build_services(
             budget=budget,
         ),
     )
+    if settings.ray:
+        # generation on Ray Serve replicas, each built by this same function (docs/scale-out.md)
+        from modules.serve.cluster import ray_engine
+
+        engine: Engine = ray_engine(settings, build_services, repo_root, environ, front_saver=saver, **engine_kwargs)
+    else:
+        engine = Engine(**engine_kwargs)
     wire_model_options(options, engine, models)
     extensions = ExtensionManager(settings, paths, options, environ=environ)
     if settings.update_all_extensions:

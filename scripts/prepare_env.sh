@@ -3,7 +3,7 @@
 #
 #   source scripts/prepare_env.sh
 #   sdw_defaults                      # venv_dir / python_cmd / TORCH_COMMAND defaults
-#   sdw_prepare_env [--with-test-deps] [--skip-install] [--reinstall] [--reinstall-torch]
+#   sdw_prepare_env [--with-test-deps] [--with-ray] [--skip-install] [--reinstall] [--reinstall-torch]
 #   "$python" ...                     # the interpreter the app / tests run with
 #
 # Inputs: SDW_ROOT (repo root, holds pyproject.toml; relative venv_dir is resolved against it),
@@ -11,12 +11,15 @@
 # TORCH_COMMAND (default: pinned CPU/CUDA wheels from PyPI), all settable in webui-user.sh.
 #
 # Install steps: (1) "$python" -m $TORCH_COMMAND, (2) pip install of [project].dependencies from
-# pyproject.toml, (3) with --with-test-deps also [project.optional-dependencies].test. No
-# editable install and no build backend: the dependency strings are read with tomllib.
+# pyproject.toml, (3) the extras asked for from [project.optional-dependencies]: --with-ray the
+# `ray` extra (webui.sh --ray), --with-test-deps the `test` extra and `ray` (tests/serve runs a
+# local Ray cluster). No editable install and no build backend: the dependency strings are read
+# with tomllib.
 #
 # A stamp file (venv/.sd-webui-install-stamp) records a sha256 of (pyproject dependency lists +
-# TORCH_COMMAND + the interpreter's version) and whether the test extra was installed. Later
-# runs skip every step when the hash matches; a changed hash redoes all of them.
+# TORCH_COMMAND + the interpreter's version) and which extras were installed. Later runs skip
+# every step when the hash matches (installing only extras asked for that are missing); a changed
+# hash redoes all of them.
 
 SDW_DEFAULT_TORCH_COMMAND="pip install torch==2.14.1 torchvision==0.29.1"
 
@@ -127,10 +130,11 @@ _sdw_pip_install_list() {  # $1 = what (for messages), $2 = newline-separated re
 
 # Runs the install steps that are needed (or forced). Sets the global $python.
 sdw_prepare_env() {
-    local with_test=0 skip=0 reinstall=0 reinstall_torch=0 arg
+    local extras="" skip=0 reinstall=0 reinstall_torch=0 arg
     for arg in "$@"; do
         case "$arg" in
-            --with-test-deps) with_test=1 ;;
+            --with-test-deps) extras="$extras test ray" ;;
+            --with-ray) extras="$extras ray" ;;
             --skip-install) skip=1 ;;
             --reinstall) reinstall=1 ;;
             --reinstall-torch) reinstall_torch=1 ;;
@@ -155,13 +159,17 @@ sdw_prepare_env() {
         flock "$lock_fd"
     fi
     local rc=0
-    _sdw_install_locked "$hash" "$with_test" "$reinstall" "$reinstall_torch" || rc=$?
+    _sdw_install_locked "$hash" "$extras" "$reinstall" "$reinstall_torch" || rc=$?
     if [[ -n "$lock_fd" ]]; then exec {lock_fd}>&-; fi
     return "$rc"
 }
 
+_sdw_has_word() {  # $1 = word, $2 = space-separated list
+    [[ " $2 " == *" $1 "* ]]
+}
+
 _sdw_install_locked() {
-    local hash="$1" with_test="$2" reinstall="$3" reinstall_torch="$4"
+    local hash="$1" wanted="$2" reinstall="$3" reinstall_torch="$4"
     local pyproject="$SDW_ROOT/pyproject.toml"
     local old_hash="" old_extras="" key value
     if [[ -f "$_sdw_stamp" ]]; then
@@ -173,17 +181,24 @@ _sdw_install_locked() {
         done <"$_sdw_stamp"
     fi
 
-    local do_torch=0 do_deps=0 do_test=0 have_test=0
+    # extras to install now, and those the environment will have afterwards
+    local do_torch=0 do_deps=0 have="" todo="" extra
+    local -a words
     if [[ "$old_hash" != "$hash" || $reinstall -eq 1 ]]; then
-        do_torch=1; do_deps=1; do_test=$with_test
-        [[ "$old_hash" == "$hash" && "$old_extras" == "test" ]] && have_test=1
+        do_torch=1; do_deps=1
+        [[ "$old_hash" == "$hash" ]] && have="$old_extras"
+        for extra in $wanted; do
+            _sdw_has_word "$extra" "$todo" || todo="$todo $extra"
+        done
     else
-        [[ "$old_extras" == "test" ]] && have_test=1
-        [[ $with_test -eq 1 && $have_test -eq 0 ]] && do_test=1
+        have="$old_extras"
+        for extra in $wanted; do
+            _sdw_has_word "$extra" "$have" || _sdw_has_word "$extra" "$todo" || todo="$todo $extra"
+        done
     fi
     [[ $reinstall_torch -eq 1 ]] && do_torch=1
 
-    if [[ $do_torch -eq 0 && $do_deps -eq 0 && $do_test -eq 0 ]]; then
+    if [[ $do_torch -eq 0 && $do_deps -eq 0 && -z "${todo// /}" ]]; then
         return 0
     fi
     if [[ -z "$old_hash" ]]; then
@@ -210,17 +225,17 @@ _sdw_install_locked() {
             return 1
         }
     fi
-    if [[ $do_test -eq 1 ]]; then
-        list="$("$python" -c "$_SDW_PYPROJECT_PY" extra "$pyproject" test)" || return 1
-        _sdw_pip_install_list "test dependencies" "$list" || {
-            sdw_log "ERROR: installing the test dependencies from pyproject.toml failed"
+    for extra in $todo; do
+        list="$("$python" -c "$_SDW_PYPROJECT_PY" extra "$pyproject" "$extra")" || return 1
+        _sdw_pip_install_list "$extra dependencies" "$list" || {
+            sdw_log "ERROR: installing the $extra dependencies from pyproject.toml failed"
             return 1
         }
-        have_test=1
-    fi
+        _sdw_has_word "$extra" "$have" || have="$have $extra"
+    done
 
-    local extras=""
-    [[ $have_test -eq 1 ]] && extras="test"
-    printf 'hash=%s\nextras=%s\n' "$hash" "$extras" >"$_sdw_stamp" || return 1
+    read -r -a words <<<"$have"
+    have="${words[*]}"  # trimmed, single spaces
+    printf 'hash=%s\nextras=%s\n' "$hash" "$have" >"$_sdw_stamp" || return 1
     sdw_log "install complete (stamp: $_sdw_stamp)"
 }

@@ -36,6 +36,7 @@ CPU_COMPONENTS = (
 )
 LOG_LEVELS = ("CRITICAL", "ERROR", "WARNING", "INFO", "DEBUG")
 THEMES = ("light", "dark")
+RAY_OUTPUTS = ("replica", "front")
 
 DEFAULT_PORT = 7860
 DEFAULT_API_ONLY_PORT = 7861
@@ -134,6 +135,12 @@ class Settings:
     timeout_keep_alive: int = 30
     max_body_mb: int = 100  # ours: largest request body, in MB (413 beyond it)
     queue_limit: int = 64  # ours: jobs waiting for the worker (429 + Retry-After beyond it)
+    # --- scale-out on Ray Serve (ours; docs/scale-out.md) ---
+    ray: bool = False
+    ray_address: str | None = None
+    ray_replicas: int | None = None  # None: one per GPU of the cluster, else CPU replicas
+    ray_replica_cpus: int | None = None  # CPUs (torch threads) per replica; None: 1 with GPUs, else 4
+    ray_outputs: str = "replica"
     cors_allow_origins: str | None = None
     cors_allow_origins_regex: str | None = None
     gradio_auth: str | None = None
@@ -459,6 +466,34 @@ def build_parser() -> argparse.ArgumentParser:
         type=_int_at_least(1),
         default=64,
         help="jobs that may wait for the worker; more get 429 with Retry-After (ours)",
+    )
+    flag("--ray", "run generation on Ray Serve worker replicas behind this server (ours; pip install .[ray])")
+    p.add_argument(
+        "--ray-address",
+        default=None,
+        metavar="ADDR",
+        help="Ray cluster to join (e.g. 10.0.0.1:6379 or auto); default: start a local one (ours)",
+    )
+    p.add_argument(
+        "--ray-replicas",
+        type=_int_at_least(1),
+        default=None,
+        metavar="N",
+        help="worker replicas; default one per GPU of the cluster, else CPU replicas (ours)",
+    )
+    p.add_argument(
+        "--ray-replica-cpus",
+        type=_int_at_least(1),
+        default=None,
+        metavar="N",
+        help="CPUs (and torch threads) each replica reserves; default 1 with GPUs, else 4 (ours)",
+    )
+    p.add_argument(
+        "--ray-outputs",
+        choices=RAY_OUTPUTS,
+        default="replica",
+        help="where images are saved with --ray: 'replica' (each worker saves to the output folders "
+        "its flags name: a shared folder) or 'front' (this server saves what comes back) (ours)",
     )
     p.add_argument("--cors-allow-origins", default=None, help="comma-separated CORS origins")
     p.add_argument("--cors-allow-origins-regex", default=None, help="CORS origin regular expression")

@@ -144,8 +144,13 @@ def runtime_install() -> list[str]:
     return ["install", *project()["dependencies"]]
 
 
-def extra_install() -> list[str]:
-    return ["install", *project()["optional-dependencies"]["test"]]
+def extra_install(name: str = "test") -> list[str]:
+    return ["install", *project()["optional-dependencies"][name]]
+
+
+def testing_installs() -> list[list[str]]:
+    """What the test setup adds to the runtime: the test extra, and Ray (tests/serve)."""
+    return [extra_install("test"), extra_install("ray")]
 
 
 def ok(proc: subprocess.CompletedProcess[str]) -> None:
@@ -352,7 +357,7 @@ def test_under_systemd_no_restart_loop(sb: Sandbox) -> None:
 def test_test_sh_installs_test_extra_and_runs_pytest(sb: Sandbox) -> None:
     sb.user_sh('export COMMANDLINE_ARGS="--listen"\n')
     ok(sb.run("test.sh", "-q", "tests/unit", HF_HUB_OFFLINE="0"))
-    assert sb.pip_calls() == [DEFAULT_TORCH[1:], runtime_install(), extra_install()]
+    assert sb.pip_calls() == [DEFAULT_TORCH[1:], runtime_install(), *testing_installs()]
     [pytest_call] = sb.calls("pytest")
     assert pytest_call["argv"] == ["-m", "pytest", "-q", "tests/unit"]
     assert pytest_call["exe"] == str(sb.app / "venv" / "bin" / "python")
@@ -369,11 +374,37 @@ def test_test_sh_installs_test_extra_and_runs_pytest(sb: Sandbox) -> None:
 def test_test_sh_after_webui_sh_adds_only_test_extra(sb: Sandbox) -> None:
     ok(sb.run("webui.sh"))
     ok(sb.run("test.sh"))
-    assert sb.pip_calls() == [extra_install()]
+    assert sb.pip_calls() == testing_installs()
     # A later runtime reinstall keeps the test extra recorded (nothing to redo for test.sh).
     ok(sb.run("webui.sh", "--reinstall"))
     ok(sb.run("test.sh"))
     assert sb.pip_calls() == []
+
+
+# --- the ray extra (webui.sh --ray) -----------------------------------------------------------
+
+
+def test_ray_flag_installs_the_ray_extra_once_and_is_passed_on(sb: Sandbox) -> None:
+    ok(sb.run("webui.sh"))
+    assert extra_install("ray") not in sb.pip_calls()  # the single-process server never needs Ray
+    ok(sb.run("webui.sh", "--ray", "--ray-replicas", "2"))
+    assert sb.pip_calls() == [extra_install("ray")]
+    assert sb.calls("webui")[0]["argv"] == ["webui.py", "--ray", "--ray-replicas", "2"]
+    ok(sb.run("webui.sh", "--ray"))
+    assert sb.pip_calls() == []
+    ok(sb.run("test.sh"))  # the test setup adds only what is missing
+    assert sb.pip_calls() == [extra_install("test")]
+
+
+def test_ray_flag_in_commandline_args_installs_the_ray_extra(sb: Sandbox) -> None:
+    sb.user_sh('export COMMANDLINE_ARGS="--api --ray"\n')
+    ok(sb.run("webui.sh"))
+    assert sb.pip_calls() == [DEFAULT_TORCH[1:], runtime_install(), extra_install("ray")]
+
+
+def test_ray_extra_pins_ray_serve() -> None:
+    [requirement] = project()["optional-dependencies"]["ray"]
+    assert requirement.startswith("ray[serve]==")
 
 
 def test_test_sh_returns_pytest_exit_code(sb: Sandbox) -> None:
