@@ -74,11 +74,9 @@ class JobBoard:
         state.updated = time.time()
         return self._flags(state)
 
-    def finished(self, task_id: str, progress: dict[str, Any] | None = None) -> None:
+    def finished(self, task_id: str) -> None:
         state = self._task(task_id)
         state.running, state.finished, state.preview = False, True, None
-        if progress is not None:
-            state.progress = progress
         state.updated = time.time()
 
     def loaded(self, replica: str, checkpoint: str) -> None:

@@ -54,6 +54,11 @@ def plan_replicas(settings: Settings, resources: Mapping[str, float]) -> Plan:
     return Plan(settings.ray_replicas or max(1, total // cpus), min(cpus, max(1, total)), 0)
 
 
+def plan_capacity(settings: Settings, plan: Plan) -> int:
+    """Jobs the cluster takes at once: one running per replica + --queue-limit waiting."""
+    return plan.replicas + settings.queue_limit
+
+
 def start_ray(settings: Settings) -> Any:
     """Join --ray-address, or start a local cluster bound to 127.0.0.1 (torn down at exit)."""
     ray = import_ray()
@@ -86,7 +91,8 @@ def deploy(
     )
     plan = plan_replicas(settings, ray.cluster_resources())
     threads = str(plan.cpus)
-    env_vars = {**_OFFLINE, "OMP_NUM_THREADS": threads, "MKL_NUM_THREADS": threads, "PYTHONPATH": str(repo_root)}
+    code_root = Path(__file__).resolve().parents[2]  # where `modules` is (the same path on every node)
+    env_vars = {**_OFFLINE, "OMP_NUM_THREADS": threads, "MKL_NUM_THREADS": threads, "PYTHONPATH": str(code_root)}
     replica_settings = dataclasses.replace(settings, ray=False)  # each replica is a single-process engine
     deployment = serve.deployment(
         name=DEPLOYMENT_NAME,
@@ -94,7 +100,9 @@ def deploy(
         # one job at a time per replica: the next one waits in the router, so it goes to whichever
         # replica (holding its checkpoint, if any) frees up first, and can still be cancelled there
         max_ongoing_requests=1,
-        max_queued_requests=settings.queue_limit,
+        # the front refuses (429) past replicas + --queue-limit jobs before sending any; Serve's own
+        # limit counts requests not yet assigned (for a moment, all of them), so it is only a backstop
+        max_queued_requests=plan_capacity(settings, plan),
         ray_actor_options={"num_cpus": plan.cpus, "num_gpus": plan.gpus, "runtime_env": {"env_vars": env_vars}},
         health_check_period_s=5,
         graceful_shutdown_timeout_s=5,
@@ -125,7 +133,7 @@ def ray_engine(
     return RayEngine(
         deployment=handle,
         board=board,
-        capacity=plan.replicas + settings.queue_limit,
+        capacity=plan_capacity(settings, plan),
         save_on_replica=not front,
         front_saver=front_saver if front else None,
         **engine_kwargs,

@@ -127,7 +127,7 @@ class EngineReplica:
             reporter.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await reporter
-            await board.finished.remote(task_id, handle.progress(with_preview=False))
+            await board.finished.remote(task_id)  # its last report stays (where it stopped)
         return Outcome(self.name, result=result, interrupted=handle.interrupted)
 
     def _obey(self, task_id: str, flags: dict[str, bool]) -> None:
