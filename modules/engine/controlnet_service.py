@@ -57,6 +57,7 @@ from modules.engine.controlnet_latent import (
     paste_unmasked,
 )
 from modules.engine.controlnet_post import RECOLOR_CHANNELS, crop_to_inpaint_region, recolor_restore
+from modules.engine.controlnet_reference import ReferenceApplier, ReferenceUnit, is_reference
 from modules.engine.hooks import BatchEvent, HiresEvent, Hooks
 from modules.engine.sampling import UNetCall, UNetFn, a1111_alphas_cumprod, run_unet_chain
 from modules.models import controlnet_preprocessors as pre
@@ -65,11 +66,6 @@ from modules.models.loader import StableDiffusionModel
 
 log = logging.getLogger(__name__)
 
-NOT_BUILT_IN = {
-    "reference_only": "the reference modes (attention injection)",
-    "reference_adain": "the reference modes (attention injection)",
-    "reference_adain+attn": "the reference modes (attention injection)",
-}
 DEFAULT_UNIT_COUNT = 3
 
 
@@ -192,12 +188,14 @@ class ControlNetService:
             spec = pre.find_preprocessor(unit.module)
             if spec is None:
                 raise ValidationError(f"{where}: module {unit.module!r} is not available")
-            if spec.name in NOT_BUILT_IN:
-                raise ValidationError(f"{where}: {NOT_BUILT_IN[spec.name]} are not built in yet")
             missing = pre.missing_weights(spec.name, self.annotator_dir)
             if missing:
                 files = ", ".join(str(m) for m in missing)
                 raise NotFoundError(f"{where}: preprocessor {spec.name} needs {files}; nothing is downloaded")
+            try:
+                pre.check_runnable(spec.name)
+            except pre.PreprocessorNotBuiltInError as exc:
+                raise pre.PreprocessorNotBuiltInError(f"{where}: {exc}") from exc
             if not spec.model_free:
                 if not unit.has_model:
                     raise ValidationError(f"{where}: choose a ControlNet model (model is {unit.model!r})")
@@ -241,6 +239,7 @@ class ControlNetService:
         device, dtype = unet_param.device, unet_param.dtype
         units: list[ActiveUnit] = []
         latent_units: list[LatentUnit] = []
+        reference_units: list[ReferenceUnit] = []
         enabled = [u for u in request.controlnet_units if u.enabled]
         for index, unit in enumerate(enabled):
             where = unit.source or f"controlnet unit {index}"
@@ -304,6 +303,21 @@ class ControlNetService:
                         threshold_b=float(unit.threshold_b),
                     )
                 )
+            if is_reference(spec.name):
+                reference_units.append(
+                    ReferenceUnit(
+                        index=index,
+                        module=spec.name,
+                        latent_of=latents.latent_of,
+                        weight=unit.weight,
+                        guidance_start=unit.guidance_start,
+                        guidance_end=unit.guidance_end,
+                        control_mode=unit.control_mode,
+                        hr_option=unit.hr_option,
+                        threshold_a=float(unit.threshold_a),
+                        threshold_b=float(unit.threshold_b),
+                    )
+                )
             if is_inpaint_only(spec.name) and has_mask:
                 job.slot.post.append(_paste_post(latents))
             if info is not None:
@@ -337,6 +351,8 @@ class ControlNetService:
         if any(is_colorfix(u.module) for u in latent_units):
             job.slot.wrappers.append(ColorFixApplier(latent_units, alphas, model.prediction_type))
         job.slot.wrappers.append(applier)
+        if reference_units:  # innermost: its write pass runs the bare UNet, without the residuals
+            job.slot.wrappers.append(ReferenceApplier(model.unet, reference_units, alphas, seed))
         log.info("ControlNet: %d unit(s) ready in %.2f s", len(enabled), time.perf_counter() - started)
 
     @staticmethod

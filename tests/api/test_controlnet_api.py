@@ -119,7 +119,7 @@ def test_refusals_before_queueing(client: TestClient) -> None:
         (_unit(module="no_such_module"), 422, "no_such_module"),
         (_unit(model="None"), 422, "choose a ControlNet model"),
         (_unit(image=""), 422, "no image"),
-        (_unit(module="reference_only"), 422, "not built in"),
+        (_unit(module="depth_leres"), 404, "res101.pth"),  # weighted, its file missing: named
         (_unit(weight=3), 422, "weight"),
     ):
         response = client.post("/sdapi/v1/txt2img", json={**BASE, "alwayson_scripts": {"controlnet": {"args": [unit]}}})
@@ -195,3 +195,21 @@ def test_inpaint_with_an_inpaint_unit(client: TestClient) -> None:
     assert any("runs as inpaint_global_harmonious" in w for w in info.get("warnings", []))
     plain = client.post("/sdapi/v1/img2img", json={**payload, "alwayson_scripts": {}})
     assert not np.array_equal(_image(response), _image(plain))
+
+
+def test_reference_only_needs_no_model_and_steers_the_image(client: TestClient) -> None:
+    """The reference modes run without a ControlNet model (Model "None"), through the webuiapi unit
+    shape; weight 0 is no unit; a model named anyway is reported as unused."""
+    plain = _image(client.post("/sdapi/v1/txt2img", json=BASE))
+    for module in ("reference_only", "reference_adain", "reference_adain+attn"):
+        response = client.post(
+            "/sdapi/v1/txt2img", json={**BASE, "alwayson_scripts": _cn(_unit(module=module, model="None"))}
+        )
+        assert not np.array_equal(_image(response), plain), module
+        info = json.loads(response.json()["info"])
+        assert f'ControlNet 0: "Module: {module}, Model: None' in info["infotexts"][0]
+    zero = client.post(
+        "/sdapi/v1/txt2img", json={**BASE, "alwayson_scripts": _cn(_unit(module="reference_only", weight=0))}
+    )
+    assert np.array_equal(_image(zero), plain)
+    assert any("needs no ControlNet model" in w for w in json.loads(zero.json()["info"]).get("warnings", []))

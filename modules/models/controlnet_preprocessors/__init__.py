@@ -74,6 +74,7 @@ __all__ = [
     "Runner",
     "Slider",
     "WeightFile",
+    "check_runnable",
     "control_type_filters",
     "control_type_preprocessors",
     "control_type_tags",
@@ -349,6 +350,25 @@ def unregister_runner(name: str) -> None:
     _runners.pop(get_preprocessor(name).name, None)
 
 
+def _not_built_in(spec: PreprocessorSpec) -> PreprocessorNotBuiltInError:
+    why = runners.NOT_BUILT_IN.get(spec.name) or spec.note
+    return PreprocessorNotBuiltInError(
+        f"ControlNet preprocessor {spec.label} is not built in to this webui"
+        + (f": {why}" if why else "")
+        + "; its files are present but nothing here can run it"
+    )
+
+
+def check_runnable(name: str) -> None:
+    """Raise `PreprocessorNotBuiltInError` (501) when nothing here can run the preprocessor (what
+    `run_preprocessor` would raise once its files are found), so a request can be refused before it
+    is queued."""
+    spec = get_preprocessor(name)
+    if spec.name in _FREE or spec.name in _runners or spec.name in runners.BUILT_IN:
+        return
+    raise _not_built_in(spec)
+
+
 def missing_weights(name: str, annotator_dir: Path | None) -> list[Path]:
     """The weight files of a preprocessor that are not in `annotator_dir` (all of them, relative to
     the folder, when there is none)."""
@@ -413,12 +433,7 @@ def run_preprocessor(
         weights = _check_requirements(spec, annotator_dir)
         runner = _runners.get(spec.name) or runners.BUILT_IN.get(spec.name)
         if runner is None:
-            why = runners.NOT_BUILT_IN.get(spec.name) or spec.note
-            raise PreprocessorNotBuiltInError(
-                f"ControlNet preprocessor {spec.label} is not built in to this webui"
-                + (f": {why}" if why else "")
-                + "; its files are present but nothing here can run it"
-            )
+            raise _not_built_in(spec)
     rgb = _rgb_array(image)
     call = PreprocessorCall(
         spec=spec,
