@@ -313,7 +313,11 @@ def main(argv: Sequence[str], environ: Mapping[str, str]) -> int:
     logging.basicConfig(level=settings.loglevel or "INFO", format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     for warning in settings.warnings:
         log.warning("%s", warning)
-    services = build_services(settings, REPO_ROOT, environ)
+    try:
+        services = build_services(settings, REPO_ROOT, environ)
+    except SettingsError as exc:  # e.g. --ray without Ray installed
+        print(f"error: {exc}")
+        return 2
     services.registry.refresh()
     app = create_app(services)
     if not settings.skip_load_model_at_start:

@@ -18,6 +18,7 @@ from modules.serve.messages import APP_NAME, BOARD_NAME, DEPLOYMENT_NAME, NAMESP
 
 log = logging.getLogger(__name__)
 
+ROUTER_MAX_BACKOFF_S = 0.05
 CPU_REPLICA_CPUS = 4  # a CPU replica's default share of the cluster (its torch threads)
 INSTALL_HINT = "pip install '.[ray]' in the venv, or start with ./webui.sh --ray, which installs it"
 # environment every replica gets (the app never reaches a model hub; torch threads = its CPUs)
@@ -103,6 +104,9 @@ def deploy(
         # the front refuses (429) past replicas + --queue-limit jobs before sending any; Serve's own
         # limit counts requests not yet assigned (for a moment, all of them), so it is only a backstop
         max_queued_requests=plan_capacity(settings, plan),
+        # a waiting request asks the replicas again at least every 50 ms (Serve's default backoff
+        # grows to 0.5 s: a replica that finished idled ~0.25 s on average before its next job)
+        request_router_config={"max_backoff_s": ROUTER_MAX_BACKOFF_S},
         ray_actor_options={"num_cpus": plan.cpus, "num_gpus": plan.gpus, "runtime_env": {"env_vars": env_vars}},
         health_check_period_s=5,
         graceful_shutdown_timeout_s=5,

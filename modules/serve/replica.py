@@ -32,7 +32,7 @@ from modules.services import Services
 
 log = logging.getLogger(__name__)
 
-REPORT_EVERY_S = 0.2  # progress published to the board / flags read back, per running job
+REPORT_EVERY_S = 0.25  # progress published to the board / flags read back, per running job
 MODELS_PER_REPLICA = 3  # checkpoints Serve counts as held by one replica (its routing memory)
 # options the front's snapshot never overwrites on a replica: the checkpoint comes with the routing,
 # the hash is the replica's own report

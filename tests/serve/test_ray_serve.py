@@ -12,7 +12,6 @@ import time
 from collections.abc import Callable, Iterator
 from concurrent.futures import Future
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import httpx
@@ -250,16 +249,3 @@ def _running_replicas() -> int:
         return 0
     states = app.deployments[DEPLOYMENT_NAME].replica_states
     return int(states.get("RUNNING", 0)) if sum(states.values()) == states.get("RUNNING", 0) else 0
-
-
-def test_no_flag_no_ray(tmp_path: Path) -> None:
-    """Without --ray the composition root builds the plain engine (Ray never involved)."""
-    from modules.app import build_services
-    from modules.core.settings import parse_settings
-    from modules.engine.facade import Engine
-
-    services = build_services(parse_settings(["--data-dir", str(tmp_path)], {}), tmp_path, {})
-    try:
-        assert type(services.engine) is Engine
-    finally:
-        services.worker.shutdown()
