@@ -179,6 +179,8 @@ def test_webuiapi_client_works_unchanged(cluster: Cluster) -> None:
     switched = api.txt2img(prompt="a cat", steps=3, width=64, height=64, seed=5)
     assert switched.info["sd_model_name"] == "b"
     api.util_set_model("a")
+    extras = api.extra_single_image(result.image, upscaler_1="Lanczos", upscaling_resize=2)  # Extras run on a replica
+    assert extras.image.size == (128, 128)
     progress = api.get_progress()
     assert progress["state"]["job_count"] == 0 and progress["current_task"] is None
 
