@@ -138,6 +138,7 @@ def ray_engine(
         deployment=handle,
         board=board,
         capacity=plan_capacity(settings, plan),
+        slots=plan.replicas,
         save_on_replica=not front,
         front_saver=front_saver if front else None,
         **engine_kwargs,

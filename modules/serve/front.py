@@ -61,6 +61,11 @@ class RemoteJob:
         self.state_at = 0.0
 
 
+def _fail(future: Any, exc: BaseException) -> None:
+    if not future.done():  # a cancelled job's future stays cancelled
+        future.set_exception(exc)
+
+
 def _never(_ctx: JobContext) -> Any:
     raise RuntimeError("a forwarded job runs on a replica")
 
@@ -128,6 +133,7 @@ class RayEngine(Engine):
         deployment: Any,  # DeploymentHandle of the replicas
         board: Any,  # ActorHandle of the JobBoard
         capacity: int,  # jobs that may be in the cluster at once (running + queued)
+        slots: int,  # jobs sent to the replicas at once (one per replica); the others wait here
         save_on_replica: bool = True,
         front_saver: Saver | None = None,  # with --ray-outputs front: saves what comes back
         **engine_kwargs: Any,
@@ -137,6 +143,7 @@ class RayEngine(Engine):
         self._deployment = deployment
         self._board = board
         self.capacity = capacity
+        self._slots = asyncio.Semaphore(slots)
         self._save_on_replica = save_on_replica
         self._front_saver = front_saver
         self._remote: OrderedDict[str, RemoteJob] = OrderedDict()
@@ -213,33 +220,23 @@ class RayEngine(Engine):
         return max(1, min(600, math.ceil(sum(recent) / len(recent) / max(1, self.capacity))))
 
     async def _dispatch(self, remote: RemoteJob, forwarded: ForwardedJob) -> None:
-        from ray.exceptions import ActorUnavailableError, RayActorError, RayTaskError
+        from ray.exceptions import RayTaskError
         from ray.serve.exceptions import BackPressureError, RequestCancelledError
 
         future = remote.job.future
         began = time.monotonic()
         tries = 0
         try:
-            while True:
-                tries += 1
-                remote.response = self._deployment.options(multiplexed_model_id=remote.model_id).run.remote(forwarded)
-                if remote.cancelled:
-                    remote.response.cancel()
-                try:
-                    outcome: Outcome = await remote.response
-                    break
-                except (RayActorError, ActorUnavailableError) as exc:
-                    state = await self._board.get.remote(remote.task_id)
-                    began_running = state is not None and state.began
-                    replica = state.replica if state is not None else "a replica"
-                    if not began_running and tries == 1 and not remote.cancelled:
-                        log.warning("%s: %s died before the job began; sending it again", remote.task_id, replica)
-                        continue
-                    log.error("%s: %s died while running it: %s", remote.task_id, replica, exc)
-                    raise WorkerDiedError(
-                        f"the worker running {remote.task_id} ({replica}) died; the job was lost (a new worker "
-                        "is being started): send the request again"
-                    ) from None
+            # jobs wait here, not in Serve's router: a router queue polls the replicas while it waits
+            # (with backoff), which costs CPU and leaves a freed replica idle until the next poll
+            async with self._slots:
+                if remote.cancelled or future.cancelled():
+                    raise RequestCancelledError(remote.task_id)
+                while True:
+                    tries += 1
+                    outcome = await self._send(remote, forwarded, tries)
+                    if outcome is not None:
+                        break
             if isinstance(outcome.error, JobInterrupted) and outcome.result is None:
                 raise RequestCancelledError(remote.task_id)  # interrupted before it ran: cancelled, as queued jobs are
             if outcome.error is not None:
@@ -250,23 +247,48 @@ class RayEngine(Engine):
                 await asyncio.to_thread(saver, result, request, self.hooks)
             log.info("%s ran on %s (%s)", remote.task_id, outcome.replica, remote.model_id or remote.kind)
             self._finish(remote, began)
-            future.set_result(result)
+            if not future.done():  # not cancelled meanwhile
+                future.set_result(result)
         except RequestCancelledError:
             self._finish(remote, None)
             future.cancel()
         except BackPressureError as exc:
             self._finish(remote, None)
-            future.set_exception(QueueFullError(f"the cluster is full: {exc}", retry_after=self._retry_after()))
+            _fail(future, QueueFullError(f"the cluster is full: {exc}", retry_after=self._retry_after()))
         except RayTaskError as exc:
             self._finish(remote, None)
             cause = exc.cause if isinstance(getattr(exc, "cause", None), BaseException) else exc
             log.error("%s failed on a replica: %s", remote.task_id, cause)
-            future.set_exception(cause)
+            _fail(future, cause)
         except BaseException as exc:
             self._finish(remote, None)
             if not isinstance(exc, SdWebuiError):
                 log.exception("%s failed", remote.task_id)
-            future.set_exception(exc)
+            _fail(future, exc)
+
+    async def _send(self, remote: RemoteJob, forwarded: ForwardedJob, tries: int) -> Outcome | None:
+        """One try on a replica: its Outcome, or None to send it again (its replica died before the
+        job began running, the first time)."""
+        from ray.exceptions import ActorUnavailableError, RayActorError
+
+        remote.response = self._deployment.options(multiplexed_model_id=remote.model_id).run.remote(forwarded)
+        if remote.cancelled:
+            remote.response.cancel()
+        try:
+            outcome: Outcome = await remote.response
+            return outcome
+        except (RayActorError, ActorUnavailableError) as exc:
+            state = await self._board.get.remote(remote.task_id)
+            began_running = state is not None and state.began
+            replica = state.replica if state is not None else "a replica"
+            if not began_running and tries == 1 and not remote.cancelled:
+                log.warning("%s: %s died before the job began; sending it again", remote.task_id, replica)
+                return None
+            log.error("%s: %s died while running it: %s", remote.task_id, replica, exc)
+            raise WorkerDiedError(
+                f"the worker running {remote.task_id} ({replica}) died; the job was lost (a new worker "
+                "is being started): send the request again"
+            ) from None
 
     def _finish(self, remote: RemoteJob, began: float | None) -> None:
         remote.done = True
@@ -370,6 +392,8 @@ class RayEngine(Engine):
             remote.cancelled = not self._began(remote)
             if remote.cancelled and remote.response is not None:
                 self._loop.call_soon_threadsafe(remote.response.cancel)
+            elif remote.cancelled:  # still waiting for a replica slot here
+                remote.job.future.cancel()
             calls.append(self._board.interrupt.remote(remote.task_id))
         ray.get(calls)
         super().interrupt(job_id)

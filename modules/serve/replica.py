@@ -39,6 +39,9 @@ MODELS_PER_REPLICA = 3  # checkpoints Serve counts as held by one replica (its r
 _NOT_FORWARDED = frozenset({"sd_model_checkpoint", "sd_checkpoint_hash"})
 
 
+_UNSEEN = object()
+
+
 class _Held:
     """What the multiplexed loader returns: the checkpoint stays in the engine's own caches."""
 
@@ -105,15 +108,16 @@ class EngineReplica:
         try:
             if title:
                 await self.checkpoint(title)
-            await asyncio.to_thread(self._follow_options, job.options)
+            if any(self._options_seen.get(k, _UNSEEN) != v for k, v in job.options.items() if k not in _NOT_FORWARDED):
+                await asyncio.to_thread(self._follow_options, job.options)
             handle: JobHandle[Any] = await asyncio.to_thread(self._engine.submit, self._prepared(job, title))
         except SdWebuiError as exc:
             return Outcome(self.name, error=exc)
         task_id = handle.id
         board = self._board()
-        flags = await board.accepted.remote(task_id, self.name, title)
-        self._obey(task_id, flags)
-        reporter = asyncio.create_task(self._report(task_id, handle))
+        # sent now, awaited by the reporter: where the task is, and any flag set before it got here
+        accepted = board.accepted.remote(task_id, self.name, title)
+        reporter = asyncio.create_task(self._report(task_id, handle, accepted))
         try:
             result = await asyncio.wrap_future(handle.future)
         except asyncio.CancelledError:
@@ -138,8 +142,9 @@ class EngineReplica:
         if flags.get("stop"):
             self._engine.stop_generating(task_id)
 
-    async def _report(self, task_id: str, handle: JobHandle[Any]) -> None:
+    async def _report(self, task_id: str, handle: JobHandle[Any], accepted: Any) -> None:
         board = self._board()
+        self._obey(task_id, await accepted)
         want_preview = False
         sent_version = -1
         while not handle.done():
