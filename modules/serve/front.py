@@ -303,6 +303,12 @@ class RayEngine(Engine):
         started = time.perf_counter()
         context = JobContext(id=f"task({uuid.uuid4().hex[:15]})", description="model-switch")
         job: Job[Any] = Job(context=context, fn=_never)
+        if isinstance(request, (UnloadModel, ReloadModel)):
+            log.warning(
+                "--ray: %s is not applied: the replicas keep their models (each holds the checkpoints it was "
+                "routed; Ray Serve evicts them by its own LRU)",
+                "unload-checkpoint" if isinstance(request, UnloadModel) else "reload-checkpoint",
+            )
         if isinstance(request, SwitchModel) and request.checkpoint:
             self._select(self._registry.find_checkpoint(request.checkpoint))  # 404 for an unknown one
         if isinstance(request, SwitchModel) and request.vae and request.vae not in (VAE_AUTOMATIC, VAE_NONE):
