@@ -115,6 +115,24 @@ def map_tensor(image: np.ndarray) -> torch.Tensor:
     return tensor
 
 
+# ------------------------------------------------------------------------------ the unit rules
+
+
+def in_guidance(step: int, steps: int, start: float, end: float) -> bool:
+    """A unit is off at a call when ``step / steps`` is below `start` or above `end`."""
+    fraction = step / max(steps, 1)
+    return not (fraction < start or fraction > end)
+
+
+def works_in_pass(hr_option: str, hires: bool) -> bool:
+    """Whether a unit with this `hr_option` works in the first pass (hires False) or the hires pass."""
+    if hr_option == HR_LOW_ONLY:
+        return not hires
+    if hr_option == HR_HIGH_ONLY:
+        return hires
+    return True
+
+
 # ------------------------------------------------------------------------------ applying
 
 
@@ -138,8 +156,7 @@ class ActiveUnit:
     _maps: dict[tuple[int, int], torch.Tensor] = field(default_factory=dict, repr=False)
 
     def active_at(self, step: int, steps: int) -> bool:
-        fraction = step / max(steps, 1)
-        return not (fraction < self.guidance_start or fraction > self.guidance_end)
+        return in_guidance(step, steps, self.guidance_start, self.guidance_end)
 
     def hint(self, width: int, height: int, device: torch.device, dtype: torch.dtype) -> torch.Tensor:
         cached = self._maps.get((width, height))
@@ -156,11 +173,7 @@ class ActiveUnit:
         return self.control_mode == CONTROL_MORE_IMPORTANT or self.global_pool
 
     def works_in(self, hires: bool) -> bool:
-        if self.hr_option == HR_LOW_ONLY:
-            return not hires
-        if self.hr_option == HR_HIGH_ONLY:
-            return hires
-        return True
+        return works_in_pass(self.hr_option, hires)
 
 
 @dataclass

@@ -55,7 +55,7 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
-from modules.engine.controlnet import BALANCED, HR_BOTH, HR_HIGH_ONLY, HR_LOW_ONLY
+from modules.engine.controlnet import BALANCED, HR_BOTH, works_in_pass
 from modules.engine.sampling import UNetCall, UNetFn
 
 log = logging.getLogger(__name__)
@@ -105,11 +105,7 @@ class LatentUnit:
     threshold_b: float = DEFAULT_SHARPNESS
 
     def works_in(self, hires: bool) -> bool:
-        if self.hr_option == HR_LOW_ONLY:
-            return not hires
-        if self.hr_option == HR_HIGH_ONLY:
-            return hires
-        return True
+        return works_in_pass(self.hr_option, hires)
 
     def mix_weight(self) -> float:
         return max(0.0, min(1.0, float(self.weight)))

@@ -62,7 +62,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from modules.core.errors import ValidationError
-from modules.engine.controlnet import BALANCED, CONTROL_MORE_IMPORTANT, HR_BOTH, HR_HIGH_ONLY, HR_LOW_ONLY
+from modules.engine.controlnet import BALANCED, CONTROL_MORE_IMPORTANT, HR_BOTH, in_guidance, works_in_pass
 from modules.engine.sampling import UNetCall, UNetFn
 
 log = logging.getLogger(__name__)
@@ -132,15 +132,10 @@ class ReferenceUnit:
         return self.module in (REFERENCE_ADAIN, REFERENCE_ADAIN_ATTN)
 
     def active_at(self, step: int, steps: int) -> bool:
-        fraction = step / max(steps, 1)
-        return not (fraction < self.guidance_start or fraction > self.guidance_end)
+        return in_guidance(step, steps, self.guidance_start, self.guidance_end)
 
     def works_in(self, hires: bool) -> bool:
-        if self.hr_option == HR_LOW_ONLY:
-            return not hires
-        if self.hr_option == HR_HIGH_ONLY:
-            return hires
-        return True
+        return works_in_pass(self.hr_option, hires)
 
     def style_fidelity(self, sdxl: bool, hires: bool) -> float:
         """The unit's style fidelity at a call (hook.py's `current_style_fidelity`)."""

@@ -285,6 +285,15 @@ class ControlNetService:
             if spec.name in RECOLOR_CHANNELS:
                 job.slot.post.append(_recolor_post(detected, unit.resize_mode, spec.name))
             latents = UnitLatents(model, detected, unit.resize_mode)
+            settings: dict[str, Any] = {  # what the latent-side wrappers take from the unit
+                "weight": unit.weight,
+                "guidance_start": unit.guidance_start,
+                "guidance_end": unit.guidance_end,
+                "control_mode": unit.control_mode,
+                "hr_option": unit.hr_option,
+                "threshold_a": float(unit.threshold_a),
+                "threshold_b": float(unit.threshold_b),
+            }
             has_mask = detected.shape[2] == 4
             if is_colorfix(spec.name) or (has_mask and spec.name in ("inpaint", "inpaint_only")):
                 latent_units.append(
@@ -294,13 +303,7 @@ class ControlNetService:
                         latent_of=latents.latent_of,
                         mask_of=latents.mask_of if has_mask else None,
                         masked_latent_of=latents.masked_latent_of if has_mask else None,
-                        weight=unit.weight,
-                        guidance_start=unit.guidance_start,
-                        guidance_end=unit.guidance_end,
-                        control_mode=unit.control_mode,
-                        hr_option=unit.hr_option,
-                        threshold_a=float(unit.threshold_a),
-                        threshold_b=float(unit.threshold_b),
+                        **settings,
                     )
                 )
             if is_reference(spec.name):
@@ -309,13 +312,7 @@ class ControlNetService:
                         index=index,
                         module=spec.name,
                         latent_of=latents.latent_of,
-                        weight=unit.weight,
-                        guidance_start=unit.guidance_start,
-                        guidance_end=unit.guidance_end,
-                        control_mode=unit.control_mode,
-                        hr_option=unit.hr_option,
-                        threshold_a=float(unit.threshold_a),
-                        threshold_b=float(unit.threshold_b),
+                        **settings,
                     )
                 )
             if is_inpaint_only(spec.name) and has_mask:
@@ -389,9 +386,7 @@ class UnitLatents:
     def latent_of(self, width: int, height: int) -> torch.Tensor:
         key = (width, height)
         if key not in self._latents:
-            rgb = fit_map(np.ascontiguousarray(self.detected[:, :, :3]), width, height, self.resize_mode)
-            pixels = torch.from_numpy(np.array(rgb, copy=True)).float().div(127.5).sub(1.0).permute(2, 0, 1)[None]
-            self._latents[key] = self._encode(pixels)
+            self._latents[key] = self._encode(self._pixels(width, height))
         return self._latents[key]
 
     def masked_latent_of(self, width: int, height: int) -> torch.Tensor:
@@ -399,10 +394,8 @@ class UnitLatents:
         inpainting UNet's extra channels hold)."""
         key = (-width, -height)
         if key not in self._latents:
-            rgb = fit_map(np.ascontiguousarray(self.detected[:, :, :3]), width, height, self.resize_mode)
-            pixels = torch.from_numpy(np.array(rgb, copy=True)).float().div(127.5).sub(1.0).permute(2, 0, 1)[None]
             keep = 1.0 - (self.mask_of(width, height) > 0.5).float()
-            self._latents[key] = self._encode(pixels * keep)
+            self._latents[key] = self._encode(self._pixels(width, height) * keep)
         return self._latents[key]
 
     def mask_of(self, width: int, height: int) -> torch.Tensor:
@@ -414,6 +407,11 @@ class UnitLatents:
             alpha = fit_map(np.ascontiguousarray(self.detected[:, :, 3:4]), width, height, self.resize_mode)
             self._masks[key] = torch.from_numpy(alpha[:, :, 0].astype(np.float32) / 255.0)[None, None]
         return self._masks[key]
+
+    def _pixels(self, width: int, height: int) -> torch.Tensor:
+        """The map's RGB fitted to the size, (1, 3, H, W) in [-1, 1]."""
+        rgb = np.asarray(self.rgb_image(width, height))
+        return torch.from_numpy(np.array(rgb, copy=True)).float().div(127.5).sub(1.0).permute(2, 0, 1)[None]
 
     def _encode(self, pixels: torch.Tensor) -> torch.Tensor:
         vae = self.model.vae
