@@ -314,7 +314,8 @@ def _lineart_runner(call: PreprocessorCall) -> PreprocessResult:
     detector = _cached("lineart", call.weights, lambda: _lineart(call.weights[0]))
     padded, remove_pad, size = _padded(call)
     with _inference():
-        # controlnet_aux inverts (white background, black lines); the extension inverts it back
+        # the network draws dark lines on white; controlnet_aux returns them inverted (white lines on
+        # black), which is the extension's output too
         lines = detector(padded, detect_resolution=size, image_resolution=size, output_type="np")
     return _result(remove_pad(lines))
 
