@@ -706,5 +706,12 @@ def parse_settings(
     for key in ("use_cpu", "styles_file", "gradio_allowed_path"):
         values[key] = tuple(values[key] or ())
     warnings.extend(not_acted_on_warnings(values))
+    if not values["ray"]:
+        ray_defaults = {"ray_address": None, "ray_replicas": None, "ray_replica_cpus": None, "ray_outputs": "replica"}
+        warnings.extend(
+            f"--{name.replace('_', '-')}: accepted, not acted on (only with --ray)"
+            for name, default in ray_defaults.items()
+            if values[name] != default
+        )
 
     return Settings(**values, warnings=tuple(warnings), extension_flags=extension_flags)

@@ -71,3 +71,13 @@ def test_the_single_process_server_never_imports_ray(tmp_path: Path) -> None:
     )
     out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, check=True)
     assert out.stdout.strip().splitlines()[-1] == "False Engine"
+
+
+def test_ray_flags_without_ray_say_they_are_not_acted_on() -> None:
+    from modules.core.settings import parse_settings
+
+    alone = parse_settings(["--ray-replicas", "3", "--ray-outputs", "front"], {})
+    assert any(w.startswith("--ray-replicas: accepted, not acted on") for w in alone.warnings)
+    assert any(w.startswith("--ray-outputs: accepted, not acted on") for w in alone.warnings)
+    with_ray = parse_settings(["--ray", "--ray-replicas", "3"], {})
+    assert not any("not acted on (only with --ray)" in w for w in with_ray.warnings)
