@@ -44,6 +44,27 @@ class QueueFullError(UserError):
         self.headers = {"Retry-After": str(retry_after)}
 
 
+class ServerShuttingDown(UserError):
+    """The server is stopping (SIGTERM/SIGINT, `/server-stop`, `/server-restart`): a job still
+    queued is failed with this at once and no new job is accepted. HTTP 503."""
+
+    status_code = 503
+
+    def __init__(
+        self, message: str = "server is shutting down: the job was not run; try again when it is back"
+    ) -> None:
+        super().__init__(message)
+
+
+class JobCancelled(UserError):
+    """A queued job was dropped before it ran (`Worker.cancel`, e.g. its API client went away)."""
+
+    status_code = 499  # nginx's "client closed request"; nobody is left to read it
+
+    def __init__(self, message: str = "the job was cancelled before it ran") -> None:
+        super().__init__(message)
+
+
 class JobInterrupted(Exception):
     """Raised inside a job's loop to stop the whole job (partial results are kept by the job)."""
 
@@ -206,6 +227,9 @@ class Worker:
         self._started = False
         self._ids = itertools.count(1)
         self._durations: deque[float] = deque(maxlen=16)  # seconds of the last finished jobs
+        self._closing = False
+        self.cancelled_count = 0  # queued jobs dropped by `cancel` (they never ran)
+        self.failed_at_shutdown = 0  # queued jobs failed by `begin_shutdown`
 
     def on_worker_thread(self) -> bool:
         """True when called from the worker's own thread (i.e. from inside a job)."""
@@ -216,22 +240,63 @@ class Worker:
             self._started = True
             self._thread.start()
 
-    def shutdown(self, timeout: float | None = 10) -> None:
-        """Interrupt the running job, cancel queued ones and stop the thread."""
+    @property
+    def closing(self) -> bool:
+        """True once `begin_shutdown` ran: no job is accepted any more."""
+        return self._closing
+
+    def begin_shutdown(self, reason: str | None = None) -> int:
+        """Stop accepting jobs, fail every queued job with `ServerShuttingDown` (503) at once,
+        interrupt the running job at its next step check (it keeps and saves its partial result
+        as on any interrupt) and let the thread end after it. Returns how many queued jobs were
+        failed. Idempotent; does not wait (`join` does)."""
         with self._lock:
+            first = not self._closing
+            self._closing = True
             pending = list(self._pending)
             self._pending.clear()
+            current = self._current
+        failure = ServerShuttingDown(reason) if reason else ServerShuttingDown()
+        failed = 0
         for job in pending:
-            job.future.cancel()
-        self.interrupt()
-        self._queue.put(None)
-        if self._started:
+            if job.future.done():
+                continue
+            try:
+                job.future.set_exception(failure)
+                failed += 1
+            except Exception:  # cancelled or finished between the check and here
+                continue
+        self.failed_at_shutdown += failed
+        if current is not None:
+            current.context.interrupted = True
+        if first:
+            self._queue.put(None)
+            if failed or current is not None:
+                log.info(
+                    "shutting down: %d queued job(s) failed, %s",
+                    failed,
+                    f"job {current.context.id} interrupted" if current is not None else "no job running",
+                )
+        return failed
+
+    def join(self, timeout: float | None = None) -> bool:
+        """Wait for the thread to end (after `begin_shutdown`); True when it has."""
+        if self._started and not self.on_worker_thread():
             self._thread.join(timeout)
+            return not self._thread.is_alive()
+        return not self._started
+
+    def shutdown(self, timeout: float | None = 10) -> None:
+        """Interrupt the running job, fail queued ones and stop the thread."""
+        self.begin_shutdown()
+        self.join(timeout)
 
     # -- submitting --------------------------------------------------------------------------
 
     def submit(self, fn: Callable[[JobContext], T], *, task_id: str | None = None, description: str = "") -> Job[T]:
         with self._lock:
+            if self._closing:
+                raise ServerShuttingDown()
             if len(self._pending) >= self.max_queue:
                 retry = self.retry_after()
                 raise QueueFullError(
@@ -260,8 +325,8 @@ class Worker:
             with self._lock:
                 if job in self._pending:
                     self._pending.remove(job)
-                if job.future.cancelled() or not job.future.set_running_or_notify_cancel():
-                    continue
+                if self._closing or job.future.done() or not job.future.set_running_or_notify_cancel():
+                    continue  # cancelled, or failed by begin_shutdown
                 self._current = job
             failure: BaseException | None = None
             result: Any = None
@@ -315,6 +380,24 @@ class Worker:
                 for job in [j for j in self._pending if j.context.id == task_id]:
                     self._pending.remove(job)
                     job.future.cancel()
+
+    def cancel(self, job: Job[Any] | Future[Any]) -> bool:
+        """Drop `job` (a job, or its future) if it is still queued: it never runs and its future
+        fails with `JobCancelled`; True. Interrupt it if it is running (it stops at its next step
+        check); False. False too when it is over already."""
+        future = job.future if isinstance(job, Job) else job
+        with self._lock:
+            queued = next((j for j in self._pending if j.future is future), None)
+            if queued is not None:
+                self._pending.remove(queued)
+                if not future.done():
+                    future.set_exception(JobCancelled(f"job {queued.context.id} was cancelled before it ran"))
+                self.cancelled_count += 1
+                return True
+            current = self._current
+        if current is not None and current.future is future:
+            current.context.interrupted = True
+        return False
 
     def skip(self, task_id: str | None = None) -> None:
         context = self._targets(task_id)

@@ -210,3 +210,49 @@ def test_a_job_is_over_before_its_caller_hears_of_it(worker: Worker, fails: bool
     else:
         assert submitted.future.result(timeout=10) == "done"
     assert seen == [(None, True, False)]
+
+
+def test_begin_shutdown_interrupts_the_running_job_and_fails_the_queued_ones_at_once() -> None:
+    from modules.engine.worker import ServerShuttingDown
+
+    worker = Worker(max_queue=8)
+    gate = threading.Event()
+    running = worker.submit(stepping_job(1, 1000, gate))
+    while worker.current is None:
+        time.sleep(0.01)
+    queued = [worker.submit(stepping_job(1, 2)) for _ in range(3)]
+    assert worker.begin_shutdown() == 3
+    for job in queued:  # failed before the running job has even reached its next step
+        exc = job.future.exception(0)
+        assert isinstance(exc, ServerShuttingDown) and exc.status_code == 503
+        assert "shutting down" in str(exc)
+    with pytest.raises(ServerShuttingDown):
+        worker.submit(stepping_job(1, 1))
+    gate.set()
+    assert running.future.result(5) == ["partial0@1"]  # stopped at its next step check
+    assert worker.join(5)
+    assert worker.failed_at_shutdown == 3 and worker.is_completed(running.context.id)
+    assert not any(worker.is_completed(j.context.id) for j in queued)
+    assert worker.begin_shutdown() == 0  # idempotent
+
+
+def test_cancel_drops_a_queued_job_and_interrupts_a_running_one(worker: Worker) -> None:
+    from modules.engine.worker import JobCancelled
+
+    gate = threading.Event()
+    ran: list[str] = []
+    first = worker.submit(stepping_job(1, 1000, gate))
+    while worker.current is None:
+        time.sleep(0.01)
+    second = worker.submit(lambda ctx: ran.append("second"))
+    third = worker.submit(lambda ctx: ran.append("third"))
+    assert worker.cancel(second) is True
+    assert isinstance(second.future.exception(0), JobCancelled)
+    assert worker.pending_count() == 1 and worker.cancelled_count == 1
+    assert worker.cancel(first) is False  # running: interrupted instead
+    gate.set()
+    assert first.future.result(5) == ["partial0@1"]
+    third.future.result(5)
+    assert ran == ["third"]  # the cancelled job never ran
+    assert not worker.is_completed(second.context.id)
+    assert worker.cancel(third) is False and worker.cancelled_count == 1  # over already: nothing to do
