@@ -1,56 +1,34 @@
 """Composition root: builds Settings, Options, the model registry and ModelManager, the FastAPI
-app, and serves it. The only module that wires things together; nothing runs at import time."""
+app, and serves it. The only module that wires things together; nothing runs at import time.
+
+Importing this module is cheap (no torch, diffusers or Gradio): `main` starts the server on the
+start-up gate (`modules.api.startup`) within a second or two and builds the rest on a thread; the
+heavy imports live in the functions that need them."""
 
 from __future__ import annotations
 
 import html
 import logging
 import threading
+import time
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import torch
-from fastapi import FastAPI
-from fastapi.responses import HTMLResponse
-from PIL import Image
-
-from modules.api.body_limit import install_body_limit
-from modules.api.mount import install_api
-from modules.api.routes.server import ServerControl
-from modules.api.security import install_security
 from modules.core.errors import SdWebuiError, SettingsError
-from modules.core.hashes import HashCache
-from modules.core.jobs import SwitchModel
-from modules.core.options import Options, default_option_infos
-from modules.core.paths import Paths
 from modules.core.settings import Settings, parse_settings
-from modules.core.styles import StyleDatabase
-from modules.engine import upscaling
-from modules.engine.controlnet_service import ControlNetService
-from modules.engine.extra_networks import ExtraNetworks
-from modules.engine.facade import Engine, wire_model_options
-from modules.engine.hooks import Hooks
-from modules.engine.interrogation import Interrogator
-from modules.engine.outputs import ImageSaver
-from modules.engine.service import GenerationService, image_saver_for
-from modules.engine.training.service import TrainingService
-from modules.engine.worker import Worker
-from modules.extensions.loading import ExtensionDir
-from modules.extensions.manager import ExtensionManager
-from modules.extensions.runtime import ScriptEnvironment
-from modules.extensions.setup import extension_preloads, setup_scripts
-from modules.models.controlnet import ControlNetCache, ControlNetRegistry
-from modules.models.devices import policy_from_settings
-from modules.models.embeddings import EmbeddingDatabase
-from modules.models.face_restoration import FaceRestorers
-from modules.models.manager import ModelManager
-from modules.models.memory import MemoryBudget
-from modules.models.network_registry import NetworkRegistry
-from modules.models.registry import ModelRegistry
-from modules.models.taesd import TaesdDecoders
-from modules.models.upscalers import UpscalerRegistry
-from modules.services import Services
+
+if TYPE_CHECKING:
+    import uvicorn
+    from fastapi import FastAPI
+    from PIL import Image
+
+    from modules.api.routes.server import ServerControl
+    from modules.api.startup import StartupGate
+    from modules.core.options import Options
+    from modules.engine.facade import Engine
+    from modules.models.upscalers import UpscalerRegistry
+    from modules.services import Services
 
 log = logging.getLogger(__name__)
 
@@ -60,6 +38,38 @@ REPO_ROOT = Path(__file__).resolve().parent.parent
 def build_services(
     settings: Settings, repo_root: Path = REPO_ROOT, environ: Mapping[str, str] | None = None
 ) -> Services:
+    # the heavy part of a start (torch, diffusers, transformers): imported here, not at module level
+    import torch
+
+    from modules.core.hashes import HashCache
+    from modules.core.options import Options, default_option_infos
+    from modules.core.paths import Paths
+    from modules.core.styles import StyleDatabase
+    from modules.engine.controlnet_service import ControlNetService
+    from modules.engine.extra_networks import ExtraNetworks
+    from modules.engine.facade import Engine, wire_model_options
+    from modules.engine.hooks import Hooks
+    from modules.engine.interrogation import Interrogator
+    from modules.engine.outputs import ImageSaver
+    from modules.engine.service import GenerationService, image_saver_for
+    from modules.engine.training.service import TrainingService
+    from modules.engine.worker import Worker
+    from modules.extensions.loading import ExtensionDir
+    from modules.extensions.manager import ExtensionManager
+    from modules.extensions.runtime import ScriptEnvironment
+    from modules.extensions.setup import setup_scripts
+    from modules.models.controlnet import ControlNetCache, ControlNetRegistry
+    from modules.models.devices import policy_from_settings
+    from modules.models.embeddings import EmbeddingDatabase
+    from modules.models.face_restoration import FaceRestorers
+    from modules.models.manager import ModelManager
+    from modules.models.memory import MemoryBudget
+    from modules.models.network_registry import NetworkRegistry
+    from modules.models.registry import ModelRegistry
+    from modules.models.taesd import TaesdDecoders
+    from modules.models.upscalers import UpscalerRegistry
+    from modules.services import Services
+
     paths = Paths.from_settings(settings, repo_root, environ)
     paths.ensure_dirs()
     options = Options(default_option_infos(), paths.config_file)
@@ -206,6 +216,7 @@ def model_upscale(
     upscalers: UpscalerRegistry, options: Options
 ) -> Callable[[Image.Image, str, tuple[int, int]], Image.Image]:
     """(image, upscaler name, exact size) -> image, for hires fix with a model upscaler."""
+    from modules.engine import upscaling
 
     def run(image: Image.Image, name: str, size: tuple[int, int]) -> Image.Image:
         scale = max(size[0] / image.width, size[1] / image.height)
@@ -216,6 +227,13 @@ def model_upscale(
 
 
 def create_app(services: Services) -> FastAPI:
+    from fastapi import FastAPI
+    from fastapi.responses import HTMLResponse
+
+    from modules.api.body_limit import install_body_limit
+    from modules.api.mount import install_api
+    from modules.api.security import install_security
+
     app = FastAPI(title="sd-webui", docs_url="/docs" if services.settings.api_enabled else None)
     app.state.services = services
     install_security(app, services)
@@ -275,9 +293,13 @@ def _app_started(services: Services, app: FastAPI) -> None:
         services.scripts.callbacks.fire("app_started", demo, app)
 
 
-def load_initial_model(services: Services) -> None:
+def load_initial_model(services: Services, progress: Callable[[str], None] | None = None) -> None:
     """A1111's order: the `--ckpt` file, else the saved `sd_model_checkpoint`, else the first found.
-    Each try is a model job on the worker; this waits for them (run it on a background thread)."""
+    Each try is a model job on the worker; this waits for them (run it on a background thread).
+    `progress` hears the name of each checkpoint tried (the starting page shows it)."""
+    from modules.core.jobs import SwitchModel
+
+    tell = progress or (lambda name: None)
     if services.settings.ckpt is not None:
         wanted: str | None = str(services.settings.ckpt)
     else:
@@ -289,6 +311,7 @@ def load_initial_model(services: Services) -> None:
         log.warning("no model loaded at start: no checkpoints found: put .safetensors or .ckpt files in %s", dirs)
         return
     try:
+        tell(str(wanted or first))
         services.engine.run_sync(SwitchModel(checkpoint=wanted or first))
         return
     except SdWebuiError as exc:
@@ -296,6 +319,7 @@ def load_initial_model(services: Services) -> None:
     if wanted and first and first != wanted:
         log.warning("could not load %s (%s); trying the first checkpoint found", wanted, failure)
         try:
+            tell(first)
             services.engine.run_sync(SwitchModel(checkpoint=first))
             return
         except SdWebuiError as again:
@@ -304,35 +328,31 @@ def load_initial_model(services: Services) -> None:
 
 
 def main(argv: Sequence[str], environ: Mapping[str, str]) -> int:
+    """Parse the flags, start serving at once on the start-up gate (ping, health, a starting page,
+    503 + Retry-After for the API), and build the services, the API and the UI on a thread that
+    hands the app to the gate when it is ready (`modules.api.startup`); then load the first model.
+    The early path imports no torch, diffusers or Gradio."""
     try:
         first = parse_settings(argv, environ, known_only=True)  # where the extensions are
-        settings = parse_settings(argv, environ, preloads=extension_preloads(first, REPO_ROOT, environ))
+        # Extensions' preload(parser) need the heavy script loader: with any, their flags are
+        # parsed on the start-up thread (a bad flag stops the server there, exit code 2).
+        deferred = _has_extension_preloads(first, environ)
+        settings = first if deferred else parse_settings(argv, environ)
     except SettingsError as exc:
         print(f"error: {exc}")
         return 2
     logging.basicConfig(level=settings.loglevel or "INFO", format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    for warning in settings.warnings:
-        log.warning("%s", warning)
-    try:
-        services = build_services(settings, REPO_ROOT, environ)
-    except SettingsError as exc:  # e.g. --ray without Ray installed
-        print(f"error: {exc}")
-        return 2
-    services.registry.refresh()
-    app = create_app(services)
-    if not settings.skip_load_model_at_start:
-        threading.Thread(target=load_initial_model, args=(services,), name="initial model load", daemon=True).start()
+    if not deferred:
+        for warning in settings.warnings:
+            log.warning("%s", warning)
 
     import uvicorn
 
-    # Restart (exit code 3) only means something when a supervisor starts us again: webui.sh's
-    # loop (it exports SDW_ROOT) or systemd (INVOCATION_ID).
-    control = ServerControl(restartable=bool(environ.get("SDW_ROOT") or environ.get("INVOCATION_ID")))
-    app.state.server_control = control
-    if services.extensions is not None and control.restartable:
-        services.extensions.restart_server = control.restart  # the Extensions tab's "Apply and restart"
+    from modules.api.startup import StartupGate, StartupState
+
+    gate = StartupGate(settings, StartupState(hold_page=not settings.skip_load_model_at_start))
     config = uvicorn.Config(
-        app,
+        gate,
         host=settings.bind_host,
         port=settings.effective_port,
         timeout_keep_alive=settings.timeout_keep_alive,
@@ -341,11 +361,124 @@ def main(argv: Sequence[str], environ: Mapping[str, str]) -> int:
         root_path=settings.subpath or "",
         log_level=(settings.loglevel or "info").lower(),
     )
-    server = uvicorn.Server(config)
-    control.attach(server)
+    from modules.api.lifecycle import GracefulServer
+
+    # SIGTERM/SIGINT/stop: queued jobs fail at once (503), the running one is interrupted, the
+    # worker is joined; READY=1 to systemd once listening (modules.api.lifecycle)
+    server = GracefulServer(config, lambda: launch.services.worker if launch.services is not None else None)
+    launch = _Launch(argv, environ, settings, deferred, gate, server)
+    if settings.ray and not launch.build():  # Ray starts from the main thread: build first, as before
+        return launch.exit_code
+    threading.Thread(target=launch.run, name="start-up", daemon=True).start()
     log.info("serving on http://%s:%d", settings.bind_host, settings.effective_port)
     try:
         server.run()
     finally:
-        services.worker.shutdown()
-    return control.exit_code
+        if launch.services is not None:
+            launch.services.worker.shutdown()
+    return launch.exit_code or (launch.control.exit_code if launch.control is not None else 0)
+
+
+HOLD_ENV = "SDW_TEST_HOLD_STARTUP"
+"""Tests only: the start-up thread waits for the file this names before building the services, so
+a test sees the gate's early answers without racing the build."""
+
+
+class _Launch:
+    """The start-up thread: build the services and the app, hand the app to the gate, load the
+    first model. Its outcome (`services`, `control`, `exit_code`) is read by `main`."""
+
+    def __init__(
+        self,
+        argv: Sequence[str],
+        environ: Mapping[str, str],
+        settings: Settings,
+        deferred: bool,
+        gate: StartupGate,
+        server: uvicorn.Server,
+    ) -> None:
+        self.argv, self.environ, self.settings, self.deferred = argv, environ, settings, deferred
+        self.gate, self.server = gate, server
+        self.services: Services | None = None
+        self.app: FastAPI | None = None
+        self.control: ServerControl | None = None
+        self.exit_code = 0
+
+    def run(self) -> None:
+        if self.app is None and not self.build():
+            self.server.should_exit = True
+            return
+        assert self.app is not None
+        if not self.gate.open(self.app):
+            return  # the server stopped first
+        log.info("start-up: the API and the UI are served")
+
+    def build(self) -> bool:
+        """Services, checkpoints list, model load start, app. False (and `exit_code`) on failure."""
+        state = self.gate.state
+        try:
+            hold = self.environ.get(HOLD_ENV)
+            while hold and not Path(hold).exists():
+                time.sleep(0.05)
+            settings = self.settings
+            if self.deferred:
+                state.set_phase("reading the extensions' flags")
+                from modules.extensions.setup import extension_preloads
+
+                preloads = extension_preloads(settings, REPO_ROOT, self.environ)
+                settings = parse_settings(self.argv, self.environ, preloads=preloads)
+                for warning in settings.warnings:
+                    log.warning("%s", warning)
+            state.set_phase("importing libraries and building the services")
+            services = build_services(settings, REPO_ROOT, self.environ)
+            self.services = services
+            state.set_phase("listing checkpoints")
+            services.registry.refresh()
+            if settings.skip_load_model_at_start:
+                state.set_phase("building the UI" if not settings.nowebui else "building the API")
+            else:  # the model loads while the UI is built (the page says which model)
+                threading.Thread(
+                    target=self._load_model, args=(services,), name="initial model load", daemon=True
+                ).start()
+            app = create_app(services)
+            from modules.api.routes.server import ServerControl
+
+            # Restart (exit code 3) only means something when a supervisor starts us again:
+            # webui.sh's loop (it exports SDW_ROOT) or systemd (INVOCATION_ID).
+            restartable = bool(self.environ.get("SDW_ROOT") or self.environ.get("INVOCATION_ID"))
+            control = ServerControl(restartable=restartable)
+            app.state.server_control = control
+            if services.extensions is not None and control.restartable:
+                services.extensions.restart_server = control.restart  # the Extensions tab's "Apply and restart"
+            control.attach(self.server)
+            self.control, self.app = control, app
+            return True
+        except SettingsError as exc:  # a bad extension flag, --ray without Ray installed
+            print(f"error: {exc}")
+            self.exit_code = 2
+        except Exception as exc:
+            log.exception("start-up failed")
+            self.exit_code = 1
+            state.failed(f"start-up failed: {type(exc).__name__}: {exc}")
+        return False
+
+    def _load_model(self, services: Services) -> None:
+        state = self.gate.state
+        try:
+            load_initial_model(services, lambda name: state.set_phase(f"loading model {name}"))
+        finally:
+            state.release_page()
+
+
+def _has_extension_preloads(settings: Settings, environ: Mapping[str, str]) -> bool:
+    """Whether an enabled extension has a `preload.py` (its flags join ours). Cheap: no script
+    loader, no torch (`modules.extensions.setup.extension_preloads` does the real work)."""
+    from modules.core.options import Options, default_option_infos
+    from modules.core.paths import Paths
+    from modules.extensions.manager import ExtensionManager
+
+    paths = Paths.from_settings(settings, REPO_ROOT, environ)
+    options = Options(default_option_infos(), paths.config_file)
+    options.load()
+    manager = ExtensionManager(settings, paths, options, environ=environ)
+    return any((ext.path / "preload.py").is_file() for ext in manager.active())

@@ -34,6 +34,7 @@ import re
 import time
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 from urllib.parse import urlsplit
 
 from fastapi import FastAPI
@@ -43,7 +44,9 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from modules.api.errors import error_response
 from modules.core.settings import Credentials, Settings
-from modules.services import Services
+
+if TYPE_CHECKING:  # the early start-up app (modules.api.startup) uses this module before torch is imported
+    from modules.services import Services
 
 log = logging.getLogger(__name__)
 api_log = logging.getLogger("sd_webui.api")

@@ -70,16 +70,12 @@ NOT_ACTED_ON_FLAGS: dict[str, str] = {
     "gradio_allowed_path": "not implemented yet: the UI serves files from its own folders only",
     "config": "model configs come from the checkpoint's tensors (and a <name>.yaml beside it)",
     "lowram": "not implemented yet: weights are loaded into RAM first",
-    "xformers": _SDPA,
-    "force_enable_xformers": _SDPA,
-    "xformers_flash_attention": _SDPA,
-    "opt_sdp_no_mem_attention": f"{_SDPA} with its default kernels",
+    "xformers_flash_attention": "xformers (when installed) uses its default kernels",
     "opt_split_attention": _SDPA,
     "opt_sub_quad_attention": _SDPA,
     "opt_split_attention_v1": _SDPA,
     "opt_split_attention_invokeai": _SDPA,
     "disable_opt_split_attention": _SDPA,
-    "opt_channelslast": "not implemented yet",
     "use_ipex": "no Intel XPU support",
     "reinstall_xformers": "the launcher does not install xformers",
     "uv": "the launcher installs with pip",
@@ -195,6 +191,7 @@ class Settings:
     opt_split_attention_invokeai: bool = False
     disable_opt_split_attention: bool = False
     opt_channelslast: bool = False
+    torch_compile: bool = False  # ours: the torch_compile and torch_compile_vae options forced on
     # --- devices ---
     use_cpu: tuple[str, ...] = ()
     use_ipex: bool = False
@@ -572,6 +569,7 @@ def build_parser() -> argparse.ArgumentParser:
     flag("--opt-split-attention-invokeai", "prefer InvokeAI's split attention")
     flag("--disable-opt-split-attention", "no cross-attention optimisation")
     flag("--opt-channelslast", "channels-last memory format")
+    flag("--torch-compile", "torch.compile the UNet and the VAE decoder (the torch_compile options on)")
 
     # devices
     p.add_argument(
