@@ -10,11 +10,13 @@ a 4x model asked for 8x runs twice), then the result is resized with Lanczos to 
 asked for less than the model's factor, the model runs once and the result is scaled down.
 
 On out-of-memory the tile is halved and the image retried, down to `MIN_TILE` pixels; below
-that `UpscaleOutOfMemoryError` says what to change.
+that `UpscaleOutOfMemoryError` (an `OutOfMemoryError`: HTTP 507, the worker goes on) says what to
+change, after what the failed tiles held was freed.
 """
 
 from __future__ import annotations
 
+import gc
 import logging
 import math
 from collections.abc import Callable, Mapping
@@ -25,7 +27,7 @@ import numpy as np
 import torch
 from PIL import Image
 
-from modules.core.errors import SdWebuiError, ValidationError
+from modules.core.errors import OutOfMemoryError, ValidationError
 from modules.models.upscalers import LANCZOS, NEAREST, NONE, LoadedUpscaler, UpscalerInfo
 
 if TYPE_CHECKING:
@@ -42,8 +44,9 @@ MAX_SCALE = 16.0
 Progress = Callable[[int, int], None]
 
 
-class UpscaleOutOfMemoryError(SdWebuiError):
-    """The model ran out of memory even at the smallest tile size."""
+class UpscaleOutOfMemoryError(OutOfMemoryError):
+    """The model ran out of memory even at the smallest tile size (HTTP 507, as any job that runs
+    out of memory; what the tiles held was freed before it is raised)."""
 
 
 @dataclass(frozen=True)
@@ -153,7 +156,7 @@ def tensor_to_pil(tensor: torch.Tensor) -> Image.Image:
 
 def is_out_of_memory(exc: BaseException) -> bool:
     oom_type = getattr(torch, "OutOfMemoryError", None)
-    if oom_type is not None and isinstance(exc, oom_type):
+    if (oom_type is not None and isinstance(exc, oom_type)) or isinstance(exc, MemoryError):
         return True
     return isinstance(exc, RuntimeError) and "out of memory" in str(exc).lower()
 
@@ -175,19 +178,25 @@ def run_tiled_with_retry(
         except Exception as exc:
             if not is_out_of_memory(exc):
                 raise
-            _free_device_memory(image.device)
-            current = tile if tile > 0 else max(height, width)
-            smaller = current // 2
-            if smaller < min_tile:
-                raise UpscaleOutOfMemoryError(
-                    f"upscaler ran out of memory even with {current}px tiles; use a smaller image or a smaller "
-                    "model, free device memory, or run the upscaler on the CPU"
-                ) from exc
-            log.warning("upscaler out of memory with tile %s; retrying with tile %s", tile or "whole image", smaller)
-            tile = smaller
+            reason = (str(exc).strip().splitlines() or [""])[0][:200]
+        # out of the handler, the failed attempt's frames and the tensors they held are gone
+        current = tile if tile > 0 else max(height, width)
+        smaller = current // 2
+        _free_device_memory(image.device, collect=smaller < min_tile)
+        if smaller < min_tile:
+            raise UpscaleOutOfMemoryError(
+                f"The upscaler ran out of memory even with {current}px tiles ({reason}). The memory was freed; "
+                "use a smaller image, scale or model, free device memory, or run the upscaler on the CPU"
+            )
+        log.warning("upscaler out of memory with tile %s; retrying with tile %s", tile or "whole image", smaller)
+        tile = smaller
 
 
-def _free_device_memory(device: torch.device) -> None:
+def _free_device_memory(device: torch.device, *, collect: bool = False) -> None:
+    """The device's cached blocks (the failed tile's tensors were freed with its exception); with
+    `collect`, before giving up, also whatever only a garbage collection finds (it is slow)."""
+    if collect:
+        gc.collect()
     if device.type == "cuda":
         torch.cuda.empty_cache()
 

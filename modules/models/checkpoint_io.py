@@ -102,6 +102,8 @@ def _load_pickle(path: Path, extra_globals: Sequence[Any] = ()) -> Any:
     is_zip = zipfile.is_zipfile(path)
     if is_zip:
         _check_zip_members(path)
+    else:
+        _refuse_broken_zip(path)
     try:
         with torch.serialization.safe_globals([*_allowed_globals(), *extra_globals]):
             obj = torch.load(path, map_location="cpu", weights_only=True, mmap=is_zip)
@@ -117,6 +119,24 @@ def _load_pickle(path: Path, extra_globals: Sequence[Any] = ()) -> Any:
         raise ModelFileError(f"{path}: cannot read checkpoint: {exc}") from exc
     log.info("loaded pickle checkpoint %s (sha256 %s)", path, _sha256_prefix(path))
     return obj
+
+
+def _refuse_broken_zip(path: Path) -> None:
+    """A file that starts as a zip archive (what `torch.save` writes) but has no readable central
+    directory: cut short (an interrupted download or copy) or damaged. torch's own error for it
+    is an OS error or a miniz message that does not say so."""
+    try:
+        with path.open("rb") as fh:
+            head = fh.read(4)
+    except OSError as exc:
+        raise ModelFileError(f"{path}: cannot read: {exc}") from exc
+    if head == b"PK\x03\x04":
+        raise ModelFileError(
+            f"{path}: truncated or damaged: a zip archive without its central directory "
+            f"({path.stat().st_size} bytes; an incomplete download or copy?)"
+        )
+    if not head:
+        raise ModelFileError(f"{path}: empty file")
 
 
 def _check_zip_members(path: Path) -> None:

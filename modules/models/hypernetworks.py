@@ -265,14 +265,42 @@ def _pre_hook(active: Sequence[tuple[Hypernetwork, float]], index: int) -> Any:
     return hook
 
 
+def attention_widths(unet: nn.Module) -> set[int]:
+    """The input widths of every attention's k/v projections (the context width of cross-attention,
+    the channel widths of self-attention): the keys a hypernetwork's layers must have to act."""
+    widths: set[int] = set()
+    for _name, to_k, _to_v in attention_projections(unet):
+        weight = getattr(to_k, "weight", None)
+        if isinstance(weight, torch.Tensor) and weight.dim() == 2:
+            widths.add(int(weight.shape[1]))
+    return widths
+
+
+def unfit_message(network: Hypernetwork, widths: set[int]) -> str | None:
+    """Why `network` changes nothing on a UNet whose attentions take `widths` (a hypernetwork
+    trained for another model family), or None when some of its layers apply."""
+    if not widths or set(network.layers) & widths:
+        return None
+    return (
+        f"hypernetwork {network.name!r} ({network.filename.name}) has layers for widths "
+        f"{sorted(network.layers)}, this model's attentions take {sorted(widths)}: it changes nothing (skipped)"
+    )
+
+
 @contextmanager
 def hypernetworks_applied(unet: nn.Module, active: Sequence[tuple[Hypernetwork, float]]) -> Iterator[None]:
     """Hypernetworks with their strengths on every attention's k and v inputs while inside; the
-    hooks are removed on exit (also on an error). An empty list does nothing."""
+    hooks are removed on exit (also on an error). An empty list does nothing. One made for
+    another model family (no layer of its width) is logged as changing nothing (A1111 is silent)."""
     if not active:
         yield
         return
     frozen = [(hn, float(strength)) for hn, strength in active]
+    widths = attention_widths(unet)
+    for hn, _strength in frozen:
+        message = unfit_message(hn, widths)
+        if message is not None:
+            log.warning("%s", message)
     handles = []
     try:
         for _name, to_k, to_v in attention_projections(unet):

@@ -133,6 +133,15 @@ class StableDiffusionModel:
             baked.to(device="cpu")
 
 
+def is_out_of_memory(exc: BaseException) -> bool:
+    """torch's OutOfMemoryError (a RuntimeError) or a RuntimeError saying so: memory ran out, the
+    file is not at fault, so it must never be reported as a bad file."""
+    oom_type = getattr(torch, "OutOfMemoryError", None)
+    if oom_type is not None and isinstance(exc, oom_type):
+        return True
+    return isinstance(exc, RuntimeError) and "out of memory" in str(exc).lower()
+
+
 # ------------------------------------------------------------------------------ single files
 
 
@@ -165,6 +174,8 @@ def load_single_file(
     try:
         model = build_from_state_dict(state_dict, arch, placement, path)
     except (RuntimeError, KeyError, ValueError) as exc:
+        if is_out_of_memory(exc):
+            raise
         raise ModelFileError(f"{path}: tensors do not fit a {family.label} model: {exc}") from exc
     del state_dict
     timings.build = time.perf_counter() - t0
@@ -281,19 +292,55 @@ def load_vae_file(path: Path, family: fam.ModelFamily, placement: Placement) -> 
     state_dict = read_state_dict(path)
     shapes = {k: tuple(v.shape) for k, v in state_dict.items()}
     if "encoder.down_blocks.0.resnets.0.conv1.weight" in shapes:
-        vae = _diffusers_vae_from_state_dict(state_dict, family, placement.vae_dtype)
+        try:
+            vae = _diffusers_vae_from_state_dict(state_dict, family, placement.vae_dtype)
+        except ModelFileError as exc:
+            raise ModelFileError(f"{path}: {exc}") from exc
+        except (RuntimeError, KeyError, ValueError, IndexError) as exc:
+            if is_out_of_memory(exc):
+                raise
+            raise ModelFileError(f"{path}: VAE tensors do not fit: {type(exc).__name__}: {exc}") from exc
     else:
         try:
             prefix = find_vae_prefix(shapes)
         except UnknownModelError as exc:
             raise UnknownModelError(f"{path}: not a VAE: {exc} ({fam.describe_contents(shapes)})") from exc
-        config = vae_config(shapes, prefix, family)
         try:
-            vae = _build_vae(state_dict, config, placement.vae_dtype)
+            vae = _build_vae(state_dict, vae_config(shapes, prefix, family), placement.vae_dtype)
+        except UnknownModelError as exc:
+            raise UnknownModelError(f"{path}: not a usable VAE: {exc}") from exc
         except (RuntimeError, KeyError, ValueError) as exc:
+            if is_out_of_memory(exc):
+                raise
             raise ModelFileError(f"{path}: VAE tensors do not fit: {exc}") from exc
+    check_vae_fits(vae.config, family, path)
     vae.to(device=placement.device)
     return vae
+
+
+LATENT_CHANNELS = 4  # every supported family's UNet works on 4-channel latents
+VAE_LEVELS = 4  # three downsamplings: latents are 1/8 of the image side
+
+
+def check_vae_fits(config: Mapping[str, Any], family: fam.ModelFamily, path: Path) -> None:
+    """Refuse a VAE that reads and builds but cannot serve `family`'s UNet: another latent width
+    (an SD3/Flux VAE has 16 channels), another downsampling than 8x, or not RGB in and out. Such a
+    file would otherwise load fine and fail (or give garbage) in every generation."""
+    latent = int(config.get("latent_channels", 0))
+    levels = len(config.get("block_out_channels", ()))
+    rgb = (int(config.get("in_channels", 0)), int(config.get("out_channels", 0)))
+    problems = []
+    if latent != LATENT_CHANNELS:
+        problems.append(f"it has {latent} latent channels, {family.label} models use {LATENT_CHANNELS}")
+    if levels != VAE_LEVELS:
+        problems.append(f"it downsamples {2 ** max(levels - 1, 0)}x, {family.label} models need 8x")
+    if rgb != (3, 3):
+        problems.append(f"it maps {rgb[0]} image channels to {rgb[1]}, not RGB to RGB")
+    if problems:
+        raise ModelFileError(
+            f"{path}: this VAE does not fit a {family.label} checkpoint: {'; '.join(problems)} "
+            "(a VAE made for another model family?)"
+        )
 
 
 def _diffusers_vae_from_state_dict(

@@ -36,7 +36,7 @@ import torch
 
 from modules.core.errors import ModelFileError, NotFoundError
 from modules.models.checkpoint_io import read_state_dict
-from modules.models.loader import Placement
+from modules.models.loader import Placement, is_out_of_memory
 from modules.models.memory import UPSCALER, MemoryBudget, module_nbytes
 
 if TYPE_CHECKING:
@@ -166,6 +166,8 @@ def load_descriptor(path: Path, placement: Placement | None = None) -> ImageMode
     except UnsupportedModelError as exc:
         raise ModelFileError(f"{path}: not a supported upscaler model (no known architecture matches)") from exc
     except Exception as exc:  # an architecture matched but its tensors do not fit
+        if is_out_of_memory(exc) or isinstance(exc, MemoryError):
+            raise  # not the file's fault: the worker answers 507 and frees the memory
         raise ModelFileError(f"{path}: cannot build upscaler model: {type(exc).__name__}: {exc}") from exc
     if not isinstance(descriptor, ImageModelDescriptor):
         raise ModelFileError(f"{path}: {descriptor.architecture.name} is not an image-to-image model")

@@ -1,0 +1,192 @@
+"""Model files that cannot be used, through the API (issue 19, item 3): a VAE, upscaler or
+ControlNet file that is truncated, has a corrupt header or shapes that do not fit is refused when
+it is loaded, with a 4xx in A1111's error shape naming the file, never a 500 at generate time, and
+the previous model keeps generating; a LoRA that cannot be used is skipped with a warning (as
+A1111 does); an upscaler that runs out of memory is a 507 and the worker goes on serving."""
+
+from __future__ import annotations
+
+import base64
+import io
+import struct
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+import torch
+from diffusers.models.autoencoders.autoencoder_kl import AutoencoderKL
+from fastapi.testclient import TestClient
+from PIL import Image
+from safetensors.torch import save_file
+
+from modules.models.upscalers import LoadedUpscaler
+from modules.services import Services
+from tests.fixtures.controlnet_files import write_controlnet
+from tests.fixtures.upscaler_models import write_esrgan_old
+
+API_CHECKPOINTS = {"sd1": "sd1.safetensors"}
+V1 = "/sdapi/v1"
+BASE = {"prompt": "a house", "steps": 2, "width": 64, "height": 64, "seed": 1, "sampler_name": "Euler", "cfg_scale": 5}
+KEY = "lora_unet_down_blocks_0_attentions_0_transformer_blocks_0_attn2_to_k"
+
+
+def truncated(src: Path, dst: Path) -> Path:
+    data = src.read_bytes()
+    dst.parent.mkdir(parents=True, exist_ok=True)
+    dst.write_bytes(data[: len(data) // 2])
+    return dst
+
+
+def corrupt(dst: Path) -> Path:
+    """A header that is not JSON (safetensors) / a zip's first bytes and then garbage (pickles)."""
+    dst.parent.mkdir(parents=True, exist_ok=True)
+    if dst.suffix == ".safetensors":
+        dst.write_bytes(struct.pack("<Q", 24) + b'{"a": not json at all!!}' + b"\0" * 64)
+    else:
+        dst.write_bytes(b"PK\x03\x04" + b"not the rest of a zip archive " * 4)
+    return dst
+
+
+def vae_16_channels(path: Path) -> Path:
+    """A VAE that reads and builds but makes 16-channel latents (as SD3/Flux VAEs), in diffusers keys."""
+    config = {
+        "block_out_channels": [32, 32, 32, 32],
+        "down_block_types": ["DownEncoderBlock2D"] * 4,
+        "up_block_types": ["UpDecoderBlock2D"] * 4,
+        "layers_per_block": 1,
+        "latent_channels": 16,
+        "norm_num_groups": 32,
+    }
+    vae = AutoencoderKL.from_config(config)
+    save_file({k: v.contiguous() for k, v in vae.state_dict().items()}, str(path))
+    return path
+
+
+def png(width: int = 32, height: int = 32) -> str:
+    out = io.BytesIO()
+    Image.fromarray(np.full((height, width, 3), 128, np.uint8)).save(out, format="PNG")
+    return base64.b64encode(out.getvalue()).decode()
+
+
+@pytest.fixture(scope="module")
+def files(api_services: Services, tiny_models: dict[str, Path], tmp_path_factory: pytest.TempPathFactory) -> None:
+    paths, src = api_services.paths, tmp_path_factory.mktemp("sources")
+    paths.vae_dir.mkdir(parents=True, exist_ok=True)
+    truncated(tiny_models["vae"], paths.vae_dir / "vae-cut.safetensors")
+    corrupt(paths.vae_dir / "vae-junk.safetensors")
+    vae_16_channels(paths.vae_dir / "vae-16ch.safetensors")
+
+    paths.lora_dir.mkdir(parents=True, exist_ok=True)
+    fits = {f"{KEY}.lora_down.weight": torch.ones(2, 64), f"{KEY}.lora_up.weight": torch.ones(32, 2)}
+    save_file(fits, str(src / "lora.safetensors"))
+    truncated(src / "lora.safetensors", paths.lora_dir / "lora-cut.safetensors")
+    corrupt(paths.lora_dir / "lora-junk.safetensors")
+    full_size = {f"{KEY}.lora_down.weight": torch.ones(2, 768), f"{KEY}.lora_up.weight": torch.ones(320, 2)}
+    save_file(full_size, str(paths.lora_dir / "lora-other-model.safetensors"))  # a real SD 1.5 LoRA's widths
+
+    write_esrgan_old(src / "esrgan.pth")
+    truncated(src / "esrgan.pth", paths.esrgan_dir / "esrgan-cut.pth")
+    corrupt(paths.esrgan_dir / "esrgan-junk.pth")
+    state = torch.load(src / "esrgan.pth")
+    state[next(iter(state))] = torch.zeros(3, 3)  # the first conv is no conv
+    torch.save(state, paths.esrgan_dir / "esrgan-misshapen.pth")
+    write_esrgan_old(paths.esrgan_dir / "esrgan-ok.pth")
+
+    write_controlnet(src / "cn.safetensors", "sd1", seed=3)
+    truncated(src / "cn.safetensors", paths.controlnet_dir / "cn-cut.safetensors")
+    write_controlnet(paths.controlnet_dir / "cn-sd2.safetensors", "sd2", seed=3)
+    api_services.networks.refresh()
+
+
+def assert_refused(r: Any, needle: str, status: int = 400) -> dict[str, Any]:
+    assert r.status_code == status, r.text[:500]
+    body = r.json()
+    assert set(body) >= {"error", "detail", "body", "errors"}, body
+    assert needle in str(body["detail"]), body["detail"]
+    return body
+
+
+def generates(client: TestClient, **extra: Any) -> dict[str, Any]:
+    r = client.post(f"{V1}/txt2img", json={**BASE, **extra})
+    assert r.status_code == 200, r.text[:500]
+    return dict(r.json())
+
+
+@pytest.mark.parametrize(
+    ("name", "says"),
+    [
+        ("vae-cut.safetensors", "truncated"),
+        ("vae-junk.safetensors", "not valid JSON"),
+        ("vae-16ch.safetensors", "16 latent channels"),
+    ],
+)
+def test_a_bad_vae_is_refused_naming_it_and_the_previous_one_stays(
+    client: TestClient, files: None, name: str, says: str
+) -> None:
+    client.post(f"{V1}/refresh-vae")
+    before = client.get(f"{V1}/options").json()["sd_vae"]
+    body = assert_refused(client.post(f"{V1}/options", json={"sd_vae": name}), name)
+    assert says in body["detail"]
+    assert client.get(f"{V1}/options").json()["sd_vae"] == before
+    # the per-request override loads it too: the same refusal, not a 500 from the sampler
+    assert_refused(client.post(f"{V1}/txt2img", json={**BASE, "override_settings": {"sd_vae": name}}), name)
+    generates(client)
+
+
+def test_a_lora_that_cannot_be_used_is_skipped_with_a_warning_naming_it(client: TestClient, files: None) -> None:
+    """A1111 skips such a LoRA and generates (features.md 1.2: unmatched keys are logged); here
+    the result says which and why."""
+    prompt = "a house <lora:lora-cut:1> <lora:lora-junk:1> <lora:lora-other-model:1>"
+    warnings = generates(client, prompt=prompt)["info"]
+    assert "lora-cut" in warnings and "truncated" in warnings
+    assert "lora-junk" in warnings and "not valid JSON" in warnings
+    assert "'lora-other-model' (SD1) matches no layer of this SD 1.x model: skipped" in warnings
+
+
+@pytest.mark.parametrize(
+    ("name", "says"),
+    [
+        ("esrgan-cut", "truncated"),
+        ("esrgan-junk", "truncated or damaged"),
+        ("esrgan-misshapen", "size mismatch"),
+    ],
+)
+def test_a_bad_upscaler_is_refused_naming_it(client: TestClient, files: None, name: str, says: str) -> None:
+    r = client.post(f"{V1}/extra-single-image", json={"image": png(), "upscaler_1": name, "upscaling_resize": 2})
+    assert says in assert_refused(r, f"{name}.pth")["detail"]
+
+
+def test_a_bad_hires_upscaler_is_refused_naming_it(client: TestClient, files: None) -> None:
+    hires = {"enable_hr": True, "hr_scale": 1.5, "hr_upscaler": "esrgan-misshapen", "hr_second_pass_steps": 1}
+    assert_refused(client.post(f"{V1}/txt2img", json={**BASE, **hires}), "esrgan-misshapen.pth")
+    generates(client)
+
+
+@pytest.mark.parametrize(("name", "says"), [("cn-cut", "truncated"), ("cn-sd2", "SD 2.x ControlNet on an SD 1.x")])
+def test_a_bad_controlnet_is_refused_naming_it(client: TestClient, files: None, name: str, says: str) -> None:
+    unit = {"image": png(64, 64), "module": "none", "model": name, "weight": 1.0, "enabled": True}
+    r = client.post(f"{V1}/txt2img", json={**BASE, "alwayson_scripts": {"controlnet": {"args": [unit]}}})
+    assert says in assert_refused(r, name)["detail"]
+
+
+def test_an_upscaler_out_of_memory_is_507_and_the_worker_goes_on(
+    client: TestClient, files: None, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    calls = 0
+
+    def out_of_memory(self: LoadedUpscaler, image: torch.Tensor) -> torch.Tensor:
+        nonlocal calls
+        calls += 1
+        raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 12.00 GiB")
+
+    payload = {"image": png(), "upscaler_1": "esrgan-ok", "upscaling_resize": 2}
+    with monkeypatch.context() as patch:
+        patch.setattr(LoadedUpscaler, "__call__", out_of_memory)
+        r = client.post(f"{V1}/extra-single-image", json=payload)
+    body = assert_refused(r, "ran out of memory", status=507)
+    assert "Tried to allocate 12.00 GiB" in body["detail"] and "memory was freed" in body["detail"]
+    assert calls >= 2  # the tile was halved and retried before giving up
+    assert client.get(f"{V1}/progress").json()["state"]["job_count"] == 0
+    r = client.post(f"{V1}/extra-single-image", json=payload)
+    assert r.status_code == 200, r.text[:300]
