@@ -136,11 +136,10 @@ NOT_ACTED_ON: dict[str, tuple[str, ...]] = {
     f"{_LATER}: the inpaint mask brush has Gradio's default color": ("img2img_inpaint_mask_brush_color",),
     f"{_LATER}: results hold the generated images only": ("return_mask", "return_mask_composite"),
     f"{_LATER}: no token merging": ("token_merging_ratio", "token_merging_ratio_img2img", "token_merging_ratio_hr"),
-    f"{_LATER}: conditioning is computed per job, prompt and negative prompt unpadded and batched together": (
+    f"{_LATER}: conditioning is computed per job, prompt and negative prompt unpadded": (
         "pad_cond_uncond",
         "pad_cond_uncond_v0",
         "persistent_cond_cache",
-        "batch_cond_uncond",
     ),
     f"{_LATER}: no fp8 weights": ("fp8_storage", "cache_fp16_weight"),
     f"{_LATER}: no switch back to old behaviour": (
@@ -716,6 +715,16 @@ def _optimizations_and_compat() -> list[OptionInfo]:
             choices=("Disable", "Enable for SDXL", "Enable"),
         ),
         _opt("cache_fp16_weight", False, "Cache FP16 weight for LoRA", o),
+        _opt("torch_compile", False, "torch.compile the UNet (the first image of each size compiles it)", o),
+        _opt("torch_compile_vae", False, "torch.compile the VAE decoder", o),
+        _opt(
+            "torch_compile_mode",
+            "default",
+            "torch.compile mode",
+            o,
+            choices=("default", "reduce-overhead", "max-autotune-no-cudagraphs"),
+        ),
+        _opt("torch_compile_backend", "inductor", "torch.compile backend", o, choices=("inductor", "aot_eager", "eager")),
         _opt("auto_backcompat", True, "Automatic backward compatibility for pasted infotexts", c),
         _opt("use_old_emphasis_implementation", False, "Use old emphasis implementation", c),
         _opt("use_old_karras_scheduler_sigmas", False, "Use old karras scheduler sigmas (0.1 to 10)", c),

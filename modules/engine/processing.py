@@ -90,6 +90,7 @@ class EngineSettings:
     nan_check: bool = True  # off with --disable-nan-check
     auto_vae_precision: bool = True
     auto_vae_precision_bfloat16: bool = False
+    batch_cond_uncond: bool = True
 
 
 def preview_decoder(
@@ -249,7 +250,9 @@ class Processor:
         hooks: Hooks | None = None,
         models: ModelAccess | None = None,
         networks: JobNetworks | None = None,
+        unet_for: Callable[[torch.nn.Module], torch.nn.Module] | None = None,
     ) -> None:
+        self.unet_for = unet_for  # what the sampler calls for a model's UNet (a compiled one), None = the UNet
         self.model_upscale = model_upscale
         self.hooks = hooks if hooks is not None else Hooks()
         self.model = model
@@ -411,7 +414,7 @@ class Processor:
         encode_plan(enc, plan)
         self._note_embeddings(enc)
         return SamplingJob(
-            unet=model.unet,
+            unet=self.job_unet(model),
             schedule=sp.schedule,
             conds_at=lambda i: step_conds(enc, plan, i),
             cfg_scale=self.request.cfg_scale,
@@ -424,7 +427,11 @@ class Processor:
             unet_wrappers=self.hooks.unet_wrappers,
             context=self.ctx,
             upcast=self.settings.upcast_sampling,
+            batch_cond_uncond=self.settings.batch_cond_uncond,
         )
+
+    def job_unet(self, model: StableDiffusionModel) -> torch.nn.Module:
+        return model.unet if self.unet_for is None else self.unet_for(model.unet)
 
     def _note_embeddings(self, encoder: Encoder) -> None:
         """The embeddings the prompts used and the networks' hashes, for the infotext."""
@@ -611,7 +618,7 @@ class _Refiner:
         p._note_embeddings(encoder)
         job = denoiser.job
         batch = self.batch
-        job.unet = model.unet
+        job.unet = p.job_unet(model)
         job.prediction_type = model.prediction_type
         job.conds_at = lambda i: step_conds(encoder, plan, i)
         job.added_time_ids = _time_ids(model, self.width, self.height, batch, p.settings)
@@ -1260,4 +1267,5 @@ def options_to_settings(get: Callable[[str], Any], overrides: Mapping[str, Any])
         sdxl_clip_l_skip=bool(value("sdxl_clip_l_skip", False)),
         auto_vae_precision=bool(value("auto_vae_precision", True)),
         auto_vae_precision_bfloat16=bool(value("auto_vae_precision_bfloat16", False)),
+        batch_cond_uncond=bool(value("batch_cond_uncond", True)),
     )

@@ -268,6 +268,7 @@ class SamplingJob:
     before_call: Callable[[CFGDenoiser, torch.Tensor], None] | None = None  # e.g. the SDXL refiner handover
     notes: dict[str, Any] = field(default_factory=dict)  # infotext entries the denoiser adds (NGMS, ...)
     upcast: bool = False  # --upcast-sampling: the half-precision UNet runs under autocast
+    batch_cond_uncond: bool = True  # A1111's option: cond and uncond rows in one UNet call (else one call each)
 
 
 def _call_unet(job: SamplingJob, call: UNetCall) -> torch.Tensor:
@@ -469,7 +470,7 @@ class CFGDenoiser:
 
         def run(model_x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
             texts = [p[0] for p in parts]
-            if all(_same_length(texts[0], other) for other in texts[1:]):
+            if job.batch_cond_uncond and all(_same_length(texts[0], other) for other in texts[1:]):
                 images = [p[1] for p in parts]
                 both_image = None if images[0] is None else torch.cat(images)  # type: ignore[arg-type]
                 owners_all = [o for p in parts for o in p[3]]

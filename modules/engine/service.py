@@ -31,6 +31,7 @@ from modules.core.requests import GenerationRequest, Img2ImgRequest, Limits, Txt
 from modules.core.results import ModelUsed, Result
 from modules.core.styles import StyleDatabase
 from modules.engine import samplers as smp
+from modules.engine.compile import CompileReport, CompileSettings, compiled_unet, compiled_vae
 from modules.engine.controlnet_service import ControlNetService
 from modules.engine.extra_networks import ExtraNetworks, JobNetworks, NetworkSet
 from modules.engine.hooks import Hooks, ImageEvent, ProcessEvent, SaveEvent
@@ -44,6 +45,7 @@ from modules.engine.processing import (
     seamless_tiling,
 )
 from modules.engine.worker import Job, JobContext, Worker
+from modules.models.fast_paths import FastPaths, attention_context, prepare_model
 from modules.models.loader import StableDiffusionModel
 from modules.models.manager import ModelManager
 from modules.models.registry import CheckpointInfo
@@ -189,7 +191,9 @@ class GenerationService:
         upcast_sampling: bool = False,
         nan_check: bool = True,
         networks: ExtraNetworks | None = None,
+        fast_paths: FastPaths | None = None,
     ) -> None:
+        self.fast_paths = fast_paths  # the flags' GPU fast paths (attention kernels, channels_last, --torch-compile)
         self.styles = styles
         self.taesd = taesd
         self.upscale = upscale
@@ -363,6 +367,13 @@ class GenerationService:
             controlnet = self.controlnet.begin(local, request)  # its wrapper, filled once the seeds are known
             hooks = hooks.combined(local)
         with self.models.lease(spec) as model, contextlib.closing(networks):
+            prepare_model(model, self.fast_paths)
+            forced = self.fast_paths is not None and self.fast_paths.torch_compile
+            compiling = CompileSettings.from_options(self.options.get, overrides, forced=forced)
+            compile_report = CompileReport()
+            if compiling.any and model.offloader is not None:
+                compile_report.notes.append("torch.compile: not used with --medvram/--lowvram (parts move as they run)")
+                compiling = CompileSettings()
             used = self._model_used(model)
             preview_kind = str(overrides.get("show_progress_type", self._option("show_progress_type", "Approx NN")))
             taesd = None
@@ -389,19 +400,25 @@ class GenerationService:
                     title=self._active_short_title,
                 ),
                 networks=networks,
+                unet_for=(lambda unet: compiled_unet(unet, compiling, compile_report)) if compiling.unet else None,
             )
             seeds, subseeds = processor.seeds()
             if controlnet is not None:
                 assert self.controlnet is not None
                 self.controlnet.prepare(controlnet, request, model, seeds[0], subseeds[0])
             hooks.before_process.fire(ProcessEvent(request, list(seeds), list(subseeds), model.family.label))
-            with seamless_tiling(model, bool(request.tiling)):
+            with (
+                seamless_tiling(model, bool(request.tiling)),
+                attention_context(self.fast_paths),
+                compiled_vae(model.vae, compiling, compile_report),
+            ):
                 if isinstance(request, Img2ImgRequest):
                     result = run_img2img(processor, request, ctx)
                 else:
                     assert isinstance(request, Txt2ImgRequest)
                     result = run_txt2img(processor, request, ctx)
             result.warnings.extend(processor.warnings)
+            self._note_compile(result, compile_report)
             if controlnet is not None:
                 for params in result.params:
                     params.update(controlnet.params)
@@ -423,6 +440,17 @@ class GenerationService:
         if not request.override_settings_restore_afterwards and overrides:
             self._keep_overrides(overrides)
         return result
+
+    @staticmethod
+    def _note_compile(result: Result, report: CompileReport) -> None:
+        """The compile cost as the infotext entry "Compile" (and a log line); notes as warnings."""
+        result.warnings.extend(n for n in report.notes if n not in result.warnings)
+        text = report.infotext()
+        if text is None:
+            return
+        log.info("torch.compile in this job: %s (%d shape(s) compiled)", text, report.compiles)
+        for params in result.params:
+            params["Compile"] = text
 
     def spec_for(self, request: GenerationRequest, clip_skip: int) -> ModelSpec:
         """The model a request runs with: its `override_settings` checkpoint / VAE, else the

@@ -7,17 +7,20 @@ fp32 (half precision there is slow and partly unsupported). `--medvram`, `--medv
 `--lowvram` keep components off the GPU between stages (`modules.models.offload`); on a CPU they
 have nothing to do, and say so. `--upcast-sampling` runs the fp16 UNet under autocast, so that its
 normalisations and softmaxes compute in fp32 (the sampler's own arithmetic is fp32 always).
+`--xformers`, `--opt-sdp-no-mem-attention`, `--opt-channelslast` and `--torch-compile` become the
+policy's `fast_paths` (`modules.models.fast_paths`).
 """
 
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Literal
 
 import torch
 
 from modules.core.settings import Settings
+from modules.models.fast_paths import FastPaths, fast_paths_from_settings
 from modules.models.loader import Placement
 
 log = logging.getLogger(__name__)
@@ -30,7 +33,12 @@ class DevicePolicy:
     placement: Placement
     memory_mode: MemoryMode
     upcast_sampling: bool
-    attention: str  # "sdp" (PyTorch scaled_dot_product_attention), "xformers"
+    fast_paths: FastPaths = field(default_factory=FastPaths)
+
+    @property
+    def attention(self) -> str:
+        """ "sdp" (PyTorch scaled_dot_product_attention) or "xformers" (--xformers, installed)."""
+        return self.fast_paths.attention
 
 
 def select_device(settings: Settings) -> torch.device:
@@ -65,17 +73,9 @@ def policy_from_settings(settings: Settings, device: torch.device | None = None)
         log.warning("--%s: the model runs on the CPU, so there is nothing to offload; the flag has no effect", mode)
     if settings.upcast_sampling and dtype != torch.float16:
         log.warning("--upcast-sampling: the UNet already runs in fp32 here (%s); the flag has no effect", device)
-    attention = "sdp"
-    if settings.xformers or settings.force_enable_xformers:
-        try:
-            import xformers  # noqa: F401
-        except ImportError:
-            log.warning("--xformers given but xformers is not installed; using PyTorch SDPA attention")
-        else:
-            attention = "xformers"
     return DevicePolicy(
         placement=Placement(device=device, dtype=dtype, vae_dtype=vae_dtype, text_encoder_dtype=dtype),
         memory_mode=mode,
         upcast_sampling=settings.upcast_sampling and dtype == torch.float16,
-        attention=attention,
+        fast_paths=fast_paths_from_settings(settings, device),
     )

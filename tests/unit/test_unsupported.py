@@ -132,7 +132,7 @@ def test_flags_nothing_acts_on_are_declared_and_the_rest_are_read() -> None:
 @pytest.mark.parametrize(
     ("argv", "expected"),
     [
-        (["--xformers"], "--xformers: accepted, not acted on (attention uses torch SDPA)"),
+        (["--opt-split-attention"], "--opt-split-attention: accepted, not acted on (attention uses torch SDPA)"),
         (["--gradio-allowed-path", "/tmp"], "--gradio-allowed-path: accepted, not acted on ("),
     ],
 )

@@ -1,0 +1,109 @@
+"""GPU fast paths on the tiny fixture model, each changing what it should and nothing else:
+batched cond/uncond (`batch_cond_uncond`), channels_last weights (`--opt-channelslast`), the SDPA
+kernel choice (`--opt-sdp-no-mem-attention`) and `torch.compile` (`torch_compile*` options)."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import numpy as np
+import pytest
+import torch
+
+from modules.core.infotext import parse_infotext
+from modules.engine.compile import CompileSettings
+from modules.engine.sampling import UNetCall
+from modules.engine.service import GenerationService
+from modules.models.fast_paths import FastPaths, is_channels_last
+from tests.engine.support import pixels, t2i
+
+pytestmark = pytest.mark.usefixtures("no_network")
+
+SD1 = {"sd_model_checkpoint": "sd1"}
+
+
+@pytest.fixture()
+def unet_rows(engine: GenerationService) -> Iterator[list[int]]:
+    """The number of rows of every UNet call the engine makes while the test runs."""
+    rows: list[int] = []
+
+    def count(call: UNetCall, rest):  # type: ignore[no-untyped-def]
+        rows.append(call.x.shape[0])
+        return rest(call)
+
+    remove = engine.hooks.add_unet_wrapper(count)
+    yield rows
+    remove()
+
+
+def test_batch_cond_uncond_off_calls_the_unet_twice_as_often_for_the_same_pixels(
+    engine: GenerationService, unet_rows: list[int]
+) -> None:
+    batched = engine.run_sync(t2i(negative_prompt="blurry", batch_size=2), 120)
+    calls_batched, rows_batched = len(unet_rows), sum(unet_rows)
+    unet_rows.clear()
+    apart = engine.run_sync(
+        t2i(negative_prompt="blurry", batch_size=2, override_settings={**SD1, "batch_cond_uncond": False}), 120
+    )
+    assert calls_batched == 3 and set(unet_rows) == {2}  # 3 steps: cond and uncond rows of 2 images each call
+    assert len(unet_rows) == 2 * calls_batched and sum(unet_rows) == rows_batched
+    for a, b in zip(batched.images, apart.images, strict=True):
+        assert np.abs(pixels(a) - pixels(b)).max() <= 1
+
+
+def test_channels_last_keeps_the_pixels_and_stores_the_weights_channels_last(engine: GenerationService) -> None:
+    plain = engine.run_sync(t2i(), 120)
+    model = engine.models.active.model  # type: ignore[union-attr]
+    assert not is_channels_last(model.unet)
+    fast = GenerationService(engine.models, engine.options, engine.worker, fast_paths=FastPaths(channels_last=True))
+    try:
+        result = fast.run_sync(t2i(), 120)
+        assert is_channels_last(model.unet) and is_channels_last(model.vae)
+        assert np.abs(pixels(result.images[0]) - pixels(plain.images[0])).max() <= 1
+    finally:  # the module's other tests use the model as loaded
+        for module in (model.unet, model.vae):
+            module.to(memory_format=torch.contiguous_format)
+            vars(module).pop("_sdwebui_fast_paths", None)
+
+
+def test_sdp_no_mem_attention_disables_the_memory_efficient_kernel_around_the_job(engine: GenerationService) -> None:
+    seen: list[bool] = []
+
+    def record(call: UNetCall, rest):  # type: ignore[no-untyped-def]
+        seen.append(torch.backends.cuda.mem_efficient_sdp_enabled())
+        return rest(call)
+
+    # the kernel choice is made for CUDA devices; the switch itself is global and visible here
+    fast = GenerationService(
+        engine.models, engine.options, engine.worker, fast_paths=FastPaths(device=torch.device("cuda"), sdp_no_mem=True)
+    )
+    remove = fast.hooks.add_unet_wrapper(record)
+    try:
+        fast.run_sync(t2i(steps=1), 120)
+    finally:
+        remove()
+    assert seen == [False]
+    assert torch.backends.cuda.mem_efficient_sdp_enabled()  # back after the job
+
+
+def test_torch_compile_gives_the_eager_image_and_reports_its_cost(engine: GenerationService) -> None:
+    eager = engine.run_sync(t2i(steps=2), 120)
+    compiled_options = {**SD1, "torch_compile": True, "torch_compile_vae": True, "torch_compile_backend": "aot_eager"}
+    first = engine.run_sync(t2i(steps=2, override_settings=compiled_options), 300)
+    again = engine.run_sync(t2i(steps=2, override_settings=compiled_options), 120)
+    assert np.abs(pixels(first.images[0]) - pixels(eager.images[0])).max() <= 1
+    assert np.array_equal(pixels(again.images[0]), pixels(first.images[0]))
+    compile_field = parse_infotext(first.infotexts[0])["Compile"]
+    assert compile_field.endswith(" s, recompiles: 0"), compile_field
+    assert "Compile" not in parse_infotext(again.infotexts[0])  # nothing compiled the second time
+    assert "Compile" not in parse_infotext(eager.infotexts[0])
+    model = engine.models.active.model  # type: ignore[union-attr]
+    assert type(model.vae.decoder).__name__ != "_CompiledDecoder"  # the VAE has its own decoder back
+
+
+def test_compile_settings_from_options_and_the_flag() -> None:
+    options = {"torch_compile": False, "torch_compile_mode": "reduce-overhead"}
+    assert not CompileSettings.from_options(options.__getitem__, {}).any
+    forced = CompileSettings.from_options(options.__getitem__, {}, forced=True)
+    assert forced.unet and forced.vae and forced.mode == "reduce-overhead" and forced.backend == "inductor"
+    assert CompileSettings.from_options(options.__getitem__, {"torch_compile_mode": "bogus"}).mode == "default"
