@@ -124,6 +124,7 @@ def build_services(
         upcast_sampling=policy.upcast_sampling,
         nan_check=not settings.disable_nan_check,
         networks=extra_networks,
+        fast_paths=policy.fast_paths,
     )
     controlnet = ControlNetService(
         ControlNetRegistry(paths.controlnet_dirs, hash_cache),
