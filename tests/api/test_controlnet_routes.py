@@ -290,7 +290,8 @@ def test_detect_422s_are_the_extensions(
     assert response.status_code == 422
     payload = response.json()
     assert payload["error"] == "HTTPException"
-    assert payload["detail"] == detail
+    assert payload["detail"] == [{"loc": ["body"], "msg": detail, "type": "value_error"}]
+    assert payload["errors"] == detail
     assert provider.calls == []
 
 
@@ -299,7 +300,7 @@ def test_detect_bad_images_and_bodies(client: TestClient, provider: FakeProvider
         "/controlnet/detect", json={"controlnet_module": "canny", "controlnet_input_images": [png_b64(RED), "aGVsbG8="]}
     )
     assert response.status_code == 422
-    assert response.json()["detail"].startswith("controlnet_input_images[1]: not a readable image")
+    assert response.json()["errors"].startswith("controlnet_input_images[1]: not a readable image")
     assert provider.calls == []  # every image is decoded before anything runs
     response = client.post("/controlnet/detect", json={"controlnet_module": "canny", "controlnet_input_images": "abc"})
     assert response.status_code == 422

@@ -191,12 +191,12 @@ def _png_bytes() -> bytes:
 def test_bad_images_are_422_naming_the_field(client: TestClient, image: str, fragment: str) -> None:
     r = client.post("/sdapi/v1/img2img", json={"init_images": [image], **SMALL})
     assert r.status_code == 422, r.text
-    assert fragment in r.json()["detail"]
+    assert fragment in r.json()["errors"]
 
 
 def test_bad_mask_names_the_mask(client: TestClient) -> None:
     r = client.post("/sdapi/v1/img2img", json={"init_images": [b64_png(init_image())], "mask": "!!", **SMALL})
-    assert r.status_code == 422 and r.json()["detail"].startswith("mask:")
+    assert r.status_code == 422 and r.json()["detail"][0]["msg"].startswith("mask:")
 
 
 def test_pixel_cap(client: TestClient, api_services: Services) -> None:
@@ -207,7 +207,7 @@ def test_pixel_cap(client: TestClient, api_services: Services) -> None:
         r = client.post("/sdapi/v1/img2img", json={"init_images": [b64_png(huge)], **SMALL})
     finally:
         api_services.options.set("img_max_size_mp", previous)
-    assert r.status_code == 422 and "larger than the limit of 5 MP" in r.json()["detail"]
+    assert r.status_code == 422 and "larger than the limit of 5 MP" in r.json()["errors"]
 
 
 # -- image URLs ----------------------------------------------------------------------------------
@@ -257,7 +257,7 @@ def test_urls_refused_when_requests_are_disabled(client: TestClient, api_service
         r = _img2img_url(client, "https://example.com/a.png")
     finally:
         api_services.options.set_readonly("api_enable_requests", True)
-    assert r.status_code == 422 and "not enabled" in r.json()["detail"]
+    assert r.status_code == 422 and "not enabled" in r.json()["errors"]
 
 
 @pytest.mark.parametrize(
@@ -275,7 +275,7 @@ def test_urls_refused_when_requests_are_disabled(client: TestClient, api_service
 def test_urls_to_local_addresses_are_refused_even_when_enabled(client: TestClient, url: str) -> None:
     r = _img2img_url(client, url)
     assert r.status_code == 422, r.text
-    assert "local resource not allowed" in r.json()["detail"]
+    assert "local resource not allowed" in r.json()["errors"]
 
 
 def test_url_fetch_and_redirect_checks(image_server: str, monkeypatch: pytest.MonkeyPatch) -> None:

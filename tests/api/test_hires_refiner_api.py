@@ -61,7 +61,7 @@ def test_refiner_errors_come_before_queueing(client: TestClient) -> None:
     assert "refiner_checkpoint" in missing.json()["detail"]
     beyond = client.post("/sdapi/v1/txt2img", json={**base, "refiner_checkpoint": "refiner", "refiner_switch_at": 1.5})
     assert beyond.status_code == 422
-    assert "refiner_switch_at" in beyond.json()["detail"]
+    assert "refiner_switch_at" in beyond.json()["errors"]
 
 
 def test_hires_second_checkpoint_sampler_and_prompt(client: TestClient) -> None:

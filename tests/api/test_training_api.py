@@ -56,14 +56,14 @@ def test_a_value_of_the_wrong_type_is_a_422_naming_the_field(client: TestClient,
         json={"embedding_name": "x", "data_root": str(tmp_path), "batch_size": "many"},
     )
     assert r.status_code == 422
-    assert "batch_size" in r.json()["detail"]
+    assert "batch_size" in r.json()["errors"]
 
 
 def test_lora_route_validates_before_queueing(client: TestClient, tmp_path: Path) -> None:
     r = client.post("/sdapi/v1/train/lora", json={"name": "l"})
-    assert r.status_code == 422 and "data_root" in r.json()["detail"]
+    assert r.status_code == 422 and "data_root" in r.json()["errors"]
     r = client.post("/sdapi/v1/train/lora", json={"name": "l", "data_root": str(tmp_path), "resolution": "32"})
-    assert r.status_code == 422 and "resolution" in r.json()["detail"]
+    assert r.status_code == 422 and "resolution" in r.json()["errors"]
 
 
 def test_status_is_404_for_an_unknown_run(client: TestClient) -> None:

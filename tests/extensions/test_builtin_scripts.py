@@ -82,7 +82,7 @@ def post_error(client: TestClient, tab: str, payload: dict[str, Any]) -> str:
     response = client.post(f"/sdapi/v1/{tab}", json=payload)
     assert response.status_code in (400, 422), response.text
     body = response.json()
-    return str(body.get("detail") or body.get("errors") or body)
+    return str(body.get("errors") or body.get("detail") or body)
 
 
 def img2img(**extra: Any) -> dict[str, Any]:

@@ -604,7 +604,7 @@ def test_bad_axes_are_user_errors_before_any_image(
     before = set((api_data_dir / "outputs").rglob("*.png"))
     response = post(client, args, save_images=True)
     assert response.status_code in (400, 404, 422), response.text
-    assert message in response.json()["detail"]
+    assert message in response.json()["errors"]
     assert set((api_data_dir / "outputs").rglob("*.png")) == before  # nothing was generated
 
 
@@ -656,6 +656,6 @@ def test_checkpoint_vae_and_styles_axes(client: TestClient) -> None:
     assert info["all_negative_prompts"] == ["", "", "ugly", "ugly"]
     assert "X Type: Checkpoint name, X Values: sd1" in info["infotexts"][0]
     response = post(client, xyz_args(30, "red, green", csv_mode=True))
-    assert response.status_code == 422 and "unknown style: green" in response.json()["detail"]
+    assert response.status_code == 422 and "unknown style: green" in response.json()["errors"]
     response = post(client, xyz_args(29, "Automatic, nonexistent.pt", csv_mode=True))
-    assert response.status_code == 422 and "unknown VAE: nonexistent.pt" in response.json()["detail"]
+    assert response.status_code == 422 and "unknown VAE: nonexistent.pt" in response.json()["errors"]
