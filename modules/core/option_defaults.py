@@ -141,7 +141,7 @@ NOT_ACTED_ON: dict[str, tuple[str, ...]] = {
         "pad_cond_uncond_v0",
         "persistent_cond_cache",
     ),
-    f"{_LATER}: no fp8 weights": ("fp8_storage", "cache_fp16_weight"),
+    f"{_LATER}: LoRAs patch fp8-stored weights in place (no fp16 copy is kept)": ("cache_fp16_weight",),
     f"{_LATER}: no switch back to old behaviour": (
         "use_old_emphasis_implementation",
         "use_old_hires_fix_width_height",

@@ -45,6 +45,7 @@ from modules.engine.processing import (
     seamless_tiling,
 )
 from modules.engine.worker import Job, JobContext, Worker
+from modules.models import fp8
 from modules.models.fast_paths import FastPaths, attention_context, prepare_model
 from modules.models.loader import StableDiffusionModel
 from modules.models.manager import ModelManager
@@ -374,6 +375,13 @@ class GenerationService:
             if compiling.any and model.offloader is not None:
                 compile_report.notes.append("torch.compile: not used with --medvram/--lowvram (parts move as they run)")
                 compiling = CompileSettings()
+            fp8_setting = str(overrides.get("fp8_storage", self._option("fp8_storage", "Disable")))
+            fp8_note = fp8.sync(model.unet, fp8_setting, is_sdxl=model.family.is_sdxl, device=model.device)
+            if fp8_note is not None:
+                compile_report.notes.append(fp8_note)
+            elif compiling.unet and fp8.is_fp8(model.unet):
+                compile_report.notes.append("torch.compile: the UNet is not compiled while it stores fp8 weights")
+                compiling = replace(compiling, unet=False)
             used = self._model_used(model)
             preview_kind = str(overrides.get("show_progress_type", self._option("show_progress_type", "Approx NN")))
             taesd = None
@@ -419,6 +427,9 @@ class GenerationService:
                     result = run_txt2img(processor, request, ctx)
             result.warnings.extend(processor.warnings)
             self._note_compile(result, compile_report)
+            if fp8.is_fp8(model.unet):
+                for params in result.params:
+                    params["FP8 weight"] = fp8_setting
             if controlnet is not None:
                 for params in result.params:
                     params.update(controlnet.params)
@@ -443,7 +454,8 @@ class GenerationService:
 
     @staticmethod
     def _note_compile(result: Result, report: CompileReport) -> None:
-        """The compile cost as the infotext entry "Compile" (and a log line); notes as warnings."""
+        """The compile cost as the infotext entry "Compile" (and a log line); notes (compile's and
+        fp8's) as the result's warnings (which the job logs)."""
         result.warnings.extend(n for n in report.notes if n not in result.warnings)
         text = report.infotext()
         if text is None:

@@ -107,3 +107,11 @@ def test_compile_settings_from_options_and_the_flag() -> None:
     forced = CompileSettings.from_options(options.__getitem__, {}, forced=True)
     assert forced.unet and forced.vae and forced.mode == "reduce-overhead" and forced.backend == "inductor"
     assert CompileSettings.from_options(options.__getitem__, {"torch_compile_mode": "bogus"}).mode == "default"
+
+
+def test_fp8_storage_on_a_device_without_fp8_says_so_and_changes_nothing(engine: GenerationService) -> None:
+    plain = engine.run_sync(t2i(steps=1), 120)
+    asked = engine.run_sync(t2i(steps=1, override_settings={**SD1, "fp8_storage": "Enable"}), 120)
+    assert any("fp8_storage 'Enable': cpu has no fp8 support" in w for w in asked.warnings), asked.warnings
+    assert "FP8 weight" not in asked.infotexts[0]
+    assert np.array_equal(pixels(asked.images[0]), pixels(plain.images[0]))
