@@ -39,13 +39,14 @@ from pathlib import Path
 import torch
 from diffusers.models.autoencoders.autoencoder_kl import AutoencoderKL
 
-from modules.core.errors import ModelLoadError, NotFoundError, SdWebuiError
+from modules.core.errors import ModelLoadError, NotFoundError, SdWebuiError, UserError
 from modules.core.jobs import VAE_AUTOMATIC, VAE_NONE
 from modules.models import offload
 from modules.models.families import ModelFamily
 from modules.models.loader import (
     Placement,
     StableDiffusionModel,
+    is_out_of_memory,
     load_diffusers_folder,
     load_single_file,
     load_vae_file,
@@ -76,6 +77,12 @@ def release_freed_heap() -> None:
     trim = _malloc_trim()
     if trim is not None:
         trim(0)
+
+
+class ModelFileLoadError(ModelLoadError, UserError):
+    """Loading failed because of the file (corrupt, truncated, unsafe, tensors that do not fit):
+    a `ModelLoadError` (the previous model stays active) that adapters answer as a 4xx, from
+    whatever route asked for the model (options, a job's override, hires or refiner checkpoint)."""
 
 
 _CHECKPOINT_KEY = "checkpoint:"
@@ -296,9 +303,14 @@ class ModelManager:
         except SdWebuiError as exc:
             self.last_error = f"loading {info.name} failed: {exc}"
             log.error("%s; %s", self.last_error, self._keeping())
+            if isinstance(exc, UserError):  # a bad file (or name): the client's to fix, a 4xx
+                raise ModelFileLoadError(self.last_error, status_code=exc.status_code) from exc
             raise ModelLoadError(self.last_error) from exc
         except (RuntimeError, OSError, ValueError, MemoryError) as exc:
             self.last_error = f"loading {info.name} failed: {type(exc).__name__}: {exc}"
+            if is_out_of_memory(exc) or isinstance(exc, MemoryError):
+                log.error("%s; %s", self.last_error, self._keeping())
+                raise  # the worker frees memory and answers 507; the file is not at fault
             log.exception("%s; %s", self.last_error, self._keeping())
             raise ModelLoadError(self.last_error) from exc
         finally:

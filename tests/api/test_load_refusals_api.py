@@ -190,3 +190,26 @@ def test_an_upscaler_out_of_memory_is_507_and_the_worker_goes_on(
     assert client.get(f"{V1}/progress").json()["state"]["job_count"] == 0
     r = client.post(f"{V1}/extra-single-image", json=payload)
     assert r.status_code == 200, r.text[:300]
+
+
+@pytest.mark.parametrize(
+    "payload",
+    [
+        {"override_settings": {"sd_model_checkpoint": "cut"}},
+        {"enable_hr": True, "hr_scale": 1.5, "hr_checkpoint_name": "cut", "hr_second_pass_steps": 1},
+        {"refiner_checkpoint": "cut", "refiner_switch_at": 0.5},
+    ],
+    ids=["override", "hires", "refiner"],
+)
+def test_a_bad_checkpoint_named_by_a_job_is_a_4xx_and_the_model_stays(
+    client: TestClient, api_services: Services, tiny_models: dict[str, Path], payload: dict[str, Any]
+) -> None:
+    """The job's own checkpoint choices load it inside the job: the refusal is the same 400 as
+    POST /options gives (it was a 500 from the worker)."""
+    cut = api_services.paths.checkpoint_dir / "cut.safetensors"
+    if not cut.exists():
+        truncated(tiny_models["sd1"], cut)
+        client.post(f"{V1}/refresh-checkpoints")
+    body = assert_refused(client.post(f"{V1}/txt2img", json={**BASE, **payload}), "cut.safetensors")
+    assert "truncated" in body["detail"] and body["error"] == "ModelFileLoadError"
+    assert generates(client)["info"].count("Model: sd1") == 1
