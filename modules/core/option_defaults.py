@@ -135,7 +135,6 @@ NOT_ACTED_ON: dict[str, tuple[str, ...]] = {
     f"{_LATER}: img2img has no color correction": ("img2img_color_correction",),
     f"{_LATER}: the inpaint mask brush has Gradio's default color": ("img2img_inpaint_mask_brush_color",),
     f"{_LATER}: results hold the generated images only": ("return_mask", "return_mask_composite"),
-    f"{_LATER}: no token merging": ("token_merging_ratio", "token_merging_ratio_img2img", "token_merging_ratio_hr"),
     f"{_LATER}: conditioning is computed per job, prompt and negative prompt unpadded": (
         "pad_cond_uncond",
         "pad_cond_uncond_v0",

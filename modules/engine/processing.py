@@ -253,6 +253,7 @@ class Processor:
         unet_for: Callable[[torch.nn.Module], torch.nn.Module] | None = None,
     ) -> None:
         self.unet_for = unet_for  # what the sampler calls for a model's UNet (a compiled one), None = the UNet
+        self.in_hires_pass = False  # set when the hires pass begins (token merging's ratio follows it)
         self.model_upscale = model_upscale
         self.hooks = hooks if hooks is not None else Hooks()
         self.model = model
@@ -923,6 +924,7 @@ def _hires_sample(
         return upscaled
     steps, t_enc = img2img_steps(hires.steps, hires.denoising, exact=True)
     p = _Pass(hires.sampler, hires.schedule, steps)
+    processor.in_hires_pass = True
     sp = processor.sampler_pass(p, is_hr_pass=True, model=model)
     rng = processor._rng(seeds, subseeds, hires.width, hires.height)
     noise = rng.first()

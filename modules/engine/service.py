@@ -44,6 +44,7 @@ from modules.engine.processing import (
     run_txt2img,
     seamless_tiling,
 )
+from modules.engine.token_merging import job_ratios, token_merging
 from modules.engine.worker import Job, JobContext, Worker
 from modules.models import fp8
 from modules.models.fast_paths import FastPaths, attention_context, prepare_model
@@ -411,6 +412,16 @@ class GenerationService:
                 unet_for=(lambda unet: compiled_unet(unet, compiling, compile_report)) if compiling.unet else None,
             )
             seeds, subseeds = processor.seeds()
+            tome_first, tome_hr = job_ratios(
+                lambda key, default: overrides.get(key, self._option(key, default)),
+                img2img=isinstance(request, Img2ImgRequest),
+                overridden="token_merging_ratio" in overrides,
+            )
+            tome = (
+                token_merging(model.unet, lambda: tome_hr if processor.in_hires_pass else tome_first, seed=seeds[0])
+                if max(tome_first, tome_hr) > 0
+                else contextlib.nullcontext()
+            )
             if controlnet is not None:
                 assert self.controlnet is not None
                 self.controlnet.prepare(controlnet, request, model, seeds[0], subseeds[0])
@@ -419,6 +430,7 @@ class GenerationService:
                 seamless_tiling(model, bool(request.tiling)),
                 attention_context(self.fast_paths),
                 compiled_vae(model.vae, compiling, compile_report),
+                tome,
             ):
                 if isinstance(request, Img2ImgRequest):
                     result = run_img2img(processor, request, ctx)
@@ -427,9 +439,14 @@ class GenerationService:
                     result = run_txt2img(processor, request, ctx)
             result.warnings.extend(processor.warnings)
             self._note_compile(result, compile_report)
-            if fp8.is_fp8(model.unet):
-                for params in result.params:
+            hires = isinstance(request, Txt2ImgRequest) and request.enable_hr
+            for params in result.params:
+                if fp8.is_fp8(model.unet):
                     params["FP8 weight"] = fp8_setting
+                if tome_first:
+                    params["Token merging ratio"] = tome_first
+                if hires and tome_hr:
+                    params["Token merging ratio hr"] = tome_hr
             if controlnet is not None:
                 for params in result.params:
                     params.update(controlnet.params)

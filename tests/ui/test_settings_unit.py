@@ -39,7 +39,7 @@ def services(tmp_path: Path) -> Any:
 def test_unread_options_are_not_offered_and_read_ones_are(services: Any) -> None:
     blocks, tab = build(services)
     ids = elem_ids(blocks)
-    for key in ("tiling", "samples_save", "token_merging_ratio"):  # nothing reads these
+    for key in ("tiling", "samples_save", "pad_cond_uncond"):  # nothing reads these
         assert key in unimplemented_options()
         assert f"setting_{key}" not in ids and key not in tab.fields
     for key in (

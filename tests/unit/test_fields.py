@@ -180,6 +180,7 @@ def test_paste_and_the_api_read_the_same_table() -> None:
         "rho": 0.0,
         "sigma_max": 0.0,
         "sigma_min": 0.0,
+        "fp8_storage": "Disable",  # acted on (issue 18): A1111's default for an infotext without "FP8 weight"
     }
 
     img = api_infotext_values(Img2ImgPayload(infotext=FULL, override_settings={"randn_source": "NV"}))
