@@ -1,8 +1,9 @@
 """/sdapi/v1 routes: stop, restart and kill the server (only with `--api-server-stop`).
 
 Without the flag the three routes answer exactly like a route that does not exist (404). With it:
-- `POST /server-stop`: graceful shutdown (uvicorn finishes the open requests), exit code 0;
-  answers the text "Stopping." like A1111.
+- `POST /server-stop`: graceful shutdown, exit code 0; answers the text "Stopping." like A1111.
+  As on SIGTERM (`modules.api.lifecycle.GracefulServer`): queued jobs fail at once with 503
+  `ServerShuttingDown`, the running job is interrupted, the open requests get their answers.
 - `POST /server-restart`: the same, exit code 3, which `webui.sh` and the systemd unit
   (`RestartForceExitStatus=3`) take as "start me again"; 501 when the process was not started
   by something that restarts it.
