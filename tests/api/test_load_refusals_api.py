@@ -213,3 +213,57 @@ def test_a_bad_checkpoint_named_by_a_job_is_a_4xx_and_the_model_stays(
     body = assert_refused(client.post(f"{V1}/txt2img", json={**BASE, **payload}), "cut.safetensors")
     assert "truncated" in body["detail"] and body["error"] == "ModelFileLoadError"
     assert generates(client)["info"].count("Model: sd1") == 1
+
+
+# -- the scripts' own size caps are the request limits ----------------------------------------------
+
+
+@pytest.fixture
+def option(api_services: Services) -> Any:
+    saved: dict[str, object] = {}
+
+    def set_option(key: str, value: object) -> None:
+        saved.setdefault(key, api_services.options.get(key))
+        api_services.options.set(key, value)
+
+    yield set_option
+    for key, value in saved.items():
+        api_services.options.set(key, value)
+
+
+def _img2img(script: str, args: list[Any]) -> dict[str, Any]:
+    return {**BASE, "init_images": [png(64, 64)], "denoising_strength": 0.5, "script_name": script, "script_args": args}
+
+
+@pytest.mark.parametrize(
+    ("script", "args"),
+    [
+        ("outpainting mk2", [None, 64, 4, ["left", "right"], 1.0, 0.05]),
+        ("poor man's outpainting", [32, 4, "fill", ["left", "right"]]),
+    ],
+)
+def test_outpainting_canvas_is_checked_against_the_size_settings(
+    client: TestClient, option: Any, script: str, args: list[Any]
+) -> None:
+    """Growing 64x64 sideways makes a 192x64 (mk2, 64 px) or 128x64 (poor man's, 32 px) canvas:
+    refused under max_image_side 96 (the scripts had their own fixed 8192 cap), then under the
+    pixel cap, before any image is made."""
+    option("max_image_side", 96)
+    body = assert_refused(client.post(f"{V1}/img2img", json=_img2img(script, args)), "more than 96 px", status=422)
+    assert "x64 canvas" in str(body["detail"]) and "setting max_image_side" in str(body["detail"])
+    option("max_image_side", 8192)
+    option("max_pixels_times_batch", 64 * 96)
+    body = assert_refused(client.post(f"{V1}/img2img", json=_img2img(script, args)), "more than 6144", status=422)
+    assert "setting max_pixels_times_batch" in str(body["detail"])
+
+
+def test_xyz_cells_are_checked_against_max_image_side(client: TestClient, option: Any) -> None:
+    option("max_image_side", 128)
+    nothing = ["Nothing", "", []]
+    args = ["Size", "64x64, 64x256", [], *nothing, *nothing, True, False, False, False, False, False, False, 0, False]
+    body = assert_refused(
+        client.post(f"{V1}/txt2img", json={**BASE, "script_name": "x/y/z plot", "script_args": args}),
+        "X/Y/Z plot: cell X=Size: 64x256: height must be 8..128",
+        status=422,
+    )
+    assert body["error"] == "ValidationError"

@@ -403,7 +403,7 @@ def test_outpainting_mk2_grows_chosen_sides(client: TestClient) -> None:
     assert params(info["infotexts"][0])["Mask blur"] == 16
 
     for args, expected in [
-        ([None, 5000, 4, ["left"], 1.0, 0.05], "exceeds 8192 px"),
+        ([None, 5000, 4, ["left", "right"], 1.0, 0.05], "more than 8192 px per side"),
         ([None, 64, 4, ["north"], 1.0, 0.05], "directions"),
         ([None, 64, -1, ["left"], 1.0, 0.05], "mask blur"),
         ([None, 64, 4, ["left"], 1.0, 3.0], "color variation"),

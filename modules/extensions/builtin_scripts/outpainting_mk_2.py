@@ -18,6 +18,7 @@ import numpy as np
 from PIL import Image, ImageDraw
 
 from modules.core.errors import ValidationError
+from modules.core.requests import Limits
 from modules.extensions import runtime
 from modules.extensions.builtin_scripts import grid_labels, tiles
 from modules.extensions.processing_api import Processed, process_images
@@ -112,16 +113,32 @@ def split_growth(size: int, before: int, after: int) -> tuple[int, int]:
     return grow_before, grow_after
 
 
-MAX_SIDE = 8192  # the engine's largest image side (`Limits.max_side`)
+def request_limits() -> Limits:
+    """The size limits of the settings in force (`max_image_side`, `max_pixels_times_batch`), the
+    same ones every request is checked against; the defaults outside a job."""
+    env = runtime.maybe_environment()
+    return Limits.from_options(env.options) if env is not None else Limits()
 
 
-def check_canvas(image: Image.Image, pixels: int, script: str) -> None:
-    """The grown canvas must stay within the largest image the engine makes."""
-    for side, size in (("width", image.width), ("height", image.height)):
-        if _round64(size + 2 * pixels) > MAX_SIDE:
-            raise ValidationError(
-                f"{script}: expanding the {side} of {size} px by {pixels} px on both sides exceeds {MAX_SIDE} px"
-            )
+def check_canvas(image: Image.Image, pixels: int, script: str, sides: Sequence[str], batch_size: int = 1) -> None:
+    """The grown canvas (`batch_size` of them are made at once) must stay within the request size
+    limits (settings `max_image_side`, `max_pixels_times_batch`): checked before any work."""
+    limits = request_limits()
+    left, right = split_growth(image.width, pixels if "left" in sides else 0, pixels if "right" in sides else 0)
+    up, down = split_growth(image.height, pixels if "up" in sides else 0, pixels if "down" in sides else 0)
+    width, height = image.width + left + right, image.height + up + down
+    if max(width, height) > limits.max_side:
+        raise ValidationError(
+            f"{script}: expanding {image.width}x{image.height} by {pixels} px makes a {width}x{height} canvas, "
+            f"more than {limits.max_side} px per side (setting max_image_side)"
+        )
+    total = width * height * max(batch_size, 1)
+    if total > limits.max_pixels_times_batch:
+        raise ValidationError(
+            f"{script}: expanding {image.width}x{image.height} by {pixels} px makes a {width}x{height} canvas; x "
+            f"batch size {batch_size} = {total} pixels, more than {limits.max_pixels_times_batch} "
+            "(setting max_pixels_times_batch)"
+        )
 
 
 def check_directions(direction: Any, script: str) -> list[str]:
@@ -215,7 +232,7 @@ class OutpaintingMk2(Script):
         if not p.init_images:
             raise ValidationError(f"{name}: an init image is required")
         init_img: Image.Image = p.init_images[0].convert("RGB")
-        check_canvas(init_img, px, name)
+        check_canvas(init_img, px, name, sides, int(p.batch_size or 1))
 
         save_samples = not p.do_not_save_samples
         save_grid = not p.do_not_save_grid

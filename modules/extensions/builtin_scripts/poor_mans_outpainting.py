@@ -80,7 +80,7 @@ class PoorMansOutpainting(Script):
         tile_w, tile_h = int(p.width) // 8 * 8, int(p.height) // 8 * 8
         tiles.check_tiling(tile_w, tile_h, px, what=f"{NAME}: pixels to expand")
         init_img: Image.Image = p.init_images[0]
-        check_canvas(init_img, px, NAME)
+        check_canvas(init_img, px, NAME, sides)  # one canvas: the tiles are made one at a time
 
         save_samples = not p.do_not_save_samples
         p.mask_blur = blur * 2

@@ -848,7 +848,8 @@ def cell_p(p: StableDiffusionProcessing, axes: Sequence[_Axis], ix: int, iy: int
 def check_cells(p: StableDiffusionProcessing, axes: Sequence[_Axis]) -> None:
     """Every cell's request passes the engine's request checks (sizes, steps, ...) before the
     first image is made; the error names the cell."""
-    limits = Limits(max_pixels_times_batch=int(_option("max_pixels_times_batch", Limits().max_pixels_times_batch)))
+    env = _env()
+    limits = Limits.from_options(env.options) if env is not None else Limits()  # max_image_side too
     xa, ya, za = axes
     for iz, iy, ix in itertools.product(range(len(za.values)), range(len(ya.values)), range(len(xa.values))):
         request = cell_p(p, axes, ix, iy, iz).to_request()
