@@ -53,6 +53,7 @@ from modules.models.manager import ModelManager
 from modules.models.registry import CheckpointInfo
 from modules.models.spec import ModelSpec
 from modules.models.taesd import TaesdDecoders
+from modules.models.vae_tiling import vae_tiling
 
 log = logging.getLogger(__name__)
 
@@ -431,6 +432,11 @@ class GenerationService:
                 attention_context(self.fast_paths),
                 compiled_vae(model.vae, compiling, compile_report),
                 tome,
+                vae_tiling(
+                    model.vae,
+                    bool(overrides.get("sd_vae_tiling", self._option("sd_vae_tiling", False))),
+                    int(overrides.get("sd_vae_tiling_threshold", self._option("sd_vae_tiling_threshold", 1024))),
+                ),
             ):
                 if isinstance(request, Img2ImgRequest):
                     result = run_img2img(processor, request, ctx)
