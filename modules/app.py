@@ -372,11 +372,20 @@ def main(argv: Sequence[str], environ: Mapping[str, str]) -> int:
         return launch.exit_code
     threading.Thread(target=launch.run, name="start-up", daemon=True).start()
     log.info("serving on http://%s:%d", settings.bind_host, settings.effective_port)
+    interrupted = False
     try:
         server.run()
+    except KeyboardInterrupt:  # uvicorn re-raises the SIGINT it stopped on (after the drain)
+        interrupted = True
     finally:
         if launch.services is not None:
             launch.services.worker.shutdown()
+    if interrupted:  # end by SIGINT, as uvicorn means to (clean for systemd), without a traceback
+        import os
+        import signal
+
+        signal.signal(signal.SIGINT, signal.SIG_DFL)
+        os.kill(os.getpid(), signal.SIGINT)
     return launch.exit_code or (launch.control.exit_code if launch.control is not None else 0)
 
 
