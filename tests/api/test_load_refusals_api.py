@@ -267,3 +267,21 @@ def test_xyz_cells_are_checked_against_max_image_side(client: TestClient, option
         status=422,
     )
     assert body["error"] == "ValidationError"
+
+
+def test_out_of_memory_in_training_is_507_and_the_worker_goes_on(
+    client: TestClient, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    from modules.engine.training.service import TrainingService
+
+    def out_of_memory(self: Any, *args: Any) -> Any:
+        raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 6.00 GiB")
+
+    monkeypatch.setattr(TrainingService, "_run", out_of_memory)
+    Image.new("RGB", (64, 64), "red").save(tmp_path / "a.png")
+    assert client.post(f"{V1}/create/embedding", json={"name": "oom"}).status_code == 200
+    payload = {"id_task": 0, "embedding_name": "oom", "data_root": str(tmp_path), "steps": 1}
+    body = assert_refused(client.post(f"{V1}/train/embedding", json=payload), "Tried to allocate 6.00 GiB", 507)
+    assert body["error"] == "OutOfMemoryError" and "memory was freed" in body["detail"]
+    assert client.get(f"{V1}/train/status").json()["state"] == "failed"
+    generates(client)
