@@ -82,6 +82,7 @@ def files(api_services: Services, tiny_models: dict[str, Path], tmp_path_factory
     save_file(fits, str(src / "lora.safetensors"))
     truncated(src / "lora.safetensors", paths.lora_dir / "lora-cut.safetensors")
     corrupt(paths.lora_dir / "lora-junk.safetensors")
+    truncated(src / "lora.safetensors", paths.lycoris_dir / "lyco-cut.safetensors")
     full_size = {f"{KEY}.lora_down.weight": torch.ones(2, 768), f"{KEY}.lora_up.weight": torch.ones(320, 2)}
     save_file(full_size, str(paths.lora_dir / "lora-other-model.safetensors"))  # a real SD 1.5 LoRA's widths
 
@@ -137,8 +138,9 @@ def test_a_bad_vae_is_refused_naming_it_and_the_previous_one_stays(
 def test_a_lora_that_cannot_be_used_is_skipped_with_a_warning_naming_it(client: TestClient, files: None) -> None:
     """A1111 skips such a LoRA and generates (features.md 1.2: unmatched keys are logged); here
     the result says which and why."""
-    prompt = "a house <lora:lora-cut:1> <lora:lora-junk:1> <lora:lora-other-model:1>"
+    prompt = "a house <lora:lora-cut:1> <lora:lora-junk:1> <lora:lora-other-model:1> <lyco:lyco-cut:1>"
     warnings = generates(client, prompt=prompt)["info"]
+    assert "lyco-cut" in warnings.replace("lyco-cut:1", "")  # LyCORIS folder and tag: the same
     assert "lora-cut" in warnings and "truncated" in warnings
     assert "lora-junk" in warnings and "not valid JSON" in warnings
     assert "'lora-other-model' (SD1) matches no layer of this SD 1.x model: skipped" in warnings
