@@ -40,7 +40,7 @@ def _start(tmp_path: Path, *flags: str, env: dict[str, str] | None = None) -> tu
     environ.update(env or {})
     proc = subprocess.Popen(cmd, cwd=ROOT, env=environ, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     url = f"http://127.0.0.1:{port}"
-    deadline = time.time() + 60
+    deadline = time.time() + 120  # torch, diffusers and Gradio imported from scratch on a shared CPU
     while time.time() < deadline:
         try:
             # ping answers at once (fast start); the API is there once /health stops saying "starting"
