@@ -94,11 +94,19 @@ class EngineSettings:
 
 
 def preview_decoder(
-    model: StableDiffusionModel, taesd: torch.nn.Module | None = None
+    model: StableDiffusionModel, taesd: torch.nn.Module | None = None, *, full: bool = False
 ) -> Callable[[torch.Tensor], Image.Image]:
-    """Latents -> a preview image of the first image of the batch: TAESD when its weights are
-    present, else a cheap per-channel linear approximation."""
+    """Latents -> a preview image of the first image of the batch: the model's VAE when `full`
+    (A1111's "Full"), TAESD when its weights are given, else a cheap per-channel linear
+    approximation."""
     factors = _PREVIEW_XL if model.family.is_sdxl else _PREVIEW_SD
+
+    def whole(latents: torch.Tensor) -> Image.Image:
+        pixels = _decode_one(model.vae, latents[:1].to(model.device))
+        return imgops.to_images(pixels.float().cpu())[0]
+
+    if full:
+        return whole
 
     def cheap(latents: torch.Tensor) -> Image.Image:
         rgb = torch.einsum("chw,cr->rhw", latents[0].float().cpu(), factors)
@@ -246,6 +254,7 @@ class Processor:
         *,
         infotext_params: Callable[[Processor, int, int], dict[str, Any]] | None = None,
         preview_taesd: torch.nn.Module | None = None,
+        preview_full: bool = False,
         model_upscale: Callable[[Image.Image, str, tuple[int, int]], Image.Image] | None = None,
         hooks: Hooks | None = None,
         models: ModelAccess | None = None,
@@ -274,7 +283,7 @@ class Processor:
         self.current_model = model  # the model the batch decodes with (a refiner / hires checkpoint once leased)
         if ctx is not None:
             ctx.preview_every = settings.preview_every
-            ctx.preview_decoder = preview_decoder(model, preview_taesd)
+            ctx.preview_decoder = preview_decoder(model, preview_taesd, full=preview_full)
 
     def _encoder_for(self, model: StableDiffusionModel) -> Encoder:
         s = self.settings

@@ -53,6 +53,7 @@ from modules.models.manager import ModelManager
 from modules.models.registry import CheckpointInfo
 from modules.models.spec import ModelSpec
 from modules.models.taesd import TaesdDecoders
+from modules.models.taesd import decoder_names as taesd_decoder_names
 from modules.models.vae_tiling import vae_tiling
 
 log = logging.getLogger(__name__)
@@ -387,8 +388,12 @@ class GenerationService:
             used = self._model_used(model)
             preview_kind = str(overrides.get("show_progress_type", self._option("show_progress_type", "Approx NN")))
             taesd = None
-            if self.taesd is not None and preview_kind != "Approx cheap":
+            if self.taesd is not None and preview_kind in ("TAESD", "Approx NN"):  # no VAE-approx NN: TAESD stands in
                 taesd = self.taesd.get(model.family)
+            preview_note = None
+            if preview_kind == "TAESD" and taesd is None:
+                names = " or ".join(taesd_decoder_names(model.family))
+                preview_note = f"live previews: TAESD asked for, but models/VAE-taesd has no {names}: Approx cheap used"
             processor = Processor(
                 model,
                 request,
@@ -396,6 +401,7 @@ class GenerationService:
                 ctx,
                 infotext_params=self._params_for(request, used),
                 preview_taesd=taesd,
+                preview_full=preview_kind == "Full",
                 model_upscale=self.upscale,
                 hooks=hooks,
                 models=ModelAccess(
@@ -412,6 +418,8 @@ class GenerationService:
                 networks=networks,
                 unet_for=(lambda unet: compiled_unet(unet, compiling, compile_report)) if compiling.unet else None,
             )
+            if preview_note is not None and settings.preview_every:
+                processor.warnings.append(preview_note)
             seeds, subseeds = processor.seeds()
             tome_first, tome_hr = job_ratios(
                 lambda key, default: overrides.get(key, self._option(key, default)),

@@ -12,8 +12,9 @@ model calls of a job.
   then run NHWC, faster on tensor cores; the numbers are the same).
 
 `prepare_model` is idempotent (a model from the RAM cache is already prepared) and `.to(device)`
-keeps the memory format, so a model prepared once stays so. `transfer_kwargs` is what the model
-cache's RAM -> VRAM moves use: pinned host memory and non-blocking copies for CUDA targets.
+keeps the memory format, so a model prepared once stays so. The model cache parks a CUDA model's
+weights in pinned (page-locked) RAM (`park_model`) and moves them back with non-blocking copies and
+one synchronisation (`move_model`); on other devices both are plain moves.
 """
 
 from __future__ import annotations
@@ -143,28 +144,61 @@ def is_channels_last(module: torch.nn.Module) -> bool:
 
 
 def transfer_kwargs(device: torch.device) -> dict[str, Any]:
-    """How a host -> device move copies: non-blocking on CUDA (from pinned memory), plain elsewhere."""
+    """How a host -> device move copies: non-blocking on CUDA (truly asynchronous from pinned
+    memory), plain elsewhere."""
     return {"non_blocking": True} if device.type == "cuda" else {}
 
 
+def pins_when_parked(device: torch.device) -> bool:
+    """Whether weights parked in RAM for a model that runs on `device` are kept page-locked."""
+    return device.type == "cuda" and torch.cuda.is_available()
+
+
 def pin_for(tensor: torch.Tensor, device: torch.device) -> torch.Tensor:
-    """`tensor` in pinned host memory when it is about to move to a CUDA device, else as it is."""
-    if device.type != "cuda" or tensor.device.type != "cpu" or tensor.is_pinned():
+    """`tensor` in pinned host memory when it is to move to a CUDA device, else as it is."""
+    if not pins_when_parked(device) or tensor.device.type != "cpu" or tensor.is_pinned():
         return tensor
     return tensor.pin_memory()
 
 
+def pin_module(module: torch.nn.Module, device: torch.device) -> int:
+    """Put `module`'s CPU tensors in pinned memory when it will move back to `device` (CUDA);
+    the number of tensors pinned (0 elsewhere)."""
+    if not pins_when_parked(device):
+        return 0
+    count = 0
+    for owner in module.modules():
+        for param in owner.parameters(recurse=False):
+            pinned = pin_for(param.data, device)
+            if pinned is not param.data:
+                param.data = pinned
+                count += 1
+        for name, buf in list(owner.named_buffers(recurse=False)):
+            if buf is not None and (pinned := pin_for(buf, device)) is not buf:
+                owner._buffers[name] = pinned
+                count += 1
+    return count
+
+
 def move_module(module: torch.nn.Module, device: torch.device) -> None:
-    """Move `module` to `device`: to CUDA through pinned memory with non-blocking copies (then one
-    synchronisation, so the weights are in place when this returns); elsewhere a plain `.to`."""
+    """`module.to(device)`, non-blocking for CUDA (the caller synchronises once for all modules)."""
+    module.to(device=device, **transfer_kwargs(device))
+
+
+def move_model(model: Any, device: torch.device) -> None:
+    """Move a `StableDiffusionModel` to `device`: to CUDA with non-blocking copies from its pinned
+    RAM-cache weights and one synchronisation at the end (so the weights are in place when this
+    returns); elsewhere `model.to_device`."""
     if device.type != "cuda":
-        module.to(device=device)
+        model.to_device(device)
         return
-    kwargs = transfer_kwargs(device)
-    for tensor_owner in module.modules():
-        for param in tensor_owner.parameters(recurse=False):
-            param.data = pin_for(param.data, device).to(device, **kwargs)
-        for name, buf in list(tensor_owner.named_buffers(recurse=False)):
-            if buf is not None:
-                tensor_owner._buffers[name] = pin_for(buf, device).to(device, **kwargs)
+    for module in (model.unet, model.vae, *model.text_encoders):
+        move_module(module, device)
+    if model.baked_vae is not None:
+        model.baked_vae.to(device="cpu")
     torch.cuda.synchronize(device)
+
+
+def park_model(model: Any, device: torch.device) -> int:
+    """After `model` moved to the RAM cache: pin its weights if it runs on CUDA (fast moves back)."""
+    return sum(pin_module(module, device) for module in model.modules())

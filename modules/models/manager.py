@@ -43,6 +43,7 @@ from modules.core.errors import ModelLoadError, NotFoundError, SdWebuiError, Use
 from modules.core.jobs import VAE_AUTOMATIC, VAE_NONE
 from modules.models import offload
 from modules.models.families import ModelFamily
+from modules.models.fast_paths import move_model, park_model
 from modules.models.loader import (
     Placement,
     StableDiffusionModel,
@@ -373,6 +374,7 @@ class ModelManager:
             return False
         if self.placement.device.type != "cpu":
             active.model.to_device(torch.device("cpu"))
+            park_model(active.model, self.placement.device)  # CUDA: pinned, for non-blocking moves back
             self._empty_device_cache()
         self._cache(key, active.model, size)
         return True
@@ -384,7 +386,7 @@ class ModelManager:
         mode = offload.offload_mode_for(self.memory_mode, model.family.is_sdxl, target)
         if mode is None:
             if model.device != self.placement.device:
-                model.to_device(self.placement.device)
+                move_model(model, self.placement.device)
             return
         self._unplace(model)
         offload.Offloader(model, target, mode, move=self._move, execution_device=self.placement.device).install()

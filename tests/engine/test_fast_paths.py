@@ -151,3 +151,18 @@ def test_vae_tiling_option_acts_on_large_images_only(engine: GenerationService) 
     whole = engine.run_sync(t2i(steps=1, width=128, override_settings=large_tiles), 120)
     assert np.array_equal(pixels(whole.images[0]), pixels(plain.images[0]))
     assert not np.array_equal(pixels(tiled.images[0]), pixels(plain.images[0]))
+
+
+def test_live_preview_types_full_and_taesd_without_its_file(engine: GenerationService) -> None:
+    from modules.engine.processing import preview_decoder
+
+    engine.run_sync(t2i(steps=1), 120)
+    model = engine.models.active.model  # type: ignore[union-attr]
+    latents = torch.randn(1, 4, 8, 8, generator=torch.Generator().manual_seed(0))
+    assert preview_decoder(model, full=True)(latents).size == (64, 64)  # "Full": the VAE itself
+    assert preview_decoder(model)(latents).size == (8, 8)  # "Approx cheap": one pixel per latent
+    previews = {**SD1, "show_progress_every_n_steps": 1}
+    asked = engine.run_sync(t2i(steps=1, override_settings={**previews, "show_progress_type": "TAESD"}), 120)
+    assert any("TAESD asked for, but models/VAE-taesd has no taesd_decoder" in w for w in asked.warnings)
+    cheap = engine.run_sync(t2i(steps=1, override_settings={**previews, "show_progress_type": "Approx cheap"}), 120)
+    assert not any("TAESD" in w for w in cheap.warnings)

@@ -55,10 +55,33 @@ def test_xformers_missing_says_so_and_uses_sdpa(caplog: pytest.LogCaptureFixture
 def test_transfers_pin_and_do_not_block_for_cuda_only() -> None:
     assert fp.transfer_kwargs(CUDA) == {"non_blocking": True}
     assert fp.transfer_kwargs(CPU) == {}
-    t = torch.ones(3)
-    assert fp.pin_for(t, CPU) is t  # nothing to pin for a CPU target
+    assert fp.pins_when_parked(CUDA) == torch.cuda.is_available()
+    assert not fp.pins_when_parked(CPU)
+    module = torch.nn.Linear(2, 2)
+    t = module.weight.data
+    assert fp.pin_for(t, CPU) is t and fp.pin_module(module, CPU) == 0  # nothing pinned for a CPU model
     if torch.cuda.is_available():
-        assert fp.pin_for(t, CUDA).is_pinned()
+        assert fp.pin_module(module, CUDA) == 2 and module.weight.is_pinned() and module.bias.is_pinned()
+
+
+def test_models_move_to_cuda_non_blocking_and_elsewhere_as_before() -> None:
+    class Model:
+        def __init__(self) -> None:
+            self.unet, self.vae = torch.nn.Linear(2, 2), torch.nn.Linear(2, 2)
+            self.text_encoders = (torch.nn.Linear(2, 2),)
+            self.baked_vae = None
+            self.to_device_calls: list[torch.device] = []
+
+        def to_device(self, device: torch.device) -> None:
+            self.to_device_calls.append(device)
+
+    model = Model()
+    fp.move_model(model, CPU)
+    assert model.to_device_calls == [CPU]
+    if torch.cuda.is_available():
+        fp.move_model(model, CUDA)
+        assert model.unet.weight.is_cuda and model.text_encoders[0].weight.is_cuda
+        assert model.to_device_calls == [CPU]  # the CUDA path moves the parts itself
 
 
 def test_prepare_model_makes_conv_weights_channels_last_once() -> None:
