@@ -343,6 +343,10 @@ def main(argv: Sequence[str], environ: Mapping[str, str]) -> int:
         print(f"error: {exc}")
         return 2
     logging.basicConfig(level=settings.loglevel or "INFO", format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    from modules.api.exposure import startup_security  # stdlib only: keeps the start fast
+
+    if (refused := startup_security(settings)) is not None:  # --listen without logins; secrets out of logs
+        return refused
     if not deferred:
         for warning in settings.warnings:
             log.warning("%s", warning)

@@ -5,7 +5,10 @@
 nothing depends on a route remembering to declare an auth dependency (A1111's hole: its
 `--api-auth` only covers routes added through `Api.add_api_route`). Order, outermost first:
 
-    api log -> CORS (only with --cors-allow-origins[-regex]) -> auth -> CSRF -> the app
+    host guard -> api log -> CORS (only with --cors-allow-origins[-regex]) -> auth -> CSRF -> the app
+
+* Host guard (`modules.api.host_guard`): a server bound to loopback answers only Host values
+  localhost / 127.0.0.1 / [::1] (+ `--allowed-hosts`): 400 otherwise (DNS rebinding).
 
 * Auth: with `--api-auth` and/or `--gradio-auth[-path]`, every request needs HTTP Basic
   credentials, except the exact paths in `PUBLIC_PATHS`. `/sdapi/*` and the API docs accept the
@@ -13,12 +16,17 @@ nothing depends on a route remembering to declare an auth dependency (A1111's ho
   open then, we don't); every other path accepts the `--gradio-auth` logins (the `--api-auth` ones
   when no `--gradio-auth` is given). Every configured login is compared, user and password each
   with `hmac.compare_digest`, with no early exit. Failure: 401, `WWW-Authenticate: Basic`, A1111's
-  error object; websockets are closed with 1008 before they are accepted.
-* CSRF: a POST/PUT/PATCH/DELETE (and websocket handshake) with an `Origin` that is neither this
-  server nor a CORS-allowed origin (`Origin: null` is always foreign) is refused with 403 when its
-  Content-Type is one a browser may send cross-site without a preflight (form, multipart,
-  text/plain) or is missing. Clients that send no `Origin` (curl, requests, webuiapi, aiohttp) are
-  unaffected; a foreign JSON post never gets past the browser's CORS preflight.
+  error object; websockets are closed with 1008 before they are accepted. Failed logins are rate
+  limited per client address (`modules.api.login_limit`): after 5 in a minute, 429 with
+  `Retry-After` for that address, whatever it sends, until the window frees up.
+* CSRF: a POST/PUT/PATCH/DELETE (and websocket handshake) from a foreign page is refused with 403
+  when its Content-Type is one a browser may send cross-site without a preflight (form, multipart,
+  text/plain) or is missing (ecosystem-security.md 1.2). "Foreign": an `Origin` that is neither
+  this server nor a CORS-allowed origin (`Origin: null` is always foreign); when `Origin` is
+  missing (older browsers, some form posts), a `Referer` whose origin is foreign, or
+  `Sec-Fetch-Site: cross-site` / `same-site`. Clients that send none of these (curl, requests,
+  webuiapi, aiohttp) are unaffected; a foreign JSON post never gets past the browser's CORS
+  preflight.
 * CORS: no CORS headers at all unless `--cors-allow-origins` / `--cors-allow-origins-regex` are
   given; then exactly those origins are echoed (credentials allowed, so `*` and `null` are dropped).
 * `--api-log`: one line per `/sdapi` request: status, method, path (no query), client, duration.
@@ -43,6 +51,8 @@ from starlette.middleware.cors import CORSMiddleware
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from modules.api.errors import error_response
+from modules.api.host_guard import HostGuard, HostGuardMiddleware, is_loopback_host, parse_allowed_hosts
+from modules.api.login_limit import LoginLimiter
 from modules.core.settings import Credentials, Settings
 
 if TYPE_CHECKING:  # the early start-up app (modules.api.startup) uses this module before torch is imported
@@ -192,15 +202,34 @@ class OriginPolicy:
         host, port, default_port = key
         return any(_host_key(h, default_port) == (host, port) for h in hosts if h)
 
+    def is_foreign(self, headers: Headers) -> bool:
+        """The request says it comes from a page of another origin: its `Origin`; without one,
+        its `Referer` or `Sec-Fetch-Site` (see module doc). No such header: not a browser page."""
+        origins = headers.getlist("origin")
+        if origins:
+            return not all(self.is_trusted(o, headers) for o in origins)
+        if headers.get("sec-fetch-site", "").strip().lower() in ("cross-site", "same-site"):
+            return True
+        referers = [r for r in headers.getlist("referer") if r.strip()]
+        return any(not self.is_trusted(referer_origin(r), headers) for r in referers)
+
     def is_csrf(self, method: str, headers: Headers) -> bool:
         """A state-changing request a foreign page could have made without asking (see module doc)."""
-        if method.upper() not in UNSAFE_METHODS:
-            return False
-        origins = headers.getlist("origin")
-        if not origins or all(self.is_trusted(o, headers) for o in origins):
+        if method.upper() not in UNSAFE_METHODS or not self.is_foreign(headers):
             return False
         kind = media_type(headers.get("content-type"))
         return kind is None or kind in SIMPLE_CONTENT_TYPES
+
+
+def referer_origin(referer: str) -> str:
+    """`https://a.example:8443/page?q=1` -> `https://a.example:8443`; `null` when it has no origin."""
+    try:
+        parts = urlsplit(referer.strip())
+    except ValueError:
+        return "null"
+    if not parts.scheme or not parts.netloc:
+        return "null"
+    return f"{parts.scheme}://{parts.netloc.rpartition('@')[2]}"
 
 
 # --- middleware ------------------------------------------------------------------------------
@@ -220,8 +249,10 @@ class AuthMiddleware:
         api_credentials: Credentials,
         ui_credentials: Credentials,
         public_paths: Iterable[str] = PUBLIC_PATHS,
+        limiter: LoginLimiter | None = None,
     ) -> None:
         self.app = app
+        self.limiter = limiter if limiter is not None else LoginLimiter()
         self.api_logins = _encode(api_credentials or ui_credentials)
         self.ui_logins = _encode(ui_credentials or api_credentials)
         self.api_users = [u for u, _ in (api_credentials or ui_credentials)]
@@ -242,9 +273,18 @@ class AuthMiddleware:
             return
         api = is_api_path(path)
         logins, users = (self.api_logins, self.api_users) if api else (self.ui_logins, self.ui_users)
-        given = parse_basic_authorization(Headers(scope=scope).get("authorization"))
+        client = scope.get("client")
+        address = str(client[0]) if client else "-"
+        retry_after = self.limiter.retry_after(address)
+        if retry_after is not None:
+            await _refuse(scope, receive, send, 429, "Too many failed logins; try again later", retry_after)
+            return
+        header = Headers(scope=scope).get("authorization")
+        given = parse_basic_authorization(header)
         index = check_credentials(given, logins)
         if index is None:
+            if header is not None:  # no header at all is a browser's first try, not a failed login
+                self.limiter.failed(address)
             await _refuse(scope, receive, send, 401, "Incorrect username or password")
             return
         scope.setdefault("state", {})["user"] = users[index]
@@ -309,13 +349,17 @@ class ApiLogMiddleware:
             )
 
 
-async def _refuse(scope: Scope, receive: Receive, send: Send, status: int, detail: str) -> None:
+async def _refuse(
+    scope: Scope, receive: Receive, send: Send, status: int, detail: str, retry_after: int | None = None
+) -> None:
     if scope["type"] == "websocket":
         await send({"type": "websocket.close", "code": WS_POLICY_VIOLATION, "reason": detail})
         return
     response = error_response(status, "HTTPException", detail)
     if status == 401:
         response.headers["WWW-Authenticate"] = f'Basic realm="{REALM}", charset="UTF-8"'
+    if retry_after is not None:
+        response.headers["Retry-After"] = str(retry_after)
     await response(scope, receive, send)
 
 
@@ -336,8 +380,9 @@ def cors_config(settings: Settings) -> tuple[list[str], str | None]:
 
 
 def install_security(app: FastAPI, services: Services, *, public_paths: Iterable[str] = PUBLIC_PATHS) -> None:
-    """Add auth, CSRF, CORS and API-log middleware to the whole app. Idempotent; call it before
-    the app serves its first request (starlette refuses middleware after that)."""
+    """Add host guard, auth (with its failed-login limiter, kept on `app.state.login_limiter`),
+    CSRF, CORS and API-log middleware to the whole app. Idempotent; call it before the app serves
+    its first request (starlette refuses middleware after that)."""
     if getattr(app.state, _INSTALLED, False):
         return
     settings = services.settings
@@ -345,11 +390,14 @@ def install_security(app: FastAPI, services: Services, *, public_paths: Iterable
     policy = OriginPolicy(frozenset(origins), re.compile(regex) if regex else None)
     # add_middleware: the last added is the outermost.
     app.add_middleware(CsrfMiddleware, policy=policy)
+    limiter = LoginLimiter()
+    app.state.login_limiter = limiter
     app.add_middleware(
         AuthMiddleware,
         api_credentials=settings.api_credentials(),
         ui_credentials=settings.gradio_credentials(),
         public_paths=public_paths,
+        limiter=limiter,
     )
     if origins or regex:
         # Outside auth: a preflight never carries credentials and must still be answered.
@@ -363,4 +411,6 @@ def install_security(app: FastAPI, services: Services, *, public_paths: Iterable
         )
     if settings.api_log:
         app.add_middleware(ApiLogMiddleware)
+    if is_loopback_host(settings.bind_host):
+        app.add_middleware(HostGuardMiddleware, guard=HostGuard(parse_allowed_hosts(settings.allowed_hosts)))
     setattr(app.state, _INSTALLED, True)

@@ -102,7 +102,9 @@ ALREADY_SO_FLAGS: dict[str, str] = {
 """Flags that ask for what happens anyway: nothing reads them, and no warning is needed."""
 
 # Fields whose value is a secret: replaced by REDACTED in `redacted_dict()`.
-SECRET_FIELDS = frozenset({"api_auth", "gradio_auth", "ngrok", "ngrok_options"})
+SECRET_FIELDS = frozenset(
+    {"api_auth", "gradio_auth", "gradio_auth_path", "ngrok", "ngrok_options", "tls_keyfile", "tls_certfile"}
+)
 
 
 Credentials = list[tuple[str, str]]
@@ -143,6 +145,8 @@ class Settings:
     gradio_auth_path: Path | None = None
     gradio_allowed_path: tuple[Path, ...] = ()
     enable_insecure_extension_access: bool = False
+    allow_insecure_listen: bool = False  # ours: serve a non-loopback address without any login
+    allowed_hosts: str | None = None  # ours: extra Host header values a loopback-bound server answers
     # --- folders and files ---
     data_dir: Path | None = None
     models_dir: Path | None = None
@@ -505,6 +509,18 @@ def build_parser() -> argparse.ArgumentParser:
         help="extra folder the UI may serve files from (repeatable)",
     )
     flag("--enable-insecure-extension-access", "allow extension installs even when the server is non-local")
+    flag(
+        "--allow-insecure-listen",
+        "serve a non-loopback address (--listen, --server-name) without --api-auth/--gradio-auth; "
+        "without it such a start is refused (ours)",
+    )
+    p.add_argument(
+        "--allowed-hosts",
+        default=None,
+        metavar="HOSTS",
+        help="comma-separated Host header names a loopback-bound server answers besides localhost, "
+        "127.0.0.1 and [::1] (e.g. a reverse proxy's name; '*' turns the check off) (ours)",
+    )
 
     # folders and files
     path("--data-dir", "base folder for models, outputs, extensions and settings (default: the install)")
