@@ -50,7 +50,7 @@ def is_fp8(unet: torch.nn.Module) -> bool:
     return getattr(unet, _STATE, None) is not None
 
 
-def _layers(root: torch.nn.Module) -> list[torch.nn.Module]:
+def _layers(root: torch.nn.Module) -> list[torch.nn.Linear | torch.nn.Conv2d]:
     return [m for m in root.modules() if isinstance(m, torch.nn.Linear | torch.nn.Conv2d)]
 
 
@@ -69,18 +69,24 @@ def _stow(module: torch.nn.Module, _args: Any, _output: Any) -> None:
 
 
 def store_fp8(unet: torch.nn.Module, compute_dtype: torch.dtype) -> int:
-    """Store the UNet's Linear/Conv2d weights in fp8 (once); the number of layers converted."""
-    if is_fp8(unet):
-        return 0
+    """Store the UNet's Linear/Conv2d weights in fp8; the number of weights converted. Called
+    again it converts only what went back to another dtype (a LoRA restore puts the original
+    weights back)."""
+    state: Fp8State | None = getattr(unet, _STATE, None)
+    converted = 0
     handles: list[Any] = []
     layers = _layers(unet)
     for layer in layers:
-        layer.weight.data = layer.weight.data.to(FP8)
-        object.__setattr__(layer, "_sdwebui_fp8_dtype", compute_dtype)
-        handles.append(layer.register_forward_pre_hook(_upcast))
-        handles.append(layer.register_forward_hook(_stow, always_call=True))
-    object.__setattr__(unet, _STATE, Fp8State(compute_dtype, handles, len(layers)))
-    return len(layers)
+        if layer.weight.dtype != FP8:
+            layer.weight.data = layer.weight.data.to(FP8)
+            converted += 1
+        if state is None:
+            object.__setattr__(layer, "_sdwebui_fp8_dtype", compute_dtype)
+            handles.append(layer.register_forward_pre_hook(_upcast))
+            handles.append(layer.register_forward_hook(_stow, always_call=True))
+    if state is None:
+        object.__setattr__(unet, _STATE, Fp8State(compute_dtype, handles, len(layers)))
+    return converted
 
 
 def restore(unet: torch.nn.Module) -> int:
@@ -97,6 +103,11 @@ def restore(unet: torch.nn.Module) -> int:
     return state.layers
 
 
+def _compute_dtype(unet: torch.nn.Module) -> torch.dtype:
+    dtypes = [m.weight.dtype for m in _layers(unet) if m.weight.dtype != FP8]
+    return dtypes[0] if dtypes else torch.float16
+
+
 def sync(unet: torch.nn.Module, setting: str, *, is_sdxl: bool, device: torch.device) -> str | None:
     """Make the UNet's storage follow the setting. Returns why fp8 is not used when it is asked
     for and the device cannot (None otherwise)."""
@@ -107,10 +118,12 @@ def sync(unet: torch.nn.Module, setting: str, *, is_sdxl: bool, device: torch.de
             f"fp8_storage {setting!r}: {device.type} has no fp8 support (CUDA compute capability 8.9 or newer "
             "is needed); the UNet weights stay as they are"
         )
-    if want and not is_fp8(unet):
-        dtype = next((p.dtype for p in unet.parameters() if p.is_floating_point()), torch.float16)
+    if want:
+        state: Fp8State | None = getattr(unet, _STATE, None)
+        dtype = state.compute_dtype if state is not None else _compute_dtype(unet)
         count = store_fp8(unet, dtype)
-        log.info("fp8_storage: %d UNet layers store their weights in fp8 (computed in %s)", count, dtype)
+        if count:
+            log.info("fp8_storage: %d UNet weights stored in fp8 (computed in %s)", count, dtype)
     elif not want and is_fp8(unet):
         count = restore(unet)
         log.warning(

@@ -36,6 +36,8 @@ def test_weights_are_stored_in_fp8_and_upcast_per_layer_with_close_outputs() -> 
     error = (out - reference).abs().max().item()
     assert 0 < error <= 0.05 * reference.abs().max().item()
     assert fp8.store_fp8(net, torch.float32) == 0  # once
+    net[0].weight.data = net[0].weight.data.float()  # what a LoRA restore does: the original weight back
+    assert fp8.store_fp8(net, torch.float32) == 1 and net[0].weight.dtype == fp8.FP8
     assert fp8.restore(net) == 3 and not fp8.is_fp8(net)
     assert net[0].weight.dtype == torch.float32
     with torch.no_grad():
