@@ -8,9 +8,10 @@ tiny random-weight SD 1.x checkpoint (tests/fixtures/ldm_checkpoints.py), warms 
 of each kind), then `--clients` threads share `--requests` requests of a mixed workload: txt2img,
 img2img, extras single image, GET and POST /options, /progress. A 429 is honoured: the client
 sleeps the `Retry-After` seconds (plus a little jitter) and sends the same request again, so a full
-queue loses nothing. Besides, one poller asks /progress throughout (every 50 ms) and its latencies
-are reported as p50/p99. The server's RSS (process tree) is read at start (after warm-up), middle
-and end.
+queue loses nothing. Besides, a poller in a process of its own (so that the client threads do not
+hold its GIL) asks /progress throughout (every 50 ms); its latencies are reported as p50/p99.
+The server's RSS (process tree) is read at start (after warm-up), middle and end, and every 10% of
+the requests.
 
 Prints: requests served, 429s (retried), errors (a final answer that is not 200, a 200 without
 the expected images, or a transport error), lost (requests with no final answer), /progress p50/p99,
@@ -24,6 +25,7 @@ import base64
 import contextlib
 import io
 import itertools
+import multiprocessing
 import os
 import random
 import shutil
@@ -171,8 +173,12 @@ def client_loop(
                     tally.lost += 1
 
 
-def progress_poller(url: str, stop: threading.Event, latencies: list[float], failures: list[str]) -> None:
+def progress_poller(url: str, stop: Any, results: Any) -> None:
+    """Runs in its own process: polls until `stop` is set, then puts (latencies, failures) on `results`."""
     import httpx
+
+    latencies: list[float] = []
+    failures: list[str] = []
 
     with httpx.Client(base_url=url, timeout=60) as http:
         while not stop.is_set():
@@ -185,6 +191,7 @@ def progress_poller(url: str, stop: threading.Event, latencies: list[float], fai
                 failures.append(f"progress poller: {type(exc).__name__}: {exc}")
             latencies.append(time.perf_counter() - start)
             stop.wait(0.05)
+    results.put((latencies, failures))
 
 
 def start_server(data: Path, port: int, queue_limit: int, log_path: Path) -> subprocess.Popen[bytes]:
@@ -256,15 +263,15 @@ def main() -> int:
                 if problem:
                     raise SystemExit(f"warm-up {kind} failed: {problem}; log: {log_path}")
         rss = {"start": _rss_mb(proc.pid)}
+        trend: list[float] = []
 
         rng = random.Random(args.seed)
         plan = rng.choices(KINDS, weights=WEIGHTS, k=args.requests)
         tally = Tally()
         counter = itertools.count()
-        stop = threading.Event()
-        latencies: list[float] = []
-        poll_failures: list[str] = []
-        poller = threading.Thread(target=progress_poller, args=(url, stop, latencies, poll_failures), daemon=True)
+        spawn = multiprocessing.get_context("spawn")
+        stop, results = spawn.Event(), spawn.Queue()
+        poller = spawn.Process(target=progress_poller, args=(url, stop, results), daemon=True)
         poller.start()
         clients = [
             threading.Thread(target=client_loop, args=(url, plan, counter, args, image, tally), daemon=True)
@@ -278,9 +285,12 @@ def main() -> int:
                 done = tally.done
             if "middle" not in rss and done >= args.requests // 2:
                 rss["middle"] = _rss_mb(proc.pid)
+            if done >= len(trend) * args.requests // 10:  # every 10% of the requests
+                trend.append(_rss_mb(proc.pid))
             time.sleep(0.1)
         elapsed = time.monotonic() - t0
         stop.set()
+        latencies, poll_failures = results.get(timeout=120)
         poller.join(60)
         rss.setdefault("middle", float("nan"))
         rss["end"] = _rss_mb(proc.pid)
@@ -307,6 +317,7 @@ def main() -> int:
             f"server RSS: start {rss['start']:.0f} MB, middle {rss['middle']:.0f} MB, end {rss['end']:.0f} MB "
             f"(end - start {rss['end'] - rss['start']:+.0f} MB)"
         )
+        print("server RSS every 10% of the requests (MB): " + " ".join(f"{v:.0f}" for v in trend))
         print(
             f"after the run: progress job_count {idle['state']['job_count']}, current_task {idle.get('current_task')}"
         )
