@@ -287,3 +287,27 @@ def test_out_of_memory_in_training_is_507_and_the_worker_goes_on(
     assert body["error"] == "OutOfMemoryError" and "memory was freed" in body["detail"]
     assert client.get(f"{V1}/train/status").json()["state"] == "failed"
     generates(client)
+
+
+def test_out_of_memory_loading_a_checkpoint_is_507_not_a_bad_file(
+    client: TestClient, api_services: Services, tiny_models: dict[str, Path], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from modules.models import manager
+
+    def out_of_memory(*args: Any, **kwargs: Any) -> Any:
+        raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 3.00 GiB")
+
+    other = api_services.paths.checkpoint_dir / "other.safetensors"
+    if not other.exists():
+        other.write_bytes(tiny_models["sd1"].read_bytes())
+        client.post(f"{V1}/refresh-checkpoints")
+    monkeypatch.setattr(manager, "load_single_file", out_of_memory)
+    for r in (
+        client.post(f"{V1}/options", json={"sd_model_checkpoint": "other"}),
+        client.post(f"{V1}/txt2img", json={**BASE, "override_settings": {"sd_model_checkpoint": "other"}}),
+    ):
+        body = assert_refused(r, "Tried to allocate 3.00 GiB", 507)
+        assert body["error"] == "OutOfMemoryError"
+    monkeypatch.undo()
+    assert "sd1" in client.get(f"{V1}/options").json()["sd_model_checkpoint"]
+    assert generates(client)["info"].count("Model: sd1") == 1
