@@ -245,6 +245,8 @@ class ModelManager:
             if active.patcher.apply(spec.patches):
                 log.info("weight patches in force: %s", ", ".join(active.patcher.identities) or "none")
         except (RuntimeError, MemoryError) as exc:
+            if is_out_of_memory(exc) or isinstance(exc, MemoryError):
+                raise  # the weights are pristine again (WeightPatcher.apply); the worker answers 507
             raise ModelLoadError(f"applying weight patches failed: {type(exc).__name__}: {exc}") from exc
         return replace(spec, checkpoint=active.info, vae=choice)
 

@@ -83,6 +83,7 @@ def files(api_services: Services, tiny_models: dict[str, Path], tmp_path_factory
     truncated(src / "lora.safetensors", paths.lora_dir / "lora-cut.safetensors")
     corrupt(paths.lora_dir / "lora-junk.safetensors")
     truncated(src / "lora.safetensors", paths.lycoris_dir / "lyco-cut.safetensors")
+    save_file(fits, str(paths.lora_dir / "lora-ok.safetensors"))
     full_size = {f"{KEY}.lora_down.weight": torch.ones(2, 768), f"{KEY}.lora_up.weight": torch.ones(320, 2)}
     save_file(full_size, str(paths.lora_dir / "lora-other-model.safetensors"))  # a real SD 1.5 LoRA's widths
 
@@ -311,3 +312,21 @@ def test_out_of_memory_loading_a_checkpoint_is_507_not_a_bad_file(
     monkeypatch.undo()
     assert "sd1" in client.get(f"{V1}/options").json()["sd_model_checkpoint"]
     assert generates(client)["info"].count("Model: sd1") == 1
+
+
+def test_out_of_memory_applying_a_lora_is_507_and_the_weights_are_pristine(
+    client: TestClient, files: None, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from modules.models.patches import WeightPatcher
+
+    def out_of_memory(self: Any, plan: Any) -> None:
+        raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 1.00 GiB")
+
+    plain = generates(client)["images"][0]
+    with monkeypatch.context() as patch:
+        patch.setattr(WeightPatcher, "_write", out_of_memory)
+        r = client.post(f"{V1}/txt2img", json={**BASE, "prompt": "a house <lora:lora-ok:1>"})
+    assert assert_refused(r, "Tried to allocate 1.00 GiB", 507)["error"] == "OutOfMemoryError"
+    assert generates(client)["images"][0] == plain  # nothing of the LoRA was left in the weights
+    with_lora = generates(client, prompt="a house <lora:lora-ok:1>")
+    assert "lora-ok" not in str(with_lora.get("info", "")).split("warnings")[-1]  # applied, no warning
