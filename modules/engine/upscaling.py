@@ -11,7 +11,8 @@ asked for less than the model's factor, the model runs once and the result is sc
 
 On out-of-memory the tile is halved and the image retried, down to `MIN_TILE` pixels; below
 that `UpscaleOutOfMemoryError` (an `OutOfMemoryError`: HTTP 507, the worker goes on) says what to
-change, after what the failed tiles held was freed.
+change, after what the failed tiles held was freed. A model that loaded but fails on the image
+(any other RuntimeError) is a `ModelFileError` naming its file.
 """
 
 from __future__ import annotations
@@ -27,7 +28,7 @@ import numpy as np
 import torch
 from PIL import Image
 
-from modules.core.errors import OutOfMemoryError, ValidationError
+from modules.core.errors import ModelFileError, OutOfMemoryError, ValidationError
 from modules.models.upscalers import LANCZOS, NEAREST, NONE, LoadedUpscaler, UpscalerInfo
 
 if TYPE_CHECKING:
@@ -134,7 +135,14 @@ def _upscale_with_model(
         if current.width >= dest[0] and current.height >= dest[1]:
             break
         tensor = pil_to_tensor(current, model.device, model.dtype)
-        out, tile = run_tiled_with_retry(model, tensor, tile, tiles.overlap, tiles.min_tile, progress)
+        try:
+            out, tile = run_tiled_with_retry(model, tensor, tile, tiles.overlap, tiles.min_tile, progress)
+        except RuntimeError as exc:  # out of memory is an OutOfMemoryError (not a RuntimeError) by now
+            # loaded fine but cannot run (tensors that fit no real network): the file's fault, a 4xx
+            raise ModelFileError(
+                f"{model.info.model_path or model.info.name}: the upscaler model failed on a "
+                f"{current.width}x{current.height} image: {type(exc).__name__}: {str(exc)[:300]}"
+            ) from exc
         current = tensor_to_pil(out)
         del tensor, out
     if current.size != dest:

@@ -330,3 +330,17 @@ def test_out_of_memory_applying_a_lora_is_507_and_the_weights_are_pristine(
     assert generates(client)["images"][0] == plain  # nothing of the LoRA was left in the weights
     with_lora = generates(client, prompt="a house <lora:lora-ok:1>")
     assert "lora-ok" not in str(with_lora.get("info", "")).split("warnings")[-1]  # applied, no warning
+
+
+def test_an_upscaler_that_loads_but_cannot_run_is_a_4xx_naming_it(
+    client: TestClient, files: None, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    def broken(self: LoadedUpscaler, image: torch.Tensor) -> torch.Tensor:
+        raise RuntimeError("mat1 and mat2 shapes cannot be multiplied (64x3 and 8x8)")
+
+    payload = {"image": png(), "upscaler_1": "esrgan-ok", "upscaling_resize": 2}
+    with monkeypatch.context() as patch:
+        patch.setattr(LoadedUpscaler, "__call__", broken)
+        body = assert_refused(client.post(f"{V1}/extra-single-image", json=payload), "esrgan-ok.pth")
+    assert "failed on a 32x32 image" in body["detail"] and "cannot be multiplied" in body["detail"]
+    assert client.post(f"{V1}/extra-single-image", json=payload).status_code == 200
