@@ -113,6 +113,18 @@ def test_open_gives_up_when_the_server_stopped_first() -> None:
     assert events == []
 
 
+def test_extension_preload_flags_are_found_without_the_script_loader(tmp_path: Path) -> None:
+    from modules.app import _has_extension_preloads
+
+    settings = parse_settings(["--data-dir", str(tmp_path)], {})
+    (tmp_path / "extensions" / "plain").mkdir(parents=True)
+    assert _has_extension_preloads(settings, {}) is False  # all flags parsed before serving
+    (tmp_path / "extensions" / "plain" / "preload.py").write_text("def preload(parser): pass\n", encoding="utf-8")
+    assert _has_extension_preloads(settings, {}) is True  # parsed on the start-up thread
+    disabled = parse_settings(["--data-dir", str(tmp_path), "--disable-all-extensions"], {})
+    assert _has_extension_preloads(disabled, {}) is False
+
+
 # --- a real process ---------------------------------------------------------------------------
 
 
