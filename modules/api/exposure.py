@@ -176,4 +176,9 @@ def startup_security(settings: Settings) -> int | None:
     """Called by `main` before anything is built: log redaction on, then the exposure check
     (exit code 2 to refuse the start, else None)."""
     install_log_redaction(secret_strings(settings))
+    if settings.hide_ui_dir_config:
+        log.warning(
+            "--hide-ui-dir-config: folder settings are hidden and locked; the img2img and extras "
+            "batch-from-directory tabs are not disabled (they read folders inside the data dir only)"
+        )
     return check_exposure(settings)

@@ -81,7 +81,6 @@ NOT_ACTED_ON_FLAGS: dict[str, str] = {
     "uv": "the launcher installs with pip",
     "disable_safe_unpickle": "pickled checkpoints always load through an allow-list",
     "allow_code": "there is no custom-code feature",
-    "hide_ui_dir_config": "not implemented yet: directory settings stay visible (the API still refuses changes)",
     "update_check": "no update check",
     "no_gradio_queue": "the Gradio queue is always used",
     "autolaunch": "the server does not open a browser",
@@ -102,9 +101,7 @@ ALREADY_SO_FLAGS: dict[str, str] = {
 """Flags that ask for what happens anyway: nothing reads them, and no warning is needed."""
 
 # Fields whose value is a secret: replaced by REDACTED in `redacted_dict()`.
-SECRET_FIELDS = frozenset(
-    {"api_auth", "gradio_auth", "gradio_auth_path", "ngrok", "ngrok_options", "tls_keyfile", "tls_certfile"}
-)
+SECRET_FIELDS = frozenset({"api_auth", "gradio_auth", "ngrok", "ngrok_options"})
 
 
 Credentials = list[tuple[str, str]]

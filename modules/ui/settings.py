@@ -1,7 +1,8 @@
 """The Settings tab (a1111.md 10.7), generated from the options registry: a list of sections on
 the left, one group of fields per section, each field chosen from its option's type, choices and
 range, with elem_id `setting_<key>`. Options nothing acts on yet (`OptionInfo.implemented`) are
-left out; frozen ones (--freeze-settings...) are shown read-only. "Apply settings" validates and
+left out; frozen ones (--freeze-settings...) are shown read-only; with --hide-ui-dir-config the
+folder settings (`modules.core.dir_config`) are left out and refused. "Apply settings" validates and
 applies the changed values and saves config.json; "Reload UI" reloads the page. Values are filled
 in by a page-load event, so a reload shows what is saved now, not what was current when the page
 was built."""
@@ -17,6 +18,7 @@ from typing import Any
 import gradio as gr
 from gradio.context import Context
 
+from modules.core.dir_config import dir_config_locked
 from modules.core.errors import SdWebuiError
 from modules.core.option_defaults import SECTIONS
 from modules.core.option_info import OptionInfo
@@ -36,6 +38,12 @@ CSS = """
 """
 
 
+def _hide_dirs(services: Services) -> bool:
+    """--hide-ui-dir-config (a bare options holder without flags, as some callers pass: off)."""
+    settings = getattr(services, "settings", None)
+    return bool(settings is not None and settings.hide_ui_dir_config)
+
+
 def quicksettings_keys(services: Services) -> list[str]:
     """The `quicksettings_list` keys shown above the tabs, in order: known, shown, once each
     (an unknown key is logged and skipped)."""
@@ -51,20 +59,29 @@ def quicksettings_keys(services: Services) -> list[str]:
         if not info.implemented:
             log.warning("quicksettings_list: %r is not acted on yet (%s); skipped", key, info.note)
             continue
+        if dir_config_locked(key, _hide_dirs(services)):
+            log.warning("quicksettings_list: %r is hidden with --hide-ui-dir-config; skipped", key)
+            continue
         if key not in out:
             out.append(key)
     return out
 
 
-def shown_options(infos: Sequence[OptionInfo], quick: Collection[str] = QUICKSETTINGS) -> list[OptionInfo]:
+def shown_options(
+    infos: Sequence[OptionInfo], quick: Collection[str] = QUICKSETTINGS, *, hide_dirs: bool = False
+) -> list[OptionInfo]:
     """The Settings tab's fields: implemented (an option nothing acts on yet is not offered as if it
     worked; the API still lists and stores it), not hidden, not in the quicksettings row (`quick`:
     A1111 shows a quicksetting only above the tabs, and one page holds each `setting_<key>` elem_id
-    once)."""
+    once), not a folder setting when `hide_dirs` (--hide-ui-dir-config)."""
     return [
         i
         for i in infos
-        if i.implemented and i.section not in HIDDEN_SECTIONS and i.key not in QUICKSETTINGS and i.key not in quick
+        if i.implemented
+        and i.section not in HIDDEN_SECTIONS
+        and i.key not in QUICKSETTINGS
+        and i.key not in quick
+        and not dir_config_locked(i.key, hide_dirs)
     ]
 
 
@@ -154,6 +171,9 @@ def apply_settings(services: Services, infos: Sequence[OptionInfo], values: Sequ
     changes = changed_values(services, infos, values)
     if not changes:
         return "0 settings changed."
+    locked = [key for key in changes if dir_config_locked(key, _hide_dirs(services))]
+    if locked:
+        raise gr.Error(f"not possible to change {', '.join(locked)}: restricted with --hide-ui-dir-config")
     try:
         result = services.options.apply_update(changes, ignore_unknown=True, allow_restricted=True)
     except SdWebuiError as exc:
@@ -196,7 +216,11 @@ def build_settings_tab(services: Services) -> SettingsTab:
     """Build the tab inside the current `gr.Blocks` (its page-load event fills in the values)."""
     blocks = Context.root_block
     assert blocks is not None, "build_settings_tab must run inside gr.Blocks"
-    infos = shown_options(list(services.options.infos().values()), quicksettings_keys(services))
+    infos = shown_options(
+        list(services.options.infos().values()),
+        quicksettings_keys(services),
+        hide_dirs=_hide_dirs(services),
+    )
     by_section: dict[str, list[OptionInfo]] = {}
     for info in infos:
         by_section.setdefault(info.section, []).append(info)

@@ -3,10 +3,12 @@
 `GET /options` reads a snapshot under the options' own short lock, never a lock a generation job
 holds, so it answers while a job runs. `POST /options` takes a full round trip of that dict
 (Open WebUI posts the whole object back): unknown and read-only keys are ignored, `restrict_api`
-keys are refused (403) unless sent unchanged. Setting `sd_model_checkpoint` / `sd_vae` switches
-the model through the options' callbacks (`modules.engine.facade.wire_model_options`): a model job
-on the worker, queued behind a running generation, and this request answers only once it is
-loaded; a name that matches nothing is a 404 and the previous model stays active.
+keys are refused (403) unless sent unchanged, and so are frozen keys (--freeze-settings...) and,
+with --hide-ui-dir-config, the folder settings (`modules.core.dir_config`). Setting
+`sd_model_checkpoint` / `sd_vae` switches the model through the options' callbacks
+(`modules.engine.facade.wire_model_options`): a model job on the worker, queued behind a running
+generation, and this request answers only once it is loaded; a name that matches nothing is a 404
+and the previous model stays active.
 """
 
 from __future__ import annotations
@@ -17,7 +19,8 @@ from typing import Any
 from fastapi import APIRouter, Body, Depends
 
 from modules.api.deps import get_services
-from modules.core.errors import ModelLoadError, UserError
+from modules.core.dir_config import dir_config_locked
+from modules.core.errors import ForbiddenError, ModelLoadError, UserError
 from modules.services import Services
 
 log = logging.getLogger(__name__)
@@ -37,6 +40,10 @@ def set_options(
     services: Services = Depends(get_services),
 ) -> None:
     options = services.options
+    hide_dirs = services.settings.hide_ui_dir_config
+    for key, value in values.items():
+        if dir_config_locked(key, hide_dirs) and key in options and value != options.get(key):
+            raise ForbiddenError(f"setting {key} cannot be changed: restricted with --hide-ui-dir-config")
     try:
         result = options.apply_update(values, ignore_unknown=True, allow_restricted=False)
     except ModelLoadError as exc:
