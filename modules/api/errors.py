@@ -40,7 +40,7 @@ _DESCRIPTIONS = {
     404: "A named thing (checkpoint, sampler, upscaler, job...) does not exist",
     409: "The job was interrupted",
     413: "The request body is larger than --max-body-mb",
-    429: "The queue is full (--queue-limit); retry after the Retry-After header's seconds",
+    429: "The queue is full (--queue-limit), or too many failed logins; retry after Retry-After seconds",
     500: "An unexpected error (a bug)",
     501: "Not available on this server",
     503: "Not available now (the server is stopping, or the feature is not installed)",

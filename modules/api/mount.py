@@ -44,17 +44,17 @@ ROUTERS = (
 
 # The error answers each router's routes can give, declared in /openapi.json (`ErrorBody`, A1111's
 # shape). Every route: 400 (a UserError with no more precise status), 401 (auth), 403 (cross-site,
-# restricted), 413 (body cap), 500 (a bug); 422 is FastAPI's own `HTTPValidationError`
-# declaration, which our 422 bodies match (modules/api/errors.py).
-COMMON_ERRORS = (400, 401, 403, 413, 500)
+# restricted), 413 (body cap), 429 (failed logins; the queue where a route queues), 500 (a bug);
+# 422 is FastAPI's own `HTTPValidationError` declaration, which our 422 bodies match (api/errors.py).
+COMMON_ERRORS = (400, 401, 403, 413, 429, 500)
 ROUTER_ERRORS: dict[str, tuple[int, ...]] = {
     # 409: refused while a training run waits (its policy option); 503: queued when the server stops
-    generation.__name__: (404, 409, 429, 503, 507),
-    extras.__name__: (404, 409, 429, 503, 507),
-    models.__name__: (404, 429, 503, 507),  # unload/reload run on the worker
-    interrogate.__name__: (404, 409, 429, 503, 507),
-    merge.__name__: (404, 409, 429, 503, 507),
-    training.__name__: (404, 409, 429, 503, 507),
+    generation.__name__: (404, 409, 503, 507),
+    extras.__name__: (404, 409, 503, 507),
+    models.__name__: (404, 503, 507),  # unload/reload run on the worker
+    interrogate.__name__: (404, 409, 503, 507),
+    merge.__name__: (404, 409, 503, 507),
+    training.__name__: (404, 409, 503, 507),
     options.__name__: (404,),
     extensions.__name__: (404, 503),
     server.__name__: (404, 501),
