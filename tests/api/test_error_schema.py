@@ -201,3 +201,31 @@ def test_out_of_memory_is_a_declared_507(
     response = client.post("/sdapi/v1/txt2img", json=BASE)
     assert response.status_code == 507, response.text[:300]
     assert check_against_spec(spec, "POST", "/sdapi/v1/txt2img", response)["error"] == "OutOfMemoryError"
+
+
+def test_auth_refusals_are_declared_and_match(tmp_path: Path) -> None:
+    """401 (no login), 403 (cross-site POST with a login), 429 (failed logins) from the security
+    layer, on an app built with --api-auth (no model needed)."""
+    from modules.app import create_app
+
+    flags = ["--data-dir", str(tmp_path), "--nowebui", "--api-auth", "user:secret-pw"]
+    services = build_services(parse_settings(flags, {}), tmp_path, {})
+    try:
+        with TestClient(create_app(services)) as client:
+            spec = client.get("/openapi.json", auth=("user", "secret-pw")).json()
+            response = client.get("/sdapi/v1/options")
+            assert response.status_code == 401
+            check_against_spec(spec, "GET", "/sdapi/v1/options", response)
+            cross_site = {"Origin": "https://evil.example", "Content-Type": "text/plain"}  # a simple request
+            response = client.post("/sdapi/v1/txt2img", content=b"{}", auth=("user", "secret-pw"), headers=cross_site)
+            assert response.status_code == 403, response.text[:300]
+            check_against_spec(spec, "POST", "/sdapi/v1/txt2img", response)
+            for _ in range(20):
+                response = client.post("/sdapi/v1/txt2img", json=BASE, auth=("user", "wrong"))
+                if response.status_code == 429:
+                    break
+                assert response.status_code == 401
+            assert response.status_code == 429, response.text[:300]
+            check_against_spec(spec, "POST", "/sdapi/v1/txt2img", response)
+    finally:
+        services.worker.shutdown()
