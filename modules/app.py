@@ -422,13 +422,17 @@ class _Launch:
         if self.app is None and not self.build():
             self.server.should_exit = True
             return
-        assert self.app is not None
+        assert self.app is not None and self.services is not None
         if not self.gate.open(self.app):
             return  # the server stopped first
         log.info("start-up: the API and the UI are served")
+        # After the app, as before: loading while the UI is built made both slower on a shared CPU
+        # (bench/bench_cold_start.py, full SD1.5: /options 1.5x later, the model no sooner).
+        if not self.settings.skip_load_model_at_start:
+            self._load_model(self.services)
 
     def build(self) -> bool:
-        """Services, checkpoints list, model load start, app. False (and `exit_code`) on failure."""
+        """Services, checkpoints list, app. False (and `exit_code`) on failure."""
         state = self.gate.state
         try:
             hold = self.environ.get(HOLD_ENV)
@@ -448,12 +452,7 @@ class _Launch:
             self.services = services
             state.set_phase("listing checkpoints")
             services.registry.refresh()
-            if settings.skip_load_model_at_start:
-                state.set_phase("building the UI" if not settings.nowebui else "building the API")
-            else:  # the model loads while the UI is built (the page says which model)
-                threading.Thread(
-                    target=self._load_model, args=(services,), name="initial model load", daemon=True
-                ).start()
+            state.set_phase("building the UI" if not settings.nowebui else "building the API")
             app = create_app(services)
             from modules.api.routes.server import ServerControl
 
