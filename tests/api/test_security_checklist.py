@@ -124,11 +124,21 @@ def test_A5_allow_insecure_listen_starts_with_a_loud_warning(caplog: pytest.LogC
     assert record.levelno == logging.WARNING
 
 
-def test_A5_main_exits_2_before_building_anything(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
-    from modules.app import main
+def test_A5_main_exits_2_before_building_anything(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import uvicorn
 
+    from modules import app as app_module
+
+    def must_not_run(*args: Any, **kwargs: Any) -> Any:
+        raise AssertionError("the refused start went on to build or serve")
+
+    # without the check main would go on and serve 0.0.0.0: fail at once instead of hanging
+    monkeypatch.setattr(app_module, "build_services", must_not_run)
+    monkeypatch.setattr(uvicorn.Server, "__init__", must_not_run)
     data = tmp_path / "data"
-    assert main(["--listen", "--api", "--data-dir", str(data), "--skip-load-model-at-start"], {}) == 2
+    assert app_module.main(["--listen", "--api", "--data-dir", str(data), "--skip-load-model-at-start"], {}) == 2
     assert "refusing to start" in caplog.text
     assert not (data / "config.json").exists() and not (data / "models").exists()
 
