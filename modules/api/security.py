@@ -5,7 +5,8 @@
 nothing depends on a route remembering to declare an auth dependency (A1111's hole: its
 `--api-auth` only covers routes added through `Api.add_api_route`). Order, outermost first:
 
-    host guard -> api log -> CORS (only with --cors-allow-origins[-regex]) -> auth -> CSRF -> the app
+    host guard -> api log -> CORS (only with --cors-allow-origins[-regex]) -> auth -> CSRF
+    -> CORS header strip -> the app
 
 * Host guard (`modules.api.host_guard`): a server bound to loopback answers only Host values
   localhost / 127.0.0.1 / [::1] (+ `--allowed-hosts`): 400 otherwise (DNS rebinding).
@@ -29,6 +30,10 @@ nothing depends on a route remembering to declare an auth dependency (A1111's ho
   preflight.
 * CORS: no CORS headers at all unless `--cors-allow-origins` / `--cors-allow-origins-regex` are
   given; then exactly those origins are echoed (credentials allowed, so `*` and `null` are dropped).
+  Gradio's own CORS middleware echoes any `Origin` with credentials when the Host is not
+  localhost (a `--listen` server reached by its LAN address) and approves preflights, which would
+  let a foreign page read the UI's answers and send it JSON; so every `Access-Control-*` header
+  the app itself produces is removed, and only ours (outside) are sent.
 * `--api-log`: one line per `/sdapi` request: status, method, path (no query), client, duration.
 """
 
@@ -313,6 +318,28 @@ class CsrfMiddleware:
         await self.app(scope, receive, send)
 
 
+class StripCorsHeadersMiddleware:
+    """Removes the `Access-Control-*` response headers of everything inside it (Gradio's CORS)."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+
+        async def strip(message: Message) -> None:
+            if message["type"] == "http.response.start":
+                headers = [
+                    (k, v) for k, v in message.get("headers", []) if not k.lower().startswith(b"access-control-")
+                ]
+                message = {**message, "headers": headers}
+            await send(message)
+
+        await self.app(scope, receive, strip)
+
+
 class ApiLogMiddleware:
     """`--api-log`: status, method, path, client and duration of every `/sdapi` request.
     Never the query string, the body or any header (credentials stay out of logs)."""
@@ -389,6 +416,7 @@ def install_security(app: FastAPI, services: Services, *, public_paths: Iterable
     origins, regex = cors_config(settings)
     policy = OriginPolicy(frozenset(origins), re.compile(regex) if regex else None)
     # add_middleware: the last added is the outermost.
+    app.add_middleware(StripCorsHeadersMiddleware)
     app.add_middleware(CsrfMiddleware, policy=policy)
     limiter = LoginLimiter()
     app.state.login_limiter = limiter

@@ -6,7 +6,8 @@ tests that were missing. Each test name carries the item it covers:
 * DNS rebinding (1.2 gap 3): a loopback-bound server answers loopback Host values only
   (+ `--allowed-hosts`).
 * CVE-2024-1729 (1.3): failed logins are rate limited per address (429 + Retry-After).
-* C3: cmd-flags and the logs never show a password, token or TLS key path.
+* C3: cmd-flags and the logs never show a password or token.
+* C4: Gradio's own CORS headers (it echoes any Origin when the Host is not localhost) are removed.
 * C6: without `Origin`, a foreign `Referer` or `Sec-Fetch-Site` still marks a simple POST
   cross-site; clients that send none of them keep working.
 * C7: `POST /sdapi/v1/options` refuses folder settings and `restrict_api` keys, frozen keys, and
@@ -337,6 +338,51 @@ def test_C6_referer_origin_units() -> None:
     assert policy.is_foreign(Headers({"host": "localhost:7860", "referer": "http://evil.example/"}))
     assert not policy.is_foreign(Headers({"host": "localhost:7860", "referer": "http://localhost:7860/x"}))
     assert not policy.is_foreign(Headers({"host": "localhost:7860"}))
+
+
+# --- C4: Gradio's own CORS answers never reach the browser ---------------------------------------
+
+
+def gradio_app(*flags: str) -> FastAPI:
+    """The real security layer around a real (empty) Gradio app mounted as ours is (`mount_gradio_app`)."""
+    app = small_app(*flags)
+    with gr.Blocks() as blocks:
+        gr.Markdown("probe")
+    return gr.mount_gradio_app(app, blocks, path="/")
+
+
+@pytest.mark.parametrize("host", ["sd-box.lan:7860", "localhost:7860"], ids=["lan-host", "localhost"])
+def test_C4_gradio_routes_echo_no_foreign_origin(host: str) -> None:
+    """Gradio echoes any Origin with credentials when the Host is not localhost (a --listen server
+    reached by its LAN name) and approves preflights: a foreign page could read the UI's answers
+    and post JSON to its functions. No Access-Control-* header may come out for such an origin."""
+    client = TestClient(gradio_app())
+    for origin in ("https://evil.example", "null", "http://localhost:3000"):
+        for path in ("/", "/config", "/gradio_api/info"):
+            r = client.get(path, headers={"Origin": origin, "host": host})
+            assert r.status_code < 500, (path, r.status_code)
+            leaked = [k for k in r.headers if k.lower().startswith("access-control-")]
+            assert not leaked, (path, origin, leaked)
+        pre = client.options(
+            "/gradio_api/queue/join",
+            headers={
+                "Origin": origin,
+                "host": host,
+                "Access-Control-Request-Method": "POST",
+                "Access-Control-Request-Headers": "content-type",
+            },
+        )
+        assert "access-control-allow-origin" not in pre.headers, origin
+        r = client.post("/gradio_api/queue/join", content=b"{}", headers={"Origin": origin, "host": host})
+        assert r.status_code == 403, origin
+
+
+def test_C4_configured_cors_origins_still_get_their_headers_on_gradio_routes() -> None:
+    client = TestClient(gradio_app("--cors-allow-origins", "https://good.example"))
+    r = client.get("/config", headers={"Origin": "https://good.example", "host": "sd-box.lan"})
+    assert r.headers["access-control-allow-origin"] == "https://good.example"
+    r = client.get("/config", headers={"Origin": "https://evil.example", "host": "sd-box.lan"})
+    assert "access-control-allow-origin" not in r.headers
 
 
 # --- C3: secrets in cmd-flags and in the logs ------------------------------------------------------
