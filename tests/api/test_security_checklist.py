@@ -10,6 +10,7 @@ tests that were missing. Each test name carries the item it covers:
 * C4: Gradio's own CORS headers (it echoes any Origin when the Host is not localhost) are removed.
 * C6: without `Origin`, a foreign `Referer` or `Sec-Fetch-Site` still marks a simple POST
   cross-site; clients that send none of them keep working.
+* C9: pickles whose payload comes before a broken stream (zip, bare, 7z-wrapped) run nothing.
 * C7: `POST /sdapi/v1/options` refuses folder settings and `restrict_api` keys, frozen keys, and
   with `--hide-ui-dir-config` every folder setting; the Settings tab hides / locks them.
 
@@ -22,6 +23,8 @@ from __future__ import annotations
 
 import base64
 import logging
+import pickle
+import zipfile
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from types import SimpleNamespace
@@ -564,3 +567,39 @@ def test_C7_settings_tab_hides_folder_settings_and_locks_frozen_ones(tmp_path: P
 def test_C7_hide_ui_dir_config_says_what_it_does_not_cover(caplog: pytest.LogCaptureFixture) -> None:
     assert startup_security(parse_settings(["--hide-ui-dir-config"], {})) is None
     assert "batch-from-directory tabs are not disabled" in caplog.text
+
+
+# --- C9: the broken-stream variant (nullifAI: the payload runs before the stream breaks) -----------
+
+
+def _broken_pickle(marker: Path) -> bytes:
+    from tests.fixtures.pickles import _ExecCall, _touch_code
+
+    whole = pickle.dumps({"state_dict": {}, "hook": _ExecCall(_touch_code(marker))}, protocol=2)
+    assert whole.endswith(b".")
+    return whole[:-1] + b"\x00\xffbroken stream"  # no STOP: a loader that runs opcodes as it reads has run exec
+
+
+@pytest.mark.parametrize("kind", ["zip", "bare", "7z"])
+def test_C9_broken_stream_pickles_are_refused_and_run_nothing(tmp_path: Path, kind: str) -> None:
+    from modules.core.errors import ModelFileError
+    from modules.models.checkpoint_io import read_state_dict
+
+    marker = tmp_path / "pwned"
+    broken = _broken_pickle(marker)
+    path = tmp_path / f"evil_{kind}.ckpt"
+    if kind == "zip":
+        with zipfile.ZipFile(path, "w") as zf:
+            zf.writestr("archive/data.pkl", broken)
+            zf.writestr("archive/version", "3\n")
+    elif kind == "bare":
+        path.write_bytes(broken)
+    else:  # a 7z container around the pickle, as nullifAI shipped (not a zip: torch's zip reader refuses it)
+        path.write_bytes(b"7z\xbc\xaf\x27\x1c\x00\x04" + broken)
+    with pytest.raises(ModelFileError):
+        read_state_dict(path)
+    assert not marker.exists(), "the payload ran before the stream broke"
+    # control: the fixture is live - a plain unpickler runs the payload, then fails on the stream
+    with pytest.raises(Exception):  # noqa: B017 - which error a broken stream gives does not matter
+        pickle.loads(broken)
+    assert marker.exists()
