@@ -12,7 +12,9 @@
 #   here:    bash bench/gpu/run_all.sh --smoke      # tiny models on the CPU, proves the wiring (~2 min)
 #
 # Knobs (environment): STEPS (20), REPEATS (3), SKIP_SDXL=1, SKIP_COMPILED=1, SKIP_SWITCH=1,
-# PHASE_TIMEOUT (seconds per bench command, 240), PYTHON.
+# PHASE_TIMEOUT (seconds per bench command, 240), BUDGET (seconds for the whole script, 480), PYTHON.
+# Order: eager cells, switch bench, then compiled cells; a phase with too little budget left is skipped
+# and says so in the summary.
 set -uo pipefail
 cd "$(dirname "$0")/../.."
 SMOKE=0
@@ -71,35 +73,46 @@ else
     say "checkpoints written in $(($(date +%s) - t0)) s"
 fi
 
-run_phase() { # name, command...
-    local name=$1
-    shift
-    local t0
+BUDGET=${BUDGET:-480}  # seconds for the whole script; a phase that would start with too little left is skipped
+run_phase() { # name, least seconds it needs, command...
+    local name=$1 need=$2
+    shift 2
+    local t0 left limit
     t0=$(date +%s)
+    left=$((BUDGET - (t0 - started)))
     say ""
+    if [ "$left" -lt "$need" ]; then
+        say "== $name: skipped (${left}s of the ${BUDGET}s budget left, needs ~${need}s; raise BUDGET or run it alone)"
+        return
+    fi
+    limit=$((left < PHASE_TIMEOUT ? left : PHASE_TIMEOUT))
     say "== $name: $*"
-    timeout "$PHASE_TIMEOUT" "$@" >"$OUT/$name.log" 2>&1
+    timeout "$limit" "$@" >"$OUT/$name.log" 2>&1
     local rc=$?
     grep -E '^(txt2img|sd1|sdxl|switch|  |    )' "$OUT/$name.log" | grep -v -E 'Warning|warn|it/s\]' >>"$SUMMARY"
     if [ "$rc" != 0 ]; then
-        say "  ($name exited $rc$([ "$rc" = 124 ] && echo ": hit PHASE_TIMEOUT ${PHASE_TIMEOUT}s"); tail of its log:)"
+        say "  ($name exited $rc$([ "$rc" = 124 ] && echo ": cut at ${limit}s"); tail of its log:)"
         tail -5 "$OUT/$name.log" | sed 's/^/    /' >>"$SUMMARY"
     fi
     say "  ($name took $(($(date +%s) - t0)) s)"
 }
 
-# shellcheck disable=SC2086
-run_phase txt2img_sd1 "$PY" bench/bench_txt2img.py --families sd1 --batches 1 4 --modes $MODES \
-    --steps "$STEPS" --repeats "$REPEATS" --json "$OUT/txt2img_sd1.json" "${SMOKE_ARG[@]}"
-if [ "${SKIP_SDXL:-0}" != 1 ]; then
-    # shellcheck disable=SC2086
-    run_phase txt2img_sdxl "$PY" bench/bench_txt2img.py --families sdxl --batches 1 --modes $MODES \
-        --steps "$STEPS" --repeats "$REPEATS" --json "$OUT/txt2img_sdxl.json" "${SMOKE_ARG[@]}"
-fi
+T2I=("$PY" bench/bench_txt2img.py --steps "$STEPS" --repeats "$REPEATS" "${SMOKE_ARG[@]}")
+# most important first: the eager cells, then the switch bench, then the compiled cells (each
+# compiled cell compiles the UNet twice, ours and raw: the slow part)
+run_phase sd1_eager 40 "${T2I[@]}" --families sd1 --batches 1 4 --modes eager --json "$OUT/sd1_eager.json"
+[ "${SKIP_SDXL:-0}" = 1 ] ||
+    run_phase sdxl_eager 60 "${T2I[@]}" --families sdxl --batches 1 --modes eager --json "$OUT/sdxl_eager.json"
 if [ "${SKIP_SWITCH:-0}" != 1 ]; then
     sw=()
     [ "$SMOKE" = 1 ] && sw=(--smoke)
-    run_phase switch "$PY" bench/bench_switch.py --families sd1 --repeats "$REPEATS" "${sw[@]}"
+    run_phase switch 60 "$PY" bench/bench_switch.py --families sd1 --repeats "$REPEATS" "${sw[@]}"
+fi
+if [ "$MODES" != eager ]; then
+    run_phase sd1_compiled_b1 90 "${T2I[@]}" --families sd1 --batches 1 --modes compiled --json "$OUT/sd1_c1.json"
+    [ "${SKIP_SDXL:-0}" = 1 ] ||
+        run_phase sdxl_compiled 150 "${T2I[@]}" --families sdxl --batches 1 --modes compiled --json "$OUT/sdxl_c.json"
+    run_phase sd1_compiled_b4 90 "${T2I[@]}" --families sd1 --batches 4 --modes compiled --json "$OUT/sd1_c4.json"
 fi
 say ""
 say "total $(($(date +%s) - started)) s; logs and JSON in $OUT"
