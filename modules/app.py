@@ -370,7 +370,7 @@ def main(argv: Sequence[str], environ: Mapping[str, str]) -> int:
 
     # SIGTERM/SIGINT/stop: queued jobs fail at once (503), the running one is interrupted, the
     # worker is joined; READY=1 to systemd once listening (modules.api.lifecycle)
-    server = GracefulServer(config, lambda: launch.services.worker if launch.services is not None else None)
+    server = GracefulServer(config, lambda: launch.services.engine if launch.services is not None else None)
     launch = _Launch(argv, environ, settings, deferred, gate, server)
     if settings.ray and not launch.build():  # Ray starts from the main thread: build first, as before
         return launch.exit_code

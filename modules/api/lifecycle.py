@@ -26,12 +26,20 @@ import signal
 import socket
 from collections.abc import Callable, Mapping
 from types import FrameType
+from typing import Protocol
 
 import uvicorn
 
-from modules.engine.worker import Worker
-
 log = logging.getLogger(__name__)
+
+
+class Drainable(Protocol):
+    """What the stop needs of the engine (`modules.engine.facade.Engine`)."""
+
+    def begin_shutdown(self) -> None: ...
+
+    def join(self, timeout: float | None = None) -> bool: ...
+
 
 GRACEFUL_TIMEOUT_S = 15.0
 """How long uvicorn waits for open requests once the queue has been failed (the running job's
@@ -63,13 +71,13 @@ def sd_notify(message: str, environ: Mapping[str, str] | None = None) -> bool:
 class GracefulServer(uvicorn.Server):
     """`uvicorn.Server` with systemd readiness and a stop that fails the queue at once.
 
-    `worker` returns the generation worker, or None while the services are still being built
-    (the fast start serves before they exist; `main` shuts a late worker down itself)."""
+    `engine` returns the engine (whose worker runs the jobs), or None while the services are still
+    being built (the fast start serves before they exist; `main` shuts a late worker down itself)."""
 
     def __init__(
         self,
         config: uvicorn.Config,
-        worker: Callable[[], Worker | None],
+        engine: Callable[[], Drainable | None],
         *,
         graceful_timeout: float = GRACEFUL_TIMEOUT_S,
         worker_timeout: float = WORKER_TIMEOUT_S,
@@ -78,7 +86,7 @@ class GracefulServer(uvicorn.Server):
         if config.timeout_graceful_shutdown is None:
             config.timeout_graceful_shutdown = int(graceful_timeout) if graceful_timeout >= 1 else 1
         super().__init__(config)
-        self._worker = worker
+        self._engine = engine
         self._worker_timeout = worker_timeout
         self._environ = os.environ if environ is None else environ
         self._signals: list[int] = []
@@ -101,17 +109,17 @@ class GracefulServer(uvicorn.Server):
         why = f"signal {signal.Signals(self._signals[0]).name}" if self._signals else "stop requested"
         log.info("shutting down (%s): no new jobs; queued jobs fail with 503; the running job is interrupted", why)
         sd_notify("STOPPING=1\nSTATUS=stopping", self._environ)
-        worker = self._worker()
-        if worker is not None:
-            worker.begin_shutdown()
+        engine = self._engine()
+        if engine is not None:
+            engine.begin_shutdown()
 
     async def shutdown(self, sockets: list[socket.socket] | None = None) -> None:
         self.begin_shutdown()
         await super().shutdown(sockets=sockets)
-        worker = self._worker()
-        if worker is not None:
-            worker.begin_shutdown()  # built meanwhile: it gets no job either
-            if not await asyncio.to_thread(worker.join, self._worker_timeout):
+        engine = self._engine()
+        if engine is not None:
+            engine.begin_shutdown()  # built meanwhile: it gets no job either
+            if not await asyncio.to_thread(engine.join, self._worker_timeout):
                 log.warning(
                     "the running job did not stop within %.0f s (it does not check for interrupts); exiting anyway",
                     self._worker_timeout,

@@ -70,6 +70,7 @@ from modules.engine.service import GenerationService
 from modules.engine.token_count import count_tokens
 from modules.engine.training.service import TrainingService
 from modules.engine.worker import Job, JobContext, Worker, idle_progress
+from modules.engine.worker import JobCancelled as JobCancelled  # adapters catch it from here
 from modules.engine.worker import JobInterrupted as JobInterrupted  # adapters catch it from here
 from modules.models import merge as merging
 from modules.models.embeddings import EmbeddingSet
@@ -304,6 +305,21 @@ class Engine:
 
     def interrupt(self, job_id: str | None = None) -> None:
         self._worker.interrupt(job_id)
+
+    def cancel(self, future: Future[Any]) -> bool:
+        """Drop the job behind `future` (a handle's future) if it is still queued: it never runs
+        and fails with `JobCancelled`; True. A running job is interrupted instead (False); False
+        too when it is over, or not a job of this process's worker (a Ray replica's)."""
+        return self._worker.cancel(future)
+
+    def begin_shutdown(self) -> None:
+        """Take no new job, fail the queued ones with `ServerShuttingDown` (503) and interrupt the
+        running one (the server's graceful stop)."""
+        self._worker.begin_shutdown()
+
+    def join(self, timeout: float | None = None) -> bool:
+        """Wait for the worker to end after `begin_shutdown`; True when it has."""
+        return self._worker.join(timeout)
 
     def skip(self, job_id: str | None = None) -> None:
         self._worker.skip(job_id)

@@ -233,7 +233,8 @@ def test_real_tiny_unet_is_left_as_it_was() -> None:
     )
 
     class Job:
-        pass
+        def unet_dtype(self) -> torch.dtype:
+            return unet.dtype
 
     job: Any = Job()
     job.unet, job.upcast = unet, False

@@ -59,7 +59,11 @@ def make_services(tmp_path: Path, theme: str | None = None) -> Any:
     models = FakeModels(FakeCheckpoint("sd1.safetensors"))
     options.on_change("sd_model_checkpoint", lambda _key, value: models.load(str(value)))
     return SimpleNamespace(
-        options=options, engine=models, models=models, registry=FakeRegistry(), settings=SimpleNamespace(theme=theme)
+        options=options,
+        engine=models,
+        models=models,
+        registry=FakeRegistry(),
+        settings=SimpleNamespace(theme=theme, hide_ui_dir_config=False),
     )
 
 

@@ -28,7 +28,7 @@ from modules.api.schemas_generation import GenerationPayload, Img2ImgPayload, Tx
 from modules.core.generation_info import generation_info
 from modules.core.requests import GenerationRequest
 from modules.core.results import Result
-from modules.engine.worker import JobCancelled
+from modules.engine.facade import JobCancelled
 from modules.services import Services
 
 log = logging.getLogger(__name__)
@@ -90,7 +90,7 @@ async def _await_job(services: Services, http: Request | None, job_id: str, futu
                 await gone
     if waiting.done() or not gone.done() or gone.cancelled() or gone.exception() is not None:
         return await waiting
-    if services.worker.cancel(future):
+    if services.engine.cancel(future):
         log.info("client disconnected: queued job %s dropped, it will not run", job_id)
     elif not future.done():
         services.engine.interrupt(job_id)  # a job on a Ray replica is not on the local worker
