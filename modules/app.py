@@ -41,6 +41,7 @@ def build_services(
     # the heavy part of a start (torch, diffusers, transformers): imported here, not at module level
     import torch
 
+    from modules.core.dir_config import DIR_CONFIG_KEYS
     from modules.core.hashes import HashCache
     from modules.core.options import Options, default_option_infos
     from modules.core.paths import Paths
@@ -81,6 +82,8 @@ def build_services(
             sections=(settings.freeze_settings_in_sections or "").split(","),
             keys=(settings.freeze_specific_settings or "").split(","),
         )
+    if settings.hide_ui_dir_config:
+        options.lock(DIR_CONFIG_KEYS, "--hide-ui-dir-config")
     hash_cache = HashCache(paths.cache_file)
     registry = ModelRegistry(
         paths.checkpoint_dirs,

@@ -14,7 +14,8 @@ import logging
 import os
 import threading
 import time
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -52,6 +53,8 @@ class Options:
         self._frozen_all = False
         self._frozen_sections: frozenset[str] = frozenset()
         self._frozen_keys: frozenset[str] = frozenset()
+        self._locked: dict[str, str] = {}  # key -> the flag that locks it (--hide-ui-dir-config)
+        self._overlay = threading.local()  # a job's override_settings, on the thread running it
 
     # --- registry ---
 
@@ -98,7 +101,13 @@ class Options:
                 return f"--freeze-settings-in-sections ({info.section})"
             if key in self._frozen_keys:
                 return "--freeze-specific-settings"
-        return None
+            return self._locked.get(key)
+
+    def lock(self, keys: Iterable[str], reason: str) -> None:
+        """Refuse changes to `keys` from now on, as a freeze does, naming `reason` (the flag, e.g.
+        `--hide-ui-dir-config` for the folder settings)."""
+        with self._lock:
+            self._locked.update({key: reason for key in keys})
 
     def _check_not_frozen(self, key: str) -> None:
         reason = self.frozen_reason(key)
@@ -108,7 +117,14 @@ class Options:
     # --- reading ---
 
     def get(self, key: str) -> object:
-        """The value (stored, else default). Unknown keys present in the file are returned too."""
+        """The value (stored, else default). Unknown keys present in the file are returned too.
+        On a thread inside `overlaid` (a job running with `override_settings`), the job's value."""
+        overlay: dict[str, object] | None = getattr(self._overlay, "values", None)
+        if overlay and key in overlay:
+            return copy.deepcopy(overlay[key])
+        return self._stored(key)
+
+    def _stored(self, key: str) -> object:
         with self._lock:
             if key in self._data:
                 return copy.deepcopy(self._data[key])
@@ -137,7 +153,7 @@ class Options:
         if info.readonly:
             raise ValidationError(f"setting {key} is read-only")
         value = info.coerce(value)
-        if not _same(value, self.get(key)):
+        if not _same(value, self._stored(key)):
             self._check_not_frozen(key)
         return self._apply(key, value)
 
@@ -186,7 +202,7 @@ class Options:
             if info.readonly:
                 readonly.append(key)
                 continue
-            current = self.get(key)
+            current = self._stored(key)
             if info.restrict_api and not allow_restricted:
                 if _same(raw, current):
                     unchanged.append(key)
@@ -203,6 +219,52 @@ class Options:
         if unknown:
             logger.debug("ignored unknown settings: %s", ", ".join(unknown))
         return UpdateResult(changed=changed, unchanged=unchanged, ignored_unknown=unknown, ignored_readonly=readonly)
+
+    # --- per-job overrides (a request's `override_settings`) ---
+
+    def check_overrides(self, values: Mapping[str, object]) -> dict[str, object]:
+        """Validate a request's `override_settings` before its job is queued; returns the coerced
+        values. An unknown key, a bad value or a new value for a read-only key is a
+        ValidationError; a new value for a `restrict_api` key (folders, file-name patterns, the
+        request limits) or for a frozen or locked key (`--freeze-settings...`,
+        `--hide-ui-dir-config`) is a ForbiddenError: a request may not do what POST /options may
+        not. Choices filled in at run time (checkpoints, VAEs) are not checked here: the job
+        resolves those names itself."""
+        out: dict[str, object] = {}
+        for key, raw in values.items():
+            with self._lock:
+                info = self._infos.get(key)
+            if info is None:
+                raise ValidationError(f"override_settings: unknown setting {key!r}")
+            try:
+                value = info.coerce(_from_text(raw, info.type), check_dynamic_choices=False)
+            except ValidationError as exc:
+                raise ValidationError(f"override_settings: {exc}") from exc
+            current = self._stored(key)
+            if not _same(value, current):
+                if info.readonly:
+                    raise ValidationError(f"override_settings: setting {key} is read-only")
+                if info.restrict_api:
+                    raise ForbiddenError(f"override_settings: setting {key} cannot be changed by a request")
+                reason = self.frozen_reason(key)
+                if reason is not None:
+                    raise ForbiddenError(
+                        f"override_settings: setting {key} cannot be changed: settings are frozen ({reason})"
+                    )
+            out[key] = value
+        return out
+
+    @contextmanager
+    def overlaid(self, values: Mapping[str, object]) -> Iterator[None]:
+        """While inside, `get` on this thread answers `values` first (nested calls stack): a job
+        runs with its `override_settings` without changing anyone else's settings (A1111 sets
+        them globally for the job and restores them after it)."""
+        before: dict[str, object] | None = getattr(self._overlay, "values", None)
+        self._overlay.values = {**(before or {}), **values}
+        try:
+            yield
+        finally:
+            self._overlay.values = before
 
     def _apply(self, key: str, value: object, *, notify: bool = True) -> bool:
         with self._lock:
@@ -325,3 +387,21 @@ def _backup_name(path: Path) -> Path:
         candidate = path.with_name(f"{path.name}.bak-{stamp}-{n}")
         n += 1
     return candidate
+
+
+def _from_text(raw: object, expected: type) -> object:
+    """A number or boolean sent as text ("2", "0.5", "true"), as infotext and scripts give
+    `override_settings` values, as that type; anything else unchanged (`coerce` judges it)."""
+    if not isinstance(raw, str):
+        return raw
+    text = raw.strip()
+    try:
+        if expected is int and text.lstrip("+-").isdigit():
+            return int(text)
+        if expected is float:
+            return float(text)
+    except ValueError:
+        return raw
+    if expected is bool and text.lower() in ("true", "false"):
+        return text.lower() == "true"
+    return raw

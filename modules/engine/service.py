@@ -243,9 +243,8 @@ class GenerationService:
         refining = request.refiner_checkpoint not in (None, "", "None") and switch_at is not None
         if refining and not 0 <= float(switch_at) <= 1:  # type: ignore[arg-type]
             raise ValidationError("refiner_switch_at: must be between 0 and 1")
-        for key in request.override_settings:
-            if key not in self.options:
-                raise ValidationError(f"override_settings: unknown setting {key!r}")
+        if request.override_settings:  # unknown, bad, restricted or frozen: 4xx before queueing
+            request = replace(request, override_settings=self.options.check_overrides(request.override_settings))
         warnings += [w for w in request.adapter_warnings if w not in warnings]
         if any(unit.enabled for unit in request.controlnet_units):
             if self.controlnet is None:
@@ -356,6 +355,14 @@ class GenerationService:
         (loopback, X/Y/Z plot, SD upscale): call it from inside a job."""
         if not self.worker.on_worker_thread():
             raise RuntimeError("GenerationService.process runs on the worker thread only; submit a job instead")
+        # every option read on this thread meanwhile (saving, face restoration, scripts) sees them
+        with self.options.overlaid(request.override_settings):
+            result = self._process(request, ctx, hooks)
+        if not request.override_settings_restore_afterwards and request.override_settings:
+            self._keep_overrides(dict(request.override_settings))
+        return result
+
+    def _process(self, request: GenerationRequest, ctx: JobContext, hooks: Hooks | None) -> Result:
         hooks = self.hooks.combined(hooks)
         overrides = dict(request.override_settings)
         settings = replace(
@@ -479,8 +486,6 @@ class GenerationService:
         result.job_timestamp = ctx.job_timestamp
         if self.saver is not None and not request.do_not_save_samples:
             self.saver(result, request, hooks)
-        if not request.override_settings_restore_afterwards and overrides:
-            self._keep_overrides(overrides)
         return result
 
     @staticmethod

@@ -101,6 +101,33 @@ def test_txt2img_sampler_name_wins_and_save_images_puts_the_grid_first(client: T
     assert decode(r.json()["images"][0]).size == (128, 64)
 
 
+def test_override_settings_reach_the_saver_for_that_job_only(client: TestClient, api_services: Services) -> None:
+    """A1111 applies `override_settings` to everything the job reads (saving included) and puts
+    the settings back after it: the job saves a .jpg without a .txt; the next one, a .png."""
+    options = api_services.options
+    assert options.get("samples_format") == "png"
+    outdir = api_services.paths.output_path(str(options.get("outdir_txt2img_samples")))
+    before = set(outdir.rglob("*")) if outdir.exists() else set()
+    payload = {"prompt": "x", "seed": 4, "save_images": True, **SMALL}
+    overrides = {"samples_format": "jpg", "save_txt": False}
+    r = client.post("/sdapi/v1/txt2img", json={**payload, "override_settings": overrides})
+    assert r.status_code == 200, r.text
+    first = {p for p in set(outdir.rglob("*")) - before if p.is_file()}
+    assert [p.suffix for p in first] == [".jpg"], first
+    assert options.get("samples_format") == "png"  # restored afterwards (nothing was written)
+    r = client.post("/sdapi/v1/txt2img", json=payload)
+    assert r.status_code == 200, r.text
+    second = {p for p in set(outdir.rglob("*")) - before if p.is_file()} - first
+    assert {p.suffix for p in second} == {".png"}, second
+
+
+def test_override_settings_with_a_bad_value_is_422_before_queueing(client: TestClient) -> None:
+    r = client.post(
+        "/sdapi/v1/txt2img", json={"override_settings": {"samples_format": 5, "jpeg_quality": "x"}, **SMALL}
+    )
+    assert r.status_code == 422 and "override_settings" in r.json()["detail"][0]["msg"], r.text
+
+
 def test_unknown_sampler_is_404_in_a1111_shape(client: TestClient) -> None:
     r = client.post("/sdapi/v1/txt2img", json={"sampler_name": "No Such Sampler", **SMALL})
     assert r.status_code == 404

@@ -526,6 +526,30 @@ def test_C7_frozen_keys_are_refused_by_the_api(make_client: Callable[..., tuple[
     assert client.post("/sdapi/v1/options", json={"CLIP_stop_at_last_layers": 2}).status_code == 200
 
 
+def test_C7_override_settings_cannot_change_frozen_locked_or_restricted_settings(
+    make_client: Callable[..., tuple[TestClient, Services]],
+) -> None:
+    """What POST /options may not change, a request's `override_settings` may not either (it would
+    otherwise raise the request limits, or write outputs where the owner forbade): 403, before
+    any work; the same value as now is fine."""
+    client, services = make_client("--freeze-specific-settings", "eta_ddim", "--hide-ui-dir-config")
+    body = {"prompt": "x", "steps": 1, "width": 64, "height": 64}
+    for overrides, says in (
+        ({"eta_ddim": 0.5}, "frozen (--freeze-specific-settings)"),
+        ({"save_images_add_number": False}, "frozen (--hide-ui-dir-config)"),
+        ({"max_image_side": 100_000}, "cannot be changed by a request"),
+        ({"outdir_txt2img_samples": "/etc"}, "cannot be changed by a request"),
+    ):
+        r = client.post("/sdapi/v1/txt2img", json={**body, "override_settings": overrides})
+        assert r.status_code == 403 and says in r.json()["detail"], (overrides, r.text)
+    same = {"eta_ddim": services.options.get("eta_ddim"), "max_image_side": services.options.get("max_image_side")}
+    r = client.post("/sdapi/v1/txt2img", json={**body, "override_settings": same})
+    assert r.status_code not in (403, 422), r.text  # refused later only for want of a checkpoint
+    plain, _ = make_client()
+    r = plain.post("/sdapi/v1/txt2img", json={**body, "override_settings": {"save_images_add_number": False}})
+    assert r.status_code not in (403, 422), r.text
+
+
 def test_C7_settings_tab_hides_folder_settings_and_locks_frozen_ones(tmp_path: Path) -> None:
     from modules.core.option_defaults import default_option_infos
     from modules.core.options import Options

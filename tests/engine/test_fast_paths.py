@@ -165,11 +165,11 @@ def test_vae_tiling_decodes_a_two_tile_image_close_to_the_whole_one(engine: Gene
 
 
 def test_vae_tiling_option_acts_on_large_images_only(engine: GenerationService) -> None:
-    plain = engine.run_sync(t2i(steps=1, width=128), 120)
-    small_tiles = {**SD1, "sd_vae_tiling": True, "sd_vae_tiling_threshold": 64}
-    tiled = engine.run_sync(t2i(steps=1, width=128, override_settings=small_tiles), 120)
-    large_tiles = {**SD1, "sd_vae_tiling": True, "sd_vae_tiling_threshold": 128}
-    whole = engine.run_sync(t2i(steps=1, width=128, override_settings=large_tiles), 120)
+    plain = engine.run_sync(t2i(steps=1, width=256), 120)
+    small_tiles = {**SD1, "sd_vae_tiling": True, "sd_vae_tiling_threshold": 128}
+    tiled = engine.run_sync(t2i(steps=1, width=256, override_settings=small_tiles), 120)
+    large_tiles = {**SD1, "sd_vae_tiling": True, "sd_vae_tiling_threshold": 256}
+    whole = engine.run_sync(t2i(steps=1, width=256, override_settings=large_tiles), 120)
     assert np.array_equal(pixels(whole.images[0]), pixels(plain.images[0]))
     assert not np.array_equal(pixels(tiled.images[0]), pixels(plain.images[0]))
 

@@ -317,3 +317,38 @@ def test_option_info_rejects_bad_definitions() -> None:
         OptionInfo(key="k", default={}, label="k", section="ui", type=dict)
     with pytest.raises(ValidationError):
         OptionInfo(key="k", default="x", label="k", section="ui", type=int)
+
+
+def test_overlaid_values_are_seen_on_that_thread_only_and_stack(tmp_path: Path) -> None:
+    options = Options(default_option_infos(), tmp_path / "config.json")
+    seen: list[object] = []
+    with options.overlaid({"jpeg_quality": 50}):
+        assert options.get("jpeg_quality") == 50
+        other = threading.Thread(target=lambda: seen.append(options.get("jpeg_quality")))
+        other.start()
+        other.join()
+        with options.overlaid({"samples_format": "jpg"}):
+            assert (options.get("jpeg_quality"), options.get("samples_format")) == (50, "jpg")
+        assert options.get("samples_format") == "png"
+        assert options.set("jpeg_quality", 50) is True  # compared with the stored value, not the overlay
+        assert options.as_dict()["jpeg_quality"] == 50
+    assert seen == [80]  # another thread sees the stored value
+    assert options.get("jpeg_quality") == 50
+
+
+def test_check_overrides_coerces_and_refuses_like_post_options(tmp_path: Path) -> None:
+    options = Options(default_option_infos(), tmp_path / "config.json")
+    assert options.check_overrides({"jpeg_quality": "60", "CLIP_stop_at_last_layers": 2}) == {
+        "jpeg_quality": 60,
+        "CLIP_stop_at_last_layers": 2,
+    }
+    with pytest.raises(ValidationError, match="unknown setting 'nope'"):
+        options.check_overrides({"nope": 1})
+    with pytest.raises(ValidationError, match="read-only"):
+        options.check_overrides({"sd_checkpoint_hash": "abc"})
+    with pytest.raises(ForbiddenError, match="cannot be changed by a request"):
+        options.check_overrides({"max_prompt_length": 10**9})
+    options.lock(["save_images_add_number"], "--hide-ui-dir-config")
+    with pytest.raises(ForbiddenError, match=r"frozen \(--hide-ui-dir-config\)"):
+        options.check_overrides({"save_images_add_number": False})
+    assert options.check_overrides({"save_images_add_number": True, "max_prompt_length": 20_000})  # unchanged: fine
