@@ -35,7 +35,13 @@ from modules.core.extra_networks import (
     hashes_text,
 )
 from modules.models.embeddings import EmbeddingDatabase, EmbeddingSet
-from modules.models.hypernetworks import Hypernetwork, hypernetworks_applied, read_hypernetwork
+from modules.models.hypernetworks import (
+    Hypernetwork,
+    attention_widths,
+    hypernetworks_applied,
+    read_hypernetwork,
+    unfit_message,
+)
 from modules.models.loader import StableDiffusionModel
 from modules.models.lora_formats import NetworkWeights, read_network
 from modules.models.lora_patch import NetworkPatch, match_network
@@ -342,6 +348,12 @@ class JobNetworks:
             notes, hashes = self.service.check(found, model)
             warnings.extend(n for n in notes if n not in warnings)
             self.lora_hashes.update(hashes)
+        if found.hypernetworks:  # one made for another family changes nothing: say so in the result
+            widths = attention_widths(model.unet)
+            for active in found.hypernetworks:
+                note = unfit_message(active.network, widths)
+                if note is not None and note not in warnings:
+                    warnings.append(note)
         self.hooks.use(model.unet, found.hooks)
 
     def leave_for_refiner(self, warnings: list[str]) -> None:

@@ -97,6 +97,10 @@ def api_data_dir(tiny_models: dict[str, Path], tmp_path_factory: pytest.TempPath
         for size in sizes
     }
     write_a1111_hypernetwork(root / "models" / "hypernetworks" / "h.pt", modules)
+    other = 48  # a width no attention of the tiny SD1 takes: made for another family
+    assert other not in sizes
+    foreign = {other: (hypernetwork_sequential(other, (1, 2, 1), "relu", seed=1),) * 2}
+    write_a1111_hypernetwork(root / "models" / "hypernetworks" / "wide.pt", foreign)
     return root
 
 
@@ -147,11 +151,12 @@ def test_an_unchanged_lora_set_reads_and_patches_nothing_again(client: TestClien
 
 def test_missing_broken_and_foreign_networks_are_warnings(client: TestClient) -> None:
     plain = _pixels(_txt2img(client, "a cat"))
-    answer = _txt2img(client, "a cat <lora:nope:1> <lora:broken:1> <hypernet:nothing:1>")
+    answer = _txt2img(client, "a cat <lora:nope:1> <lora:broken:1> <hypernet:nothing:1> <hypernet:wide:1>")
     warnings = json.loads(answer["info"])["warnings"]  # type: ignore[arg-type]
     assert any("nope" in w and "not found" in w for w in warnings), warnings
     assert any("broken" in w for w in warnings), warnings
     assert any("nothing" in w for w in warnings), warnings
+    assert any("hypernetwork 'wide'" in w and "[48]" in w and "changes nothing" in w for w in warnings), warnings
     assert np.array_equal(_pixels(answer), plain)
     sdxl = _txt2img(client, "a cat <lora:x:1>", override_settings={"sd_model_checkpoint": "sdxl.safetensors"})
     warnings = json.loads(sdxl["info"])["warnings"]  # type: ignore[arg-type]
@@ -204,7 +209,7 @@ def test_an_embedding_name_in_the_prompt_acts_and_is_listed(client: TestClient, 
 
 
 def test_a_hypernetwork_tag_changes_the_image_and_leaves_no_hooks(client: TestClient, api_services: object) -> None:
-    assert [item["name"] for item in client.get("/sdapi/v1/hypernetworks").json()] == ["h"]
+    assert [item["name"] for item in client.get("/sdapi/v1/hypernetworks").json()] == ["h", "wide"]
     plain = _pixels(_txt2img(client, "a cat"))
     strong = _pixels(_txt2img(client, "a cat <hypernet:h:1>"))
     assert np.abs(strong - plain).max() > 0
