@@ -461,6 +461,12 @@ class Engine:
         images: Sequence[Image.Image] = [image for image in request.images if isinstance(image, Image.Image)]
         if len(images) != len(request.images):
             raise UserError("extras: every image must be a decoded image")
+        wanted = [request.upscaler_1] + ([request.upscaler_2] if request.extras_upscaler_2_visibility > 0 else [])
+        for name in wanted:  # an unknown upscaler is a 404 before anything is queued (also with no images)
+            if name and name not in upscaling.BUILTIN_NAMES:
+                if upscalers is None:
+                    raise NotFoundError(f"upscaler not found: {name!r}")
+                upscalers.get(name)
         limits = Limits.from_options(options)
         for i, image in enumerate(images):
             check_extras_size(

@@ -31,6 +31,9 @@ from PIL import Image
 from modules.core.errors import ModelFileError, OutOfMemoryError, ValidationError
 from modules.models.upscalers import LANCZOS, NEAREST, NONE, LoadedUpscaler, UpscalerInfo
 
+BUILTIN_NAMES: tuple[str, ...] = (NONE, LANCZOS, NEAREST)
+"""The upscalers done here without a model file."""
+
 if TYPE_CHECKING:
     from modules.models.upscalers import UpscalerRegistry
 

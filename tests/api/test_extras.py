@@ -205,6 +205,14 @@ def test_unknown_upscaler_404(client: TestClient) -> None:
     response = client.post(SINGLE, json={"image": b64(noise(8, 8)), "upscaler_1": "No-Such-Upscaler"})
     assert response.status_code == 404, response.text
     assert "No-Such-Upscaler" in response.text
+    # also with nothing to upscale: the name is checked before anything is queued
+    response = client.post(BATCH, json={"imageList": [], "upscaler_1": "No-Such-Upscaler"})
+    assert response.status_code == 404 and "No-Such-Upscaler" in response.json()["detail"], response.text
+    second = {"upscaler_2": "No-Such-Second", "extras_upscaler_2_visibility": 0.5}
+    response = client.post(SINGLE, json={"image": b64(noise(8, 8)), **second})
+    assert response.status_code == 404 and "No-Such-Second" in response.json()["detail"], response.text
+    unused = {"upscaler_2": "No-Such-Second", "extras_upscaler_2_visibility": 0}  # not used: not looked up
+    assert client.post(SINGLE, json={"image": b64(noise(8, 8)), **unused}).status_code == 200
 
 
 def test_face_restoration_without_weights_is_a_clear_404(client: TestClient) -> None:

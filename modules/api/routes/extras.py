@@ -111,7 +111,7 @@ async def extra_batch_images(
         return [decode_image(item.data, f"imageList[{i}].data", decode) for i, item in enumerate(body.imageList)]
 
     images = await run_in_threadpool(decode_all)
-    results = await _run(services, body, images) if images else []
+    results = await _run(services, body, images)  # no images: still checked (unknown upscaler: 404)
     encoded = await run_in_threadpool(_encode, services, results, body.show_extras_results)
     html_info = results[0].html_info if results else ""
     return ExtrasBatchImagesResponse(html_info=html_info, images=encoded)
