@@ -41,6 +41,7 @@ def build_services(
     # the heavy part of a start (torch, diffusers, transformers): imported here, not at module level
     import torch
 
+    from modules.core.atomic import sweep_temp_files
     from modules.core.dir_config import DIR_CONFIG_KEYS
     from modules.core.hashes import HashCache
     from modules.core.options import Options, default_option_infos
@@ -73,6 +74,10 @@ def build_services(
 
     paths = Paths.from_settings(settings, repo_root, environ)
     paths.ensure_dirs()
+    # temp files of atomic writes a kill -9 left next to config.json, ui-config.json, styles, cache
+    state_dirs = [paths.config_file.parent, paths.ui_config_file.parent, paths.cache_file.parent]
+    for leftover in sweep_temp_files([*state_dirs, *(p.parent for p in paths.styles_files)]):
+        log.info("removed %s (the temp file of a write that a killed process did not finish)", leftover)
     options = Options(default_option_infos(), paths.config_file)
     for warning in options.load():
         log.warning("%s", warning)

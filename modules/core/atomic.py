@@ -9,10 +9,16 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import re
 import secrets
+import time
+from collections.abc import Iterable
 from pathlib import Path
 
 StrPath = str | os.PathLike[str]
+
+_TEMP_NAME = re.compile(r"^\..+\.[0-9a-f]{12}\.tmp$")
+"""The names `write_temp_file` gives (`.<name>.<12 hex>.tmp`)."""
 
 
 def _fsync_dir(directory: Path) -> None:
@@ -79,3 +85,26 @@ def atomic_write_json(path: StrPath, obj: object, indent: int | None = 4) -> Non
     """
     text = json.dumps(obj, indent=indent, ensure_ascii=False)
     atomic_write_text(path, text + "\n")
+
+
+def sweep_temp_files(directories: Iterable[Path], older_than_s: float = 60.0) -> list[Path]:
+    """Remove the temp files a killed process left behind (`kill -9` between the write and the
+    rename: the target itself is whole) in `directories` (not recursive); only those older than
+    `older_than_s`, so another process's write in progress is left alone. Returns what went."""
+    removed: list[Path] = []
+    cutoff = time.time() - older_than_s
+    for directory in dict.fromkeys(directories):
+        try:
+            entries = list(os.scandir(directory))
+        except OSError:
+            continue
+        for entry in entries:
+            if not _TEMP_NAME.match(entry.name):
+                continue
+            try:
+                if entry.is_file(follow_symlinks=False) and entry.stat(follow_symlinks=False).st_mtime < cutoff:
+                    os.unlink(entry.path)
+                    removed.append(Path(entry.path))
+            except OSError:
+                continue
+    return removed

@@ -76,3 +76,30 @@ def test_unserialisable_object_leaves_old_file(tmp_path: Path) -> None:
         atomic_write_json(target, {"x": object()})
     assert target.read_text() == "{}"
     assert _leftovers(tmp_path, {"c.json"}) == []
+
+
+def test_sweep_removes_only_old_leftover_temp_files(tmp_path: Path) -> None:
+    target = tmp_path / "config.json"
+    atomic_write_json(target, {"a": 1})
+    old = atomic.write_temp_file(tmp_path, b'{"a": 2', "config.json")  # what a kill -9 leaves
+    fresh = atomic.write_temp_file(tmp_path, b"{}", "styles.csv")  # another process's write in progress
+    lookalike = tmp_path / ".notes.tmp"
+    lookalike.write_text("mine")
+    os.utime(old, (1, 1))
+    os.utime(lookalike, (1, 1))
+    assert atomic.sweep_temp_files([tmp_path, tmp_path, tmp_path / "missing"]) == [old]
+    assert not old.exists() and fresh.exists() and lookalike.exists()
+    assert json.loads(target.read_text()) == {"a": 1}
+
+
+def test_services_start_sweeps_the_data_dir(tmp_path: Path) -> None:
+    from modules.app import build_services
+    from modules.core.settings import parse_settings
+
+    leftover = atomic.write_temp_file(tmp_path, b'{"half', "config.json")
+    os.utime(leftover, (1, 1))
+    services = build_services(parse_settings(["--data-dir", str(tmp_path), "--api", "--nowebui"], {}), tmp_path, {})
+    try:
+        assert not leftover.exists()
+    finally:
+        services.worker.shutdown()
