@@ -25,6 +25,7 @@ from modules.core.requests import GenerationRequest, Img2ImgRequest, Txt2ImgRequ
 from modules.core.results import Result
 from modules.engine import noise as noise_mod
 from modules.engine.hooks import Hooks
+from modules.engine.token_merging import job_ratios
 from modules.extensions import runtime
 
 log = logging.getLogger(__name__)
@@ -249,7 +250,25 @@ class StableDiffusionProcessing:
         """A1111 frees cached conditioning here; nothing is cached on `p` in this engine."""
 
     def get_token_merging_ratio(self, for_hr: bool = False) -> float:
-        return 0.0
+        """The ToMe ratio this job runs with (its `override_settings`, else the settings), as the
+        engine picks it (`token_merging_ratio`, `_img2img`, `_hr`)."""
+        env = runtime.maybe_environment()
+        overrides = self.override_settings or {}
+
+        def get(key: str, default: float) -> float:
+            if key in overrides:
+                return float(overrides[key])
+            if env is None or key not in env.options:
+                return default
+            value = env.options.get(key)
+            return float(value) if isinstance(value, int | float) else default
+
+        first, hr = job_ratios(
+            get,
+            img2img=isinstance(self, StableDiffusionProcessingImg2Img),
+            overridden="token_merging_ratio" in overrides,
+        )
+        return hr if for_hr else first
 
 
 class StableDiffusionProcessingTxt2Img(StableDiffusionProcessing):
@@ -353,6 +372,8 @@ class Processed:
         self.s_noise = p.s_noise
         self.is_using_inpainting_conditioning = False
         self.version = ""
+        self.token_merging_ratio = p.get_token_merging_ratio()
+        self.token_merging_ratio_hr = p.get_token_merging_ratio(for_hr=True)
         self.all_prompts = list(all_prompts if all_prompts is not None else (p.all_prompts or [self.prompt]))
         self.all_negative_prompts = list(
             all_negative_prompts if all_negative_prompts is not None else (p.all_negative_prompts or [""])
@@ -448,7 +469,7 @@ class Processed:
         return self.infotexts[index] if 0 <= index < len(self.infotexts) else self.info
 
     def get_token_merging_ratio(self, for_hr: bool = False) -> float:
-        return 0.0
+        return self.token_merging_ratio_hr if for_hr else self.token_merging_ratio
 
     def to_result(self) -> Result:
         """The job's Result: every image in order (a script's grids lead: `leading_images`), the

@@ -301,3 +301,28 @@ def test_sdxl_text_is_a1111s_dict() -> None:
     assert set(seen[0]) == {"crossattn", "vector"} and seen[0]["vector"].shape == (2, 6)
     assert reached[0].text.pooled is not None
     assert reached[0].text.pooled[:, 0].tolist() == [1.0, 1.0, 0.0, 0.0]
+
+
+def test_p_get_token_merging_ratio_is_what_the_job_runs_with(tmp_path: Path) -> None:
+    from modules.core.option_defaults import default_option_infos
+    from modules.core.options import Options
+    from modules.core.paths import Paths
+    from modules.core.settings import parse_settings
+    from modules.extensions import runtime
+    from modules.extensions.processing_api import Processed, StableDiffusionProcessingImg2Img
+
+    settings = parse_settings(["--data-dir", str(tmp_path)], {})
+    options = Options(default_option_infos(), tmp_path / "config.json")
+    options.update({"token_merging_ratio": 0.3, "token_merging_ratio_img2img": 0.5, "token_merging_ratio_hr": 0.2})
+    previous = runtime.maybe_environment()
+    runtime.install(runtime.ScriptEnvironment(settings, Paths.from_settings(settings, tmp_path, {}), options))
+    try:
+        txt = StableDiffusionProcessingTxt2Img(prompt="a cat")
+        assert (txt.get_token_merging_ratio(), txt.get_token_merging_ratio(for_hr=True)) == (0.3, 0.2)
+        assert StableDiffusionProcessingImg2Img().get_token_merging_ratio() == 0.5
+        overridden = StableDiffusionProcessingImg2Img(override_settings={"token_merging_ratio": 0.1})
+        assert overridden.get_token_merging_ratio() == 0.1  # an override of the base wins for img2img too
+        processed = Processed(txt, [])
+        assert (processed.get_token_merging_ratio(), processed.get_token_merging_ratio(for_hr=True)) == (0.3, 0.2)
+    finally:
+        runtime.install(previous)
