@@ -351,9 +351,9 @@ class JobNetworks:
         if found.hypernetworks:  # one made for another family changes nothing: say so in the result
             widths = attention_widths(model.unet)
             for active in found.hypernetworks:
-                note = unfit_message(active.network, widths)
-                if note is not None and note not in warnings:
-                    warnings.append(note)
+                unfit = unfit_message(active.network, widths)
+                if unfit is not None and unfit not in warnings:
+                    warnings.append(unfit)
         self.hooks.use(model.unet, found.hooks)
 
     def leave_for_refiner(self, warnings: list[str]) -> None:
