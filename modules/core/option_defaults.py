@@ -204,7 +204,6 @@ NOT_ACTED_ON: dict[str, tuple[str, ...]] = {
         "show_progress_grid",
         "live_preview_allow_lowvram_full",
         "live_preview_content",
-        "live_preview_refresh_period",
         "live_preview_fast_interrupt",
         "js_live_preview_in_modal_lightbox",
         "prevent_screen_sleep_during_generation",

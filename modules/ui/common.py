@@ -129,9 +129,21 @@ def submit(services: Services, request: GenerationRequest) -> JobHandle[Result]:
         raise gr.Error(str(exc)) from exc
 
 
-def follow(job: JobHandle[Result], render: Callable[[dict[str, Any]], str]) -> Iterator[tuple[str, Any]]:
+def refresh_period(services: Services) -> float:
+    """A1111's `live_preview_refresh_period` (ms, default 1000) in seconds: how often the progress
+    bar and the live preview are sent to the page (at least every 0.1 s: each update re-renders
+    the gallery in the browser, and a page flooded with them stops answering clicks)."""
+    value = services.options.get("live_preview_refresh_period")
+    ms = float(value) if isinstance(value, int | float) else 1000.0
+    return max(0.1, ms / 1000.0)
+
+
+def follow(
+    job: JobHandle[Result], render: Callable[[dict[str, Any]], str], period: float = POLL_SECONDS
+) -> Iterator[tuple[str, Any]]:
     """While `job` is queued or runs: (its rendered progress, `[preview]` when a new live preview
-    of it exists, else `gr.skip()`). Returns when the job is done; read it with `result_of`."""
+    of it exists, else `gr.skip()`), every `period` s. Returns as soon as the job is done; read it
+    with `result_of`."""
     shown: object = None
     while not job.done():
         data = job.progress()
@@ -142,7 +154,7 @@ def follow(job: JobHandle[Result], render: Callable[[dict[str, Any]], str]) -> I
         else:
             yield render(data), gr.skip()
         with contextlib.suppress(Exception):  # done or still running; the outcome is read after
-            job.result(timeout=POLL_SECONDS)
+            job.result(timeout=period)
 
 
 def progress_html(progress: dict[str, Any]) -> str:
@@ -230,7 +242,7 @@ def run_generation(services: Services, request: GenerationRequest) -> Iterator[t
     finished images with their infotext and the seeds ♻️ reuses."""
     job = submit(services, request)
     yield progress_html(job.progress()), gr.skip(), "", "", gr.skip()
-    for shown, preview in follow(job, progress_html):
+    for shown, preview in follow(job, progress_html, refresh_period(services)):
         yield shown, preview, gr.skip(), gr.skip(), gr.skip()
     result = result_of(job)
     images, info = gallery_items(request, result)

@@ -20,7 +20,16 @@ from modules.core.requests import Img2ImgRequest
 from modules.core.results import Result
 from modules.engine.image_metadata import encode_image
 from modules.services import Services
-from modules.ui.common import follow, gallery_items, info_html, open_image, progress_html, result_of, submit
+from modules.ui.common import (
+    follow,
+    gallery_items,
+    info_html,
+    open_image,
+    progress_html,
+    refresh_period,
+    result_of,
+    submit,
+)
 from modules.ui.img2img_editor import to_rgb
 from modules.ui.img2img_request import request_for_image
 from modules.ui.server_folders import IMAGE_SUFFIXES, folder_images, server_dir, shown_folder
@@ -150,12 +159,13 @@ def run_batch(
         )
         first = first or request
         job = submit(services, request)
+        period = refresh_period(services)
 
         def render(data: dict[str, Any], index: int = index) -> str:
             return batch_progress_html(index, total, data)
 
         yield render(job.progress()), gr.skip(), gr.skip(), gr.skip(), gr.skip()
-        for shown, preview in follow(job, render):
+        for shown, preview in follow(job, render, period):
             yield shown, preview, gr.skip(), gr.skip(), gr.skip()
         result = result_of(job)
         if plan.output_dir is not None:

@@ -63,3 +63,31 @@ def test_result_of_turns_a_user_error_into_gr_error() -> None:
     list(follow(job, progress_html))  # type: ignore[arg-type]
     with pytest.raises(gr.Error, match="no such sampler"):
         result_of(job)  # type: ignore[arg-type]
+
+
+def test_updates_come_every_live_preview_refresh_period(tmp_path: Any) -> None:
+    from types import SimpleNamespace
+
+    from modules.core.option_defaults import default_option_infos
+    from modules.core.options import Options
+    from modules.ui.common import refresh_period
+
+    options = Options(default_option_infos(), tmp_path / "config.json")
+    services: Any = SimpleNamespace(options=options)
+    assert refresh_period(services) == 1.0  # A1111's default: 1000 ms
+    options.set("live_preview_refresh_period", 250.0)
+    assert refresh_period(services) == 0.25
+    options.set("live_preview_refresh_period", 0.0)
+    assert refresh_period(services) == 0.1  # a floor: the page must keep answering
+
+    job = ScriptedHandle(Result(seeds=[1]))
+    waits: list[float | None] = []
+    original = job.result
+
+    def result(timeout: float | None = None) -> Result:
+        waits.append(timeout)
+        return original(timeout)
+
+    job.result = result  # type: ignore[method-assign]
+    list(follow(job, progress_html, 0.75))  # type: ignore[arg-type]
+    assert waits and set(waits) == {0.75}
