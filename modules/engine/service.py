@@ -149,6 +149,18 @@ def image_saver_for(saver: ImageSaver) -> Saver:
     return save
 
 
+def _tome_not_on(request: GenerationRequest, hires: bool) -> list[str]:
+    """Token merging is put on the job's own UNet: the passes that run another checkpoint (a
+    hires checkpoint, the refiner) run without it, which the caller is told."""
+    out = []
+    hr_checkpoint = getattr(request, "hr_checkpoint_name", None) if hires else None
+    if hr_checkpoint not in (None, "", "None", "Use same checkpoint"):
+        out.append(f"token merging: not applied to the hires pass's checkpoint {hr_checkpoint!r}")
+    if request.refiner_checkpoint not in (None, "", "None") and request.refiner_switch_at is not None:
+        out.append(f"token merging: not applied to the refiner {request.refiner_checkpoint!r}")
+    return out
+
+
 def _fmt(value: float) -> str:
     """A number as A1111 writes a float parameter: Python's `str(float)` ("7.0" for a request that
     sent 7, "0.75")."""
@@ -461,6 +473,8 @@ class GenerationService:
             result.warnings.extend(processor.warnings)
             self._note_compile(result, compile_report)
             hires = isinstance(request, Txt2ImgRequest) and request.enable_hr
+            if max(tome_first, tome_hr) > 0:
+                result.warnings.extend(w for w in _tome_not_on(request, hires) if w not in result.warnings)
             for params in result.params:
                 if fp8.is_fp8(model.unet):
                     params["FP8 weight"] = fp8_setting

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Iterator
 
 import numpy as np
@@ -86,3 +87,18 @@ def test_ratio_zero_is_identical_and_half_merges_tokens_and_changes_the_image_a_
     attended.clear()
     again = engine.run_sync(t2i(), 120)
     assert np.array_equal(pixels(again.images[0]), pixels(plain.images[0])) and full in attended
+
+
+def test_a_hires_pass_on_another_checkpoint_is_said_to_run_without_it(engine: GenerationService) -> None:
+    request = t2i(
+        steps=1,
+        enable_hr=True,
+        hr_scale=2.0,
+        hr_second_pass_steps=1,
+        hr_checkpoint_name="sd2",
+        override_settings={**SD1, "token_merging_ratio": 0.5},
+    )
+    result = engine.run_sync(request, 240)
+    assert any("token merging: not applied to the hires pass's checkpoint 'sd2'" in w for w in result.warnings)
+    same = engine.run_sync(dataclasses.replace(request, hr_checkpoint_name="Use same checkpoint"), 240)
+    assert not any("token merging" in w for w in same.warnings)
