@@ -5,7 +5,7 @@
 #                                     tests on two workers and, beside them, the browser tests
 #   ./test.sh -m "not browser"        the fast lane: all but the Chromium-driven UI tests
 #   ./test.sh -m "not browser and not slow"   faster still: also skips the server-process tests
-#   ./test.sh -m browser              only the browser tests (one server and one Chromium per process)
+#   ./test.sh -m browser              only the browser tests (they share one server and one Chromium)
 #   ./test.sh tests/ui/test_txt2img_browser.py::test_generate_interrupt_switch_checkpoint_and_screenshot
 #
 # Prepares the same venv as webui.sh, through the same install logic (scripts/prepare_env.sh),
@@ -35,8 +35,8 @@ export HF_HUB_DISABLE_TELEMETRY=1
 
 # A whole run (no test paths, -m, -k or -n given) goes in two parts at once: everything but the
 # browser tests on two worker processes (pytest-xdist, one test file per worker at a time), and the
-# browser tests on two more (each with its own server and Chromium; a page load is mostly one busy
-# renderer thread, so the two use the core the other lane leaves). Any other call is
+# browser tests in one more process (they share one server and one Chromium; two browser processes
+# beside the others starved each other's page loads past their timeouts). Any other call is
 # one plain pytest run with the arguments given.
 whole_run=1
 for arg in "$@"; do
@@ -48,12 +48,12 @@ if [[ $whole_run -eq 0 ]]; then
     exec "$python" -m pytest "$@"
 fi
 # The browser tests mostly wait (page loads, the server's events), so they run in the background
-# beside the others (-n 2: alone, one browser lane left a core 40% idle); their output is printed
-# after the first part's. Four processes then run torch on the machine's cores: each gets one intra-op thread (unless the caller chose), since
+# beside the others; their output is printed after the first part's. Three processes then run
+# torch on the machine's cores: each gets one intra-op thread (unless the caller chose), since
 # OpenMP threads that spin-wait on shared cores starve each other and the browser.
 export OMP_NUM_THREADS="${OMP_NUM_THREADS:-1}" MKL_NUM_THREADS="${MKL_NUM_THREADS:-1}"
 browser_log="$(mktemp "${TMPDIR:-/tmp}/sdw-browser-tests.XXXXXX")" || exit 1
-"$python" -m pytest -m browser -n 2 --dist loadfile "$@" >"$browser_log" 2>&1 &
+"$python" -m pytest -m browser "$@" >"$browser_log" 2>&1 &
 browser_pid=$!
 trap 'kill "$browser_pid" 2>/dev/null; rm -f "$browser_log"' INT TERM
 "$python" -m pytest -m "not browser" -n 2 --dist loadfile "$@"
