@@ -263,6 +263,7 @@ class Processor:
     ) -> None:
         self.unet_for = unet_for  # what the sampler calls for a model's UNet (a compiled one), None = the UNet
         self.in_hires_pass = False  # set when the hires pass begins (token merging's ratio follows it)
+        self.other_unets: list[str] = []  # titles of the checkpoints a pass ran on besides the job's own
         self.model_upscale = model_upscale
         self.hooks = hooks if hooks is not None else Hooks()
         self.model = model
@@ -621,6 +622,8 @@ class _Refiner:
         p.networks.leave_for_refiner(p.warnings)
         model = self.stack.enter_context(p.models.lease(self.checkpoint, ()))
         p.extra_params["Refiner"] = p.models.title()
+        if model.unet is not p.model.unet:
+            p.other_unets.append(p.models.title())
         p.extra_params["Refiner switch at"] = self.switch_at
         encoder = p._encoder_for(model)
         plan = self.plan
@@ -879,6 +882,8 @@ def _hires_pass(
         processor.current_model = other
         if hires.checkpoint is not None:
             processor.extra_params["Hires checkpoint"] = processor.models.title()
+        if other.unet is not processor.model.unet:
+            processor.other_unets.append(processor.models.title())
         networks.enter(other, networks.hires, processor.warnings)
     return _hires_sample(
         processor, r, hires, latents, low, firstpass_image, prompts, negatives, seeds, subseeds, other, stack

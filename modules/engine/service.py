@@ -149,18 +149,6 @@ def image_saver_for(saver: ImageSaver) -> Saver:
     return save
 
 
-def _tome_not_on(request: GenerationRequest, hires: bool) -> list[str]:
-    """Token merging is put on the job's own UNet: the passes that run another checkpoint (a
-    hires checkpoint, the refiner) run without it, which the caller is told."""
-    out = []
-    hr_checkpoint = getattr(request, "hr_checkpoint_name", None) if hires else None
-    if hr_checkpoint not in (None, "", "None", "Use same checkpoint"):
-        out.append(f"token merging: not applied to the hires pass's checkpoint {hr_checkpoint!r}")
-    if request.refiner_checkpoint not in (None, "", "None") and request.refiner_switch_at is not None:
-        out.append(f"token merging: not applied to the refiner {request.refiner_checkpoint!r}")
-    return out
-
-
 def _fmt(value: float) -> str:
     """A number as A1111 writes a float parameter: Python's `str(float)` ("7.0" for a request that
     sent 7, "0.75")."""
@@ -375,6 +363,7 @@ class GenerationService:
         return result
 
     def _process(self, request: GenerationRequest, ctx: JobContext, hooks: Hooks | None) -> Result:
+        # inside `overlaid`: `self.options.get` / `self._option` already answer the overrides
         hooks = self.hooks.combined(hooks)
         overrides = dict(request.override_settings)
         settings = replace(
@@ -397,7 +386,7 @@ class GenerationService:
             if compiling.any and model.offloader is not None:
                 compile_report.notes.append("torch.compile: not used with --medvram/--lowvram (parts move as they run)")
                 compiling = CompileSettings()
-            fp8_setting = str(overrides.get("fp8_storage", self._option("fp8_storage", "Disable")))
+            fp8_setting = str(self._option("fp8_storage", "Disable"))
             fp8_note = fp8.sync(model.unet, fp8_setting, is_sdxl=model.family.is_sdxl, device=model.device)
             if fp8_note is not None:
                 compile_report.notes.append(fp8_note)
@@ -405,7 +394,7 @@ class GenerationService:
                 compile_report.notes.append("torch.compile: the UNet is not compiled while it stores fp8 weights")
                 compiling = replace(compiling, unet=False)
             used = self._model_used(model)
-            preview_kind = str(overrides.get("show_progress_type", self._option("show_progress_type", "Approx NN")))
+            preview_kind = str(self._option("show_progress_type", "Approx NN"))
             taesd = None
             if self.taesd is not None and preview_kind in ("TAESD", "Approx NN"):  # no VAE-approx NN: TAESD stands in
                 taesd = self.taesd.get(model.family)
@@ -441,7 +430,7 @@ class GenerationService:
                 processor.warnings.append(preview_note)
             seeds, subseeds = processor.seeds()
             tome_first, tome_hr = job_ratios(
-                lambda key, default: overrides.get(key, self._option(key, default)),
+                self._option,
                 img2img=isinstance(request, Img2ImgRequest),
                 overridden="token_merging_ratio" in overrides,
             )
@@ -461,8 +450,8 @@ class GenerationService:
                 tome,
                 vae_tiling(
                     model.vae,
-                    bool(overrides.get("sd_vae_tiling", self._option("sd_vae_tiling", False))),
-                    int(overrides.get("sd_vae_tiling_threshold", self._option("sd_vae_tiling_threshold", 1024))),
+                    bool(self._option("sd_vae_tiling", False)),
+                    int(self._option("sd_vae_tiling_threshold", 1024)),
                 ),
             ):
                 if isinstance(request, Img2ImgRequest):
@@ -473,8 +462,9 @@ class GenerationService:
             result.warnings.extend(processor.warnings)
             self._note_compile(result, compile_report)
             hires = isinstance(request, Txt2ImgRequest) and request.enable_hr
-            if max(tome_first, tome_hr) > 0:
-                result.warnings.extend(w for w in _tome_not_on(request, hires) if w not in result.warnings)
+            if max(tome_first, tome_hr) > 0:  # it is on the job's own UNet only
+                for title in dict.fromkeys(processor.other_unets):
+                    result.warnings.append(f"token merging: not applied to the pass that ran on {title}")
             for params in result.params:
                 if fp8.is_fp8(model.unet):
                     params["FP8 weight"] = fp8_setting

@@ -148,6 +148,7 @@ def run_batch(
     total = len(plan.items)
     results: list[Result] = []
     first: Img2ImgRequest | None = None
+    period = refresh_period(services)
     written = 0
     for index, item in enumerate(plan.items, start=1):
         image = to_rgb(open_image(item.path))
@@ -159,7 +160,6 @@ def run_batch(
         )
         first = first or request
         job = submit(services, request)
-        period = refresh_period(services)
 
         def render(data: dict[str, Any], index: int = index) -> str:
             return batch_progress_html(index, total, data)
