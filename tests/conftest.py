@@ -13,6 +13,8 @@ from typing import Any
 import hypothesis  # noqa: F401  (see below)
 import pytest
 
+from tests.fixtures.module_tmp import ModuleTempDirs
+
 # hypothesis is imported here, at collection, not lazily by its pytest plugin's end-of-session
 # summary: in runs that never imported it (e.g. only tests/ui), that late import after the
 # browser/server threads crashed CPython 3.11's compiler ("SystemError: AST constructor recursion
@@ -65,6 +67,17 @@ def no_network(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
     monkeypatch.setattr(socket.socket, "connect", guarded)
     assert not any(Path(os.environ["HF_HOME"]).iterdir())
     yield
+
+
+@pytest.fixture(scope="module")
+def module_tmp(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Iterator[ModuleTempDirs]:
+    """Folders for module fixtures, removed when the module is done (kept if one of its tests
+    failed): see tests/fixtures/module_tmp.py."""
+    dirs = ModuleTempDirs(tmp_path_factory)
+    failed_before = request.session.testsfailed
+    yield dirs
+    if request.session.testsfailed == failed_before:
+        dirs.remove()
 
 
 @pytest.fixture(scope="session")

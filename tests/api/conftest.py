@@ -20,16 +20,15 @@ from fastapi.testclient import TestClient
 from modules.app import build_services, create_app
 from modules.core.settings import parse_settings
 from modules.services import Services
+from tests.fixtures.module_tmp import ModuleTempDirs
 
 CHECKPOINTS = {"sd1": "sd1.safetensors", "sd1-inpaint": "sd1-inpaint.safetensors", "sd2": "sd2.safetensors"}
 """family -> file name; a test module may set its own `API_CHECKPOINTS` (same shape)."""
 
 
 @pytest.fixture(scope="module")
-def api_data_dir(
-    request: pytest.FixtureRequest, tiny_models: dict[str, Path], tmp_path_factory: pytest.TempPathFactory
-) -> Path:
-    root = tmp_path_factory.mktemp("api-data")
+def api_data_dir(request: pytest.FixtureRequest, tiny_models: dict[str, Path], module_tmp: ModuleTempDirs) -> Path:
+    root = module_tmp.mktemp("api-data")
     sd = root / "models" / "Stable-diffusion"
     sd.mkdir(parents=True)
     for family, name in getattr(request.module, "API_CHECKPOINTS", CHECKPOINTS).items():

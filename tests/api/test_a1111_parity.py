@@ -30,6 +30,7 @@ from PIL import Image
 
 from modules.app import build_services, create_app
 from modules.core.settings import parse_settings
+from tests.fixtures.module_tmp import ModuleTempDirs
 
 PARITY_DIR = Path(
     os.environ.get("SD_WEBUI_PARITY_DIR", Path(__file__).resolve().parents[2].parent / "shared" / "parity")
@@ -51,9 +52,9 @@ def _cases() -> dict[str, Any]:
 
 
 @pytest.fixture(scope="module")
-def parity_client(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[TestClient, str]]:
+def parity_client(module_tmp: ModuleTempDirs) -> Iterator[tuple[TestClient, str]]:
     meta = json.loads((PARITY_DIR / "cases.json").read_text())
-    root = tmp_path_factory.mktemp("parity")
+    root = module_tmp.mktemp("parity")
     sd = root / "models" / "Stable-diffusion"
     sd.mkdir(parents=True)
     name = str(meta.get("checkpoint", "parity_sd15.safetensors"))

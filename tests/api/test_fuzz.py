@@ -25,6 +25,7 @@ from hypothesis import strategies as st
 from modules.app import build_services, create_app
 from modules.core.settings import parse_settings
 from modules.services import Services
+from tests.fixtures.module_tmp import ModuleTempDirs
 
 pytestmark = pytest.mark.usefixtures("no_network")
 
@@ -94,8 +95,8 @@ def _routes(app: FastAPI) -> tuple[list[tuple[str, list[str]]], list[tuple[str, 
 
 
 @pytest.fixture(scope="module")
-def fuzz_app(tiny_models: dict[str, Path], tmp_path_factory: pytest.TempPathFactory) -> Iterator[FuzzApp]:
-    data_dir = tmp_path_factory.mktemp("fuzz-data")
+def fuzz_app(tiny_models: dict[str, Path], module_tmp: ModuleTempDirs) -> Iterator[FuzzApp]:
+    data_dir = module_tmp.mktemp("fuzz-data")
     checkpoints = data_dir / "models" / "Stable-diffusion"
     checkpoints.mkdir(parents=True)
     shutil.copy(tiny_models["sd1"], checkpoints / "tiny.safetensors")

@@ -23,6 +23,7 @@ from safetensors.torch import save_file
 from modules.models.upscalers import LoadedUpscaler
 from modules.services import Services
 from tests.fixtures.controlnet_files import write_controlnet
+from tests.fixtures.module_tmp import ModuleTempDirs
 from tests.fixtures.upscaler_models import write_esrgan_old
 
 API_CHECKPOINTS = {"sd1": "sd1.safetensors"}
@@ -70,8 +71,8 @@ def png(width: int = 32, height: int = 32) -> str:
 
 
 @pytest.fixture(scope="module")
-def files(api_services: Services, tiny_models: dict[str, Path], tmp_path_factory: pytest.TempPathFactory) -> None:
-    paths, src = api_services.paths, tmp_path_factory.mktemp("sources")
+def files(api_services: Services, tiny_models: dict[str, Path], module_tmp: ModuleTempDirs) -> None:
+    paths, src = api_services.paths, module_tmp.mktemp("sources")
     paths.vae_dir.mkdir(parents=True, exist_ok=True)
     truncated(tiny_models["vae"], paths.vae_dir / "vae-cut.safetensors")
     corrupt(paths.vae_dir / "vae-junk.safetensors")

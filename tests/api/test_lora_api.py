@@ -21,6 +21,7 @@ from safetensors.torch import load_file, save_file
 from modules.core.hashes import addnet_hash_safetensors, sha256_file
 from modules.models.loader import Placement, load_single_file
 from tests.fixtures.embedding_files import hypernetwork_sequential, vectors, write_a1111_hypernetwork, write_a1111_pt
+from tests.fixtures.module_tmp import ModuleTempDirs
 
 pytestmark = pytest.mark.usefixtures("no_network")
 
@@ -71,8 +72,8 @@ def _write_lora_and_merged(sd1: Path, lora: Path, merged: Path, seed: int = 7) -
 
 
 @pytest.fixture(scope="module")
-def api_data_dir(tiny_models: dict[str, Path], tmp_path_factory: pytest.TempPathFactory) -> Path:
-    root = tmp_path_factory.mktemp("api-lora")
+def api_data_dir(tiny_models: dict[str, Path], module_tmp: ModuleTempDirs) -> Path:
+    root = module_tmp.mktemp("api-lora")
     sd = root / "models" / "Stable-diffusion"
     lora_dir = root / "models" / "Lora"
     sd.mkdir(parents=True)

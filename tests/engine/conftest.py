@@ -15,6 +15,7 @@ from modules.engine.worker import Worker
 from modules.models.loader import Placement
 from modules.models.manager import ModelManager
 from modules.models.registry import ModelRegistry
+from tests.fixtures.module_tmp import ModuleTempDirs
 
 FAMILIES = {
     "sd1": "sd1",
@@ -28,8 +29,8 @@ FAMILIES = {
 
 
 @pytest.fixture(scope="module")
-def engine(tiny_models: dict[str, Path], tmp_path_factory: pytest.TempPathFactory) -> Iterator[GenerationService]:
-    root = tmp_path_factory.mktemp("engine")
+def engine(tiny_models: dict[str, Path], module_tmp: ModuleTempDirs) -> Iterator[GenerationService]:
+    root = module_tmp.mktemp("engine")
     sd = root / "Stable-diffusion"
     sd.mkdir()
     for name, family in FAMILIES.items():

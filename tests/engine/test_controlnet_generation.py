@@ -23,11 +23,12 @@ from modules.core.settings import parse_settings
 from modules.engine.controlnet import ActiveUnit
 from modules.services import Services
 from tests.fixtures.controlnet_files import write_controlnet, write_controlnet_folder
+from tests.fixtures.module_tmp import ModuleTempDirs
 
 
 @pytest.fixture(scope="module")
-def services(tiny_models: dict[str, Path], tmp_path_factory: pytest.TempPathFactory) -> Iterator[Services]:
-    root = tmp_path_factory.mktemp("cn-gen")
+def services(tiny_models: dict[str, Path], module_tmp: ModuleTempDirs) -> Iterator[Services]:
+    root = module_tmp.mktemp("cn-gen")
     sd = root / "models" / "Stable-diffusion"
     sd.mkdir(parents=True)
     shutil.copy(tiny_models["sd1"], sd / "sd1.safetensors")

@@ -13,6 +13,7 @@ import torch
 
 from modules.core.errors import OutOfMemoryError
 from modules.engine.worker import JobContext, Worker
+from tests.fixtures.module_tmp import ModuleTempDirs
 
 
 @pytest.mark.parametrize(
@@ -83,7 +84,7 @@ def _bad_checkpoints(tiny_models: dict[str, Path], folder: Path) -> dict[str, Pa
 
 
 @pytest.fixture(scope="module")
-def faulty_engine(tiny_models: dict[str, Path], tmp_path_factory: pytest.TempPathFactory) -> Iterator[Any]:
+def faulty_engine(tiny_models: dict[str, Path], module_tmp: ModuleTempDirs) -> Iterator[Any]:
     from modules.core.hashes import HashCache
     from modules.core.options import Options, default_option_infos
     from modules.engine.service import GenerationService
@@ -91,7 +92,7 @@ def faulty_engine(tiny_models: dict[str, Path], tmp_path_factory: pytest.TempPat
     from modules.models.manager import ModelManager
     from modules.models.registry import ModelRegistry
 
-    root = tmp_path_factory.mktemp("faulty")
+    root = module_tmp.mktemp("faulty")
     sd = root / "Stable-diffusion"
     sd.mkdir()
     shutil.copy(tiny_models["sd1"], sd / "good.safetensors")

@@ -30,6 +30,7 @@ from modules.extensions.builtin_scripts.prompt_matrix import matrix_prompts, mat
 from modules.extensions.builtin_scripts.prompts_from_file import load_prompt_file, parse_line, parse_lines
 from modules.extensions.builtin_scripts.sd_upscale import resolve_upscaler
 from modules.services import Services
+from tests.fixtures.module_tmp import ModuleTempDirs
 
 SMALL: dict[str, Any] = {"width": 64, "height": 64, "steps": 1, "sampler_name": "Euler", "seed": 5}
 
@@ -38,8 +39,8 @@ SMALL: dict[str, Any] = {"width": 64, "height": 64, "steps": 1, "sampler_name": 
 
 
 @pytest.fixture(scope="module")
-def services(tiny_models: dict[str, Path], tmp_path_factory: pytest.TempPathFactory) -> Iterator[Services]:
-    root = tmp_path_factory.mktemp("builtin-scripts")
+def services(tiny_models: dict[str, Path], module_tmp: ModuleTempDirs) -> Iterator[Services]:
+    root = module_tmp.mktemp("builtin-scripts")
     sd = root / "models" / "Stable-diffusion"
     sd.mkdir(parents=True)
     shutil.copy(tiny_models["sd1"], sd / "sd1.safetensors")

@@ -20,13 +20,14 @@ from modules.core.settings import parse_settings
 from modules.services import Services
 from tests.fixtures.extension_repos import make_extension_repo, push_commit
 from tests.fixtures.fixture_extension import BROKEN_SCRIPT, fixture_extension_files
+from tests.fixtures.module_tmp import ModuleTempDirs
 
 BASE = {"prompt": "a cat", "steps": 2, "width": 64, "height": 64, "seed": 11, "sampler_name": "Euler"}
 
 
 @pytest.fixture(scope="module")
-def data_dir(tiny_models: dict[str, Path], tmp_path_factory: pytest.TempPathFactory) -> Path:
-    root = tmp_path_factory.mktemp("ext-life")
+def data_dir(tiny_models: dict[str, Path], module_tmp: ModuleTempDirs) -> Path:
+    root = module_tmp.mktemp("ext-life")
     sd = root / "models" / "Stable-diffusion"
     sd.mkdir(parents=True)
     shutil.copy(tiny_models["sd1"], sd / "sd1.safetensors")
@@ -34,8 +35,8 @@ def data_dir(tiny_models: dict[str, Path], tmp_path_factory: pytest.TempPathFact
 
 
 @pytest.fixture(scope="module")
-def repo(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return make_extension_repo(tmp_path_factory.mktemp("repos"), "sdw-fixture", fixture_extension_files("v1"))
+def repo(module_tmp: ModuleTempDirs) -> Path:
+    return make_extension_repo(module_tmp.mktemp("repos"), "sdw-fixture", fixture_extension_files("v1"))
 
 
 class Started:

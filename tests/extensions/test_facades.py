@@ -18,6 +18,7 @@ from PIL import Image
 from modules.extensions import runtime
 from modules.services import Services
 from tests.api.conftest import api_app, api_services, client  # noqa: F401  (the app fixtures)
+from tests.fixtures.module_tmp import ModuleTempDirs
 
 API_CHECKPOINTS = {"sd1": "sd1.safetensors", "sd2": "sd2.safetensors"}
 SMALL: dict[str, Any] = {"prompt": "a cat", "width": 64, "height": 64, "steps": 2, "sampler_name": "Euler", "seed": 3}
@@ -78,10 +79,10 @@ class Probe(scripts.Script):
 
 
 @pytest.fixture(scope="module")
-def api_data_dir(tiny_models: dict[str, Path], tmp_path_factory: pytest.TempPathFactory) -> Path:
+def api_data_dir(tiny_models: dict[str, Path], module_tmp: ModuleTempDirs) -> Path:
     import shutil
 
-    root = tmp_path_factory.mktemp("facades")
+    root = module_tmp.mktemp("facades")
     sd = root / "models" / "Stable-diffusion"
     sd.mkdir(parents=True)
     for family, name in API_CHECKPOINTS.items():

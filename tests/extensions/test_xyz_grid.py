@@ -45,12 +45,13 @@ from modules.extensions.builtin_scripts.xyz_grid import (
 from modules.extensions.callbacks import CallbackRegistry
 from modules.extensions.processing_api import Processed, p_from_request
 from tests.api.conftest import api_app, api_services, client  # noqa: F401 (the API fixtures)
+from tests.fixtures.module_tmp import ModuleTempDirs
 
 
 @pytest.fixture(scope="module")
-def api_data_dir(tiny_models: dict[str, Path], tmp_path_factory: pytest.TempPathFactory) -> Path:
+def api_data_dir(tiny_models: dict[str, Path], module_tmp: ModuleTempDirs) -> Path:
     """The API app's data dir: the tiny sd1 checkpoint and two prompt styles."""
-    root = tmp_path_factory.mktemp("xyz-data")
+    root = module_tmp.mktemp("xyz-data")
     checkpoints = root / "models" / "Stable-diffusion"
     checkpoints.mkdir(parents=True)
     shutil.copy(tiny_models["sd1"], checkpoints / "sd1.safetensors")

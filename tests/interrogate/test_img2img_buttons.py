@@ -19,6 +19,7 @@ from modules.engine.interrogation import Interrogator
 from modules.services import Services
 from modules.ui.img2img import Img2ImgTab, build_img2img_tab
 from modules.ui.img2img_modes import BATCH, IMG2IMG, INPAINT
+from tests.fixtures.module_tmp import ModuleTempDirs
 from tests.interrogate.conftest import Weights, copy_weights
 
 TAGS = "1girl, back\\\\slash, hat \\(object\\), long hair, smile, solo"
@@ -32,8 +33,8 @@ def _services(data: Path) -> Services:
 
 
 @pytest.fixture(scope="module")
-def services(weights: Weights, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Services]:
-    built = _services(copy_weights(weights, tmp_path_factory.mktemp("ui-data"), "torch_deepdanbooru"))
+def services(weights: Weights, module_tmp: ModuleTempDirs) -> Iterator[Services]:
+    built = _services(copy_weights(weights, module_tmp.mktemp("ui-data"), "torch_deepdanbooru"))
     yield built
     built.worker.shutdown()
 

@@ -19,6 +19,7 @@ from modules.app import build_services, create_app
 from modules.core.settings import parse_settings
 from modules.engine.interrogation import Interrogator
 from modules.services import Services
+from tests.fixtures.module_tmp import ModuleTempDirs
 from tests.interrogate.conftest import Weights, copy_weights
 
 TAGS = "1girl, back\\\\slash, hat \\(object\\), long hair, smile, solo"
@@ -41,10 +42,8 @@ def _app(data: Path) -> tuple[Services, FastAPI]:
 
 
 @pytest.fixture(scope="module")
-def client(weights: Weights, tmp_path_factory: pytest.TempPathFactory) -> Iterator[TestClient]:
-    data = copy_weights(
-        weights, tmp_path_factory.mktemp("api-data"), "torch_deepdanbooru", "BLIP", "CLIP", "interrogate"
-    )
+def client(weights: Weights, module_tmp: ModuleTempDirs) -> Iterator[TestClient]:
+    data = copy_weights(weights, module_tmp.mktemp("api-data"), "torch_deepdanbooru", "BLIP", "CLIP", "interrogate")
     services, app = _app(data)
     with TestClient(app) as test_client:
         yield test_client
@@ -52,8 +51,8 @@ def client(weights: Weights, tmp_path_factory: pytest.TempPathFactory) -> Iterat
 
 
 @pytest.fixture(scope="module")
-def bare_client(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[TestClient, Path]]:
-    data = tmp_path_factory.mktemp("api-bare")
+def bare_client(module_tmp: ModuleTempDirs) -> Iterator[tuple[TestClient, Path]]:
+    data = module_tmp.mktemp("api-bare")
     services, app = _app(data)
     with TestClient(app) as test_client:
         yield test_client, data

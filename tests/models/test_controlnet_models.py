@@ -58,6 +58,7 @@ from tests.fixtures.controlnet_files import (
 )
 from tests.fixtures.controlnet_files import controlnet_config as fixture_config
 from tests.fixtures.ldm_checkpoints import UNetSpec, family_spec, unet_config, write_checkpoint
+from tests.fixtures.module_tmp import ModuleTempDirs
 
 LAYOUTS = ("ldm.safetensors", "ldm-bare.safetensors", "ldm.pth", "diffusers.safetensors", "folder")
 FAMILY = {"sd1": fam.SD1, "sd2": fam.SD2, "sdxl": fam.SDXL}
@@ -77,8 +78,8 @@ def _write(directory: Path, family: str, layout: str, seed: int = 0, stem: str |
 
 
 @pytest.fixture(scope="module")
-def files(tmp_path_factory: pytest.TempPathFactory) -> dict[tuple[str, str], Path]:
-    root = tmp_path_factory.mktemp("controlnets")
+def files(module_tmp: ModuleTempDirs) -> dict[tuple[str, str], Path]:
+    root = module_tmp.mktemp("controlnets")
     return {(f, layout): _write(root, f, layout) for f in CONTROLNET_FAMILIES for layout in LAYOUTS}
 
 

@@ -25,6 +25,7 @@ from modules.models.face_restoration import (
     restore_faces,
 )
 from tests.fixtures.face_models import synthetic_face, write_codeformer, write_gfpgan
+from tests.fixtures.module_tmp import ModuleTempDirs
 
 BOX: FaceBox = (80, 90, 140, 160)
 
@@ -157,8 +158,8 @@ def test_codeformer_weight_reaches_forward() -> None:
 
 
 @pytest.fixture(scope="module")
-def face_model_dirs(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    root = tmp_path_factory.mktemp("face-models")
+def face_model_dirs(module_tmp: ModuleTempDirs) -> Path:
+    root = module_tmp.mktemp("face-models")
     write_gfpgan(root / "GFPGAN" / "GFPGANv1.4.pth")  # BasicSR layout: {"params_ema": ...}
     write_codeformer(root / "Codeformer" / "codeformer.safetensors")
     return root

@@ -21,6 +21,7 @@ from modules.models.patches import namespace
 from modules.models.registry import ModelRegistry
 from modules.models.spec import ModelSpec
 from tests.fixtures import lora_files as lf
+from tests.fixtures.module_tmp import ModuleTempDirs
 
 pytestmark = pytest.mark.usefixtures("no_network")
 BIG = 1 << 40
@@ -36,8 +37,8 @@ class Env:
 
 
 @pytest.fixture(scope="module")
-def env(tiny_models: dict[str, Path], tmp_path_factory: pytest.TempPathFactory) -> Iterator[Env]:
-    root = tmp_path_factory.mktemp("lora")
+def env(tiny_models: dict[str, Path], module_tmp: ModuleTempDirs) -> Iterator[Env]:
+    root = module_tmp.mktemp("lora")
     sd, vae = root / "Stable-diffusion", root / "VAE"
     sd.mkdir()
     vae.mkdir()

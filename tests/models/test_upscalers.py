@@ -23,13 +23,14 @@ from modules.engine.upscaling import (
 from modules.models.upscalers import UpscalerRegistry, arch_registry, scale_from_name
 from tests.fixtures import pickles
 from tests.fixtures.upscaler_models import FIXTURES, build_upscaler_set, verify
+from tests.fixtures.module_tmp import ModuleTempDirs
 
 FOLDERS = ("ESRGAN", "RealESRGAN", "SwinIR", "DAT")
 
 
 @pytest.fixture(scope="module")
-def models_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    root = tmp_path_factory.mktemp("upscalers")
+def models_dir(module_tmp: ModuleTempDirs) -> Path:
+    root = module_tmp.mktemp("upscalers")
     build_upscaler_set(root)
     return root
 

@@ -19,6 +19,7 @@ import pytest
 
 from modules.core.requests import Txt2ImgRequest
 from modules.services import Services
+from tests.fixtures.module_tmp import ModuleTempDirs
 
 pytestmark = pytest.mark.slow
 
@@ -58,7 +59,7 @@ def _wait(what: str, condition: Callable[[], bool], limit: float = 90) -> None:
 
 
 @pytest.fixture(scope="module")
-def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
+def cluster(module_tmp: ModuleTempDirs) -> Iterator[Cluster]:
     import uvicorn
     from ray import serve
 
@@ -66,7 +67,7 @@ def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
     from modules.core.settings import parse_settings
     from tests.fixtures.ldm_checkpoints import write_checkpoint
 
-    root = tmp_path_factory.mktemp("ray-data")
+    root = module_tmp.mktemp("ray-data")
     folder = root / "models" / "Stable-diffusion"
     folder.mkdir(parents=True)
     for name, seed in CHECKPOINTS.items():

@@ -39,6 +39,7 @@ from modules.models.manager import ModelManager
 from modules.models.network_registry import NetworkRegistry
 from modules.models.registry import ModelRegistry
 from modules.models.spec import ModelSpec
+from tests.fixtures.module_tmp import ModuleTempDirs
 
 pytestmark = pytest.mark.usefixtures("no_network")
 
@@ -56,8 +57,8 @@ class Setup:
 
 
 @pytest.fixture(scope="module")
-def setup(tiny_models: dict[str, Path], tmp_path_factory: pytest.TempPathFactory) -> Iterator[Setup]:
-    root = tmp_path_factory.mktemp("gen")
+def setup(tiny_models: dict[str, Path], module_tmp: ModuleTempDirs) -> Iterator[Setup]:
+    root = module_tmp.mktemp("gen")
     sd = root / "Stable-diffusion"
     sd.mkdir()
     shutil.copy(tiny_models["sd1"], sd / "sd1.safetensors")

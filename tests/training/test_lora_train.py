@@ -37,12 +37,13 @@ from modules.models.network_registry import NetworkRegistry
 from modules.models.registry import ModelRegistry
 from modules.models.spec import ModelSpec
 from tests.engine.support import pixels, t2i
+from tests.fixtures.module_tmp import ModuleTempDirs
 from tests.fixtures.training_data import SMALL_BUCKETS, make_training_set, write_problem_images
 
 
 @pytest.fixture(scope="module")
-def data_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return make_training_set(tmp_path_factory.mktemp("lora-data"), repeats=1)
+def data_root(module_tmp: ModuleTempDirs) -> Path:
+    return make_training_set(module_tmp.mktemp("lora-data"), repeats=1)
 
 
 @pytest.fixture(scope="module")
@@ -101,8 +102,8 @@ def test_loss_goes_down_on_a_repeated_batch(sd1: StableDiffusionModel) -> None:
 
 
 @pytest.fixture(scope="module")
-def engine(tiny_models: dict[str, Path], tmp_path_factory: pytest.TempPathFactory) -> Iterator[GenerationService]:
-    root = tmp_path_factory.mktemp("lora-engine")
+def engine(tiny_models: dict[str, Path], module_tmp: ModuleTempDirs) -> Iterator[GenerationService]:
+    root = module_tmp.mktemp("lora-engine")
     sd = root / "Stable-diffusion"
     sd.mkdir()
     shutil.copy(tiny_models["sd1"], sd / "sd1.safetensors")

@@ -19,6 +19,7 @@ import pytest
 from PIL import Image
 
 from tests.fixtures.controlnet_files import write_controlnet
+from tests.fixtures.module_tmp import ModuleTempDirs
 from tests.ui.conftest import make_ui_data_dir, screenshot_dirs
 
 expect = pytest.importorskip("playwright.sync_api").expect
@@ -28,8 +29,8 @@ DEPTH_MODEL = "control_v11f1p_sd15_depth"
 
 
 @pytest.fixture(scope="module")
-def ui_data_dir(tiny_models: dict[str, Path], tmp_path_factory: pytest.TempPathFactory) -> Path:
-    root = make_ui_data_dir(tiny_models, tmp_path_factory.mktemp("controlnet-ui-data"))
+def ui_data_dir(tiny_models: dict[str, Path], module_tmp: ModuleTempDirs) -> Path:
+    root = make_ui_data_dir(tiny_models, module_tmp.mktemp("controlnet-ui-data"))
     write_controlnet(root / "models" / "ControlNet" / "control_sd15_canny.safetensors", "sd1")
     # a real model's long name (the Model dropdown shows it whole)
     write_controlnet(root / "models" / "ControlNet" / f"{DEPTH_MODEL}.safetensors", "sd1")

@@ -19,6 +19,7 @@ from safetensors.torch import save_file
 
 from modules.services import Services
 from tests.fixtures import embedding_files as ef
+from tests.fixtures.module_tmp import ModuleTempDirs
 from tests.ui.conftest import make_ui_data_dir, screenshot_dirs
 
 expect = pytest.importorskip("playwright.sync_api").expect
@@ -44,10 +45,10 @@ def write_kohya_lora(checkpoint: Path, target: Path, *, rank: int = 2, seed: int
 
 
 @pytest.fixture(scope="module")
-def ui_data_dir(tiny_models: dict[str, Path], tmp_path_factory: pytest.TempPathFactory) -> Path:
+def ui_data_dir(tiny_models: dict[str, Path], module_tmp: ModuleTempDirs) -> Path:
     """The tiny sd1/sd2 checkpoints, two LoRAs for sd1 (one with a preview, one in a subfolder)
     and an embedding for sd1."""
-    root = make_ui_data_dir(tiny_models, tmp_path_factory.mktemp("ui-extra-networks"))
+    root = make_ui_data_dir(tiny_models, module_tmp.mktemp("ui-extra-networks"))
     lora = root / "models" / "Lora"
     write_kohya_lora(tiny_models["sd1"], lora / "x.safetensors")
     write_kohya_lora(tiny_models["sd1"], lora / "styles" / "bluish.safetensors", seed=4)

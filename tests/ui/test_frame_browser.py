@@ -19,6 +19,7 @@ import pytest
 
 from modules.app import create_app
 from modules.services import Services
+from tests.fixtures.module_tmp import ModuleTempDirs
 from tests.ui.conftest import make_ui_data_dir, screenshot_dirs, serve
 
 expect = pytest.importorskip("playwright.sync_api").expect
@@ -29,9 +30,9 @@ DARK_LUMINANCE = 0.3
 
 
 @pytest.fixture(scope="module")
-def ui_data_dir(tiny_models: dict[str, Path], tmp_path_factory: pytest.TempPathFactory) -> Path:
+def ui_data_dir(tiny_models: dict[str, Path], module_tmp: ModuleTempDirs) -> Path:
     """Its own data dir, so its own server (the browser is still shared)."""
-    root = make_ui_data_dir(tiny_models, tmp_path_factory.mktemp("frame-data"))
+    root = make_ui_data_dir(tiny_models, module_tmp.mktemp("frame-data"))
     (root / "config.json").write_text(json.dumps({"quicksettings_list": QUICKSETTINGS}), encoding="utf-8")
     (root / "ui-config.json").write_text(json.dumps(UI_CONFIG), encoding="utf-8")
     return root

@@ -9,13 +9,14 @@ from typing import Any
 import pytest
 
 from modules.app import create_app
+from tests.fixtures.module_tmp import ModuleTempDirs
 from tests.ui.conftest import serve, start_services
 
 
 @pytest.fixture(scope="module")
-def auth_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+def auth_server(module_tmp: ModuleTempDirs) -> Iterator[str]:
     """A server of its own (other flags; no models), in the shared browser."""
-    services = start_services(tmp_path_factory.mktemp("auth-data"), "--gradio-auth", "user:pass")
+    services = start_services(module_tmp.mktemp("auth-data"), "--gradio-auth", "user:pass")
     try:
         with serve(create_app(services), "auth-test-uvicorn") as url:
             yield url

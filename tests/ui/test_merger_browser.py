@@ -13,6 +13,7 @@ import torch
 
 from modules.models.checkpoint_io import read_state_dict
 from tests.fixtures.ldm_checkpoints import write_checkpoint
+from tests.fixtures.module_tmp import ModuleTempDirs
 from tests.ui.conftest import make_ui_data_dir, screenshot_dirs
 
 expect = pytest.importorskip("playwright.sync_api").expect
@@ -21,10 +22,10 @@ UNET_W = "model.diffusion_model.out.2.weight"
 
 
 @pytest.fixture(scope="module")
-def ui_data_dir(tiny_models: dict[str, Path], tmp_path_factory: pytest.TempPathFactory) -> Path:
+def ui_data_dir(tiny_models: dict[str, Path], module_tmp: ModuleTempDirs) -> Path:
     """The tiny sd1 and sd2 plus a second SD 1.x checkpoint with other weights, in a data dir of
     its own (so a server of its own: the merger's dropdowns list the checkpoints found at start)."""
-    root = make_ui_data_dir(tiny_models, tmp_path_factory.mktemp("merger-data"))
+    root = make_ui_data_dir(tiny_models, module_tmp.mktemp("merger-data"))
     write_checkpoint(root / "models" / "Stable-diffusion" / "other.safetensors", "sd1", seed=1)
     return root
 

@@ -28,14 +28,15 @@ from modules.services import Services
 from modules.ui.merger import BLOCK_NAMES, build_merger_tab
 from tests.fixtures import lora_files as lf
 from tests.fixtures.ldm_checkpoints import write_checkpoint
+from tests.fixtures.module_tmp import ModuleTempDirs
 from tests.ui.gradio_loop import in_a_loop
 
 ROOT = Path(__file__).resolve().parents[2]
 
 
 @pytest.fixture(scope="module")
-def data_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    root = tmp_path_factory.mktemp("merge-parity")
+def data_dir(module_tmp: ModuleTempDirs) -> Path:
+    root = module_tmp.mktemp("merge-parity")
     sd = root / "models" / "Stable-diffusion"
     sd.mkdir(parents=True)
     write_checkpoint(sd / "a.safetensors", "sd1", seed=0)

@@ -23,6 +23,7 @@ from modules.core.paths import Paths
 from modules.core.settings import parse_settings
 from modules.extensions.manager import ExtensionManager
 from tests.fixtures.extension_repos import make_extension_repo
+from tests.fixtures.module_tmp import ModuleTempDirs
 from tests.ui.conftest import make_ui_data_dir, screenshot_dirs
 
 expect = pytest.importorskip("playwright.sync_api").expect
@@ -112,16 +113,16 @@ STYLE = "#script_txt2img_test_fill_level { outline: 3px solid rgb(1, 2, 3); }\n"
 
 
 @pytest.fixture(scope="module")
-def ui_data_dir(tiny_models: dict[str, Path], tmp_path_factory: pytest.TempPathFactory) -> Path:
+def ui_data_dir(tiny_models: dict[str, Path], module_tmp: ModuleTempDirs) -> Path:
     """The extension is installed the way users install one: from a git repository (a local bare
     one made here) by the extension manager, before the server starts."""
-    root = make_ui_data_dir(tiny_models, tmp_path_factory.mktemp("ui-scripts"))
+    root = make_ui_data_dir(tiny_models, module_tmp.mktemp("ui-scripts"))
     files = {
         "scripts/test_scripts.py": textwrap.dedent(SCRIPT),
         "javascript/test.js": JAVASCRIPT,
         "style.css": STYLE,
     }
-    bare = make_extension_repo(tmp_path_factory.mktemp("ui-scripts-repo"), "sdw-test-scripts", files)
+    bare = make_extension_repo(module_tmp.mktemp("ui-scripts-repo"), "sdw-test-scripts", files)
     settings = parse_settings(["--data-dir", str(root)], {})
     paths = Paths.from_settings(settings, root, {})
     ExtensionManager(settings, paths, Options(default_option_infos(), paths.config_file)).install_from_url(str(bare))
