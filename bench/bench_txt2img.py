@@ -12,9 +12,10 @@ temp dir). The diffusers pipeline (`StableDiffusionPipeline` / `StableDiffusionX
 from the very modules our engine loaded, with `EulerDiscreteScheduler` from the model's config; ours
 runs the A1111 "Euler" sampler. "compiled": ours with the `torch_compile` option (UNet), raw
 diffusers with `pipe.unet = torch.compile(unet)`; the first (compiling) call of each side is timed
-apart and reported as compile time. Runs alternate (ours, raw, ours, ...) after one warm-up each;
-medians are compared (and the best runs: on a shared box the
-median drifts with the neighbours' load). it/s = steps / median seconds of the whole request (text encoding, sampling,
+apart and reported as compile time. After one warm-up each, the runs come in pairs, ours first in
+one pair and raw first in the next (so neither side always runs second); medians are compared, and
+the best runs, and the median of the pairs' ratios (each pair ran back to back, so the drift of a
+shared box's load cancels within it). it/s = steps / median seconds of the whole request (text encoding, sampling,
 VAE decode), for both sides alike. VRAM peak = torch.cuda.max_memory_allocated over each side's runs.
 Target (issue 18): ours/raw time <= 1.03x eager; on a GPU >= 1.0x raw eager it/s, >= 1.3x compiled.
 `--json PATH` also writes the rows.
@@ -188,13 +189,13 @@ def run_cell(
             row["ours_first_s"], _ = peak(ours)  # warm-up; with compile on, where the compile happens
             row["raw_first_s"], _ = peak(theirs)
             a, b, va, vb = [], [], [], []
-            for _ in range(args.repeats):
-                s, v = peak(ours)
-                a.append(s)
-                va.append(v)
-                s, v = peak(theirs)
-                b.append(s)
-                vb.append(v)
+            for i in range(args.repeats):
+                # pairs in A-B, B-A order: whichever side runs second in a pair (warm allocator,
+                # caches, a neighbour's burst that started during the first) is each side in turn
+                for side in (ours, theirs) if i % 2 == 0 else (theirs, ours):
+                    s, v = peak(side)
+                    (a if side is ours else b).append(s)
+                    (va if side is ours else vb).append(v)
         finally:
             worker.shutdown()
             models.unload()
@@ -208,6 +209,7 @@ def run_cell(
         raw_its=args.steps / d,
         ratio_time=o / d,
         ratio_best=min(a) / min(b),
+        ratio_paired=_median([x / y for x, y in zip(a, b, strict=True)]),
         ours_vram_mib=max(va, default=float("nan")),
         raw_vram_mib=max(vb, default=float("nan")),
     )
@@ -223,7 +225,8 @@ def print_row(row: dict[str, Any]) -> None:
     print(
         f"{row['family']:5} {row['size']:5} b{row['batch']} {row['mode']:8}"
         f"  ours {row['ours_its']:7.2f} it/s ({row['ours_s']:6.2f}s)  raw {row['raw_its']:7.2f} it/s"
-        f" ({row['raw_s']:6.2f}s)  ours/raw time {row['ratio_time']:.3f}x (best runs {row['ratio_best']:.3f}x)"
+        f" ({row['raw_s']:6.2f}s)  ours/raw time {row['ratio_time']:.3f}x (best runs {row['ratio_best']:.3f}x,"
+        f" median of pairs {row['ratio_paired']:.3f}x)"
         f"  it/s {1 / row['ratio_time']:.3f}x"
         f"  first call ours {row['ours_first_s']:.1f}s raw {row['raw_first_s']:.1f}s"
         + (

@@ -449,9 +449,15 @@ def build_merger_tab(services: Services) -> MergerTab:
             *(gr.update(value=values.get(n, v)) for n, v in zip(BLOCK_NAMES, current, strict=True)),
         ]
 
-    primary.change(show_layout, primary, [blocks_note, *sliders], queue=False)
-    preset.input(set_preset, [preset, primary], sliders, queue=False)
-    apply_text.click(set_from_text, [weights_text, primary, amount, *sliders], [base_alpha, preset, *sliders])
+    # progress on one component, not on each of the ~25 sliders (see modules/ui/send_to.QUIET)
+    primary.change(show_layout, primary, [blocks_note, *sliders], queue=False, show_progress_on=blocks_note)
+    preset.input(set_preset, [preset, primary], sliders, queue=False, show_progress_on=preset)
+    apply_text.click(
+        set_from_text,
+        [weights_text, primary, amount, *sliders],
+        [base_alpha, preset, *sliders],
+        show_progress_on=weights_text,
+    )
     refresh_vae.click(refresh_vaes, None, bake_vae, queue=False)
     method.change(description_html, method, description, queue=False)
     read_metadata.click(

@@ -108,6 +108,14 @@ def to_extras(target: ExtrasTab, image: Image.Image) -> dict[Any, object]:
     return {target.image: image, target.mode: SINGLE, target.mode_tabs: gr.Tabs(selected="extras_single_tab")}
 
 
+QUIET: dict[str, Any] = {"concurrency_limit": None, "show_progress": "hidden"}
+"""The send-to and paste events: no progress shown. Each also names its own button as where the
+progress would go (`show_progress_on`): Gradio's front end otherwise tracks a loading status for
+every output (80-90 fields here) and, on every status change of any later event in the page,
+re-applies each tracked status by walking its whole component tree, which made every click in a
+page that had pasted once seconds slower."""
+
+
 def _scroll_to(elem_id: str) -> str:
     """Page JS that scrolls `#elem_id` into view (after a send-to opened it)."""
     return f"() => {{ document.getElementById({elem_id!r})?.scrollIntoView({{block: 'start'}}); }}"
@@ -132,6 +140,7 @@ def wire_send_to_controlnet(
         [*section.send_outputs, tabs],
         concurrency_limit=None,
         show_progress="hidden",
+        show_progress_on=section.send_button,
     ).then(None, js=_scroll_to(f"{target}_controlnet"))
 
 
@@ -167,6 +176,7 @@ def add_pnginfo_controlnet_buttons(
             [*section.send_outputs, tabs],
             concurrency_limit=None,
             show_progress="hidden",
+            show_progress_on=button,
         ).then(None, js=_scroll_to(f"{section.tab_name}_controlnet"))
     return buttons
 
@@ -229,15 +239,12 @@ def wire_send_to(
         buttons.save_zip.click(
             save_zip, gallery_inputs, buttons.download, concurrency_limit=None, show_progress="hidden"
         )
-        buttons.send_to_img2img.click(
-            send_img2img, gallery_inputs, [*img2img_outputs, tabs], concurrency_limit=None, show_progress="hidden"
-        )
-        buttons.send_to_inpaint.click(
-            send_inpaint, gallery_inputs, [*img2img_outputs, tabs], concurrency_limit=None, show_progress="hidden"
-        )
-        buttons.send_to_extras.click(
-            send_extras, gallery_inputs, [*extras_outputs, tabs], concurrency_limit=None, show_progress="hidden"
-        )
+        for button, fn, outputs in (
+            (buttons.send_to_img2img, send_img2img, img2img_outputs),
+            (buttons.send_to_inpaint, send_inpaint, img2img_outputs),
+            (buttons.send_to_extras, send_extras, extras_outputs),
+        ):
+            button.click(fn, gallery_inputs, [*outputs, tabs], **QUIET, show_progress_on=button)
         wire_send_to_controlnet(services, tabs, source, selected)
 
     # --- from PNG Info --------------------------------------------------------------------
@@ -261,22 +268,13 @@ def wire_send_to(
         return {**to_extras(extras, image), tabs: gr.Tabs(selected="extras")}
 
     png_inputs = [pnginfo.image, pnginfo.generation_info]
-    pnginfo.send_txt2img.click(
-        png_to_txt2img,
-        pnginfo.generation_info,
-        [*txt2img_outputs, tabs],
-        concurrency_limit=None,
-        show_progress="hidden",
-    )
-    pnginfo.send_img2img.click(
-        png_to_img2img, png_inputs, [*img2img_outputs, tabs], concurrency_limit=None, show_progress="hidden"
-    )
-    pnginfo.send_inpaint.click(
-        png_to_inpaint, png_inputs, [*img2img_outputs, tabs], concurrency_limit=None, show_progress="hidden"
-    )
-    pnginfo.send_extras.click(
-        png_to_extras, pnginfo.image, [*extras_outputs, tabs], concurrency_limit=None, show_progress="hidden"
-    )
+    for button, fn, inputs, outputs in (
+        (pnginfo.send_txt2img, png_to_txt2img, [pnginfo.generation_info], txt2img_outputs),
+        (pnginfo.send_img2img, png_to_img2img, png_inputs, img2img_outputs),
+        (pnginfo.send_inpaint, png_to_inpaint, png_inputs, img2img_outputs),
+        (pnginfo.send_extras, png_to_extras, [pnginfo.image], extras_outputs),
+    ):
+        button.click(fn, inputs, [*outputs, tabs], **QUIET, show_progress_on=button)
     add_pnginfo_controlnet_buttons(tabs, pnginfo, [txt2img.controlnet, img2img.controlnet])
 
     # --- ↙️ paste in each prompt row -------------------------------------------------------
@@ -296,6 +294,4 @@ def wire_send_to(
                 raise gr.Error("The prompt holds no generation parameters to read (no 'Steps: ...' line)")
             return restore_updates(services, text, fields, controlnet)
 
-        tab.row.paste.click(
-            paste, tab.row.prompt, list(fields.values()), concurrency_limit=None, show_progress="hidden"
-        )
+        tab.row.paste.click(paste, tab.row.prompt, list(fields.values()), **QUIET, show_progress_on=tab.row.paste)

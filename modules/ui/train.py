@@ -1045,7 +1045,8 @@ def _wire_training(
         rebuilt = [render_page(services, _prefix_of(c), p) if p == page else gr.skip() for p, c in tab.cards]
         return [*out, outcome_text(status), error, gr.Timer(active=False), *rebuilt]
 
-    tab.timer.tick(poll, tab.watch, poll_outputs, queue=False, show_progress="hidden")
+    # ticks every second: its progress goes on one component, not on each output (see send_to.QUIET)
+    tab.timer.tick(poll, tab.watch, poll_outputs, queue=False, show_progress="hidden", show_progress_on=tab.plot)
 
     # a page opened while a run goes on (started here before a reload, elsewhere, or by the API)
     root = Context.root_block

@@ -12,6 +12,7 @@ import gradio as gr
 import pytest
 
 from modules.core.option_defaults import default_option_infos, unimplemented_options
+from modules.core.option_info import OptionInfo
 from modules.core.options import Options
 from modules.ui.settings import SettingsTab, apply_settings, build_settings_tab, quicksettings_keys
 from tests.ui.gradio_loop import in_a_loop
@@ -80,3 +81,59 @@ def test_frozen_options_are_read_only_and_changes_are_refused(services: Any) -> 
     with pytest.raises(gr.Error, match="frozen"):
         apply_settings(services, [info], [70])
     assert services.options.get("jpeg_quality") == 80
+
+
+def _page_load(blocks: gr.Blocks) -> Any:
+    loads = [f for f in blocks.fns.values() if any(event == "load" for _id, event in f.targets)]
+    assert len(loads) == 1
+    return loads[0]
+
+
+def _sent(tab: SettingsTab, load: Any) -> dict[str, Any]:
+    """What the page load would apply, by option key (skipped fields left out)."""
+    keys = [next(k for k, c in tab.fields.items() if c is out) for out in load.outputs]
+    return {k: u for k, u in zip(keys, load.fn(), strict=True) if u != {"__type__": "update"}}
+
+
+def test_the_page_load_sends_only_the_fields_changed_since_the_page_was_built(tmp_path: Path) -> None:
+    """Every field the page load updates costs the browser a walk of Gradio's whole component tree:
+    an unchanged field is skipped (gr.skip()); a changed value or changed dynamic choices are sent."""
+    vaes = ["Automatic", "None"]
+    dynamic = OptionInfo(
+        key="test_dynamic_vae",
+        default="Automatic",
+        label="A dynamic list",
+        section="sd",
+        type=str,
+        choices=lambda: list(vaes),
+    )
+    services = SimpleNamespace(options=Options([*default_option_infos(), dynamic], tmp_path / "config.json"))
+    blocks, tab = build(services)
+    load = _page_load(blocks)
+    assert _sent(tab, load) == {}
+    services.options.set("jpeg_quality", 55)
+    services.options.set("extra_networks_default_multiplier", 0.5)
+    services.options.set("quicksettings_list", ["sd_model_checkpoint", "CLIP_stop_at_last_layers"])
+    assert _sent(tab, load) == {
+        "jpeg_quality": 55,
+        "extra_networks_default_multiplier": 0.5,
+        "quicksettings_list": "sd_model_checkpoint, CLIP_stop_at_last_layers",  # a free list: as its textbox shows it
+    }
+    services.options.set("jpeg_quality", 80)  # back to the value the page was built with
+    assert "jpeg_quality" not in _sent(tab, load)
+    vaes.append("vae-ft-mse.safetensors")  # a file appeared: the dropdown gets the new list, value unchanged
+    assert _sent(tab, load)["test_dynamic_vae"] == {
+        "__type__": "update",
+        "choices": vaes,
+        "value": "Automatic",
+    }
+
+
+def test_the_page_load_shows_its_progress_on_one_component(services: Any) -> None:
+    """Gradio's front end re-applies the loading status of every progress target it ever tracked on
+    each status change of any event, walking its component tree for each: the load's ~160 outputs
+    made every later click in the page slower."""
+    blocks, tab = build(services)
+    load = _page_load(blocks)
+    assert len(load.outputs) > 50
+    assert load.show_progress_on == [tab.result]
