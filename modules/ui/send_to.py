@@ -17,7 +17,7 @@ their `gr.Error`s reach the page as toasts (unqueued events show none).
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import gradio as gr
@@ -268,13 +268,14 @@ def wire_send_to(
         return {**to_extras(extras, image), tabs: gr.Tabs(selected="extras")}
 
     png_inputs = [pnginfo.image, pnginfo.generation_info]
-    for button, fn, inputs, outputs in (
+    png_sends: list[tuple[gr.Button, Callable[..., dict[Any, object]], list[Any], list[Any]]] = [
         (pnginfo.send_txt2img, png_to_txt2img, [pnginfo.generation_info], txt2img_outputs),
         (pnginfo.send_img2img, png_to_img2img, png_inputs, img2img_outputs),
         (pnginfo.send_inpaint, png_to_inpaint, png_inputs, img2img_outputs),
         (pnginfo.send_extras, png_to_extras, [pnginfo.image], extras_outputs),
-    ):
-        button.click(fn, inputs, [*outputs, tabs], **QUIET, show_progress_on=button)
+    ]
+    for png_button, png_fn, png_in, png_out in png_sends:
+        png_button.click(png_fn, png_in, [*png_out, tabs], **QUIET, show_progress_on=png_button)
     add_pnginfo_controlnet_buttons(tabs, pnginfo, [txt2img.controlnet, img2img.controlnet])
 
     # --- ↙️ paste in each prompt row -------------------------------------------------------
