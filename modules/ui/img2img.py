@@ -532,6 +532,8 @@ def build_img2img_tab(services: Services) -> Img2ImgTab:
             by_tab.select,
             mode.change,
             init_image.change,
+            # not the editors' `change`: reading an editor (an input here) makes it upload its
+            # layers, which is a change, so the preview re-ran every second after one stroke
             *(event for editor in (sketch, inpaint_editor, inpaint_sketch) for event in (editor.upload, editor.clear)),
             inpaint_base.change,
         ],

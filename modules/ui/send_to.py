@@ -138,8 +138,7 @@ def wire_send_to_controlnet(
         send,
         [source.gallery, selected, source.generation_info, section.selected_unit],
         [*section.send_outputs, tabs],
-        concurrency_limit=None,
-        show_progress="hidden",
+        **QUIET,
         show_progress_on=section.send_button,
     ).then(None, js=_scroll_to(f"{target}_controlnet"))
 
@@ -174,8 +173,7 @@ def add_pnginfo_controlnet_buttons(
             send,
             [pnginfo.image, section.selected_unit],
             [*section.send_outputs, tabs],
-            concurrency_limit=None,
-            show_progress="hidden",
+            **QUIET,
             show_progress_on=button,
         ).then(None, js=_scroll_to(f"{section.tab_name}_controlnet"))
     return buttons

@@ -207,20 +207,18 @@ def built_field(info: OptionInfo, value: Any) -> BuiltField:
     return BuiltField(copy.deepcopy(to_ui(info, value)), choices)  # a copy: no list shared with the options
 
 
-def current_values(
-    services: Services, infos: Sequence[OptionInfo], built: Mapping[str, BuiltField] | None = None
-) -> list[Any]:
+def current_values(services: Services, infos: Sequence[OptionInfo], built: Mapping[str, BuiltField]) -> list[Any]:
     """What the page load puts into the fields: the saved values (with fresh dynamic choices).
 
     A field whose value and choices are still those in `built` (what the page was built with) gets
     `gr.skip()`, which the browser does not apply: Gradio's front end walks its whole component
-    tree for every field it updates, and updating all of the tab's ~400 fields made up about 60%
-    of a page load (5 of 9 s in Chromium on a 2-core CPU)."""
+    tree for every field it updates; updating all of the tab's ~160 fields (each also a progress
+    target, see `build_settings_tab`) made a page load 10-12 s in Chromium on a 2-core CPU
+    instead of ~5 s."""
     out: list[Any] = []
     for info in infos:
         now = built_field(info, services.options.get(info.key))
-        then = built.get(info.key) if built is not None else None
-        if now == then:
+        if now == built.get(info.key):
             out.append(gr.skip())
         elif now.choices is not None:
             out.append(gr.update(choices=list(now.choices), value=now.value))
