@@ -58,12 +58,24 @@ def _wait_done(page: Any, expected: str) -> str:
 
 
 def _upload_to_editor(page: Any, elem_id: str, path: Path) -> Any:
+    """Upload `path` into an image editor of the current sub-tab; returns its canvas once
+    the server has read the image from it: the resolution preview, which runs on the editor's
+    upload event, shows the image's size (under load the editor can take seconds to get there,
+    and a Generate click before then finds no image). Successive uploads in a test need sources of
+    different sizes, so that the preview tells them apart."""
+    preview = page.locator("#img2img_scale_resolution_preview")
+    if preview.count() == 0:  # on the "Resize by" tab, rendered once it has been opened
+        page.locator("#img2img_tab_resize_by-button").click()
+        page.locator("#img2img_tab_resize_to-button").click()  # the request still resizes to width x height
+    expect(page.locator("#img2img_tab_resize_to-button")).to_have_attribute("aria-selected", "true")
     page.locator(f"#{elem_id} input[type=file]").set_input_files(str(path))
     canvas = page.locator(f"#{elem_id} canvas").first
     canvas.wait_for(state="visible")
-    # the editor shows its zoom level once the image is on the canvas; give it a moment to settle
+    with Image.open(path) as image:
+        width, height = image.size
+    expect(preview).to_contain_text(f"from {width}x{height}", timeout=60_000)
+    # the editor shows its zoom level once the image is on the canvas
     expect(page.locator(f"#{elem_id}")).to_contain_text(re.compile(r"\d+%"), timeout=20_000)
-    page.wait_for_timeout(800)
     return canvas
 
 
@@ -110,7 +122,7 @@ def test_sketch_and_inpaint_sketch_generate(page: Any, tmp_path: Path) -> None:
     expect(page.locator("#img2img_mask_alpha")).to_be_visible()
     expect(page.locator("#img2img_mask_blur")).to_be_visible()
     expect(page.locator("#img2img_inpainting_fill")).to_be_visible()
-    canvas = _upload_to_editor(page, "inpaint_sketch", source)
+    canvas = _upload_to_editor(page, "inpaint_sketch", _source(tmp_path, "source-72.png", size=(72, 64)))
     page.locator("#img2img_prompt textarea").fill("a coloured patch")
     page.locator("#img2img_generate").click()  # nothing painted yet: a user error
     expect(page.get_by_text("nothing is painted").first).to_be_visible(timeout=10_000)
