@@ -3,7 +3,6 @@ inpainting with a mask painted by the mouse on the editor canvas, and a screensh
 
 from __future__ import annotations
 
-import re
 from pathlib import Path
 from typing import Any
 
@@ -11,6 +10,7 @@ import pytest
 from PIL import Image
 
 from tests.ui.conftest import screenshot_dirs
+from tests.ui.image_editor_page import paint_stroke, upload_to_editor
 
 expect = pytest.importorskip("playwright.sync_api").expect
 
@@ -21,10 +21,10 @@ def _set_number(page: Any, elem_id: str, value: float) -> None:
     box.press("Tab")
 
 
-def _source(tmp_path: Path) -> Path:
-    path = tmp_path / "source.png"
-    image = Image.new("RGB", (64, 64), (200, 40, 40))
-    image.paste((40, 40, 200), (16, 16, 48, 48))
+def _source(tmp_path: Path, size: tuple[int, int] = (64, 64)) -> Path:
+    path = tmp_path / f"source-{size[0]}x{size[1]}.png"
+    image = Image.new("RGB", size, (200, 40, 40))
+    image.paste((40, 40, 200), (size[0] // 4, size[1] // 4, 3 * size[0] // 4, 3 * size[1] // 4))
     image.save(path)
     return path
 
@@ -69,21 +69,9 @@ def test_img2img_inpaint_and_screenshot(page: Any, tmp_path: Path) -> None:
     # 3. Inpaint: paint a stroke on the editor canvas
     page.locator("#mode_img2img").get_by_role("tab", name="Inpaint", exact=True).click()
     expect(page.locator("#img2img_mask_blur")).to_be_visible()
-    page.locator("#img2maskimg input[type=file]").set_input_files(str(source))
-    canvas = page.locator("#img2maskimg canvas").first
-    canvas.wait_for(state="visible")
-    # the editor shows its zoom level once the image is on the canvas; give it a moment to settle
-    expect(page.locator("#img2maskimg")).to_contain_text(re.compile(r"\d+%"), timeout=20_000)
-    page.wait_for_timeout(1000)
-    box = canvas.bounding_box()
-    assert box is not None
-    cx, cy = box["x"] + box["width"] / 2, box["y"] + box["height"] / 2
-    page.mouse.move(cx - 40, cy)
-    page.mouse.down()
-    for i in range(1, 11):
-        page.mouse.move(cx - 40 + 8 * i, cy + 2 * i)
-    page.mouse.up()
-    page.wait_for_timeout(1000)  # the editor sends its layers to the server after the stroke
+    # a source of another size than step 2's, so that the resolution preview tells them apart
+    canvas = upload_to_editor(page, "img2maskimg", _source(tmp_path, size=(72, 64)))
+    paint_stroke(page, canvas)
     page.locator("#img2img_prompt textarea").fill("a green blob")
     page.locator("#img2img_generate").click()
     info = _wait_done(page, "a green blob")

@@ -14,6 +14,7 @@ from PIL import Image
 
 from modules.services import Services
 from tests.ui.conftest import screenshot_dirs
+from tests.ui.image_editor_page import paint_stroke, upload_to_editor
 
 expect = pytest.importorskip("playwright.sync_api").expect
 
@@ -57,40 +58,6 @@ def _wait_done(page: Any, expected: str) -> str:
     return str(page.locator("#html_info_img2img").inner_text())
 
 
-def _upload_to_editor(page: Any, elem_id: str, path: Path) -> Any:
-    """Upload `path` into an image editor of the current sub-tab; returns its canvas once
-    the server has read the image from it: the resolution preview, which runs on the editor's
-    upload event, shows the image's size (under load the editor can take seconds to get there,
-    and a Generate click before then finds no image). Successive uploads in a test need sources of
-    different sizes, so that the preview tells them apart."""
-    preview = page.locator("#img2img_scale_resolution_preview")
-    if preview.count() == 0:  # on the "Resize by" tab, rendered once it has been opened
-        page.locator("#img2img_tab_resize_by-button").click()
-        page.locator("#img2img_tab_resize_to-button").click()  # the request still resizes to width x height
-    expect(page.locator("#img2img_tab_resize_to-button")).to_have_attribute("aria-selected", "true")
-    page.locator(f"#{elem_id} input[type=file]").set_input_files(str(path))
-    canvas = page.locator(f"#{elem_id} canvas").first
-    canvas.wait_for(state="visible")
-    with Image.open(path) as image:
-        width, height = image.size
-    expect(preview).to_contain_text(f"from {width}x{height}", timeout=60_000)
-    # the editor shows its zoom level once the image is on the canvas
-    expect(page.locator(f"#{elem_id}")).to_contain_text(re.compile(r"\d+%"), timeout=20_000)
-    return canvas
-
-
-def _paint(page: Any, canvas: Any) -> None:
-    box = canvas.bounding_box()
-    assert box is not None
-    cx, cy = box["x"] + box["width"] / 2, box["y"] + box["height"] / 2
-    page.mouse.move(cx - 40, cy)
-    page.mouse.down()
-    for i in range(1, 11):
-        page.mouse.move(cx - 40 + 8 * i, cy + 2 * i)
-    page.mouse.up()
-    page.wait_for_timeout(1000)  # the editor sends its layers to the server after the stroke
-
-
 def _shot(page: Any, tmp_path: Path, name: str, anchor: str = "#mode_img2img") -> None:
     """A 1280x800 screenshot with `anchor` (the sub-tabs) at the top of the view."""
     page.evaluate("(sel) => document.querySelector(sel).scrollIntoView({block: 'start'})", anchor)
@@ -108,8 +75,8 @@ def test_sketch_and_inpaint_sketch_generate(page: Any, tmp_path: Path) -> None:
     # Sketch: colour strokes over the image, no mask
     _subtab(page, "Sketch")
     expect(page.locator("#img2img_mask_blur")).to_be_hidden()
-    canvas = _upload_to_editor(page, "img2img_sketch", source)
-    _paint(page, canvas)
+    canvas = upload_to_editor(page, "img2img_sketch", source)
+    paint_stroke(page, canvas)
     _settings(page, "a sketched scene")
     page.locator("#img2img_generate").click()
     info = _wait_done(page, "a sketched scene")
@@ -122,12 +89,12 @@ def test_sketch_and_inpaint_sketch_generate(page: Any, tmp_path: Path) -> None:
     expect(page.locator("#img2img_mask_alpha")).to_be_visible()
     expect(page.locator("#img2img_mask_blur")).to_be_visible()
     expect(page.locator("#img2img_inpainting_fill")).to_be_visible()
-    canvas = _upload_to_editor(page, "inpaint_sketch", _source(tmp_path, "source-72.png", size=(72, 64)))
+    canvas = upload_to_editor(page, "inpaint_sketch", _source(tmp_path, "source-72.png", size=(72, 64)))
     page.locator("#img2img_prompt textarea").fill("a coloured patch")
     page.locator("#img2img_generate").click()  # nothing painted yet: a user error
     expect(page.get_by_text("nothing is painted").first).to_be_visible(timeout=10_000)
     page.locator(".toast-close").first.click()
-    _paint(page, canvas)
+    paint_stroke(page, canvas)
     page.locator("#img2img_generate").click()
     info = _wait_done(page, "a coloured patch")
     assert "Mask blur: 4" in info and "Steps: 2" in info
@@ -225,7 +192,7 @@ def test_copy_image_between_sub_tabs(page: Any, tmp_path: Path) -> None:
     canvas = page.locator("#img2maskimg canvas").first
     expect(page.locator("#img2maskimg")).to_contain_text(re.compile(r"\d+%"), timeout=20_000)
     page.wait_for_timeout(800)
-    _paint(page, canvas)
+    paint_stroke(page, canvas)
     # the copied image is there: inpainting it works without an upload
     _settings(page, "copied and inpainted")
     page.locator("#img2img_generate").click()

@@ -1,0 +1,51 @@
+"""Browser helpers for the img2img image editors (Sketch, Inpaint, Inpaint sketch): upload an image
+into one and wait until the server can read it back, and paint a stroke with the mouse."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+from typing import Any
+
+import pytest
+from PIL import Image
+
+expect = pytest.importorskip("playwright.sync_api").expect
+
+
+def upload_to_editor(page: Any, elem_id: str, path: Path) -> Any:
+    """Upload `path` into an image editor of the current img2img sub-tab; returns its canvas once
+    the server has read the image from it: the resolution preview, which runs on the editor's
+    upload event, shows the image's size. The canvas shows the image (and its zoom level) before
+    the editor can export it: under load that takes seconds, and a Generate click before then
+    finds no image. Successive uploads in a page need sources of different sizes, so that the
+    preview tells them apart."""
+    preview = page.locator("#img2img_scale_resolution_preview")
+    if preview.count() == 0:  # on the "Resize by" tab, rendered once it has been opened
+        page.locator("#img2img_tab_resize_by-button").click()
+        page.locator("#img2img_tab_resize_to-button").click()  # the request still resizes to width x height
+    expect(page.locator("#img2img_tab_resize_to-button")).to_have_attribute("aria-selected", "true")
+    page.locator(f"#{elem_id} input[type=file]").set_input_files(str(path))
+    canvas = page.locator(f"#{elem_id} canvas").first
+    canvas.wait_for(state="visible")
+    with Image.open(path) as image:
+        width, height = image.size
+    expect(preview).to_contain_text(f"from {width}x{height}", timeout=60_000)
+    expect(page.locator(f"#{elem_id}")).to_contain_text(re.compile(r"\d+%"), timeout=20_000)
+    return canvas
+
+
+def paint_stroke(page: Any, canvas: Any) -> None:
+    """A short diagonal stroke across the middle of the editor's canvas. The editor exports its
+    layers when an event reads it (a Generate click), not after the stroke: the pause lets the
+    canvas finish drawing the stroke under load."""
+    canvas.scroll_into_view_if_needed()  # mouse events outside the viewport reach nothing
+    box = canvas.bounding_box()
+    assert box is not None
+    cx, cy = box["x"] + box["width"] / 2, box["y"] + box["height"] / 2
+    page.mouse.move(cx - 40, cy)
+    page.mouse.down()
+    for i in range(1, 11):
+        page.mouse.move(cx - 40 + 8 * i, cy + 2 * i)
+    page.mouse.up()
+    page.wait_for_timeout(1000)
