@@ -84,6 +84,7 @@ def deploy(
 
     from modules.serve.board import JobBoard
     from modules.serve.replica import EngineReplica
+    from modules.serve.routing import HOLD_S, CheckpointAffinityRouter
 
     board = (
         ray.remote(num_cpus=0)(JobBoard)
@@ -104,9 +105,15 @@ def deploy(
         # the front refuses (429) past replicas + --queue-limit jobs before sending any; Serve's own
         # limit counts requests not yet assigned (for a moment, all of them), so it is only a backstop
         max_queued_requests=plan_capacity(settings, plan),
+        # a job waits up to HOLD_S for a busy replica that holds its checkpoint before it takes
+        # another (Serve's own router gives up on the holder after one try: modules/serve/routing.py);
         # a waiting request asks the replicas again at least every 50 ms (Serve's default backoff
         # grows to 0.5 s: a replica that finished idled ~0.25 s on average before its next job)
-        request_router_config={"max_backoff_s": ROUTER_MAX_BACKOFF_S},
+        request_router_config={
+            "request_router_class": CheckpointAffinityRouter,
+            "request_router_kwargs": {"hold_s": HOLD_S},
+            "max_backoff_s": ROUTER_MAX_BACKOFF_S,
+        },
         ray_actor_options={"num_cpus": plan.cpus, "num_gpus": plan.gpus, "runtime_env": {"env_vars": env_vars}},
         health_check_period_s=5,
         graceful_shutdown_timeout_s=5,
