@@ -14,8 +14,9 @@ import io
 import shutil
 import tempfile
 import threading
+import time
 import zipfile
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from datetime import datetime
 from pathlib import Path
 from typing import Any
@@ -153,13 +154,35 @@ def save_images(
     return [str(zip_path)]
 
 
-def download_copies(paths: Sequence[str]) -> list[str]:
-    """Copies of `paths` in a fresh temp folder, which Gradio may serve wherever the data dir is
-    (it serves only files under the working directory, the temp dir or its own cache)."""
-    folder = Path(tempfile.mkdtemp(prefix="sd-webui-download-"))
-    copies = []
-    for path in paths:
-        target = folder / Path(path).name
-        shutil.copyfile(path, target)
-        copies.append(str(target))
-    return copies
+class DownloadCopies:
+    """Copies of saved files for the download box, each call's in a fresh temp folder: Gradio
+    serves only files under the working directory, the temp dir or its own cache, and the data
+    dir may be anywhere. Gradio copies a returned file into its cache as the event ends, so a
+    folder is removed by a later call once it is `keep_s` old (nothing is left behind but the
+    folders of the last `keep_s`)."""
+
+    def __init__(self, keep_s: float = 300.0, clock: Callable[[], float] = time.monotonic) -> None:
+        self._keep_s = keep_s
+        self._clock = clock
+        self._folders: list[tuple[float, Path]] = []
+        self._lock = threading.Lock()
+
+    def __call__(self, paths: Sequence[str]) -> list[str]:
+        self._prune()
+        folder = Path(tempfile.mkdtemp(prefix="sd-webui-download-"))
+        with self._lock:
+            self._folders.append((self._clock(), folder))
+        copies = []
+        for path in paths:
+            target = folder / Path(path).name
+            shutil.copyfile(path, target)
+            copies.append(str(target))
+        return copies
+
+    def _prune(self) -> None:
+        now = self._clock()
+        with self._lock:
+            old = [folder for made, folder in self._folders if now - made >= self._keep_s]
+            self._folders = [(made, folder) for made, folder in self._folders if now - made < self._keep_s]
+        for folder in old:
+            shutil.rmtree(folder, ignore_errors=True)

@@ -33,7 +33,7 @@ from modules.ui.img2img_editor import editor_value
 from modules.ui.img2img_modes import IMG2IMG, INPAINT
 from modules.ui.paste import looks_like_infotext, parse_for_paste, paste_fields
 from modules.ui.pnginfo import PngInfoTab
-from modules.ui.save import chosen_items, download_copies, save_images
+from modules.ui.save import DownloadCopies, chosen_items, save_images
 from modules.ui.txt2img import Txt2ImgTab
 
 SEED_FIELDS = ("seed", "subseed", "subseed_strength", "seed_resize_from_w", "seed_resize_from_h", "subseed_show")
@@ -199,6 +199,7 @@ def wire_send_to(
     img2img_outputs = [*dict.fromkeys(_img2img_outputs(img2img))]
     extras_outputs = [extras.image, extras.mode, extras.mode_tabs]
     txt2img_outputs = list(txt2img.fields.values())
+    download_copies = DownloadCopies()  # the 💾 / 🗃️ download box's files
 
     # --- from the galleries -------------------------------------------------------------
     for source in (txt2img, img2img):

@@ -4,6 +4,7 @@ infotext, and which fields `send_seed` / `send_size` keep back."""
 from __future__ import annotations
 
 import json
+import shutil
 from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
@@ -13,7 +14,7 @@ import pytest
 from PIL import Image
 
 from modules.ui.paste import looks_like_infotext
-from modules.ui.save import chosen_items, filename_context
+from modules.ui.save import DownloadCopies, chosen_items, filename_context
 from modules.ui.send_to import SEED_FIELDS, selected_image, skipped_fields
 
 INFOTEXT = "a cat\nNegative prompt: dog\nSteps: 3, Sampler: Euler a, CFG scale: 5, Seed: 42, Size: 64x32, Model: sd1"
@@ -91,3 +92,21 @@ def test_filename_context_reads_the_infotext() -> None:
     assert (ctx.seed, ctx.steps, ctx.cfg, ctx.sampler, ctx.model_name) == (42, 3, 5.0, "Euler a", "sd1")
     assert ctx.prompt == "a cat" and ctx.negative_prompt == "dog"
     assert filename_context("").seed is None
+
+
+def test_download_copies_are_removed_once_old(tmp_path: Path) -> None:
+    source = tmp_path / "00001-42.png"
+    source.write_bytes(b"png")
+    now = [1000.0]
+    copies = DownloadCopies(keep_s=300, clock=lambda: now[0])
+    first = Path(copies([str(source)])[0])
+    assert first.read_bytes() == b"png" and first.parent.name.startswith("sd-webui-download-")
+    now[0] += 299
+    second = Path(copies([str(source)])[0])
+    assert first.exists() and second.exists()  # Gradio may still be copying the last ones
+    now[0] += 2
+    third = Path(copies([str(source)])[0])
+    assert not first.parent.exists()  # 301 s old: gone
+    assert second.exists() and third.exists()
+    for path in (second, third):
+        shutil.rmtree(path.parent)
