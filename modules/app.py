@@ -240,11 +240,13 @@ def create_app(services: Services) -> FastAPI:
     from fastapi.responses import HTMLResponse
 
     from modules.api.body_limit import install_body_limit
+    from modules.api.compression import install_compression
     from modules.api.mount import install_api
     from modules.api.security import install_security
 
     app = FastAPI(title="sd-webui", docs_url="/docs" if services.settings.api_enabled else None)
     app.state.services = services
+    install_compression(app)  # innermost: what it compresses is the routes' own responses
     install_security(app, services)
     install_body_limit(app, services.settings.max_body_mb * 1024 * 1024)  # outermost: before auth reads anything
     if services.settings.api_enabled:
