@@ -647,7 +647,9 @@ def test_path_traversal_never_returns_the_file(
         for p in payloads:
             if _PARAM.search(t.template):
                 check(_PARAM.sub(lambda m, p=p: p, t.template))  # type: ignore[misc]
-            for q in ("filename", "file", "path", "name"):
+            # the UI page takes no parameters and costs ~0.25 s a request (Gradio renders ~3 MB):
+            # one parameter name there (CI time)
+            for q in ("filename", "file", "path", "name") if t.path != "/" else ("file",):
                 check(f"{t.path}?{q}={p}")
     assert requests_made > 50
 
