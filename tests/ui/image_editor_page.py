@@ -49,3 +49,23 @@ def paint_stroke(page: Any, canvas: Any) -> None:
         page.mouse.move(cx - 40 + 8 * i, cy + 2 * i)
     page.mouse.up()
     page.wait_for_timeout(1000)
+
+
+def paint_and_inpaint(page: Any, canvas: Any, expected: str, tries: int = 3) -> str:
+    """Paint a stroke on the Inpaint editor and click Generate; returns the infotext once it shows
+    `expected`. For an image the server put into the editor (send to / copy to): Gradio's editor
+    sets such an image up on its canvas after it shows it, and under load a stroke painted in
+    between was lost ("the mask is empty", seen in CI). Then the stroke is painted again, up to
+    `tries` times; an upload has the readiness signal of `upload_to_editor` instead."""
+    info = page.locator("#html_info_img2img")
+    empty = page.get_by_text("the mask is empty").first
+    for _ in range(tries):
+        paint_stroke(page, canvas)
+        page.locator("#img2img_generate").click()
+        expect(info.filter(has_text=expected).or_(empty)).to_be_visible(timeout=90_000)
+        if not empty.is_visible():
+            expect(page.locator("#img2img_generate")).to_be_visible(timeout=10_000)
+            return str(info.inner_text())
+        page.locator(".toast-close").first.click()
+        expect(empty).to_be_hidden()
+    raise AssertionError(f"no stroke reached the server in {tries} tries")

@@ -14,7 +14,7 @@ from PIL import Image
 
 from modules.services import Services
 from tests.ui.conftest import screenshot_dirs
-from tests.ui.image_editor_page import paint_stroke, upload_to_editor
+from tests.ui.image_editor_page import paint_and_inpaint, paint_stroke, upload_to_editor
 
 expect = pytest.importorskip("playwright.sync_api").expect
 
@@ -191,12 +191,9 @@ def test_copy_image_between_sub_tabs(page: Any, tmp_path: Path) -> None:
     expect(page.locator("#img2img_mask_blur")).to_be_visible()
     canvas = page.locator("#img2maskimg canvas").first
     expect(page.locator("#img2maskimg")).to_contain_text(re.compile(r"\d+%"), timeout=20_000)
-    page.wait_for_timeout(800)
-    paint_stroke(page, canvas)
     # the copied image is there: inpainting it works without an upload
     _settings(page, "copied and inpainted")
-    page.locator("#img2img_generate").click()
-    info = _wait_done(page, "copied and inpainted")
+    info = paint_and_inpaint(page, canvas, "copied and inpainted")
     assert "Mask blur: 4" in info
 
     page.locator("#img2img_copy_to_inpaint").get_by_role("button", name="img2img", exact=True).click()

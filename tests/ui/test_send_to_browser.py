@@ -13,6 +13,7 @@ from PIL import Image
 
 from modules.services import Services
 from tests.ui.conftest import screenshot_dirs
+from tests.ui.image_editor_page import paint_and_inpaint
 
 expect = pytest.importorskip("playwright.sync_api").expect
 
@@ -47,19 +48,6 @@ def _wait_img2img(page: Any, expected: str) -> str:
     return str(page.locator("#html_info_img2img").inner_text())
 
 
-def _paint_stroke(page: Any, canvas: Any) -> None:
-    canvas.scroll_into_view_if_needed()  # mouse events outside the viewport reach nothing
-    box = canvas.bounding_box()
-    assert box is not None
-    cx, cy = box["x"] + box["width"] / 2, box["y"] + box["height"] / 2
-    page.mouse.move(cx - 40, cy)
-    page.mouse.down()
-    for i in range(1, 11):
-        page.mouse.move(cx - 40 + 8 * i, cy + 2 * i)
-    page.mouse.up()
-    page.wait_for_timeout(2000)  # the editor sends its layers after the stroke (debounced; slow under load)
-
-
 def test_send_txt2img_result_to_img2img_inpaint_and_extras(page: Any, tmp_path: Path) -> None:
     _txt2img(page, "a red cube on a table", steps=2, seed=4321)
 
@@ -84,11 +72,8 @@ def test_send_txt2img_result_to_img2img_inpaint_and_extras(page: Any, tmp_path: 
     page.locator("#img2img_send_to_inpaint").click()
     expect(page.locator("#img2img_mask_blur")).to_be_visible()
     expect(page.locator("#img2maskimg")).to_contain_text(re.compile(r"\d+%"), timeout=20_000)
-    page.wait_for_timeout(1000)
-    _paint_stroke(page, page.locator("#img2maskimg canvas").first)
     page.locator("#img2img_prompt textarea").fill("a green blob")
-    page.locator("#img2img_generate").click()
-    info = _wait_img2img(page, "a green blob")
+    info = paint_and_inpaint(page, page.locator("#img2maskimg canvas").first, "a green blob")
     assert "Mask blur: 4" in info
 
     # 📐 from txt2img to extras: the single-image input holds the image
