@@ -245,6 +245,9 @@ def test_batch_upload_shows_image_k_of_n_and_interrupt_stops_it(page: Any, tmp_p
     files = [str(_source(tmp_path / "up", f"up{i}.png")) for i in range(3)]
     _open_img2img(page)
     _subtab(page, "Batch")
+    # the sub-tab's select event has reached the server (it shows the mask options in the same
+    # answer that sets the mode): under load a Generate click before then ran as plain img2img
+    expect(page.locator("#img2img_mask_blur")).to_be_visible()
     page.locator("#img2img_batch_upload input[type=file]").set_input_files(files)
     # Gradio lists an uploaded file as "up2 .png" (name and extension in separate cells)
     expect(page.locator("#img2img_batch_upload")).to_contain_text(re.compile(r"up2\s*\.png"), timeout=20_000)
