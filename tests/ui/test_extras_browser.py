@@ -10,6 +10,7 @@ import pytest
 from PIL import Image
 
 from tests.ui.conftest import screenshot_dirs
+from tests.ui.server_events import click_and_wait_for_server
 
 expect = pytest.importorskip("playwright.sync_api").expect
 
@@ -60,7 +61,7 @@ def test_batch_from_directory_saves_results_and_refuses_outside_paths(
         Image.new("RGB", (32, 24), color).save(source / name)
 
     page.locator("#tabs").get_by_role("tab", name="Extras").click()
-    page.locator("#mode_extras").get_by_role("tab", name="Batch from Directory").click()
+    click_and_wait_for_server(page, page.locator("#mode_extras").get_by_role("tab", name="Batch from Directory"))
     page.locator("#extras_upscaler_1 input").click()
     page.get_by_role("option", name="Lanczos", exact=True).click()
     scale = page.locator("#extras_upscaling_resize input[type=number]")

@@ -94,7 +94,7 @@ def test_quicksettings_row_shows_the_listed_settings_and_applies_them(page: Any,
 
     pick(page, "setting_sd_vae", "None")
     wait_for(lambda: ui_services.options.get("sd_vae") == "None")
-    assert ui_services.models.vae_choice == "None"
+    wait_for(lambda: ui_services.models.vae_choice == "None")  # applied right after the option is set
     path = ui_services.options.path
     assert path is not None
     wait_for(lambda: json.loads(Path(path).read_text(encoding="utf-8")).get("sd_vae") == "None")

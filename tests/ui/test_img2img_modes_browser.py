@@ -15,6 +15,7 @@ from PIL import Image
 from modules.services import Services
 from tests.ui.conftest import screenshot_dirs
 from tests.ui.image_editor_page import paint_and_inpaint, paint_stroke, upload_to_editor
+from tests.ui.server_events import click_and_wait_for_server
 
 expect = pytest.importorskip("playwright.sync_api").expect
 
@@ -117,7 +118,9 @@ def test_batch_from_directory_writes_outputs_with_infotext(page: Any, ui_service
     _subtab(page, "Batch")
     expect(page.locator("#img2img_mask_blur")).to_be_visible()  # masks may come from a folder
     expect(page.locator("#img2img_batch_upload")).to_be_visible()
-    page.locator("#img2img_batch_source").get_by_role("tab", name="From directory", exact=True).click()
+    click_and_wait_for_server(
+        page, page.locator("#img2img_batch_source").get_by_role("tab", name="From directory", exact=True)
+    )
     _settings(page, "batch of two")
 
     # a folder outside the data dir and the outputs folder is refused
