@@ -1,5 +1,5 @@
-"""Browser helpers for the img2img image editors (Sketch, Inpaint, Inpaint sketch): upload an image
-into one and wait until the server can read it back, and paint a stroke with the mouse."""
+"""Browser helpers for the img2img image editors (Sketch, Inpaint, Inpaint sketch): a source image,
+an upload into an editor that waits until the server can read it back, and strokes with the mouse."""
 
 from __future__ import annotations
 
@@ -11,6 +11,16 @@ import pytest
 from PIL import Image
 
 expect = pytest.importorskip("playwright.sync_api").expect
+
+
+def source_image(folder: Path, name: str = "source.png", size: tuple[int, int] = (64, 64)) -> Path:
+    """A red image with a blue square in the middle, written as `folder/name` (PNG)."""
+    folder.mkdir(parents=True, exist_ok=True)
+    path = folder / name
+    image = Image.new("RGB", size, (200, 40, 40))
+    image.paste((40, 40, 200), (size[0] // 4, size[1] // 4, 3 * size[0] // 4, 3 * size[1] // 4))
+    image.save(path)
+    return path
 
 
 def upload_to_editor(page: Any, elem_id: str, path: Path) -> Any:

@@ -7,10 +7,9 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from PIL import Image
 
 from tests.ui.conftest import screenshot_dirs
-from tests.ui.image_editor_page import paint_stroke, upload_to_editor
+from tests.ui.image_editor_page import paint_stroke, source_image, upload_to_editor
 
 expect = pytest.importorskip("playwright.sync_api").expect
 
@@ -19,14 +18,6 @@ def _set_number(page: Any, elem_id: str, value: float) -> None:
     box = page.locator(f"#{elem_id} input[type=number]")
     box.fill(str(value))
     box.press("Tab")
-
-
-def _source(tmp_path: Path, size: tuple[int, int] = (64, 64)) -> Path:
-    path = tmp_path / f"source-{size[0]}x{size[1]}.png"
-    image = Image.new("RGB", size, (200, 40, 40))
-    image.paste((40, 40, 200), (size[0] // 4, size[1] // 4, 3 * size[0] // 4, 3 * size[1] // 4))
-    image.save(path)
-    return path
 
 
 def _settings(page: Any, prompt: str) -> None:
@@ -45,7 +36,7 @@ def _wait_done(page: Any, expected: str) -> str:
 
 
 def test_img2img_inpaint_and_screenshot(page: Any, tmp_path: Path) -> None:
-    source = _source(tmp_path)
+    source = source_image(tmp_path)
     page.locator("#tabs").get_by_role("tab", name="img2img", exact=True).click()
     page.locator("#img2img_generate").wait_for(state="visible")
     assert page.locator("#img2img_denoising_strength input[type=number]").input_value() == "0.75"
@@ -70,7 +61,7 @@ def test_img2img_inpaint_and_screenshot(page: Any, tmp_path: Path) -> None:
     page.locator("#mode_img2img").get_by_role("tab", name="Inpaint", exact=True).click()
     expect(page.locator("#img2img_mask_blur")).to_be_visible()
     # a source of another size than step 2's, so that the resolution preview tells them apart
-    canvas = upload_to_editor(page, "img2maskimg", _source(tmp_path, size=(72, 64)))
+    canvas = upload_to_editor(page, "img2maskimg", source_image(tmp_path, "source-72.png", size=(72, 64)))
     paint_stroke(page, canvas)
     page.locator("#img2img_prompt textarea").fill("a green blob")
     page.locator("#img2img_generate").click()

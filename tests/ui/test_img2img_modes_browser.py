@@ -14,7 +14,7 @@ from PIL import Image
 
 from modules.services import Services
 from tests.ui.conftest import screenshot_dirs
-from tests.ui.image_editor_page import paint_and_inpaint, paint_stroke, upload_to_editor
+from tests.ui.image_editor_page import paint_and_inpaint, paint_stroke, source_image, upload_to_editor
 from tests.ui.server_events import click_and_wait_for_server
 
 expect = pytest.importorskip("playwright.sync_api").expect
@@ -24,15 +24,6 @@ def _set_number(page: Any, elem_id: str, value: float) -> None:
     box = page.locator(f"#{elem_id} input[type=number]")
     box.fill(str(value))
     box.press("Tab")
-
-
-def _source(folder: Path, name: str = "source.png", size: tuple[int, int] = (64, 64)) -> Path:
-    folder.mkdir(parents=True, exist_ok=True)
-    path = folder / name
-    image = Image.new("RGB", size, (200, 40, 40))
-    image.paste((40, 40, 200), (size[0] // 4, size[1] // 4, 3 * size[0] // 4, 3 * size[1] // 4))
-    image.save(path)
-    return path
 
 
 def _open_img2img(page: Any) -> None:
@@ -68,7 +59,7 @@ def _shot(page: Any, tmp_path: Path, name: str, anchor: str = "#mode_img2img") -
 
 
 def test_sketch_and_inpaint_sketch_generate(page: Any, tmp_path: Path) -> None:
-    source = _source(tmp_path)
+    source = source_image(tmp_path)
     _open_img2img(page)
     tabs = page.locator("#mode_img2img").get_by_role("tab")
     expect(tabs).to_have_text(["img2img", "Sketch", "Inpaint", "Inpaint sketch", "Inpaint upload", "Batch"])
@@ -90,7 +81,7 @@ def test_sketch_and_inpaint_sketch_generate(page: Any, tmp_path: Path) -> None:
     expect(page.locator("#img2img_mask_alpha")).to_be_visible()
     expect(page.locator("#img2img_mask_blur")).to_be_visible()
     expect(page.locator("#img2img_inpainting_fill")).to_be_visible()
-    canvas = upload_to_editor(page, "inpaint_sketch", _source(tmp_path, "source-72.png", size=(72, 64)))
+    canvas = upload_to_editor(page, "inpaint_sketch", source_image(tmp_path, "source-72.png", size=(72, 64)))
     page.locator("#img2img_prompt textarea").fill("a coloured patch")
     page.locator("#img2img_generate").click()  # nothing painted yet: a user error
     expect(page.get_by_text("nothing is painted").first).to_be_visible(timeout=10_000)
@@ -113,7 +104,7 @@ def test_sketch_and_inpaint_sketch_generate(page: Any, tmp_path: Path) -> None:
 def test_batch_from_directory_writes_outputs_with_infotext(page: Any, ui_services: Services, tmp_path: Path) -> None:
     data = ui_services.paths.data_dir
     for name in ("one.png", "two.png"):
-        _source(data / "batch-in", name)
+        source_image(data / "batch-in", name)
     _open_img2img(page)
     _subtab(page, "Batch")
     expect(page.locator("#img2img_mask_blur")).to_be_visible()  # masks may come from a folder
@@ -149,7 +140,7 @@ def test_batch_from_directory_writes_outputs_with_infotext(page: Any, ui_service
 
 
 def test_resize_by_and_detect_size(page: Any, tmp_path: Path) -> None:
-    source = _source(tmp_path, size=(96, 72))
+    source = source_image(tmp_path, size=(96, 72))
     _open_img2img(page)
     page.locator("#img2img_image input[type=file]").set_input_files(str(source))
     page.locator("#img2img_image img").first.wait_for(state="visible")
@@ -171,7 +162,7 @@ def test_resize_by_and_detect_size(page: Any, tmp_path: Path) -> None:
 
 
 def test_copy_image_between_sub_tabs(page: Any, tmp_path: Path) -> None:
-    source = _source(tmp_path)
+    source = source_image(tmp_path)
     _open_img2img(page)
     page.locator("#img2img_image input[type=file]").set_input_files(str(source))
     page.locator("#img2img_image img").first.wait_for(state="visible")
@@ -221,7 +212,7 @@ def test_image_cfg_scale_only_for_instruct_pix2pix(
         _open_img2img(page)
         expect(page.locator("#img2img_image_cfg_scale")).to_be_visible()
         assert page.locator("#img2img_image_cfg_scale input[type=number]").input_value() == "1.5"
-        page.locator("#img2img_image input[type=file]").set_input_files(str(_source(tmp_path)))
+        page.locator("#img2img_image input[type=file]").set_input_files(str(source_image(tmp_path)))
         page.locator("#img2img_image img").first.wait_for(state="visible")
         _settings(page, "make it blue")
         _set_number(page, "img2img_image_cfg_scale", 1.25)
@@ -245,7 +236,7 @@ def test_image_cfg_scale_only_for_instruct_pix2pix(
 
 
 def test_batch_upload_shows_image_k_of_n_and_interrupt_stops_it(page: Any, tmp_path: Path) -> None:
-    files = [str(_source(tmp_path / "up", f"up{i}.png")) for i in range(3)]
+    files = [str(source_image(tmp_path / "up", f"up{i}.png")) for i in range(3)]
     _open_img2img(page)
     _subtab(page, "Batch")
     # the sub-tab's select event has reached the server (it shows the mask options in the same
