@@ -66,6 +66,7 @@ from modules.core.requests import GenerationRequest
 from modules.engine.controlnet import pixel_perfect_resolution
 from modules.services import Services
 from modules.ui.named_inputs import inputs_of, values_of
+from modules.ui.selected_tab import TabHolder, selected_tab_holder, set_on_select
 
 log = logging.getLogger(__name__)
 
@@ -295,7 +296,7 @@ class ControlNetSection:
     units: list[UnitControls] = field(default_factory=list)
     fields: dict[str, Any] = field(default_factory=dict)
     tabs: gr.Tabs | None = None
-    selected_unit: gr.State | None = None
+    selected_unit: TabHolder | None = None  # the selected unit tab's index, held in the page
     """The index of the unit tab last selected (a session's; 0 at first)."""
     preprocessors: dict[str, PreprocessorInfo] = field(default_factory=dict)
     models: Callable[[], list[str]] = list
@@ -443,7 +444,7 @@ def build_controlnet_section(
     section.models = lambda: model_choices(services)
     with gr.Accordion("ControlNet", open=False, elem_id=f"{tab}_controlnet") as accordion:
         section.accordion = accordion
-        section.selected_unit = gr.State(0)
+        section.selected_unit = selected_unit = selected_tab_holder(0, f"{tab}_controlnet_selected_unit")
         with gr.Tabs(elem_id=f"{tab}_controlnet_tabs") as tabs:
             section.tabs = tabs
             for index in range(controlnet.unit_count()):
@@ -457,7 +458,7 @@ def build_controlnet_section(
     for unit in section.units:
         _wire_unit(services, unit, by_name, is_img2img, size)
         if unit.tab is not None:
-            unit.tab.select(lambda i=unit.index: i, None, section.selected_unit, queue=False, show_progress="hidden")
+            set_on_select(unit.tab, selected_unit, unit.index)
     if enable_hr is not None:
         radios = [unit.hr_option for unit in section.units]
         enable_hr.change(

@@ -21,6 +21,7 @@ from modules.engine.image_metadata import encode_image
 from modules.services import Services
 from modules.ui.common import open_image
 from modules.ui.named_inputs import inputs_of, values_of
+from modules.ui.selected_tab import TabHolder, selected_tab_holder, set_on_select
 from modules.ui.server_folders import folder_images, server_dir
 
 SINGLE, BATCH, DIRECTORY = 0, 1, 2
@@ -95,7 +96,7 @@ class ExtrasTab:
     html_info: gr.HTML
     # what "Send to extras" fills: the single-image input, the source mode and its tabs
     image: gr.Image
-    mode: gr.State
+    mode: TabHolder  # SINGLE, BATCH or DIRECTORY: the selected source tab
     mode_tabs: gr.Tabs
     # Generate's inputs by name: the source, then the settings by `extras_request_from_ui` keyword
     fields: dict[str, Any] = field(default_factory=dict)
@@ -103,8 +104,9 @@ class ExtrasTab:
 
 def build_extras_tab(services: Services) -> ExtrasTab:
     names = upscaler_names(services)
-    mode = gr.State(SINGLE)
-    resize_mode = gr.State(SCALE_BY)
+    # the selected tabs, held in the page (`selected_tab`): Generate reads the tabs the user sees
+    mode = selected_tab_holder(SINGLE, "extras_selected_mode")
+    resize_mode = selected_tab_holder(SCALE_BY, "extras_selected_resize_mode")
 
     with gr.Row(equal_height=False, elem_id="extras_row"):
         with gr.Column(scale=1, elem_id="extras_settings"):
@@ -271,10 +273,10 @@ def build_extras_tab(services: Services) -> ExtrasTab:
         return gr.update(value=None, visible=False), gr.update(value=shown, visible=True), info
 
     generate.click(run, inputs_of(fields), [output_image, gallery, html_info], show_progress="minimal")
-    single_tab.select(lambda: SINGLE, None, mode, queue=False)
-    batch_tab.select(lambda: BATCH, None, mode, queue=False)
-    directory_tab.select(lambda: DIRECTORY, None, mode, queue=False)
-    scale_by_tab.select(lambda: SCALE_BY, None, resize_mode, queue=False)
-    scale_to_tab.select(lambda: SCALE_TO, None, resize_mode, queue=False)
+    set_on_select(single_tab, mode, SINGLE)
+    set_on_select(batch_tab, mode, BATCH)
+    set_on_select(directory_tab, mode, DIRECTORY)
+    set_on_select(scale_by_tab, resize_mode, SCALE_BY)
+    set_on_select(scale_to_tab, resize_mode, SCALE_TO)
     switch.click(lambda w, h: (h, w), [resize_w, resize_h], [resize_w, resize_h], queue=False)
     return ExtrasTab(generate, output_image, gallery, html_info, image, mode, mode_tabs, fields)

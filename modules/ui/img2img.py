@@ -53,6 +53,7 @@ from modules.ui.img2img_request import (
 from modules.ui.named_inputs import inputs_of, values_of
 from modules.ui.refiner import build_refiner
 from modules.ui.scripts import ScriptSection, build_script_section
+from modules.ui.selected_tab import TabHolder, selected_tab_holder, set_on_select
 from modules.ui.token_counter import wire_token_counters
 
 RESIZE_MODES = ("Just resize", "Crop and resize", "Resize and fill", "Just resize (latent upscale)")
@@ -76,7 +77,7 @@ class Img2ImgTab:
     output_buttons: OutputButtons
     init_image: gr.Image
     inpaint_editor: gr.ImageEditor
-    mode: gr.State
+    mode: TabHolder  # the selected sub-tab's number (`img2img_modes`)
     mode_tabs: gr.Tabs
     inpaint_controls: gr.Group
     # the input components by converter keyword, plus "subseed_show" and the ControlNet units'
@@ -271,9 +272,10 @@ def build_img2img_tab(services: Services) -> Img2ImgTab:
     parent_tab = Context.block  # the top-level img2img tab this is built in
     root = Context.root_block
     samplers, sampler_default = sampler_choices()
-    mode = gr.State(IMG2IMG)
-    selected_scale_tab = gr.State(RESIZE_TO)
-    batch_source = gr.State(BATCH_UPLOAD)
+    # the selected sub-tabs, held in the page (`selected_tab`): a click reads the tab the user sees
+    mode = selected_tab_holder(IMG2IMG, "img2img_selected_mode")
+    selected_scale_tab = selected_tab_holder(RESIZE_TO, "img2img_selected_scale_tab")
+    batch_source = selected_tab_holder(BATCH_UPLOAD, "img2img_selected_batch_source")
 
     row = build_prompt_row("img2img", services)
     prompt, negative, style_dropdown = row.prompt, row.negative, row.styles
@@ -467,17 +469,17 @@ def build_img2img_tab(services: Services) -> Img2ImgTab:
     wire_generate(services, row, run, generate_fields, outputs, check=check)
 
     # -- sub-tabs, copy image to, resize ---------------------------------------------------
-    def select_mode(number: int) -> Callable[[], tuple[int, Any, Any]]:
-        return lambda: (
-            number,
-            gr.update(visible=number in INPAINT_MODES),
-            gr.update(visible=number == INPAINT_SKETCH),
-        )
-
     for number, subtab in subtabs.items():
-        subtab.select(select_mode(number), None, [mode, inpaint_controls, mask_alpha], queue=False)
-    sources.batch_upload_tab.select(lambda: BATCH_UPLOAD, None, batch_source, queue=False)
-    sources.batch_dir_tab.select(lambda: BATCH_FROM_DIR, None, batch_source, queue=False)
+        set_on_select(subtab, mode, number)
+    set_on_select(sources.batch_upload_tab, batch_source, BATCH_UPLOAD)
+    set_on_select(sources.batch_dir_tab, batch_source, BATCH_FROM_DIR)
+
+    def mode_controls(number: float | None) -> tuple[Any, Any]:
+        """The mask options show in the inpaint sub-tabs, the mask transparency in Inpaint sketch."""
+        current = int(number or IMG2IMG)
+        return gr.update(visible=current in INPAINT_MODES), gr.update(visible=current == INPAINT_SKETCH)
+
+    mode.change(mode_controls, mode, [inpaint_controls, mask_alpha], queue=False, show_progress="hidden")
 
     # the image each sub-tab shows, by `image_of_mode`'s parameter names
     image_fields: dict[str, Any] = {
@@ -543,8 +545,8 @@ def build_img2img_tab(services: Services) -> Img2ImgTab:
         queue=False,
         show_progress="hidden",
     )
-    to_tab.select(lambda: RESIZE_TO, None, selected_scale_tab, queue=False)
-    by_tab.select(lambda: RESIZE_BY, None, selected_scale_tab, queue=False)
+    set_on_select(to_tab, selected_scale_tab, RESIZE_TO)
+    set_on_select(by_tab, selected_scale_tab, RESIZE_BY)
     detect.click(detect_size, inputs_of(image_fields), [width, height], queue=False)
     swap.click(lambda w, h: (h, w), [width, height], [width, height], queue=False)
 

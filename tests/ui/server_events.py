@@ -1,19 +1,37 @@
-"""Waiting for the server's answer to a UI event that changes nothing visible (a sub-tab whose
-select event only sets a `gr.State`): under load a Generate click sent before that answer ran
-with the previous state."""
+"""Holding the server's answers to a page's unqueued UI events (Gradio's `run/predict`): a test
+that a click reads what the page shows, not what a server round trip has yet to set."""
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import Any
 
+EVENT_ROUTE = "**/run/predict"
 
-def click_and_wait_for_server(page: Any, locator: Any, timeout_ms: float = 60_000) -> None:
-    """Click `locator` and wait until the server has answered the event it triggers (a
-    `queue=False` event: a POST to Gradio's `run/predict`). Any such answer counts: the callers
-    click where no other unqueued event is running."""
 
-    def is_event_answer(response: Any) -> bool:
-        return response.request.method == "POST" and "/run/predict" in response.url
+@contextmanager
+def server_events_held(page: Any) -> Iterator[list[Any]]:
+    """Inside the block, every unqueued event the page sends (a POST to `run/predict`) waits
+    unanswered; queued events (Generate: the queue's `join`) go through. On exit the held requests
+    go on to the server, in order (those the page has dropped meanwhile are skipped). Yields the
+    held requests' routes (for counting)."""
+    held: list[Any] = []
 
-    with page.expect_response(is_event_answer, timeout=timeout_ms):
-        locator.click()
+    def hold(route: Any) -> None:
+        if route.request.method == "POST":
+            held.append(route)
+        else:
+            route.continue_()
+
+    page.route(EVENT_ROUTE, hold)
+    try:
+        yield held
+    finally:
+        page.unroute(EVENT_ROUTE, hold)
+        for route in held:
+            try:
+                route.continue_()
+            except Exception as error:  # the page dropped the request meanwhile: nothing to send
+                if "already handled" not in str(error):
+                    raise

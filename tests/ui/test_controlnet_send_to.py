@@ -58,6 +58,16 @@ class Built:
         assert len(found) == 1, found
         return found[0].fn, list(found[0].inputs), list(found[0].outputs)
 
+    def browser_handler(self, trigger: Any, event: str) -> tuple[str, list[Any]]:
+        """(js, outputs) of the one browser-only handler (no Python function) of `trigger`'s `event`."""
+        found = [
+            fn
+            for fn in self.blocks.fns.values()
+            if fn.fn is None and fn.js and any(t[0] == trigger._id and t[1] == event for t in fn.targets)
+        ]
+        assert len(found) == 1, found
+        return str(found[0].js), list(found[0].outputs)
+
 
 @pytest.fixture()
 def built(cn_services: Services) -> Built:
@@ -99,9 +109,9 @@ def test_txt2img_gallery_sends_the_selected_image_into_the_selected_unit(built: 
     assert inputs == [built.txt2img.gallery, inputs[1], built.txt2img.generation_info, section.selected_unit]
     gallery = _gallery(tmp_path)
 
-    # the unit tab last selected: Unit 2 (the tab's select event sets the state)
-    select, _, select_out = built.handler(section.units[2].tab, "select")
-    assert select_out == [section.selected_unit] and select() == 2
+    # the unit tab last selected: Unit 2 (the tab's select event sets the holder in the browser)
+    js, select_out = built.browser_handler(section.units[2].tab, "select")
+    assert select_out == [section.selected_unit] and js == "() => 2"
     updates = send(gallery, 1, "", 2)
     assert set(updates) <= set(outputs)  # every update is an output of the event
     unit = section.units[2]
