@@ -67,6 +67,7 @@ from modules.engine.controlnet import pixel_perfect_resolution
 from modules.services import Services
 from modules.ui.named_inputs import inputs_of, values_of
 from modules.ui.selected_tab import TabHolder, selected_tab_holder, set_on_select
+from modules.ui.user_events import user_change
 
 log = logging.getLogger(__name__)
 
@@ -698,7 +699,7 @@ def _wire_unit(
     # resolution shown or hidden, the values kept. Only the user's input: a paste sets the sliders
     # itself (`ControlNetSection.paste_updates`), and a handler chained on its change would run
     # with the dropdown's choices not yet updated and overwrite them
-    module.input(
+    user_change(module)(
         lambda name, pp: slider_updates(by_name.get(str(name)), bool(pp), reset=True),
         [module, pixel_perfect],
         sliders,
@@ -732,7 +733,7 @@ def _wire_unit(
         ]
 
     # the user's pick: the choices and the defaults (a paste sets "All" and the choices itself)
-    unit.type_filter.input(
+    user_change(unit.type_filter)(
         pick_type, [unit.type_filter, pixel_perfect], [module, model, *sliders], queue=False, show_progress="hidden"
     )
 

@@ -42,6 +42,7 @@ from modules.core.safetensors_header import read_safetensors_header
 from modules.engine.facade import JobHandle, JobInterrupted
 from modules.services import Services
 from modules.ui.named_inputs import inputs_of, values_of
+from modules.ui.user_events import user_change
 
 DESCRIPTIONS = {
     NO_INTERPOLATION: "No interpolation will be used. Requires one model; A. "
@@ -451,7 +452,7 @@ def build_merger_tab(services: Services) -> MergerTab:
 
     # progress on one component, not on each of the ~25 sliders (see modules/ui/send_to.QUIET)
     primary.change(show_layout, primary, [blocks_note, *sliders], queue=False, show_progress_on=blocks_note)
-    preset.input(set_preset, [preset, primary], sliders, queue=False, show_progress_on=preset)
+    user_change(preset)(set_preset, [preset, primary], sliders, queue=False, show_progress_on=preset)
     apply_text.click(
         set_from_text,
         [weights_text, primary, amount, *sliders],

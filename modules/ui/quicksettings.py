@@ -24,6 +24,7 @@ from modules.core.option_info import OptionInfo
 from modules.services import Services
 from modules.ui.settings import from_ui, make_component, quicksettings_keys, to_ui
 from modules.ui.theme import APPLY_MODE_JS, color_mode
+from modules.ui.user_events import user_change
 
 log = logging.getLogger(__name__)
 
@@ -234,7 +235,7 @@ def _wire_field(
         def switch(title: str | None) -> Iterator[tuple[Any, Any]]:
             yield from switch_checkpoint(services, title)
 
-        field.input(  # type: ignore[attr-defined]
+        user_change(field)(
             switch,
             field,
             [field, status],
@@ -244,7 +245,7 @@ def _wire_field(
         return
     info = services.options.info(key)
     revert: Callable[[], Any] = lambda: _current_update(services, key)  # noqa: E731
-    event = field.input(  # type: ignore[attr-defined]
+    event = user_change(field)(
         lambda raw: apply_option(services, key, info, raw),
         field,
         None,

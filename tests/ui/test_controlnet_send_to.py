@@ -206,7 +206,8 @@ def test_paste_sets_the_unit_whole_in_one_response(built: Built, cn_services: Se
 
 def test_the_units_handlers_follow_the_users_input_only(built: Built) -> None:
     """No handler of a unit runs on a programmatic change (a paste, a send-to): the Control Type,
-    Preprocessor, Pixel Perfect and "Upload independent control image" react to `input`."""
+    Preprocessor, Pixel Perfect and "Upload independent control image" react to `input` (the
+    Preprocessor dropdown to `select`: Gradio sends a dropdown's `input` twice per pick)."""
     for section in (built.txt2img.controlnet, built.img2img.controlnet):
         assert section is not None
         for unit in section.units:
@@ -218,4 +219,5 @@ def test_the_units_handlers_follow_the_users_input_only(built: Built) -> None:
                 (t[0], t[1]) for fn in built.blocks.fns.values() if fn.fn is not None for t in fn.targets if t[0] in ids
             }
             assert events, "the unit's controls are wired"
-            assert {event for _, event in events} == {"input"}, events
+            expected = {(c._id, "select" if c is unit.c("module") else "input") for c in watched}
+            assert events == expected, events

@@ -121,9 +121,21 @@ def test_block_merge_with_a_preset_and_screenshot(page: Any, ui_data_dir: Path, 
     expect(page.locator("#modelmerger_block_IN06")).to_be_hidden()  # not in the tiny model
     expect(page.locator("#modelmerger_block_OUT05")).to_be_visible()
     page.locator("#modelmerger_use_blocks input").check()
+    # the pick sends one event: Gradio's dropdown `input` came twice, and under load the second
+    # answer reset IN03 after it was typed below
+    preset_events: list[str] = []
+
+    def count_preset_events(request: Any) -> None:
+        if request.method == "POST" and "/run/predict" in request.url and "GRAD_V" in (request.post_data or ""):
+            preset_events.append(request.url)
+
+    page.on("request", count_preset_events)
     _pick(page, "modelmerger_block_preset", "GRAD_V")
     expect(page.locator("#modelmerger_block_IN00 input[type=number]")).to_have_value("1", timeout=20_000)
     expect(page.locator("#modelmerger_block_M00 input[type=number]")).to_have_value("0")
+    page.wait_for_timeout(500)  # a second event would have been sent with the first
+    page.remove_listener("request", count_preset_events)
+    assert len(preset_events) == 1, preset_events
     in03 = page.locator("#modelmerger_block_IN03 input[type=number]")
     in03.fill("0.25")
     in03.press("Tab")
