@@ -297,8 +297,8 @@ class ControlNetSection:
     units: list[UnitControls] = field(default_factory=list)
     fields: dict[str, Any] = field(default_factory=dict)
     tabs: gr.Tabs | None = None
-    selected_unit: TabHolder | None = None  # the selected unit tab's index, held in the page
-    """The index of the unit tab last selected (a session's; 0 at first)."""
+    selected_unit: TabHolder | None = None
+    """The index of the unit tab last selected, held in the page (`selected_tab`; 0 at first)."""
     preprocessors: dict[str, PreprocessorInfo] = field(default_factory=dict)
     models: Callable[[], list[str]] = list
     """The Model dropdown's choices now ("None" first)."""

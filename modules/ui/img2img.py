@@ -102,14 +102,29 @@ class Img2ImgTab:
     def select_mode(self, number: int) -> dict[Any, Any]:
         """Updates that switch to sub-tab `number`, as clicking its tab does (call it in an event
         handler only: it makes a `gr.Tabs` update)."""
-        updates: dict[Any, Any] = {
-            self.mode: number,
-            self.mode_tabs: gr.Tabs(selected=SUBTAB_IDS[number]),
-            self.inpaint_controls: gr.update(visible=number in INPAINT_MODES),
-        }
-        if self.mask_alpha is not None:
-            updates[self.mask_alpha] = gr.update(visible=number == INPAINT_SKETCH)
-        return updates
+        return mode_switch_updates(self.mode, self.mode_tabs, self.inpaint_controls, self.mask_alpha, number)
+
+
+def mask_controls_visible(number: int) -> tuple[Any, Any]:
+    """(the mask options, "Mask transparency") shown or hidden for sub-tab `number`: the mask
+    options in the inpaint sub-tabs, the transparency in Inpaint sketch only."""
+    return gr.update(visible=number in INPAINT_MODES), gr.update(visible=number == INPAINT_SKETCH)
+
+
+def mode_switch_updates(
+    mode: TabHolder, mode_tabs: gr.Tabs, inpaint_controls: gr.Group, mask_alpha: gr.Slider | None, number: int
+) -> dict[Any, Any]:
+    """An event's updates that select sub-tab `number` and show its mask controls in the same
+    answer (the holder's `change` would show them one round trip later)."""
+    controls, alpha = mask_controls_visible(number)
+    updates: dict[Any, Any] = {
+        mode: number,
+        mode_tabs: gr.Tabs(selected=SUBTAB_IDS[number]),
+        inpaint_controls: controls,
+    }
+    if mask_alpha is not None:
+        updates[mask_alpha] = alpha
+    return updates
 
 
 def _copy_row(name: str) -> dict[int, gr.Button]:
@@ -474,12 +489,13 @@ def build_img2img_tab(services: Services) -> Img2ImgTab:
     set_on_select(sources.batch_upload_tab, batch_source, BATCH_UPLOAD)
     set_on_select(sources.batch_dir_tab, batch_source, BATCH_FROM_DIR)
 
-    def mode_controls(number: float | None) -> tuple[Any, Any]:
-        """The mask options show in the inpaint sub-tabs, the mask transparency in Inpaint sketch."""
-        current = int(number or IMG2IMG)
-        return gr.update(visible=current in INPAINT_MODES), gr.update(visible=current == INPAINT_SKETCH)
-
-    mode.change(mode_controls, mode, [inpaint_controls, mask_alpha], queue=False, show_progress="hidden")
+    mode.change(
+        lambda number: mask_controls_visible(int(number or IMG2IMG)),
+        mode,
+        [inpaint_controls, mask_alpha],
+        queue=False,
+        show_progress="hidden",
+    )
 
     # the image each sub-tab shows, by `image_of_mode`'s parameter names
     image_fields: dict[str, Any] = {
@@ -496,13 +512,8 @@ def build_img2img_tab(services: Services) -> Img2ImgTab:
 
     def copy_image(source: int, target: int) -> Callable[[Any], dict[Any, Any]]:
         def copy(value: Any) -> dict[Any, Any]:
-            return {
-                targets[target]: image_to_copy(source, value, target),
-                mode: target,
-                mode_tabs: gr.Tabs(selected=SUBTAB_IDS[target]),
-                inpaint_controls: gr.update(visible=target in INPAINT_MODES),
-                mask_alpha: gr.update(visible=target == INPAINT_SKETCH),
-            }
+            switch = mode_switch_updates(mode, mode_tabs, inpaint_controls, mask_alpha, target)
+            return {targets[target]: image_to_copy(source, value, target), **switch}
 
         return copy
 

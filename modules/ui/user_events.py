@@ -1,10 +1,11 @@
 """The event for a user's own change of a control (not a change made by an event's output).
 
-Gradio (6.31) sends a dropdown's `input` twice when the user picks an option from its list (and
-once more for the same value on the same pick); the second answer can come back after the user
-has typed into a control that the handler also sets, and undo it (a block-merge preset reset a
-slider typed right after picking it). A dropdown's `select` fires once per pick. A dropdown that
-takes typed values (`allow_custom_value`) sends no `select` for those, so it keeps `input`."""
+Gradio (6.31) sends a dropdown's `input` twice for one pick from its list; the second answer can
+come back after the user has typed into a control that the handler also sets, and undo it (a
+block-merge preset reset a slider typed right after picking it). A dropdown's `select` fires once
+per pick. A dropdown that takes typed values (`allow_custom_value`) sends no `select` for those,
+so it keeps `input` (a typed value sends it once). Radios, checkboxes and sliders send `input`
+once."""
 
 from __future__ import annotations
 

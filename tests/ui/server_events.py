@@ -11,11 +11,10 @@ EVENT_ROUTE = "**/run/predict"
 
 
 @contextmanager
-def server_events_held(page: Any) -> Iterator[list[Any]]:
+def server_events_held(page: Any) -> Iterator[None]:
     """Inside the block, every unqueued event the page sends (a POST to `run/predict`) waits
     unanswered; queued events (Generate: the queue's `join`) go through. On exit the held requests
-    go on to the server, in order (those the page has dropped meanwhile are skipped). Yields the
-    held requests' routes (for counting)."""
+    go on to the server, in order (those the page has dropped meanwhile are skipped)."""
     held: list[Any] = []
 
     def hold(route: Any) -> None:
@@ -26,7 +25,7 @@ def server_events_held(page: Any) -> Iterator[list[Any]]:
 
     page.route(EVENT_ROUTE, hold)
     try:
-        yield held
+        yield
     finally:
         page.unroute(EVENT_ROUTE, hold)
         for route in held:
