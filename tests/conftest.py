@@ -6,6 +6,7 @@ from __future__ import annotations
 import os
 import socket
 import tempfile
+import tracemalloc  # noqa: F401  (see below)
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -19,6 +20,13 @@ from tests.fixtures.module_tmp import ModuleTempDirs
 # summary: in runs that never imported it (e.g. only tests/ui), that late import after the
 # browser/server threads crashed CPython 3.11's compiler ("SystemError: AST constructor recursion
 # depth mismatch") after every test had passed.
+
+# tracemalloc likewise, at collection: pytest's unraisable-exception hook imports it the first time
+# an object's finalizer warns during a garbage collection (Gradio leaves an unclosed event loop per
+# `gr.Blocks()` built outside a running loop). A collection can run while the same thread is taking
+# an import lock, and that nested first import broke CPython 3.11's import lock bookkeeping
+# ("KeyError" in `_ModuleLock.acquire`, fixed in 3.12): about 1 in 4 runs of tests/ui's fast lane
+# errored in the first test that built the page.
 
 # Before anything imports huggingface_hub: the app must never need the hub, and an empty HF_HOME
 # proves no cached config is quietly used.
